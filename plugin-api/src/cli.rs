@@ -1,0 +1,66 @@
+//! Command-line options every netloom binary shares, and logging set-up.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Unix socket to serve [default: /run/docker/plugins/<binary>.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Directory for persistent state and the embedded store [default: /var/lib/netloom/<binary>]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Store URL: etcd://h1:2379,h2:2379 or consul://host:8500 [default: embedded store in --state-dir]
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as netloom=debug
+    #[arg(long, value_name = "LEVEL", default_value = "info", env = "NETLOOM_LOG")]
+    pub log_level: String,
+
+    /// Log line format
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The options with every default filled in for one binary.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub store: Option<String>,
+}
+
+impl CommonArgs {
+    pub fn settings(&self, name: &str) -> Settings {
+        Settings {
+            name: name.to_string(),
+            socket: self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/docker/plugins/{name}.sock"))),
+            state_dir: self.state_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/var/lib/netloom/{name}"))),
+            store: self.store.clone().filter(|s| !s.is_empty()),
+        }
+    }
+
+    pub fn init_logging(&self) -> anyhow::Result<()> {
+        let filter = EnvFilter::try_new(&self.log_level)
+            .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", self.log_level))?;
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let result = match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        };
+        result.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+    }
+}

@@ -1,0 +1,71 @@
+//! The traits a driver binary implements; the server maps each protocol method onto one call.
+
+use async_trait::async_trait;
+
+use crate::error::PluginResult;
+use crate::wire::ipam::{
+    AddressSpacesResponse, CapabilitiesResponse as IpamCapabilities, ReleaseAddressRequest, ReleasePoolRequest,
+    RequestAddressRequest, RequestAddressResponse, RequestPoolRequest, RequestPoolResponse,
+};
+use crate::wire::network::{
+    AllocateNetworkRequest, AllocateNetworkResponse, CapabilitiesResponse, CreateEndpointRequest,
+    CreateEndpointResponse, CreateNetworkRequest, DiscoveryRequest, EndpointOperInfoResponse, EndpointRef,
+    JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest,
+};
+
+/// `NetworkDriver.*`. Create and Join calls must be idempotent: dockerd may retry them.
+#[async_trait]
+pub trait NetworkDriver: Send + Sync + 'static {
+    fn capabilities(&self) -> CapabilitiesResponse;
+
+    async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()>;
+    async fn delete_network(&self, req: NetworkRef) -> PluginResult<()>;
+    async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse>;
+    async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()>;
+    async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse>;
+    async fn leave(&self, req: EndpointRef) -> PluginResult<()>;
+
+    async fn endpoint_oper_info(&self, _req: EndpointRef) -> PluginResult<EndpointOperInfoResponse> {
+        Ok(EndpointOperInfoResponse::default())
+    }
+
+    /// Swarm managers only; echoing the options back keeps what the user asked for.
+    async fn allocate_network(&self, req: AllocateNetworkRequest) -> PluginResult<AllocateNetworkResponse> {
+        Ok(AllocateNetworkResponse { options: req.options })
+    }
+
+    async fn free_network(&self, _req: NetworkRef) -> PluginResult<()> {
+        Ok(())
+    }
+
+    async fn discover_new(&self, _req: DiscoveryRequest) -> PluginResult<()> {
+        Ok(())
+    }
+
+    async fn discover_delete(&self, _req: DiscoveryRequest) -> PluginResult<()> {
+        Ok(())
+    }
+
+    async fn program_external_connectivity(&self, _req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
+        Ok(())
+    }
+
+    async fn revoke_external_connectivity(&self, _req: EndpointRef) -> PluginResult<()> {
+        Ok(())
+    }
+}
+
+/// `IpamDriver.*`.
+#[async_trait]
+pub trait IpamDriver: Send + Sync + 'static {
+    fn capabilities(&self) -> IpamCapabilities {
+        IpamCapabilities::default()
+    }
+
+    fn default_address_spaces(&self) -> AddressSpacesResponse;
+
+    async fn request_pool(&self, req: RequestPoolRequest) -> PluginResult<RequestPoolResponse>;
+    async fn release_pool(&self, req: ReleasePoolRequest) -> PluginResult<()>;
+    async fn request_address(&self, req: RequestAddressRequest) -> PluginResult<RequestAddressResponse>;
+    async fn release_address(&self, req: ReleaseAddressRequest) -> PluginResult<()>;
+}

@@ -1,0 +1,52 @@
+use std::fmt;
+
+use hyper::StatusCode;
+
+/// An error answered to dockerd as `{"Err": message}` with an HTTP error status.
+///
+/// Messages reach `docker` users verbatim (prefixed by the method name), so they say what was
+/// wrong and, where possible, what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PluginError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
+    }
+
+    /// An unknown method: the only error answered with 404, which dockerd reads as "not implemented".
+    pub fn unknown_method(method: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("this plugin does not implement {method}"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+impl From<anyhow::Error> for PluginError {
+    fn from(err: anyhow::Error) -> Self {
+        // `{:#}` keeps the whole context chain on one line: "creating bridge br-x: File exists".
+        PluginError::new(format!("{err:#}"))
+    }
+}
+
+pub type PluginResult<T> = Result<T, PluginError>;

@@ -1,0 +1,78 @@
+//! Docker's CNM remote-plugin protocol for netloom: wire types, the unix-socket server, the
+//! socket lifecycle and the command line every netloom binary shares.
+
+pub mod cli;
+pub mod driver;
+pub mod error;
+pub mod server;
+pub mod socket;
+pub mod wire;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+pub use cli::{CommonArgs, Settings};
+pub use driver::{IpamDriver, NetworkDriver};
+pub use error::{PluginError, PluginResult};
+pub use server::Plugin;
+
+/// Runs a plugin binary: logging, single-instance checks, `build` (which loads persisted state and
+/// reconciles the kernel) and only then the socket, served until SIGTERM or SIGINT.
+///
+/// The socket appears only once the driver is ready, so dockerd never sees a half-started driver,
+/// and a second instance is refused before it touches any state.
+pub async fn run<F, Fut>(name: &str, args: &CommonArgs, build: F) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<Plugin>>,
+{
+    if let Err(e) = args.init_logging() {
+        eprintln!("{name}: {e:#}");
+        return ExitCode::from(2);
+    }
+    match run_inner(name, args, build).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_inner<F, Fut>(name: &str, args: &CommonArgs, build: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<Plugin>>,
+{
+    let settings = args.settings(name);
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let _lock = socket::StateLock::acquire(&settings.state_dir)?;
+    socket::prepare(&settings.socket)?;
+    let started = std::time::Instant::now();
+    let plugin = build(settings.clone()).await?;
+    let (_bound, listener) = socket::BoundSocket::bind(&settings.socket)?;
+    info!(
+        socket = %settings.socket.display(),
+        state_dir = %settings.state_dir.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        version = env!("CARGO_PKG_VERSION"),
+        "{name} listening"
+    );
+
+    let shutdown = async {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received, finishing in-flight requests"),
+            _ = interrupt.recv() => info!("SIGINT received, finishing in-flight requests"),
+        }
+    };
+    server::serve(listener, plugin, shutdown).await;
+    info!("{name} stopped");
+    Ok(())
+}
