@@ -43,6 +43,32 @@ pub struct Settings {
     pub store: Option<String>,
 }
 
+impl Settings {
+    /// This host's id for keys in a shared store, kept in `<state-dir>/host-id` (made on first
+    /// use). Host names are not used: two hosts may well share one.
+    pub fn host_id(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        use std::io::Read;
+        let path = self.state_dir.join("host-id");
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            let id = id.trim();
+            if !id.is_empty() {
+                return Ok(id.to_string());
+            }
+        }
+        let mut bytes = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom")?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::create_dir_all(&self.state_dir).with_context(|| format!("creating {}", self.state_dir.display()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{id}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(id)
+    }
+}
+
 impl CommonArgs {
     pub fn settings(&self, name: &str) -> Settings {
         Settings {

@@ -2,6 +2,7 @@
 //! socket lifecycle and the command line every netloom binary shares.
 
 pub mod cli;
+pub mod client;
 pub mod driver;
 pub mod error;
 pub mod server;

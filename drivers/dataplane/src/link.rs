@@ -1,0 +1,256 @@
+//! Links: bridges, veth pairs, their state, MTU, controller and owner tag.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+use tracing::debug;
+
+use crate::{is_errno, names, Netlink, ENODEV, ENOENT};
+
+/// What netloom needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The kernel's kind: "bridge", "veth", "vxlan", "macvlan", "dummy", … (None for physical links).
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    /// Index of the bridge (or other controller) the link is enslaved to.
+    pub controller: Option<u32>,
+    pub up: bool,
+    /// netloom tags the links it creates with an alias naming their owner.
+    pub alias: Option<String>,
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            mac: Vec::new(),
+            controller: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            alias: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                LinkAttribute::Address(mac) => link.mac = mac,
+                LinkAttribute::Controller(index) => link.controller = Some(index),
+                LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind_name(&kind));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    pub fn is_kind(&self, kind: &str) -> bool {
+        self.kind.as_deref() == Some(kind)
+    }
+
+    pub fn mac_string(&self) -> String {
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Other(other) => other.to_lowercase(),
+        known => format!("{known:?}").to_lowercase(),
+    }
+}
+
+/// A bridge as a driver wants it.
+#[derive(Debug, Clone)]
+pub struct BridgeSpec<'a> {
+    pub name: &'a str,
+    pub mtu: Option<u32>,
+    /// Owner tag written as the link's alias.
+    pub owner: &'a str,
+}
+
+/// A veth pair: the host end stays (on a bridge), the peer goes into a container.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub peer_name: &'a str,
+    pub mtu: Option<u32>,
+    pub owner: &'a str,
+}
+
+impl Netlink {
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut stream = self.handle().link().get().match_name(name.to_string()).execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg.map(Link::from_message)),
+            Err(e) if is_errno(&e, ENODEV) || is_errno(&e, ENOENT) => Ok(None),
+            Err(e) => Err(anyhow!(e)).with_context(|| format!("looking up link {name}")),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut stream = self.handle().link().get().match_index(index).execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg.map(Link::from_message)),
+            Err(e) if is_errno(&e, ENODEV) || is_errno(&e, ENOENT) => Ok(None),
+            Err(e) => Err(anyhow!(e)).with_context(|| format!("looking up link #{index}")),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let messages: Vec<LinkMessage> =
+            self.handle().link().get().execute().try_collect().await.context("listing links")?;
+        Ok(messages.into_iter().map(Link::from_message).collect())
+    }
+
+    /// The bridge named in `spec`, created and up. An existing bridge with the same owner is reused;
+    /// a link of that name that is not a bridge or belongs to someone else is an error.
+    pub async fn ensure_bridge(&self, spec: &BridgeSpec<'_>) -> Result<Link> {
+        names::validate(spec.name)?;
+        let link = match self.link(spec.name).await? {
+            Some(existing) => {
+                if !existing.is_kind("bridge") {
+                    bail!("{} already exists and is a {} link, not a bridge", spec.name, existing.kind.as_deref().unwrap_or("physical"));
+                }
+                if existing.alias.as_deref() != Some(spec.owner) {
+                    bail!(
+                        "bridge {} already exists and is not this network's ({}); choose another com.docker.network.bridge.name",
+                        spec.name,
+                        existing.alias.as_deref().unwrap_or("not created by netloom")
+                    );
+                }
+                existing
+            }
+            None => {
+                let mut builder = LinkBridge::new(spec.name);
+                if let Some(mtu) = spec.mtu {
+                    builder = builder.mtu(mtu);
+                }
+                self.handle()
+                    .link()
+                    .add(builder.build())
+                    .execute()
+                    .await
+                    .with_context(|| format!("creating bridge {}", spec.name))?;
+                let link = self.require(spec.name).await?;
+                self.set_alias(&link, spec.owner).await?;
+                link
+            }
+        };
+        if let Some(mtu) = spec.mtu {
+            if link.mtu != mtu {
+                self.set_mtu(&link, mtu).await?;
+            }
+        }
+        self.set_up(&link).await?;
+        self.require(spec.name).await
+    }
+
+    /// Creates a veth pair, or reuses one of ours with the same names.
+    pub async fn ensure_veth(&self, spec: &VethSpec<'_>) -> Result<(Link, Link)> {
+        names::validate(spec.host_name)?;
+        names::validate(spec.peer_name)?;
+        if let Some(existing) = self.link(spec.host_name).await? {
+            if existing.is_kind("veth") && existing.alias.as_deref() == Some(spec.owner) {
+                if let Some(peer) = self.link(spec.peer_name).await? {
+                    return Ok((existing, peer));
+                }
+            }
+            bail!("{} already exists and is not this endpoint's veth", spec.host_name);
+        }
+        let mut builder = LinkVeth::new(spec.host_name, spec.peer_name);
+        if let Some(mtu) = spec.mtu {
+            builder = builder.mtu(mtu);
+        }
+        self.handle()
+            .link()
+            .add(builder.build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {} / {}", spec.host_name, spec.peer_name))?;
+        let host = self.require(spec.host_name).await?;
+        let peer = self.require(spec.peer_name).await?;
+        if let Some(mtu) = spec.mtu {
+            // The builder's MTU applies to the first end only.
+            if peer.mtu != mtu {
+                self.set_mtu(&peer, mtu).await?;
+            }
+        }
+        self.set_alias(&host, spec.owner).await?;
+        Ok((host, peer))
+    }
+
+    async fn require(&self, name: &str) -> Result<Link> {
+        self.link(name).await?.ok_or_else(|| anyhow!("link {name} vanished right after it was created"))
+    }
+
+    pub async fn set_alias(&self, link: &Link, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(link.index).alias(alias).build();
+        self.handle().link().set(msg).execute().await.with_context(|| format!("tagging {} as {alias}", link.name))
+    }
+
+    pub async fn set_up(&self, link: &Link) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(link.index).up().build();
+        self.handle().link().set(msg).execute().await.with_context(|| format!("setting {} up", link.name))
+    }
+
+    pub async fn set_mtu(&self, link: &Link, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
+        self.handle().link().set(msg).execute().await.with_context(|| format!("setting MTU {mtu} on {}", link.name))
+    }
+
+    /// Enslaves `link` to `controller` (a bridge) and brings it up.
+    pub async fn attach(&self, link: &Link, controller: &Link) -> Result<()> {
+        if link.controller != Some(controller.index) {
+            let msg = LinkUnspec::new_with_index(link.index).controller(controller.index).build();
+            self.handle()
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .with_context(|| format!("attaching {} to {}", link.name, controller.name))?;
+        }
+        self.set_up(link).await
+    }
+
+    /// Sets a bridge port's flags: `hairpin` lets traffic leave through the port it came in on (a
+    /// container reaching its own published port); `isolated` ports cannot talk to each other,
+    /// only to non-isolated ports and the bridge itself (how icc=false is enforced without
+    /// br_netfilter).
+    pub async fn configure_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(port.index).hairpin(hairpin).isolated(isolated).build();
+        self.handle()
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .with_context(|| format!("setting hairpin={hairpin} isolated={isolated} on bridge port {}", port.name))
+    }
+
+    /// Deletes the link named `name`; returns false when there was none.
+    pub async fn delete_link(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle().link().del(link.index).execute().await {
+            Ok(()) => {
+                debug!(link = name, "deleted");
+                Ok(true)
+            }
+            Err(e) if is_errno(&e, ENODEV) || is_errno(&e, ENOENT) => Ok(false),
+            Err(e) => Err(anyhow!(e)).with_context(|| format!("deleting link {name}")),
+        }
+    }
+}

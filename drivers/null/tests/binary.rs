@@ -1,0 +1,156 @@
+//! The loom-null binary on a real socket: protocol errors, persistence across SIGKILL, SIGTERM
+//! clean-up and single-instance refusal.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use netloom_plugin_api::client::PluginClient;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loom-null");
+
+struct Driver {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Driver {
+    fn start(socket: &Path, state: &Path) -> Self {
+        let child = Command::new(BIN)
+            .arg("--socket").arg(socket)
+            .arg("--state-dir").arg(state)
+            .arg("--log-level").arg("debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning loom-null");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A killed predecessor leaves its socket file behind: wait until the new process answers.
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(Instant::now() < deadline, "loom-null did not serve {} within 5s", socket.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, socket: socket.to_path_buf() }
+    }
+
+    fn signal(&mut self, signal: Signal) -> std::process::ExitStatus {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        self.child.wait().unwrap()
+    }
+
+    async fn client(&self) -> PluginClient {
+        PluginClient::connect(&self.socket).await.unwrap()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_to_exit(socket: &Path, state: &Path) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--socket").arg(socket)
+        .arg("--state-dir").arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second instance kept running instead of refusing to start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn protocol_errors_come_back_as_err() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::start(&dir.path().join("loom-null.sock"), &dir.path().join("state"));
+    let mut client = driver.client().await;
+
+    let activate = client.call_raw("Plugin.Activate", "").await.unwrap();
+    assert_eq!((activate.status, activate.body), (200, json!({"Implements": ["NetworkDriver"]})));
+
+    for (method, body, status, text) in [
+        ("NetworkDriver.CreateNetwork", "{\"NetworkID\": ", 500, "invalid NetworkDriver.CreateNetwork request"),
+        ("NetworkDriver.CreateNetwork", "{\"Options\":{}}\n", 500, "missing field `NetworkID`"),
+        ("NetworkDriver.CreateNetwork", "", 500, "empty"),
+        ("NetworkDriver.Teleport", "{}", 404, "does not implement NetworkDriver.Teleport"),
+        ("IpamDriver.RequestPool", "{}", 404, "does not implement"),
+        ("NetworkDriver.CreateEndpoint", "{\"NetworkID\":\"nope\",\"EndpointID\":\"e\"}", 500, "not known to loom-null"),
+        ("NetworkDriver.CreateNetwork", "{\"NetworkID\":\"n\",\"Options\":{\"com.docker.network.generic\":{\"mtu\":\"9000\"}}}", 500, "takes no driver options, but got: mtu"),
+    ] {
+        let reply = client.call_raw(method, body).await.unwrap();
+        assert_eq!(reply.status, status, "{method} {body}: {reply:?}");
+        let err = reply.err().unwrap_or_else(|| panic!("{method}: no Err in {reply:?}"));
+        assert!(err.contains(text), "{method} {body}: {err}");
+    }
+    // The connection survives every error.
+    let caps = client.call("NetworkDriver.GetCapabilities", &serde_json::Value::Null).await.unwrap();
+    assert_eq!(caps, json!({"Scope": "local", "ConnectivityScope": "local"}));
+}
+
+#[tokio::test]
+async fn state_survives_sigkill_and_sigterm_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("plugins/loom-null.sock");
+    let state = dir.path().join("state");
+    let mut driver = Driver::start(&socket, &state);
+    {
+        let mut client = driver.client().await;
+        let network = json!({"NetworkID": "net1", "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"Pool": "172.18.0.0/16"}], "IPv6Data": []});
+        client.call("NetworkDriver.CreateNetwork", &network).await.unwrap();
+        client.call("NetworkDriver.CreateNetwork", &network).await.expect("CreateNetwork is idempotent");
+        let endpoint = json!({"NetworkID": "net1", "EndpointID": "ep1", "Interface": {"Address": "172.18.0.2/16"}, "Options": {}});
+        assert_eq!(client.call("NetworkDriver.CreateEndpoint", &endpoint).await.unwrap(), json!({}));
+    }
+    assert!(!driver.signal(Signal::SIGKILL).success());
+    assert!(socket.exists(), "a killed process leaves its socket behind");
+
+    let mut driver = Driver::start(&socket, &state);
+    let mut client = driver.client().await;
+    let join = json!({"NetworkID": "net1", "EndpointID": "ep1", "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
+    let reply = client.call("NetworkDriver.Join", &join).await.expect("the endpoint survived the restart");
+    assert_eq!(reply, json!({"DisableGatewayService": true}), "no interface and no docker_gwbridge");
+    let err = client.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "net1"})).await.unwrap_err().to_string();
+    assert!(err.contains("still has 1 endpoint"), "{err}");
+    for (method, body) in [
+        ("NetworkDriver.Leave", json!({"NetworkID": "net1", "EndpointID": "ep1"})),
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "net1", "EndpointID": "ep1"})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "net1"})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "net1"})),
+    ] {
+        client.call(method, &body).await.unwrap();
+    }
+    drop(client);
+
+    assert!(driver.signal(Signal::SIGTERM).success(), "SIGTERM is a clean exit");
+    assert!(!socket.exists(), "SIGTERM removes the socket");
+}
+
+#[tokio::test]
+async fn a_second_instance_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("loom-null.sock");
+    let _first = Driver::start(&socket, &dir.path().join("state1"));
+
+    let same_socket = run_to_exit(&socket, &dir.path().join("state2"));
+    assert!(!same_socket.status.success());
+    let stderr = String::from_utf8_lossy(&same_socket.stderr);
+    assert!(stderr.contains("another process is already serving"), "{stderr}");
+    assert!(socket.exists(), "the refused instance left the live socket alone");
+
+    let same_state = run_to_exit(&dir.path().join("other.sock"), &dir.path().join("state1"));
+    assert!(!same_state.status.success());
+    let stderr = String::from_utf8_lossy(&same_state.stderr);
+    assert!(stderr.contains("another instance is already running with state directory"), "{stderr}");
+}
