@@ -181,14 +181,16 @@ impl Netlink {
             .await
             .with_context(|| format!("creating veth pair {} / {}", spec.host_name, spec.peer_name))?;
         let host = self.require(spec.host_name).await?;
-        let peer = self.require(spec.peer_name).await?;
+        let mut peer = self.require(spec.peer_name).await?;
         if let Some(mtu) = spec.mtu {
             // The builder's MTU applies to the first end only.
             if peer.mtu != mtu {
                 self.set_mtu(&peer, mtu).await?;
+                peer = self.require(spec.peer_name).await?;
             }
         }
         self.set_alias(&host, spec.owner).await?;
+        let host = self.require(spec.host_name).await?;
         Ok((host, peer))
     }
 

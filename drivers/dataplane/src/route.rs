@@ -29,6 +29,8 @@ impl Netlink {
             .destination_prefix(destination.ip(), destination.prefix())
             .map_err(|e| anyhow!("route to {destination}: {e}"))?
             .output_interface(link.index)
+            // The kernel matches the scope too: a delete without it finds nothing (ESRCH).
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .build();
         match self.handle().route().del(message).execute().await {
             Ok(()) => Ok(()),

@@ -1,0 +1,119 @@
+//! The dataplane against the real kernel, each test in a network namespace of its own (made by
+//! unshare(2) on the test's thread, so it disappears with the thread).
+
+use std::future::Future;
+
+use ipnetwork::IpNetwork;
+use netloom_dataplane::{sysctl, BridgeSpec, Netlink, VethSpec};
+
+fn in_new_netns<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    assert!(nix::unistd::geteuid().is_root(), "dataplane tests need root (network namespaces)");
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(test());
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+#[test]
+fn bridge_is_created_once_and_reused() {
+    in_new_netns(|| async {
+        let nl = Netlink::connect().unwrap();
+        let spec = BridgeSpec { name: "lbr-test", mtu: Some(1400), owner: "netloom:test:n1" };
+        let first = nl.ensure_bridge(&spec).await.unwrap();
+        assert!(first.is_kind("bridge") && first.up);
+        assert_eq!(first.mtu, 1400);
+        assert_eq!(first.alias.as_deref(), Some("netloom:test:n1"));
+        let again = nl.ensure_bridge(&spec).await.unwrap();
+        assert_eq!(again.index, first.index, "an existing bridge of ours is reused");
+
+        let other = BridgeSpec { owner: "netloom:test:n2", ..spec.clone() };
+        let err = nl.ensure_bridge(&other).await.unwrap_err().to_string();
+        assert!(err.contains("lbr-test already exists and is not this network's"), "{err}");
+
+        let gw: IpNetwork = "10.77.0.1/24".parse().unwrap();
+        nl.ensure_address(&first, gw).await.unwrap();
+        nl.ensure_address(&first, gw).await.unwrap();
+        let v4 = |list: Vec<IpNetwork>| list.into_iter().filter(IpNetwork::is_ipv4).collect::<Vec<_>>();
+        assert_eq!(v4(nl.addresses(&first).await.unwrap()), vec![gw]);
+        nl.delete_address(&first, gw).await.unwrap();
+        assert!(v4(nl.addresses(&first).await.unwrap()).is_empty());
+
+        assert!(nl.delete_link("lbr-test").await.unwrap());
+        assert!(!nl.delete_link("lbr-test").await.unwrap(), "deleting an absent link succeeds");
+    });
+}
+
+#[test]
+fn wrong_kind_and_bad_names_are_reported() {
+    in_new_netns(|| async {
+        let nl = Netlink::connect().unwrap();
+        let err = nl.ensure_bridge(&BridgeSpec { name: "lo", mtu: None, owner: "x" }).await.unwrap_err().to_string();
+        assert!(err.contains("lo already exists and is a"), "{err}");
+        let err = nl
+            .ensure_bridge(&BridgeSpec { name: "much-too-long-name", mtu: None, owner: "x" })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 15"), "{err}");
+    });
+}
+
+#[test]
+fn veth_pair_on_a_bridge() {
+    in_new_netns(|| async {
+        let nl = Netlink::connect().unwrap();
+        let bridge = nl.ensure_bridge(&BridgeSpec { name: "lbr0", mtu: Some(1450), owner: "o" }).await.unwrap();
+        let spec = VethSpec { host_name: "vl-a", peer_name: "vp-a", mtu: Some(1450), owner: "o:e" };
+        let (host, peer) = nl.ensure_veth(&spec).await.unwrap();
+        assert!(host.is_kind("veth") && peer.is_kind("veth"));
+        assert_eq!((host.mtu, peer.mtu), (1450, 1450));
+        let (again, _) = nl.ensure_veth(&spec).await.unwrap();
+        assert_eq!(again.index, host.index);
+
+        nl.attach(&host, &bridge).await.unwrap();
+        nl.configure_bridge_port(&host, true, true).await.unwrap();
+        let host = nl.link("vl-a").await.unwrap().unwrap();
+        assert_eq!(host.controller, Some(bridge.index));
+        assert!(host.up);
+
+        let taken = VethSpec { owner: "someone-else", ..spec.clone() };
+        assert!(nl.ensure_veth(&taken).await.unwrap_err().to_string().contains("not this endpoint's veth"));
+
+        assert!(nl.delete_link("vl-a").await.unwrap());
+        assert!(nl.link("vp-a").await.unwrap().is_none(), "deleting one end removes the pair");
+    });
+}
+
+#[test]
+fn link_routes_come_and_go() {
+    in_new_netns(|| async {
+        let nl = Netlink::connect().unwrap();
+        let (host, _) = nl.ensure_veth(&VethSpec { host_name: "vr0", peer_name: "vr1", mtu: None, owner: "o" }).await.unwrap();
+        nl.set_up(&host).await.unwrap();
+        let dst: IpNetwork = "10.78.0.5/32".parse().unwrap();
+        nl.ensure_link_route(dst, &host).await.unwrap();
+        nl.ensure_link_route(dst, &host).await.unwrap();
+        let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap();
+        assert!(routes.contains("vr0\t05004E0A"), "{routes}");
+        nl.delete_link_route(dst, &host).await.unwrap();
+        nl.delete_link_route(dst, &host).await.unwrap();
+        let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap();
+        assert!(!routes.contains("vr0\t05004E0A"), "{routes}");
+    });
+}
+
+#[test]
+fn sysctls_apply_to_the_namespace() {
+    in_new_netns(|| async {
+        sysctl::ensure("net.ipv4.ip_forward", "1").unwrap();
+        assert_eq!(sysctl::read("net.ipv4.ip_forward").unwrap(), "1");
+        sysctl::ensure("net.ipv4.ip_forward", "0").unwrap();
+    });
+}
