@@ -1,0 +1,511 @@
+//! A simulated host: its own network namespace (eth0 on the cluster's underlay), mount, UTS and
+//! pid namespace, its own dockerd, and the netloom plugins it runs.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cleanup::{self, CGROUP_PREFIX};
+use crate::dockerd::{docker_cli, DockerVersion};
+use crate::image::image_tarball;
+use crate::netns::Netns;
+use crate::node::Node;
+use crate::plugin::Plugin;
+use crate::proc::NsProc;
+use crate::util::{self, tail, timed, CMD_TIMEOUT};
+
+/// How long dockerd gets to answer on its socket.
+pub const DOCKERD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `stop_docker` waits after SIGTERM before SIGKILL.
+pub const DOCKERD_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What `Cluster::add_host` builds.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Short host name: [a-z0-9], at most 8 chars (it ends up in interface names).
+    pub name: String,
+    pub docker: DockerVersion,
+    /// Extra dockerd arguments, e.g. `--cluster-store=etcd://10.250.0.254:2379`.
+    pub dockerd_args: Vec<String>,
+    /// Start dockerd in `add_host` (default). Set false to start plugins first, then call
+    /// `Host::start_docker`.
+    pub start_docker: bool,
+}
+
+impl HostConfig {
+    pub fn new(name: &str, docker: DockerVersion) -> HostConfig {
+        HostConfig {
+            name: name.to_owned(),
+            docker,
+            dockerd_args: Vec::new(),
+            start_docker: true,
+        }
+    }
+
+    pub fn dockerd_args<S: AsRef<str>>(mut self, args: &[S]) -> HostConfig {
+        self.dockerd_args
+            .extend(args.iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Don't start dockerd in `add_host`.
+    pub fn defer_docker(mut self) -> HostConfig {
+        self.start_docker = false;
+        self
+    }
+}
+
+pub struct Host {
+    cfg: HostConfig,
+    dir: PathBuf,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    cgroup: String,
+    dockerd: Mutex<Option<NsProc>>,
+    image_loaded: AtomicBool,
+    plugins: Mutex<Vec<Arc<Plugin>>>,
+    torn_down: AtomicBool,
+    // Dropped in this order (after teardown has already run): processes, then the netns.
+    node: Arc<Node>,
+    netns: Netns,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Host {
+    /// Builds the namespaces and the veth to the underlay, starts the holder, then dockerd if
+    /// `cfg.start_docker`. On error everything made so far is removed (RAII fields).
+    pub(crate) fn create(
+        cfg: HostConfig,
+        cluster: &str,
+        cluster_dir: &Path,
+        underlay: &Netns,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<Host> {
+        util::check_name("host", &cfg.name, 8)?;
+        cfg.docker.dockerd()?; // a missing engine fails before anything is built
+        let t0 = Instant::now();
+        let pid = std::process::id();
+        let name = cfg.name.clone();
+        let dir = cluster_dir.join(&name);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("daemon.json"), "{}\n")?;
+
+        let netns = Netns::create(&format!("{}{pid}-{cluster}-{name}", cleanup::NETNS_PREFIX))?;
+        // The veth is created in the underlay namespace with its peer put straight into the host's:
+        // no end of it ever exists in the root namespace.
+        let uplink = format!("u-{name}");
+        underlay.ip(&[
+            "link",
+            "add",
+            &uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
+        underlay.ip(&["link", "set", &uplink, "master", "br0", "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+
+        let node = Arc::new(Node::start(
+            netns.name(),
+            &format!("{cluster}-{name}"),
+            &dir,
+        )?);
+        let host = Host {
+            cgroup: format!("{CGROUP_PREFIX}{pid}-{cluster}-{name}"),
+            cfg,
+            dir,
+            ip,
+            prefix_len,
+            dockerd: Mutex::new(None),
+            image_loaded: AtomicBool::new(false),
+            plugins: Mutex::new(Vec::new()),
+            torn_down: AtomicBool::new(false),
+            node,
+            netns,
+        };
+        let t_ns = t0.elapsed();
+        if host.cfg.start_docker {
+            host.start_docker()?;
+        }
+        eprintln!(
+            "[netloom-tests] {cluster}/{name}: namespaces+veth {:.2}s, total {:.2}s",
+            t_ns.as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(host)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The host's hostname (`<cluster>-<host>`); dockerd uses it as its node name.
+    pub fn hostname(&self) -> &str {
+        self.node.hostname()
+    }
+
+    pub fn docker_version(&self) -> DockerVersion {
+        self.cfg.docker
+    }
+
+    /// The host's address on the underlay (on `eth0`).
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    pub fn underlay_prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// The host's underlay interface name.
+    pub fn underlay_iface(&self) -> &'static str {
+        "eth0"
+    }
+
+    /// The host's network namespace (`/run/netns/<name>`).
+    pub fn netns(&self) -> &str {
+        self.netns.name()
+    }
+
+    /// This host's directory in the scenario dir: logs, docker.sock, plugin state dirs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Pid (root pid namespace) of the holder process, pid 1 of the host's pid namespace.
+    pub fn holder_pid(&self) -> i32 {
+        self.node.holder_pid()
+    }
+
+    /// dockerd's API socket (in the scenario dir, so the CLI runs from the test process).
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    pub fn dockerd_log(&self) -> PathBuf {
+        self.dir.join("dockerd.log")
+    }
+
+    /// Every process of the host (dockerd, containerd, shims, containers, plugins, ...), as
+    /// (pid in the root pid namespace, start time, command line).
+    pub fn processes(&self) -> Vec<(i32, u64, String)> {
+        self.node.processes()
+    }
+
+    /// A path inside the host's mount namespace, reachable from the test process.
+    pub fn path_inside(&self, path: &str) -> PathBuf {
+        self.node.path_inside(path)
+    }
+
+    // ---- dockerd -------------------------------------------------------------------------
+
+    fn dockerd_argv(&self, bin: &Path) -> Vec<String> {
+        let mut argv: Vec<String> = vec![bin.display().to_string()];
+        argv.push(format!(
+            "--config-file={}",
+            self.dir.join("daemon.json").display()
+        ));
+        // Data root and exec root live on the host's private tmpfs (/run): fast, and gone with the
+        // host's mount namespace. The exec root is Docker's default one, /var/run/docker.
+        argv.push("--data-root=/run/netloom/docker".into());
+        argv.push("--exec-root=/run/docker".into());
+        argv.push("--pidfile=/run/netloom/dockerd.pid".into());
+        argv.push(format!("--host=unix://{}", self.docker_socket().display()));
+        // Containers' cgroups go under one per-host parent, removed at teardown.
+        argv.push(format!("--cgroup-parent=/{}", self.cgroup));
+        if !self
+            .cfg
+            .dockerd_args
+            .iter()
+            .any(|a| a.starts_with("--log-level") || a == "-l" || a == "--debug" || a == "-D")
+        {
+            argv.push("--log-level=debug".into());
+        }
+        // A fetched engine brings its own docker-proxy and docker-init; point at them explicitly.
+        let given = |flag: &str| self.cfg.dockerd_args.iter().any(|a| a.starts_with(flag));
+        if let (DockerVersion::V26, Some(dir)) = (self.cfg.docker, bin.parent()) {
+            let root = DockerVersion::v26_dir();
+            for (flag, cands) in [
+                (
+                    "--userland-proxy-path",
+                    [dir.join("docker-proxy"), root.join("usr/sbin/docker-proxy")],
+                ),
+                (
+                    "--init-path",
+                    [dir.join("docker-init"), root.join("usr/bin/docker-init")],
+                ),
+            ] {
+                if let Some(p) = cands.iter().find(|p| p.is_file()).filter(|_| !given(flag)) {
+                    argv.push(format!("{flag}={}", p.display()));
+                }
+            }
+        }
+        argv.extend(self.cfg.dockerd_args.iter().cloned());
+        argv
+    }
+
+    /// Starts dockerd (if not running), waits until it answers, and loads the busybox image on
+    /// the first start.
+    pub fn start_docker(&self) -> Result<()> {
+        let mut g = lock(&self.dockerd);
+        if g.as_mut().is_some_and(|p| p.is_running()) {
+            return Ok(());
+        }
+        let bin = self.cfg.docker.dockerd()?;
+        let t0 = Instant::now();
+        let argv = self.dockerd_argv(&bin);
+        let env = [("PATH", self.cfg.docker.path_env(&bin))];
+        let mut proc = self
+            .node
+            .spawn("dockerd", &argv, &env, &self.dockerd_log())?;
+        let sock = self.docker_socket();
+        let res = util::wait_until(
+            DOCKERD_TIMEOUT,
+            Duration::from_millis(50),
+            "dockerd to answer",
+            || {
+                if !proc.is_running() {
+                    bail!("dockerd exited ({:?})", proc.try_exit());
+                }
+                Ok(sock.exists()
+                    && self
+                        .docker(&["version", "--format", "{{.Server.Version}}"])
+                        .is_ok())
+            },
+        );
+        if let Err(e) = res {
+            let _ = proc.kill();
+            bail!(
+                "{} on host {} did not come up: {e:#}\ndockerd.log (last 40 lines):\n{}",
+                self.cfg.docker,
+                self.name(),
+                tail(&self.dockerd_log(), 40)
+            );
+        }
+        *g = Some(proc);
+        drop(g);
+        let t_up = t0.elapsed();
+        if !self.image_loaded.load(Ordering::SeqCst) {
+            let t1 = Instant::now();
+            let tar = image_tarball()?;
+            self.docker(&["load", "-q", "-i", &tar.display().to_string()])
+                .context("loading the busybox image")?;
+            self.image_loaded.store(true, Ordering::SeqCst);
+            eprintln!(
+                "[netloom-tests] {}: {} ready in {:.2}s, image load {:.2}s",
+                self.hostname(),
+                self.cfg.docker,
+                t_up.as_secs_f64(),
+                t1.elapsed().as_secs_f64()
+            );
+        } else {
+            eprintln!(
+                "[netloom-tests] {}: {} ready in {:.2}s",
+                self.hostname(),
+                self.cfg.docker,
+                t_up.as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM dockerd and wait for it to exit (SIGKILL after 30 s). dockerd stops the running
+    /// containers on the way out (at once for the netloom image, whose stop signal is SIGKILL;
+    /// other containers that ignore SIGTERM cost their stop timeout, 10 s by default) and its
+    /// managed containerd exits with it.
+    pub fn stop_docker(&self) -> Result<()> {
+        if let Some(mut p) = lock(&self.dockerd).take() {
+            p.stop(DOCKERD_STOP_GRACE)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL dockerd, like a crash. Its managed containerd dies with it, the shims and the
+    /// containers keep running; the next `start_docker` cleans them up (containers without a
+    /// restart policy are stopped, and their endpoints released through the plugins).
+    pub fn kill_docker(&self) -> Result<()> {
+        if let Some(mut p) = lock(&self.dockerd).take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart_docker(&self) -> Result<()> {
+        self.stop_docker()?;
+        self.start_docker()
+    }
+
+    pub fn docker_running(&self) -> bool {
+        lock(&self.dockerd).as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// A docker CLI command for this host's dockerd (bounded by `limit`), for custom handling.
+    pub fn docker_command<S: AsRef<str>>(&self, limit: Duration, args: &[S]) -> Command {
+        let mut argv = vec![docker_cli()];
+        argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        let mut cmd = timed(limit, &argv);
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.docker_socket().display()),
+        )
+        .env("DOCKER_CONFIG", self.dir.join("docker-cli"))
+        .env("DOCKER_CLI_HINTS", "false")
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .env_remove("DOCKER_API_VERSION");
+        cmd
+    }
+
+    /// Runs `docker <args>` against this host's dockerd: Ok(stdout), or an error with stderr.
+    pub fn docker<S: AsRef<str>>(&self, args: &[S]) -> Result<String> {
+        util::run(&mut self.docker_command(CMD_TIMEOUT, args))
+    }
+
+    /// Like `docker`, but panics (with stderr) on failure; returns trimmed stdout.
+    #[track_caller]
+    pub fn docker_ok<S: AsRef<str>>(&self, args: &[S]) -> String {
+        match self.docker(args) {
+            Ok(out) => out.trim().to_owned(),
+            Err(e) => panic!("on host {}: {e:#}", self.name()),
+        }
+    }
+
+    /// `docker <args>` whose stdout is JSON (e.g. `inspect`).
+    pub fn docker_json<S: AsRef<str>>(&self, args: &[S]) -> Result<serde_json::Value> {
+        let out = self.docker(args)?;
+        serde_json::from_str(&out).with_context(|| format!("docker output is not JSON: {out}"))
+    }
+
+    /// `docker exec <container> <argv>`.
+    pub fn container_exec<S: AsRef<str>>(&self, container: &str, argv: &[S]) -> Result<String> {
+        let mut args = vec!["exec".to_owned(), container.to_owned()];
+        args.extend(argv.iter().map(|a| a.as_ref().to_owned()));
+        self.docker(&args)
+    }
+
+    // ---- commands and plugins on the host ----------------------------------------------------
+
+    /// Runs `argv` in the host's namespaces (network, mount, UTS, pid): Ok(stdout) on exit 0.
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<String> {
+        self.node.exec(argv)
+    }
+
+    /// `sh -c <script>` on the host.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        self.node.exec(&["sh", "-c", script])
+    }
+
+    /// Starts a long-lived process on the host (killed at teardown), logging to `<dir>/<name>.log`.
+    pub fn spawn<S: AsRef<str>>(&self, name: &str, argv: &[S]) -> Result<NsProc> {
+        self.node
+            .spawn(name, argv, &[], &self.dir.join(format!("{name}.log")))
+    }
+
+    /// Starts the plugin binary `binary` (from NETLOOM_BIN_DIR, default `<workspace>/target/release`)
+    /// with its socket at `/run/docker/plugins/<binary>.sock`, and waits for the socket.
+    pub fn start_plugin(&self, binary: &str, extra_args: &[&str]) -> Result<Arc<Plugin>> {
+        self.start_plugin_as(binary, binary, extra_args)
+    }
+
+    /// Like `start_plugin`, with the socket (driver) name `name` instead of the binary's name.
+    pub fn start_plugin_as(
+        &self,
+        binary: &str,
+        name: &str,
+        extra_args: &[&str],
+    ) -> Result<Arc<Plugin>> {
+        if lock(&self.plugins).iter().any(|p| p.name() == name) {
+            bail!("host {} already has a plugin named {name}", self.name());
+        }
+        let t0 = Instant::now();
+        let plugin = Arc::new(Plugin::new(
+            name,
+            util::bin_dir().join(binary),
+            extra_args,
+            &self.dir,
+            self.node.clone(),
+        )?);
+        lock(&self.plugins).push(plugin.clone());
+        plugin.start()?;
+        eprintln!(
+            "[netloom-tests] {}: plugin {name} listening after {:.2}s",
+            self.hostname(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(plugin)
+    }
+
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        lock(&self.plugins).clone()
+    }
+
+    // ---- diagnostics and teardown -----------------------------------------------------------
+
+    /// The tails of this host's logs (dockerd, plugins, holder, other spawned processes).
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<PathBuf> = vec![self.dockerd_log()];
+        logs.extend(self.plugins().iter().map(|p| p.log_path().to_path_buf()));
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            let mut rest: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log") && !logs.contains(p))
+                .collect();
+            rest.sort();
+            logs.extend(rest);
+        }
+        for log in logs {
+            if fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false) {
+                out.push_str(&format!(
+                    "===== {} (last {lines} lines) =====\n{}\n",
+                    log.display(),
+                    tail(&log, lines)
+                ));
+            }
+        }
+        out
+    }
+
+    /// Removes everything the host made (idempotent): kills the holder, which takes every process
+    /// of the host along (dockerd, containerd, shims, containers, plugins), reaps our nsenter
+    /// children, removes the containers' cgroups, deletes the network namespace (and so the veth).
+    pub fn teardown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.node.kill();
+        if let Some(mut p) = lock(&self.dockerd).take() {
+            let _ = p.kill();
+        }
+        for p in lock(&self.plugins).iter() {
+            p.kill();
+        }
+        cleanup::remove_cgroup(&self.cgroup);
+        self.netns.delete();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

@@ -1,0 +1,196 @@
+//! A netloom plugin binary running on a host.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use nix::sys::signal::Signal;
+
+use crate::node::Node;
+use crate::proc::NsProc;
+use crate::util::{self, tail};
+
+/// How long a plugin gets to accept connections on its socket after being started.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A plugin process on a host: `<binary> --socket /run/docker/plugins/<name>.sock --state-dir
+/// <host dir>/state/<name> <extra args>`, run in the host's namespaces, stdout+stderr appended to
+/// `<host dir>/<name>.log`. The host keeps it (and kills it at teardown); this is a shared handle.
+pub struct Plugin {
+    name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    state_dir: PathBuf,
+    log: PathBuf,
+    node: Arc<Node>,
+    proc: Mutex<Option<NsProc>>,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        name: &str,
+        binary: PathBuf,
+        extra: &[&str],
+        host_dir: &Path,
+        node: Arc<Node>,
+    ) -> Result<Plugin> {
+        if !binary.is_file() {
+            bail!(
+                "plugin binary {} is missing: run `cargo build --release --workspace --bins` first \
+                 (or set NETLOOM_BIN_DIR)",
+                binary.display()
+            );
+        }
+        let state_dir = host_dir.join("state").join(name);
+        std::fs::create_dir_all(&state_dir)?;
+        Ok(Plugin {
+            name: name.to_owned(),
+            binary,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            state_dir,
+            log: host_dir.join(format!("{name}.log")),
+            node,
+            proc: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<NsProc>> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The driver name docker uses (`-d <name>`): the socket's file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The socket path as the host (dockerd, the plugin) sees it.
+    pub fn socket(&self) -> String {
+        format!("/run/docker/plugins/{}.sock", self.name)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Pid (root pid namespace) of the running process.
+    pub fn pid(&self) -> Option<i32> {
+        let mut g = self.lock();
+        let p = g.as_mut()?;
+        p.is_running().then(|| p.pid())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// Exit status of the last run, if it has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.lock().as_mut().and_then(|p| p.try_exit())
+    }
+
+    /// Starts the process (if not running) and waits until its socket accepts connections.
+    pub fn start(&self) -> Result<()> {
+        {
+            let mut g = self.lock();
+            if g.as_mut().is_some_and(|p| p.is_running()) {
+                return Ok(());
+            }
+            let mut argv = vec![
+                self.binary.display().to_string(),
+                "--socket".into(),
+                self.socket(),
+            ];
+            argv.push("--state-dir".into());
+            argv.push(self.state_dir.display().to_string());
+            argv.extend(self.args.iter().cloned());
+            // Plain log lines in the log file (tracing-subscriber colours them unless NO_COLOR).
+            let env = [
+                ("RUST_BACKTRACE", "1".to_string()),
+                ("NO_COLOR", "1".to_string()),
+            ];
+            *g = Some(self.node.spawn(&self.name, &argv, &env, &self.log)?);
+        }
+        self.wait_socket(SOCKET_TIMEOUT)
+    }
+
+    /// Waits until the socket accepts a connection (a stale socket file left by a killed run
+    /// doesn't count); fails early if the process exits.
+    pub fn wait_socket(&self, limit: Duration) -> Result<()> {
+        let path = self.node.path_inside(&self.socket());
+        let res = util::wait_until(
+            limit,
+            Duration::from_millis(10),
+            &format!("{} to listen on {}", self.name, self.socket()),
+            || {
+                if UnixStream::connect(&path).is_ok() {
+                    return Ok(true);
+                }
+                if let Some(st) = self.exit_status() {
+                    bail!("{} exited ({st}) before listening", self.name);
+                }
+                Ok(false)
+            },
+        );
+        res.map_err(|e| e.context(format!("{} log:\n{}", self.name, tail(&self.log, 30))))
+    }
+
+    /// Sends a signal (no-op if not running).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        match self.lock().as_mut() {
+            Some(p) => p.signal(sig),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGTERM, then waits up to 10 s for the exit; an error if it doesn't exit (it is then
+    /// SIGKILLed so the test can go on).
+    pub fn sigterm(&self) -> Result<ExitStatus> {
+        let mut g = self.lock();
+        let Some(p) = g.as_mut() else {
+            bail!("{} was never started", self.name)
+        };
+        p.signal(Signal::SIGTERM)?;
+        match p.wait_exit(Duration::from_secs(10)) {
+            Some(st) => Ok(st),
+            None => {
+                p.kill()?;
+                bail!("{} ignored SIGTERM for 10 s (killed it)", self.name)
+            }
+        }
+    }
+
+    /// SIGKILL, like a crash: no chance to clean up.
+    pub fn sigkill(&self) -> Result<ExitStatus> {
+        let mut g = self.lock();
+        let Some(p) = g.as_mut() else {
+            bail!("{} was never started", self.name)
+        };
+        p.kill()
+    }
+
+    /// Graceful stop (SIGTERM, SIGKILL after 10 s) if running, then start again with the same
+    /// arguments and state dir, and wait for the socket.
+    pub fn restart(&self) -> Result<()> {
+        if let Some(p) = self.lock().as_mut() {
+            p.stop(Duration::from_secs(10))?;
+        }
+        self.start()
+    }
+
+    pub(crate) fn kill(&self) {
+        if let Some(mut p) = self.lock().take() {
+            let _ = p.kill();
+        }
+    }
+}
