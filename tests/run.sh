@@ -14,4 +14,11 @@ fi
 tests/install-deps.sh
 tests/fetch-docker26.sh
 cargo build --release --workspace --bins
-cargo test --release --workspace "$@"
+# The dockerd scenarios mostly wait on the kernel and dockerd, so run more of them than there are
+# cores; each builds its own namespaces and shares nothing with the others.
+threads=${NETLOOM_TEST_THREADS:-4}
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --workspace --no-fail-fast --test-threads "$threads" "$@"
+else
+    RUST_TEST_THREADS=$threads cargo test --release --workspace --no-fail-fast "$@"
+fi
