@@ -61,6 +61,7 @@
 mod cleanup;
 mod cluster;
 mod dockerd;
+mod etcd;
 mod host;
 mod image;
 mod netns;
@@ -72,6 +73,7 @@ mod util;
 pub use cleanup::{own_netns, RootNsSnapshot};
 pub use cluster::{require_root, scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN};
 pub use dockerd::{docker_cli, DockerVersion};
+pub use etcd::Etcd;
 pub use host::{Host, HostConfig, DOCKERD_TIMEOUT};
 pub use image::{image_tarball, IMAGE};
 pub use plugin::Plugin;

@@ -1,0 +1,242 @@
+//! Consul HTTP API requests and responses, as pure functions: key paths, `/v1/txn` bodies and the
+//! JSON Consul answers with. Follows Consul's documented KV, transaction and session endpoints.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::base64;
+use crate::store::{Condition, KeySpace, KeyValue, Op, Revision, Txn, TxnOutcome};
+
+/// `/v1/kv/<key>` for an absolute netloom key. Consul keys carry no leading slash.
+pub fn kv_path(full_key: &str) -> String {
+    format!("/v1/kv/{}", encode_path(full_key.trim_start_matches('/')))
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+pub fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One entry of a KV read (`GET /v1/kv/<key>[?recurse]`).
+#[derive(Debug, Deserialize)]
+struct ConsulKv {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Value")]
+    value: Option<String>,
+    #[serde(rename = "ModifyIndex")]
+    modify_index: u64,
+}
+
+/// Parses a KV read into relative keys; entries outside `keys` (and folders) are skipped.
+pub fn parse_kv_list(body: &[u8], keys: &KeySpace) -> Result<Vec<KeyValue>, String> {
+    let entries: Vec<ConsulKv> = serde_json::from_slice(body).map_err(|e| format!("bad KV listing: {e}"))?;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let full = format!("/{}", entry.key);
+        let Some(rel) = keys.relative(&full) else { continue };
+        let value = match entry.value {
+            Some(v) => base64::decode(&v).map_err(|e| format!("key {}: {e}", entry.key))?,
+            None => Vec::new(),
+        };
+        out.push(KeyValue { key: rel.to_string(), value, revision: entry.modify_index });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// The `PUT /v1/txn` body for `txn`: conditions first (Consul checks and applies in order and rolls
+/// everything back on the first failure), then the writes.
+pub fn txn_body(txn: &Txn, keys: &KeySpace) -> Value {
+    let key = |k: &str| keys.full(k).trim_start_matches('/').to_string();
+    let mut ops = Vec::with_capacity(txn.conditions.len() + txn.ops.len());
+    for c in &txn.conditions {
+        ops.push(match c {
+            Condition::Absent(k) => json!({"KV": {"Verb": "check-not-exists", "Key": key(k)}}),
+            // "get" fails the transaction when the key is missing.
+            Condition::Exists(k) => json!({"KV": {"Verb": "get", "Key": key(k)}}),
+            Condition::Revision(k, rev) => json!({"KV": {"Verb": "check-index", "Key": key(k), "Index": rev}}),
+        });
+    }
+    for op in &txn.ops {
+        ops.push(match op {
+            Op::Put(k, v) => json!({"KV": {"Verb": "set", "Key": key(k), "Value": base64::encode(v)}}),
+            Op::Delete(k) => json!({"KV": {"Verb": "delete", "Key": key(k)}}),
+            Op::DeletePrefix(p) => json!({"KV": {"Verb": "delete-tree", "Key": key(p)}}),
+        });
+    }
+    Value::Array(ops)
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnResponse {
+    #[serde(rename = "Results", default)]
+    results: Option<Vec<TxnResult>>,
+    #[serde(rename = "Errors", default)]
+    errors: Option<Vec<TxnError>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnResult {
+    #[serde(rename = "KV")]
+    kv: Option<TxnKv>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnKv {
+    #[serde(rename = "ModifyIndex", default)]
+    modify_index: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnError {
+    #[serde(rename = "OpIndex", default)]
+    op_index: usize,
+    #[serde(rename = "What", default)]
+    what: String,
+}
+
+/// Reads a `/v1/txn` answer: 200 is committed, 409 rolled back (a check failed).
+pub fn parse_txn_response(status: u16, body: &[u8], index_header: Option<u64>) -> Result<TxnOutcome, String> {
+    match status {
+        200 => {
+            let resp: TxnResponse = serde_json::from_slice(body).map_err(|e| format!("bad txn answer: {e}"))?;
+            let written =
+                resp.results.unwrap_or_default().iter().filter_map(|r| r.kv.as_ref()).map(|kv| kv.modify_index).max();
+            Ok(TxnOutcome::Committed(written.or(index_header).unwrap_or(0) as Revision))
+        }
+        409 => {
+            if let Ok(resp) = serde_json::from_slice::<TxnResponse>(body) {
+                for e in resp.errors.unwrap_or_default() {
+                    tracing::debug!(op = e.op_index, what = %e.what, "consul txn rolled back");
+                }
+            }
+            Ok(TxnOutcome::Conflict)
+        }
+        other => Err(format!("txn answered HTTP {other}: {}", String::from_utf8_lossy(body).trim())),
+    }
+}
+
+/// `PUT /v1/session/create` body: keys acquired by the session are deleted when it expires.
+pub fn session_body(name: &str, ttl_secs: u64) -> Value {
+    json!({"Name": name, "TTL": format!("{ttl_secs}s"), "Behavior": "delete", "LockDelay": "0s"})
+}
+
+pub fn parse_session_id(body: &[u8]) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Created {
+        #[serde(rename = "ID")]
+        id: String,
+    }
+    let created: Created = serde_json::from_slice(body).map_err(|e| format!("bad session answer: {e}"))?;
+    if created.id.is_empty() || !created.id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(format!("unexpected session id {:?}", created.id));
+    }
+    Ok(created.id)
+}
+
+/// Consul answers `true` or `false` to KV writes.
+pub fn parse_bool(body: &[u8]) -> Result<bool, String> {
+    match String::from_utf8_lossy(body).trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks() -> KeySpace {
+        KeySpace::new("/netloom/v1/")
+    }
+
+    #[test]
+    fn paths_are_escaped() {
+        assert_eq!(kv_path("/netloom/v1/ipam/pools/a"), "/v1/kv/netloom/v1/ipam/pools/a");
+        assert_eq!(kv_path("/n/fd00::_64"), "/v1/kv/n/fd00%3A%3A_64");
+        assert_eq!(encode_path("a b?c#d%"), "a%20b%3Fc%23d%25");
+    }
+
+    #[test]
+    fn kv_listing() {
+        let body = br#"[
+            {"Key":"netloom/v1/b","Value":"Zm9v","ModifyIndex":7,"CreateIndex":5,"Flags":0,"LockIndex":0},
+            {"Key":"netloom/v1/a","Value":null,"ModifyIndex":9,"CreateIndex":9,"Flags":0,"LockIndex":0},
+            {"Key":"other/x","Value":"Zm9v","ModifyIndex":3}
+        ]"#;
+        let kvs = parse_kv_list(body, &ks()).unwrap();
+        assert_eq!(
+            kvs,
+            vec![
+                KeyValue { key: "a".into(), value: vec![], revision: 9 },
+                KeyValue { key: "b".into(), value: b"foo".to_vec(), revision: 7 },
+            ]
+        );
+        assert!(parse_kv_list(b"{}", &ks()).is_err());
+        assert!(parse_kv_list(br#"[{"Key":"netloom/v1/a","Value":"!!","ModifyIndex":1}]"#, &ks()).is_err());
+    }
+
+    #[test]
+    fn txn_request() {
+        let txn = Txn::new()
+            .when(Condition::Absent("a".into()))
+            .when(Condition::Exists("b".into()))
+            .when(Condition::Revision("c".into(), 42))
+            .put("d", b"hi".to_vec())
+            .delete("e")
+            .delete_prefix("f/");
+        let body = txn_body(&txn, &ks());
+        let expected = json!([
+            {"KV": {"Verb": "check-not-exists", "Key": "netloom/v1/a"}},
+            {"KV": {"Verb": "get", "Key": "netloom/v1/b"}},
+            {"KV": {"Verb": "check-index", "Key": "netloom/v1/c", "Index": 42}},
+            {"KV": {"Verb": "set", "Key": "netloom/v1/d", "Value": "aGk="}},
+            {"KV": {"Verb": "delete", "Key": "netloom/v1/e"}},
+            {"KV": {"Verb": "delete-tree", "Key": "netloom/v1/f/"}},
+        ]);
+        assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn txn_answers() {
+        let ok =
+            br#"{"Results":[{"KV":{"Key":"k","ModifyIndex":12}},{"KV":{"Key":"j","ModifyIndex":12}}],"Errors":null}"#;
+        assert_eq!(parse_txn_response(200, ok, Some(3)).unwrap(), TxnOutcome::Committed(12));
+        let deletes_only = br#"{"Results":null,"Errors":null}"#;
+        assert_eq!(parse_txn_response(200, deletes_only, Some(30)).unwrap(), TxnOutcome::Committed(30));
+        let rolled_back = br#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"k\" exists"}]}"#;
+        assert_eq!(parse_txn_response(409, rolled_back, None).unwrap(), TxnOutcome::Conflict);
+        assert!(parse_txn_response(500, b"No cluster leader", None).unwrap_err().contains("No cluster leader"));
+        assert!(parse_txn_response(200, b"nope", None).is_err());
+    }
+
+    #[test]
+    fn sessions() {
+        let body = session_body("netloom", 15);
+        assert_eq!(body["TTL"], "15s");
+        assert_eq!(body["Behavior"], "delete");
+        assert_eq!(
+            parse_session_id(br#"{"ID":"adf4238a-882b-9ddc-4a9d-5b6758e4159e"}"#).unwrap(),
+            "adf4238a-882b-9ddc-4a9d-5b6758e4159e"
+        );
+        assert!(parse_session_id(br#"{"ID":"../x"}"#).is_err());
+        assert!(parse_session_id(b"[]").is_err());
+    }
+
+    #[test]
+    fn bools() {
+        assert!(parse_bool(b"true\n").unwrap());
+        assert!(!parse_bool(b"false").unwrap());
+        assert!(parse_bool(b"maybe").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! A minimal HTTP/1.1 client for Consul's API: bounded time per call, and fail-over to the next
+//! agent only when a connection could not be made (so a write is never sent twice).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::store::{StoreError, StoreResult};
+
+pub const BACKEND: &str = "consul";
+
+/// Environment variable holding the ACL token, as with Consul's own tools.
+pub const TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
+
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    endpoints: Vec<String>,
+    /// Index of the endpoint that answered last; tried first.
+    preferred: AtomicUsize,
+    pub timeout: Duration,
+    token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// `X-Consul-Index`, present on reads.
+    pub index: Option<u64>,
+    pub body: Bytes,
+}
+
+impl Http {
+    pub fn new(endpoints: Vec<String>, connect_timeout: Duration, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        Self { client, endpoints, preferred: AtomicUsize::new(0), timeout, token }
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    pub fn unavailable(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Unavailable { backend: BACKEND, endpoints: self.endpoints(), detail: detail.into() }
+    }
+
+    pub fn protocol(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Protocol { backend: BACKEND, endpoints: self.endpoints(), detail: detail.into() }
+    }
+
+    /// Sends one request; `extra_time` lengthens the deadline for blocking queries.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        extra_time: Duration,
+    ) -> StoreResult<Response> {
+        let deadline = tokio::time::Instant::now() + self.timeout + extra_time;
+        let body = Bytes::from(body.unwrap_or_default());
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for i in 0..self.endpoints.len() {
+            let idx = (first + i) % self.endpoints.len();
+            let endpoint = &self.endpoints[idx];
+            let uri = format!("http://{endpoint}{path_and_query}");
+            let mut req = Request::builder().method(method.clone()).uri(&uri);
+            if let Some(token) = &self.token {
+                req = req.header("X-Consul-Token", token);
+            }
+            let req = req.body(Full::new(body.clone())).map_err(|e| self.protocol(format!("building {uri}: {e}")))?;
+            let attempt = async {
+                let resp = self.client.request(req).await?;
+                let status = resp.status().as_u16();
+                let index = resp
+                    .headers()
+                    .get("X-Consul-Index")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Response { status, index, body })
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(resp)) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => {
+                    let connect_failed =
+                        e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect());
+                    last_error = format!("{endpoint}: {}", error_chain(&*e));
+                    if !connect_failed {
+                        // The request may have reached Consul: sending it elsewhere could apply it twice.
+                        return Err(self.unavailable(last_error));
+                    }
+                    tracing::debug!("consul endpoint {endpoint} unreachable: {last_error}");
+                }
+                Err(_) => {
+                    let waited = self.timeout + extra_time;
+                    return Err(self.unavailable(format!("{endpoint}: no answer within {} ms", waited.as_millis())));
+                }
+            }
+        }
+        Err(self.unavailable(last_error))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,323 @@
+//! Consul backend over its HTTP API: KV reads, `/v1/txn` for every write (check-and-set on
+//! ModifyIndex), blocking queries for watches, and a session (behavior "delete") as the host lease.
+//!
+//! Tested against the documented API through a fake agent in `tests/`; not against a live Consul.
+
+mod api;
+mod base64;
+mod http;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use hyper::Method;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use self::http::Http;
+use super::{
+    Condition, KeySpace, KeyValue, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
+    WatchStream,
+};
+
+pub use self::http::TOKEN_ENV;
+
+/// How long one blocking query waits for a change before Consul answers anyway.
+const WATCH_WAIT: Duration = Duration::from_secs(20);
+/// Consul refuses session TTLs below 10 s.
+const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+
+pub struct ConsulStore {
+    ctx: Arc<Ctx>,
+    leases: Arc<Mutex<SessionState>>,
+    keeper: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Ctx {
+    http: Http,
+    keys: KeySpace,
+    session_ttl: Duration,
+}
+
+#[derive(Default)]
+struct SessionState {
+    id: Option<String>,
+    keys: BTreeMap<String, Vec<u8>>,
+}
+
+impl ConsulStore {
+    pub fn connect(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
+        Ok(Self {
+            ctx: Arc::new(Ctx {
+                http: Http::new(endpoints, options.connect_timeout, options.request_timeout),
+                keys: KeySpace::new(&options.prefix),
+                session_ttl: options.lease_ttl.max(MIN_SESSION_TTL),
+            }),
+            leases: Arc::new(Mutex::new(SessionState::default())),
+            keeper: std::sync::Mutex::new(None),
+        })
+    }
+}
+
+impl Drop for ConsulStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Ctx {
+    async fn read(&self, path: &str, extra: Duration) -> StoreResult<(Vec<KeyValue>, Option<u64>)> {
+        let resp = self.http.send(Method::GET, path, None, extra).await?;
+        match resp.status {
+            200 => {
+                let kvs = api::parse_kv_list(&resp.body, &self.keys).map_err(|e| self.http.protocol(e))?;
+                Ok((kvs, resp.index))
+            }
+            404 => Ok((Vec::new(), resp.index)),
+            s => {
+                Err(self.http.protocol(format!("GET {path}: HTTP {s}: {}", String::from_utf8_lossy(&resp.body).trim())))
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Option<u64>)> {
+        let path = format!("{}?recurse=true", api::kv_path(&self.keys.full(prefix)));
+        self.read(&path, Duration::ZERO).await
+    }
+
+    async fn txn(&self, txn: &Txn) -> StoreResult<TxnOutcome> {
+        let body =
+            serde_json::to_vec(&api::txn_body(txn, &self.keys)).map_err(|e| self.http.protocol(e.to_string()))?;
+        let resp = self.http.send(Method::PUT, "/v1/txn", Some(body), Duration::ZERO).await?;
+        api::parse_txn_response(resp.status, &resp.body, resp.index).map_err(|e| self.http.protocol(e))
+    }
+
+    async fn create_session(&self) -> StoreResult<String> {
+        let name = format!("netloom {}", self.keys);
+        let body = api::session_body(&name, self.session_ttl.as_secs()).to_string().into_bytes();
+        let resp = self.http.send(Method::PUT, "/v1/session/create", Some(body), Duration::ZERO).await?;
+        if resp.status != 200 {
+            return Err(self.http.protocol(format!("session create: HTTP {}", resp.status)));
+        }
+        let id = api::parse_session_id(&resp.body).map_err(|e| self.http.protocol(e))?;
+        info!(session = %id, ttl_s = self.session_ttl.as_secs(), "consul session created");
+        Ok(id)
+    }
+
+    async fn acquire(&self, session: &str, key: &str, value: Vec<u8>) -> StoreResult<()> {
+        let path = format!("{}?acquire={session}", api::kv_path(&self.keys.full(key)));
+        let resp = self.http.send(Method::PUT, &path, Some(value), Duration::ZERO).await?;
+        match (resp.status, api::parse_bool(&resp.body)) {
+            (200, Ok(true)) => Ok(()),
+            (status, _) => Err(self.http.protocol(format!(
+                "acquiring {key} with session {session}: HTTP {status}: {}",
+                String::from_utf8_lossy(&resp.body).trim()
+            ))),
+        }
+    }
+
+    /// Renews the session once; `false` means Consul no longer knows it.
+    async fn renew(&self, session: &str) -> StoreResult<bool> {
+        let resp = self.http.send(Method::PUT, &format!("/v1/session/renew/{session}"), None, Duration::ZERO).await?;
+        match resp.status {
+            200 => Ok(true),
+            404 => Ok(false),
+            s => Err(self.http.protocol(format!("session renew: HTTP {s}"))),
+        }
+    }
+
+    async fn renew_all(&self, state: &Mutex<SessionState>) -> StoreResult<()> {
+        let mut st = state.lock().await;
+        let id = self.create_session().await?;
+        st.id = Some(id.clone());
+        for (key, value) in st.keys.clone() {
+            self.acquire(&id, &key, value).await?;
+        }
+        Ok(())
+    }
+
+    async fn keep_alive_loop(self: Arc<Self>, state: Arc<Mutex<SessionState>>) {
+        loop {
+            tokio::time::sleep(self.session_ttl / 3).await;
+            let session = state.lock().await.id.clone();
+            let alive = match &session {
+                Some(id) => self.renew(id).await,
+                None => Ok(false),
+            };
+            match alive {
+                Ok(true) => debug!(session = ?session, "consul session renewed"),
+                Ok(false) => {
+                    match &session {
+                        Some(id) => {
+                            warn!(session = %id, "consul session lost; creating a new one and rewriting leased keys")
+                        }
+                        None => info!("creating a consul session for the leased keys"),
+                    }
+                    if let Err(e) = self.renew_all(&state).await {
+                        warn!("rewriting leased keys: {e}");
+                    }
+                }
+                Err(e) => warn!("renewing consul session: {e}"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ConsulStore {
+    fn describe(&self) -> String {
+        format!("consul://{}", self.ctx.http.endpoints())
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
+        let full = self.ctx.keys.full(key);
+        let (kvs, _) = self.ctx.read(&api::kv_path(&full), Duration::ZERO).await?;
+        Ok(kvs.into_iter().find(|kv| kv.key == key))
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
+        Ok(self.ctx.list(prefix).await?.0)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<Revision> {
+        match self.ctx.txn(&Txn::new().put(key, value)).await? {
+            TxnOutcome::Committed(rev) => Ok(rev),
+            TxnOutcome::Conflict => {
+                Err(self.ctx.http.protocol(format!("unconditional write of {key} was rolled back")))
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let txn = Txn::new().when(Condition::Exists(key.to_string())).delete(key);
+        Ok(self.ctx.txn(&txn).await?.committed())
+    }
+
+    async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
+        self.ctx.txn(&txn).await
+    }
+
+    async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
+        let (kvs, index) = self.ctx.list(prefix).await?;
+        let state = WatchState {
+            ctx: self.ctx.clone(),
+            prefix: prefix.to_string(),
+            index: index.unwrap_or(0),
+            snapshot: kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect(),
+            pending: VecDeque::new(),
+            done: false,
+        };
+        Ok(futures::stream::unfold(state, WatchState::next).boxed())
+    }
+
+    async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
+        let mut st = self.leases.lock().await;
+        st.keys.insert(key.to_string(), value.clone());
+        {
+            let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
+            if keeper.is_none() {
+                *keeper = Some(tokio::spawn(self.ctx.clone().keep_alive_loop(self.leases.clone())));
+            }
+        }
+        let session = match &st.id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.ctx.create_session().await?;
+                st.id = Some(id.clone());
+                id
+            }
+        };
+        self.ctx.acquire(&session, key, value).await
+    }
+}
+
+/// Watches by repeating a blocking recursive read and diffing it against the previous one.
+struct WatchState {
+    ctx: Arc<Ctx>,
+    prefix: String,
+    index: u64,
+    snapshot: BTreeMap<String, KeyValue>,
+    pending: VecDeque<WatchEvent>,
+    done: bool,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(StoreResult<WatchEvent>, Self)> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some((Ok(event), self));
+            }
+            if self.done {
+                return None;
+            }
+            let path = format!(
+                "{}?recurse=true&index={}&wait={}s",
+                api::kv_path(&self.ctx.keys.full(&self.prefix)),
+                self.index,
+                WATCH_WAIT.as_secs()
+            );
+            match self.ctx.read(&path, WATCH_WAIT).await {
+                Ok((kvs, index)) => {
+                    let index = index.unwrap_or(self.index);
+                    // Consul's documented rule: an index that goes backwards means start over.
+                    self.index = if index < self.index { 0 } else { index };
+                    let current: BTreeMap<String, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                    self.pending.extend(diff(&self.snapshot, &current, index));
+                    self.snapshot = current;
+                }
+                Err(e) => {
+                    self.done = true;
+                    let err = StoreError::WatchEnded { prefix: self.prefix.clone(), detail: e.to_string() };
+                    return Some((Err(err), self));
+                }
+            }
+        }
+    }
+}
+
+/// Events that turn `before` into `after`.
+fn diff(before: &BTreeMap<String, KeyValue>, after: &BTreeMap<String, KeyValue>, index: u64) -> Vec<WatchEvent> {
+    let mut events = Vec::new();
+    for (key, kv) in after {
+        if before.get(key).map(|old| old.revision) != Some(kv.revision) {
+            events.push(WatchEvent::Put(kv.clone()));
+        }
+    }
+    for key in before.keys() {
+        if !after.contains_key(key) {
+            events.push(WatchEvent::Delete { key: key.clone(), revision: index });
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, rev: u64) -> (String, KeyValue) {
+        (key.to_string(), KeyValue { key: key.into(), value: vec![rev as u8], revision: rev })
+    }
+
+    #[test]
+    fn diff_finds_puts_and_deletes() {
+        let before: BTreeMap<_, _> = [kv("a", 1), kv("b", 2), kv("c", 3)].into();
+        let after: BTreeMap<_, _> = [kv("a", 1), kv("b", 5), kv("d", 5)].into();
+        let events = diff(&before, &after, 5);
+        assert_eq!(
+            events,
+            vec![
+                WatchEvent::Put(kv("b", 5).1),
+                WatchEvent::Put(kv("d", 5).1),
+                WatchEvent::Delete { key: "c".into(), revision: 5 },
+            ]
+        );
+        assert!(diff(&after, &after, 9).is_empty());
+    }
+}

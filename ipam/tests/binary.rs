@@ -1,0 +1,149 @@
+//! The loom-ipam binary on a real socket, spoken to the way dockerd does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use netloom_plugin_api::client::PluginClient;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_loom-ipam");
+
+struct Driver {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Driver {
+    fn start(dir: &Path, host: &str, store: Option<&str>) -> Self {
+        let socket = dir.join(format!("{host}.sock"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(dir.join(format!("state-{host}")));
+        cmd.arg("--host-id").arg(host).stderr(Stdio::null());
+        if let Some(url) = store {
+            cmd.arg("--store").arg(url);
+        }
+        let mut child = cmd.spawn().expect("spawning loom-ipam");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("loom-ipam exited with {status}");
+            }
+            assert!(Instant::now() < deadline, "loom-ipam did not serve {} in time", socket.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, socket }
+    }
+
+    async fn client(&self) -> PluginClient {
+        PluginClient::connect(&self.socket).await.unwrap()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn call(client: &mut PluginClient, method: &str, body: Value) -> Value {
+    let body = if body.is_null() { String::new() } else { format!("{body}\n") };
+    let reply = client.call_raw(method, body).await.unwrap();
+    assert_eq!(reply.status, 200, "{method}: {:?}", reply.body);
+    reply.body
+}
+
+fn gateway_opts() -> Value {
+    json!({"RequestAddressType": "com.docker.network.gateway"})
+}
+
+#[tokio::test]
+async fn docker_sequence_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_id = {
+        let driver = Driver::start(dir.path(), "h1", None);
+        let mut c = driver.client().await;
+        assert_eq!(call(&mut c, "Plugin.Activate", Value::Null).await, json!({"Implements": ["IpamDriver"]}));
+        let caps = call(&mut c, "IpamDriver.GetCapabilities", Value::Null).await;
+        assert_eq!(caps, json!({"RequiresMACAddress": false, "RequiresRequestReplay": false}));
+        let spaces = call(&mut c, "IpamDriver.GetDefaultAddressSpaces", Value::Null).await;
+        assert_eq!(
+            spaces,
+            json!({"LocalDefaultAddressSpace": "LocalDefault", "GlobalDefaultAddressSpace": "GlobalDefault"})
+        );
+
+        let pool = call(
+            &mut c,
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "LocalDefault", "Pool": "", "SubPool": "", "Options": null, "V6": false}),
+        )
+        .await;
+        assert_eq!(pool["PoolID"], "LocalDefault/172.17.0.0/16");
+        assert_eq!(pool["Pool"], "172.17.0.0/16");
+        let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+        let gw = call(
+            &mut c,
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "", "Options": gateway_opts()}),
+        )
+        .await;
+        assert_eq!(gw["Address"], "172.17.0.1/16");
+        let ep =
+            call(&mut c, "IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "", "Options": null})).await;
+        assert_eq!(ep["Address"], "172.17.0.2/16");
+
+        let bad = c
+            .call_raw(
+                "IpamDriver.RequestAddress",
+                json!({"PoolID": pool_id, "Address": "10.0.0.1", "Options": null}).to_string(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(bad.status, 500);
+        assert_eq!(bad.err(), Some("address 10.0.0.1 is outside pool 172.17.0.0/16"));
+        let unknown = c.call_raw("IpamDriver.ReleasePool", json!({"PoolID": "nonsense"}).to_string()).await.unwrap();
+        assert!(unknown.err().unwrap().contains("not a pool id"), "{unknown:?}");
+        pool_id
+    }; // SIGKILL
+
+    let driver = Driver::start(dir.path(), "h1", None);
+    let mut c = driver.client().await;
+    let ep = call(&mut c, "IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "", "Options": {}})).await;
+    assert_eq!(ep["Address"], "172.17.0.3/16", "state survived the kill");
+    call(&mut c, "IpamDriver.ReleaseAddress", json!({"PoolID": pool_id, "Address": "172.17.0.3"})).await;
+    call(&mut c, "IpamDriver.ReleaseAddress", json!({"PoolID": pool_id, "Address": "172.17.0.2"})).await;
+    call(&mut c, "IpamDriver.ReleaseAddress", json!({"PoolID": pool_id, "Address": "172.17.0.1"})).await;
+    assert_eq!(call(&mut c, "IpamDriver.ReleasePool", json!({"PoolID": pool_id})).await, json!({}));
+    let gone = c
+        .call_raw("IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "", "Options": {}}).to_string())
+        .await
+        .unwrap();
+    assert!(gone.err().unwrap().starts_with("unknown pool id"), "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_pools_through_etcd() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Driver::start(dir.path(), "host-a", Some(&etcd.url()));
+    let b = Driver::start(dir.path(), "host-b", Some(&etcd.url()));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let request =
+        json!({"AddressSpace": "GlobalDefault", "Pool": "10.30.0.0/24", "SubPool": "", "Options": {}, "V6": false});
+    let pa = call(&mut ca, "IpamDriver.RequestPool", request.clone()).await;
+    let pb = call(&mut cb, "IpamDriver.RequestPool", request).await;
+    assert_eq!(pa, pb);
+    let id = pa["PoolID"].clone();
+    let gw = json!({"PoolID": id, "Address": "", "Options": gateway_opts()});
+    let ga = call(&mut ca, "IpamDriver.RequestAddress", gw.clone()).await;
+    let gb = call(&mut cb, "IpamDriver.RequestAddress", gw).await;
+    assert_eq!((ga["Address"].as_str(), gb["Address"].as_str()), (Some("10.30.0.1/24"), Some("10.30.0.1/24")));
+    let ep = json!({"PoolID": id, "Address": "", "Options": {}});
+    let ea = call(&mut ca, "IpamDriver.RequestAddress", ep.clone()).await;
+    let eb = call(&mut cb, "IpamDriver.RequestAddress", ep).await;
+    assert_ne!(ea["Address"], eb["Address"]);
+}

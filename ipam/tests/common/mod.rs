@@ -1,0 +1,17 @@
+//! Shared by the per-backend test files; not every file uses every helper.
+#![allow(dead_code)]
+
+pub mod conformance;
+pub mod etcd;
+pub mod fake_consul;
+pub mod model;
+pub mod scenarios;
+pub mod silent;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh key prefix, so tests sharing one store don't see each other's keys.
+pub fn unique_prefix(test: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("/netloom-test/{test}-{}-{}/", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
