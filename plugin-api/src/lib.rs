@@ -1,10 +1,12 @@
 //! Docker's CNM remote-plugin protocol for netloom: wire types, the unix-socket server, the
 //! socket lifecycle and the command line every netloom binary shares.
 
+pub mod addressing;
 pub mod cli;
 pub mod client;
 pub mod driver;
 pub mod error;
+pub mod options;
 pub mod server;
 pub mod socket;
 pub mod wire;

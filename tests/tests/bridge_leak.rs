@@ -24,10 +24,19 @@ fn snapshot(h: &Host) -> Result<String> {
         let text = h.exec(argv).with_context(|| argv.join(" "))?;
         out.push_str(&format!("## {}\n", argv.join(" ")));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            // Chain headers carry packet counters: ":FORWARD DROP [12:345]".
-            let line = line.split(" [").next().unwrap_or(line);
-            // Link lines carry the index and state, which change with every veth.
-            out.push_str(line);
+            // Chain headers carry packet counters (":FORWARD DROP [12:345]"), nft rules too
+            // ("counter packets 1 bytes 40"), and a young IPv6 address is "tentative" for a while.
+            let line = line.split(" [").next().unwrap_or(line).replace(" tentative", "");
+            let line = match line.find("counter packets") {
+                Some(at) => {
+                    let rest = &line[at..];
+                    let after_bytes = rest.find(" bytes ").map(|b| &rest[b + 7..]).unwrap_or("");
+                    let tail = after_bytes.split_once(' ').map(|(_, t)| t).unwrap_or("");
+                    format!("{}counter {tail}", &line[..at])
+                }
+                None => line,
+            };
+            out.push_str(&line);
             out.push('\n');
         }
     }

@@ -1,0 +1,451 @@
+//! The iptables backend: the `iptables`/`ip6tables` binaries through the `iptables` crate, which
+//! passes `--wait` (the xtables lock). Layout and rules: [`rules`].
+//!
+//! Each call runs the binaries on tokio's blocking pool; calls are serialised within the process.
+//! Rules are found again by their `netloom:…` comments, so nothing is kept in memory.
+
+mod rules;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use tracing::{debug, warn};
+
+use crate::model::{NetworkPolicy, PortMapping};
+use crate::tag::{self, IptOwner};
+use crate::{BackendKind, Firewall, FirewallError};
+use rules::{IptRule, ListedRule, Position};
+
+use rules::parse_listed;
+
+pub struct IptablesFirewall {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    v4: iptables::IPTables,
+    /// `None` when `ip6tables` is missing or unusable; IPv6 networks then fail.
+    v6: Option<iptables::IPTables>,
+    lock: Mutex<()>,
+}
+
+fn ipt_err(what: String) -> impl FnOnce(Box<dyn std::error::Error>) -> anyhow::Error {
+    move |e| anyhow!("{what}: {e}")
+}
+
+/// The `iptables` handle of one family, numeric output.
+pub(crate) fn handle(v6: bool) -> Result<iptables::IPTables> {
+    let cmd = if v6 { "ip6tables" } else { "iptables" };
+    let mut ipt = iptables::new(v6).map_err(ipt_err(format!("running {cmd} --version")))?;
+    ipt.set_numeric(true);
+    Ok(ipt)
+}
+
+impl IptablesFirewall {
+    pub async fn open() -> Result<Self> {
+        let inner = tokio::task::spawn_blocking(|| -> Result<Inner> {
+            let v4 = handle(false)?;
+            // Probe the table so that a missing kernel module or binary shows up now.
+            let out = v4.execute("filter", "-S FORWARD").map_err(ipt_err("iptables -S FORWARD".into()))?;
+            if !out.status.success() {
+                bail!("iptables -S FORWARD: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let v6 = handle(true)
+                .ok()
+                .filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false));
+            if v6.is_none() {
+                warn!("ip6tables is not usable; IPv6 subnets and ports will be refused");
+            }
+            Ok(Inner { v4, v6, lock: Mutex::new(()) })
+        })
+        .await??;
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+            f(&inner)
+        })
+        .await?
+    }
+}
+
+impl Inner {
+    fn family(&self, v6: bool) -> Result<&iptables::IPTables> {
+        if v6 {
+            self.v6.as_ref().ok_or_else(|| anyhow!("ip6tables is not usable here"))
+        } else {
+            Ok(&self.v4)
+        }
+    }
+
+    /// The families whose tables are usable.
+    fn families(&self) -> Vec<(bool, &iptables::IPTables)> {
+        let mut out = vec![(false, &self.v4)];
+        if let Some(v6) = &self.v6 {
+            out.push((true, v6));
+        }
+        out
+    }
+
+    fn exists(&self, ipt: &iptables::IPTables, rule: &IptRule) -> Result<bool> {
+        ipt.exists(rule.table, rule.chain, &rule.spec_string()).map_err(ipt_err(format!(
+            "{} -C {}",
+            ipt.cmd,
+            rule.render()
+        )))
+    }
+
+    fn add(&self, ipt: &iptables::IPTables, rule: &IptRule) -> Result<()> {
+        let spec = rule.spec_string();
+        let res = match rule.position {
+            Position::Append => ipt.append(rule.table, rule.chain, &spec),
+            Position::First if rule.table == "filter" && rule.chain == "FORWARD" => {
+                ipt.insert(rule.table, rule.chain, &spec, forward_top(ipt)?)
+            }
+            Position::First => ipt.insert(rule.table, rule.chain, &spec, 1),
+        };
+        debug!(cmd = ipt.cmd, rule = %rule.render(), "adding");
+        res.map_err(ipt_err(format!("{} {}", ipt.cmd, rule.render())))
+    }
+
+    /// Adds the rule unless an identical one exists.
+    fn ensure(&self, ipt: &iptables::IPTables, rule: &IptRule) -> Result<bool> {
+        if self.exists(ipt, rule)? {
+            return Ok(false);
+        }
+        self.add(ipt, rule)?;
+        Ok(true)
+    }
+
+    fn delete(&self, ipt: &iptables::IPTables, table: &str, chain: &str, spec: &str) -> Result<()> {
+        debug!(cmd = ipt.cmd, table, chain, spec, "deleting");
+        ipt.delete(table, chain, spec).map_err(ipt_err(format!("{} -t {table} -D {chain} {spec}", ipt.cmd)))
+    }
+
+    /// Creates netloom's chains and the skeleton rules of one family (idempotent).
+    fn ensure_skeleton(&self, ipt: &iptables::IPTables) -> Result<()> {
+        for table in ["filter", "nat"] {
+            let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
+            for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
+                if !existing.iter().any(|c| c == chain) {
+                    if let Err(e) = ipt.new_chain(table, chain) {
+                        // Another process may have created it meanwhile.
+                        if !ipt.chain_exists(table, chain).unwrap_or(false) {
+                            return Err(anyhow!("{} -t {table} -N {chain}: {e}", ipt.cmd));
+                        }
+                    }
+                }
+            }
+        }
+        for rule in rules::skeleton() {
+            self.ensure(ipt, &rule)?;
+        }
+        Ok(())
+    }
+
+    /// Every rule of a table, parsed.
+    fn listed(&self, ipt: &iptables::IPTables, table: &str) -> Result<Vec<ListedRule>> {
+        Ok(self.listed_with_chains(ipt, table)?.1)
+    }
+
+    /// The chains (`-N`/`-P` lines) and rules of a table.
+    fn listed_with_chains(&self, ipt: &iptables::IPTables, table: &str) -> Result<(Vec<String>, Vec<ListedRule>)> {
+        let out = ipt.execute(table, "-S").map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
+        if !out.status.success() {
+            bail!("{} -t {table} -S: {}", ipt.cmd, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let chains = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("-N ").or_else(|| l.strip_prefix("-P ")))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        Ok((chains, text.lines().filter_map(parse_listed).collect()))
+    }
+
+    fn remove_where(&self, pred: impl Fn(&IptOwner) -> bool) -> Result<()> {
+        let mut errors = Vec::new();
+        for (_, ipt) in self.families() {
+            for table in ["filter", "nat"] {
+                for rule in self.listed(ipt, table)? {
+                    let owner = rule.comment.as_deref().and_then(tag::parse_ipt_comment);
+                    if owner.as_ref().is_some_and(&pred) {
+                        if let Err(e) = self.delete(ipt, table, &rule.chain, &rules::delete_spec(&rule)) {
+                            errors.push(format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("; "))
+        }
+    }
+
+    /// Makes the network's rules (by comment, ports aside) in one family exactly `wanted`: adds
+    /// the missing ones, then deletes those of an earlier policy (a changed option or bridge).
+    fn sync_network(&self, ipt: &iptables::IPTables, network_id: &str, wanted: &[IptRule]) -> Result<()> {
+        let mine = |r: &ListedRule| {
+            r.comment.as_deref().and_then(tag::parse_ipt_comment) == Some(IptOwner::Network(network_id))
+        };
+        for table in ["filter", "nat"] {
+            let listed: Vec<ListedRule> = self.listed(ipt, table)?.into_iter().filter(mine).collect();
+            let present: BTreeSet<(String, rules::Normalized)> =
+                listed.iter().map(|r| (r.chain.clone(), rules::normalized(&r.spec))).collect();
+            let want: Vec<&IptRule> = wanted.iter().filter(|r| r.table == table).collect();
+            let wanted_keys: BTreeSet<(String, rules::Normalized)> =
+                want.iter().map(|r| (r.chain.to_string(), rules::normalized(&r.spec_string()))).collect();
+            for rule in want {
+                if !present.contains(&(rule.chain.to_string(), rules::normalized(&rule.spec_string()))) {
+                    self.add(ipt, rule)?;
+                }
+            }
+            for stale in listed.iter().filter(|r| !wanted_keys.contains(&(r.chain.clone(), rules::normalized(&r.spec))))
+            {
+                self.delete(ipt, table, &stale.chain, &rules::delete_spec(stale))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Published ports in `LOOM-DNAT` of one family, with their comments.
+    fn listed_ports(&self, ipt: &iptables::IPTables) -> Result<Vec<(ListedRule, PortMapping)>> {
+        Ok(self.listed_ports_or_none(ipt)?.unwrap_or_default())
+    }
+
+    /// Like [`Inner::listed_ports`], `None` when `LOOM-DNAT` does not exist yet.
+    fn listed_ports_or_none(&self, ipt: &iptables::IPTables) -> Result<Option<Vec<(ListedRule, PortMapping)>>> {
+        let (chains, rules) = self.listed_with_chains(ipt, "nat")?;
+        if !chains.iter().any(|c| c == rules::DNAT) {
+            return Ok(None);
+        }
+        Ok(Some(
+            rules
+                .into_iter()
+                .filter(|r| r.chain == rules::DNAT)
+                .filter_map(|r| rules::parse_port_rule(&r.spec).map(|m| (r, m)))
+                .collect(),
+        ))
+    }
+}
+
+/// Where netloom's jump goes in filter FORWARD: first, but after dockerd's `-j DOCKER-USER`
+/// when there is one, so that the user's DOCKER-USER rules see netloom's traffic too (dockerd
+/// puts that jump back on top when it restarts anyway).
+pub(crate) fn forward_top(ipt: &iptables::IPTables) -> Result<i32> {
+    let out = ipt.execute("filter", "-S FORWARD").map_err(ipt_err(format!("{} -S FORWARD", ipt.cmd)))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("-A FORWARD ")).collect();
+    Ok(match rules.iter().position(|l| l.trim_end() == "-A FORWARD -j DOCKER-USER") {
+        Some(i) => i as i32 + 2,
+        None => 1,
+    })
+}
+
+fn families_of(net: &NetworkPolicy) -> Vec<bool> {
+    match (net.has_v4(), net.has_v6()) {
+        (_, false) => vec![false],
+        (false, true) => vec![true],
+        (true, true) => vec![false, true],
+    }
+}
+
+#[async_trait]
+impl Firewall for IptablesFirewall {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Iptables
+    }
+
+    async fn add_network(&self, net: &NetworkPolicy) -> Result<()> {
+        net.validate()?;
+        let id = net.network_id.clone();
+        let net = net.clone();
+        self.run(move |inner| {
+            let families = families_of(&net);
+            for v6 in [false, true] {
+                let wanted = if families.contains(&v6) { rules::network_rules(&net, v6) } else { Vec::new() };
+                let ipt = match inner.family(v6) {
+                    Ok(ipt) => ipt,
+                    Err(_) if wanted.is_empty() => continue,
+                    Err(e) => return Err(e),
+                };
+                if !wanted.is_empty() {
+                    inner.ensure_skeleton(ipt)?;
+                }
+                inner.sync_network(ipt, &net.network_id, &wanted)?;
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("installing iptables rules of network {id}"))
+    }
+
+    async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {
+        let id = network_id.to_string();
+        self.run(move |inner| {
+            inner.remove_where(|o| match o {
+                IptOwner::Network(n) | IptOwner::Port { network_id: n, .. } => *n == id,
+                _ => false,
+            })
+        })
+        .await
+        .with_context(|| format!("removing iptables rules of network {network_id}"))
+    }
+
+    async fn add_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()> {
+        net.validate()?;
+        crate::model::check_id("endpoint", endpoint_id)?;
+        for m in ports {
+            m.validate()?;
+        }
+        let (net_id, ep_id, ports) = (net.network_id.clone(), endpoint_id.to_string(), ports.to_vec());
+        let ep_tag = tag::owner_tag(endpoint_id);
+        self.run(move |inner| {
+            let mut added: Vec<(bool, IptRule)> = Vec::new();
+            let result = (|| -> Result<()> {
+                for v6 in [false, true] {
+                    let wanted: Vec<&PortMapping> = ports.iter().filter(|m| m.is_ipv6() == v6).collect();
+                    if wanted.is_empty() {
+                        continue;
+                    }
+                    let ipt = inner.family(v6)?;
+                    // One `iptables -S` when the skeleton is there (the usual case).
+                    let existing = match inner.listed_ports_or_none(ipt)? {
+                        Some(existing) => existing,
+                        None => {
+                            inner.ensure_skeleton(ipt)?;
+                            inner.listed_ports(ipt)?
+                        }
+                    };
+                    for m in wanted {
+                        let mine = format!("netloom:net={net_id},ep={ep_tag}");
+                        let same_host = existing
+                            .iter()
+                            .find(|(_, e)| e.proto == m.proto && e.host_port == m.host_port && e.host_ip == m.host_ip);
+                        match same_host {
+                            Some((r, e)) if e == m && r.comment.as_deref() == Some(mine.as_str()) => continue,
+                            Some(_) => return Err(FirewallError::PortInUse(m.host_side()).into()),
+                            None => {}
+                        }
+                        let rule = rules::port_rule(&net_id, &ep_id, m);
+                        inner.add(ipt, &rule)?;
+                        added.push((v6, rule));
+                    }
+                }
+                Ok(())
+            })();
+            if result.is_err() {
+                for (v6, rule) in added.iter().rev() {
+                    if let Ok(ipt) = inner.family(*v6) {
+                        let _ = inner.delete(ipt, rule.table, rule.chain, &rule.spec_string());
+                    }
+                }
+            }
+            result
+        })
+        .await
+        .with_context(|| format!("publishing ports of endpoint {endpoint_id}"))
+    }
+
+    async fn remove_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()> {
+        let (net_id, ep_id, ports) = (net.network_id.clone(), endpoint_id.to_string(), ports.to_vec());
+        self.run(move |inner| {
+            for v6 in [false, true] {
+                let wanted: Vec<&PortMapping> = ports.iter().filter(|m| m.is_ipv6() == v6).collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                let Ok(ipt) = inner.family(v6) else { continue };
+                let existing = inner.listed_ports(ipt)?;
+                for m in wanted {
+                    let rule = rules::port_rule(&net_id, &ep_id, m);
+                    let comment = tag::ipt_port_comment(&net_id, &ep_id);
+                    for (listed, _) in
+                        existing.iter().filter(|(r, e)| e == m && r.comment.as_deref() == Some(comment.as_str()))
+                    {
+                        inner.delete(ipt, rule.table, rule.chain, &listed.spec)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("withdrawing ports of endpoint {endpoint_id}"))
+    }
+
+    async fn retain_endpoints(&self, net: &NetworkPolicy, live_endpoint_ids: &[String]) -> Result<usize> {
+        let net_id = net.network_id.clone();
+        let live: BTreeSet<String> = live_endpoint_ids.iter().map(|e| tag::owner_tag(e)).collect();
+        self.run(move |inner| {
+            let mut removed = 0;
+            for (_, ipt) in inner.families() {
+                for (listed, _) in inner.listed_ports(ipt)? {
+                    if let Some(IptOwner::Port { network_id, endpoint_tag }) =
+                        listed.comment.as_deref().and_then(tag::parse_ipt_comment)
+                    {
+                        if network_id == net_id && !live.contains(endpoint_tag) {
+                            inner.delete(ipt, "nat", &listed.chain, &listed.spec)?;
+                            removed += 1;
+                        }
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn owned_networks(&self) -> Result<Vec<String>> {
+        self.run(|inner| {
+            let mut ids = BTreeSet::new();
+            for (_, ipt) in inner.families() {
+                for table in ["filter", "nat"] {
+                    for rule in inner.listed(ipt, table)? {
+                        match rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
+                            Some(IptOwner::Network(id)) | Some(IptOwner::Port { network_id: id, .. }) => {
+                                ids.insert(id.to_string());
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Ok(ids.into_iter().collect())
+        })
+        .await
+    }
+
+    async fn remove_all(&self) -> Result<()> {
+        self.run(|inner| {
+            inner.remove_where(|o| !matches!(o, IptOwner::Compat))?;
+            for (_, ipt) in inner.families() {
+                for table in ["filter", "nat"] {
+                    let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
+                    for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
+                        if existing.iter().any(|c| c == chain) {
+                            ipt.flush_chain(table, chain)
+                                .map_err(ipt_err(format!("{} -t {table} -F {chain}", ipt.cmd)))?;
+                        }
+                    }
+                    for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
+                        if existing.iter().any(|c| c == chain) {
+                            ipt.delete_chain(table, chain)
+                                .map_err(ipt_err(format!("{} -t {table} -X {chain}", ipt.cmd)))?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("removing netloom's iptables rules")
+    }
+}
