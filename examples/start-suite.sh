@@ -19,6 +19,7 @@ stop_all() {
     trap - INT TERM
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait
+    exit 0
 }
 trap stop_all INT TERM
 

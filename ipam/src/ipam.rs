@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::alloc::bitspace::ChunkCache;
 use crate::alloc::defaults::{self, DefaultPool};
 use crate::alloc::poolid::validate_space;
 use crate::alloc::{keys, records};
@@ -83,6 +84,8 @@ pub struct Ipam {
     /// Per pool id: where the next dynamic allocation starts looking. The lock also serialises this
     /// process's dynamic allocations in one pool, so they don't fight each other over one chunk.
     cursors: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<u128>>>>,
+    /// Bitmap chunks this process wrote last, so allocating again in one needs no read.
+    pub(crate) chunks: ChunkCache,
 }
 
 impl Ipam {
@@ -92,7 +95,13 @@ impl Ipam {
     pub async fn new(store: Arc<dyn Store>, host_id: &str, config: IpamConfig) -> IpamResult<Self> {
         validate_host_id(host_id)?;
         config.validate()?;
-        let ipam = Self { store, host: host_id.to_string(), config, cursors: Default::default() };
+        let ipam = Self {
+            store,
+            host: host_id.to_string(),
+            config,
+            cursors: Default::default(),
+            chunks: ChunkCache::default(),
+        };
         let record = records::HostRecord {
             started_at: records::now(),
             pid: std::process::id(),

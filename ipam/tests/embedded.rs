@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{conformance, model, scenarios};
+use common::{conformance, counting, model, scenarios};
 use netloom_ipam::store::{self, Store, DEFAULT_PREFIX};
-use netloom_ipam::{Ipam, IpamConfig, StoreError};
+use netloom_ipam::{Ipam, IpamConfig, IpamError, StoreError};
 use proptest::test_runner::{Config, TestRunner};
 
 async fn open(dir: &Path) -> Arc<dyn Store> {
@@ -100,6 +100,47 @@ async fn thousand_addresses_are_fast_and_distinct() {
     assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), 1000);
     assert!(elapsed < Duration::from_secs(10), "1000 allocations took {elapsed:?}");
     eprintln!("1000 sequential allocations (embedded, fsync per commit): {elapsed:?}");
+}
+
+/// The usual allocation is one transaction: no pool read, and the bitmap chunk this host wrote
+/// last comes from its cache. Another host writing the same chunk makes that copy stale, which
+/// costs a conflict and a read, never a duplicate; a deleted pool is still reported as such.
+#[tokio::test]
+async fn allocations_are_one_transaction_and_stale_caches_only_cost_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, calls) = counting::wrap(open(dir.path()).await);
+    // Two hosts (two caches) on one store.
+    let a = scenarios::ipam(&store, "a").await;
+    let b = scenarios::ipam(&store, "b").await;
+    let pool = a.request_pool("LocalDefault", "10.60.0.0/24", "", &scenarios::none(), false).await.unwrap().pool_id;
+    let mut got = BTreeSet::new();
+    let mut take = |ip: std::net::IpAddr| assert!(got.insert(ip), "{ip} handed out twice");
+
+    take(a.request_address(&pool, "", &scenarios::none()).await.unwrap().ip);
+    calls.take();
+    take(a.request_address(&pool, "", &scenarios::none()).await.unwrap().ip);
+    assert_eq!(calls.take(), (0, 1, 0), "(reads, transactions, conflicts) of a warm allocation");
+
+    take(b.request_address(&pool, "", &scenarios::none()).await.unwrap().ip);
+    calls.take();
+    let after_b = a.request_address(&pool, "", &scenarios::none()).await.unwrap().ip;
+    take(after_b);
+    assert_eq!(calls.take(), (1, 2, 1), "a's stale chunk costs a conflict and a read of the chunk");
+
+    // A release keeps the cache current: the next allocation is one transaction again.
+    a.release_address(&pool, &after_b.to_string()).await.unwrap();
+    calls.take();
+    take(a.request_address(&pool, "", &scenarios::none()).await.unwrap().ip);
+    assert_eq!(calls.take(), (0, 1, 0));
+
+    // The pool goes away (and comes back empty) under a's cache.
+    a.release_pool(&pool).await.unwrap();
+    let err = a.request_address(&pool, "", &scenarios::none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::NotFound(_)), "{err:?}");
+    b.request_pool("LocalDefault", "10.60.0.0/24", "", &scenarios::none(), false).await.unwrap();
+    let again = a.request_address(&pool, "", &scenarios::none()).await.unwrap().ip;
+    assert_eq!(a.addresses(&pool).await.unwrap().iter().map(|x| x.ip).collect::<Vec<_>>(), vec![again]);
+    assert!(a.audit().await.unwrap().is_empty());
 }
 
 #[tokio::test]

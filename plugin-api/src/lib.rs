@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod driver;
 pub mod error;
+pub mod host_ports;
 pub mod options;
 pub mod server;
 pub mod socket;

@@ -68,6 +68,7 @@ mod netns;
 mod node;
 mod plugin;
 mod proc;
+mod scratch;
 mod util;
 
 pub use cleanup::{own_netns, RootNsSnapshot};
@@ -78,4 +79,5 @@ pub use host::{Host, HostConfig, DOCKERD_TIMEOUT};
 pub use image::{image_tarball, IMAGE};
 pub use plugin::Plugin;
 pub use proc::NsProc;
+pub use scratch::{ScratchNetns, ScratchPlugin};
 pub use util::{bin_dir, cache_dir, same_process_alive, wait_until};

@@ -16,6 +16,7 @@ use netloom_plugin_api::wire::network::{
     Scope,
 };
 use netloom_plugin_api::addressing::{endpoint_address, pools, short_id as short, Pool};
+use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
 use netloom_plugin_api::options::IPV6_MIN_MTU;
 use netloom_plugin_api::wire::ports::{port_bindings, Protocol};
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
@@ -23,7 +24,6 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::options::BridgeOptions;
-use crate::ports::{host_port_is_free, PortTable, PublishedPort};
 use crate::state::{EndpointRecord, NetworkRecord, Records};
 
 pub struct BridgeDriver {
@@ -124,7 +124,9 @@ impl BridgeDriver {
         }
         match self.firewall.owned_networks().await {
             Ok(ids) => {
-                for id in ids.into_iter().filter(|id| !state.networks.contains_key(id)) {
+                // Other drivers sharing the firewall namespace their ids as `<driver>.<id>`
+                // (loom-host: `loom-host.<endpoint>`); only bare network ids can be ours.
+                for id in ids.into_iter().filter(|id| !id.contains('.') && !state.networks.contains_key(id)) {
                     info!(network = %id, "removing leftover firewall rules");
                     if let Err(e) = self.firewall.remove_network_by_id(&id).await {
                         warn!("{e:#}");

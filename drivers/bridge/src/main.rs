@@ -8,7 +8,6 @@ use netloom_plugin_api::{CommonArgs, Plugin};
 
 mod driver;
 mod options;
-mod ports;
 mod state;
 
 /// Docker's bridge network as a remote driver: a Linux bridge per network, NAT, isolation and

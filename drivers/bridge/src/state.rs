@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
 use netloom_ipam::store::Store;
+use netloom_plugin_api::host_ports::PublishedPort;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::options::BridgeOptions;
-use crate::ports::PublishedPort;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkRecord {

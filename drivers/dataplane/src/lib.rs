@@ -6,15 +6,28 @@
 //! error names the object and the cause.
 
 mod addr;
+mod fdb;
 mod link;
+pub mod mac;
+mod macvlan;
 pub mod names;
+mod neigh;
+mod netns;
 mod route;
 pub mod sysctl;
+mod vlan;
+mod vxlan;
 
 use anyhow::{Context, Result};
 use rtnetlink::Handle;
 
 pub use link::*;
+pub use macvlan::{macvlan_message, MacVlanMode, MacvlanSpec};
+pub use vlan::{vlan_message, VlanSpec, VLAN_IDS};
+pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
+pub use neigh::{neighbour_entry_of, NeighbourEntry};
+pub use netns::Netns;
+pub use vxlan::{vxlan_info_of, vxlan_message, VxlanInfo, VxlanSpec};
 
 /// A netlink connection in the calling thread's network namespace.
 #[derive(Clone)]
@@ -43,7 +56,13 @@ pub(crate) fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     }
 }
 
+/// True when the kernel does not know the link kind asked for (its module is missing).
+pub(crate) fn unsupported_kind(err: &rtnetlink::Error) -> bool {
+    is_errno(err, EOPNOTSUPP)
+}
+
 pub(crate) const EEXIST: i32 = 17;
+pub(crate) const EOPNOTSUPP: i32 = 95;
 pub(crate) const ENOENT: i32 = 2;
 pub(crate) const ENODEV: i32 = 19;
 pub(crate) const ESRCH: i32 = 3;

@@ -61,7 +61,7 @@ impl Link {
     }
 
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        crate::mac::format(&self.mac)
     }
 }
 

@@ -93,7 +93,9 @@ impl Ipam {
                 return Ok(());
             }
             let txn = bits.free(&slot, Txn::new()).delete(keys::addr_owner(&id.space, &id.subnet, ip));
-            if self.store.txn(txn).await?.committed() {
+            let outcome = self.store.txn(txn).await?;
+            bits.after_free(&slot, outcome);
+            if outcome.committed() {
                 debug!(pool = %id, %ip, "address released");
                 return Ok(());
             }
@@ -119,6 +121,7 @@ impl Ipam {
 
     fn address_bits(&self, id: &PoolId) -> BitSpace<'_> {
         BitSpace::new(self.store.as_ref(), keys::addr_bits(&id.space, &id.subnet), id.subnet.first())
+            .with_cache(&self.chunks)
     }
 
     async fn load_pool(&self, id: &PoolId) -> IpamResult<LoadedPool> {
@@ -147,7 +150,9 @@ impl Ipam {
             let txn = Txn::new()
                 .when(Condition::Exists(pool.key.clone()))
                 .put(&owner_key, self.owner_record(owner, Kind::Endpoint));
-            if self.store.txn(bits.take(&slot, txn)).await?.committed() {
+            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+            bits.after_take(&slot, outcome);
+            if outcome.committed() {
                 return Ok(ip);
             }
             pool = self.load_pool(id).await?;
@@ -179,28 +184,45 @@ impl Ipam {
         }
     }
 
+    /// One transaction per address in the usual case: the pool is not read (its existence is a
+    /// condition of the transaction) and the chunk comes from the cache when this process wrote it
+    /// last. A conflict costs a read of the chunk, and of the pool only when the chunk is unchanged.
     async fn claim_next(&self, id: &PoolId, owner: &str) -> IpamResult<IpAddr> {
-        let mut pool = self.load_pool(id).await?;
         let family = id.subnet.family();
-        let (lo, hi) = dynamic_bounds(&id.subnet, id.range.as_ref()).ok_or_else(|| exhausted(id))?;
+        let Some((lo, hi)) = dynamic_bounds(&id.subnet, id.range.as_ref()) else {
+            self.load_pool(id).await?;
+            return Err(exhausted(id));
+        };
+        let pool_key = keys::pool(&id.space, &id.subnet);
         let bits = self.address_bits(id);
         let cursor = self.cursor(&id.to_string());
         let mut cursor = cursor.lock().await;
+        // The slot of the last transaction that failed.
+        let mut failed: Option<Slot> = None;
         for attempt in 0..self.config.max_attempts {
-            let slot = bits.find_free(lo, hi, (*cursor).max(lo)).await?.ok_or_else(|| exhausted(id))?;
+            let Some(slot) = bits.find_free(lo, hi, (*cursor).max(lo)).await? else {
+                self.load_pool(id).await?;
+                return Err(exhausted(id));
+            };
+            // A transaction fails when the chunk changed (another host allocated in it: the read
+            // above has the new state) or when the pool is gone. The chunk as the failed attempt
+            // expected it means the pool: say so instead of retrying. Every 8th attempt checks
+            // anyway, in case the retries keep moving to other chunks.
+            if failed.as_ref().is_some_and(|f| f.same_chunk_state(&slot)) || (attempt > 0 && attempt % 8 == 0) {
+                self.load_pool(id).await?;
+            }
             let ip = u128_to_ip(family, slot.value);
             let owner_key = keys::addr_owner(&id.space, &id.subnet, ip);
             let txn = Txn::new()
-                .when(Condition::Exists(pool.key.clone()))
+                .when(Condition::Exists(pool_key.clone()))
                 .put(owner_key, self.owner_record(owner, Kind::Endpoint));
-            if self.store.txn(bits.take(&slot, txn)).await?.committed() {
+            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+            bits.after_take(&slot, outcome);
+            if outcome.committed() {
                 *cursor = if slot.value >= hi { lo } else { slot.value + 1 };
                 return Ok(ip);
             }
-            if attempt % 8 == 7 {
-                // Still failing: make sure the pool wasn't deleted under us.
-                pool = self.load_pool(id).await?;
-            }
+            failed = Some(slot);
             backoff(attempt).await;
         }
         Err(self.contention(&format!("assigning an address in pool {id}")))
@@ -228,7 +250,9 @@ impl Ipam {
                 .when(Condition::Revision(pool.key.clone(), pool.revision))
                 .put(pool.key.clone(), records::encode(&pool.record))
                 .put(keys::addr_owner(&id.space, &id.subnet, ip), self.owner_record("", Kind::Gateway));
-            if self.store.txn(bits.take(&slot, txn)).await?.committed() {
+            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+            bits.after_take(&slot, outcome);
+            if outcome.committed() {
                 return Ok(ip);
             }
             backoff(attempt).await;

@@ -4,19 +4,61 @@
 //! Reads here are plain reads; callers turn a [`Slot`] into a conditional write with [`BitSpace::take`]
 //! or [`BitSpace::free`], so a concurrent change to the same chunk makes their transaction fail
 //! and they read again.
+//!
+//! A [`ChunkCache`] remembers the chunks this process wrote, so the next allocation in the same
+//! chunk is one transaction without a read (see [`BitSpace::find_free`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use super::bitmap::{split, Chunk, CHUNK_BITS};
 use super::keys;
 use crate::error::{IpamError, IpamResult};
-use crate::store::{Condition, KeyValue, Revision, Store, Txn};
+use crate::store::{Condition, KeyValue, Revision, Store, Txn, TxnOutcome};
+
+/// More entries than this and the cache starts over (128 bytes of bitmap each).
+const CACHE_LIMIT: usize = 4096;
+
+/// Chunk key → the chunk as this process last wrote it and the revision of that write.
+///
+/// Only [`BitSpace::find_free`] reads it, and everything `find_free` answers is checked by the
+/// allocating transaction's "chunk unchanged" condition: an entry made stale by another host (or
+/// by a pool deletion) costs one conflict, after which the entry is dropped and the chunk is read
+/// from the store. Reads of one specific value ([`BitSpace::slot`]) never use it, because their
+/// "taken" answers are final.
+#[derive(Default)]
+pub struct ChunkCache {
+    map: Mutex<HashMap<String, (Chunk, Revision)>>,
+}
+
+impl ChunkCache {
+    fn get(&self, key: &str) -> Option<(Chunk, Revision)> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn put(&self, key: String, chunk: Chunk, revision: Revision) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&key) {
+            // Two of this process's writes finishing out of order: keep the later state.
+            Some((_, known)) if *known > revision => return,
+            Some(_) => {}
+            None if map.len() >= CACHE_LIMIT => map.clear(),
+            None => {}
+        }
+        map.insert(key, (chunk, revision));
+    }
+
+    fn forget(&self, key: &str) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
 
 pub struct BitSpace<'a> {
     store: &'a dyn Store,
     prefix: String,
     /// The value of bit 0 of chunk 0.
     origin: u128,
+    cache: Option<&'a ChunkCache>,
 }
 
 /// A value and the chunk holding it, as read.
@@ -33,11 +75,23 @@ impl Slot {
     pub fn is_taken(&self) -> bool {
         self.chunk.get(self.bit)
     }
+
+    /// Both slots were read from the same chunk at the same revision (or both found it absent).
+    pub fn same_chunk_state(&self, other: &Slot) -> bool {
+        self.chunk_index == other.chunk_index && self.revision == other.revision
+    }
 }
 
 impl<'a> BitSpace<'a> {
     pub fn new(store: &'a dyn Store, prefix: String, origin: u128) -> Self {
-        Self { store, prefix, origin }
+        Self { store, prefix, origin, cache: None }
+    }
+
+    /// Lets [`find_free`](Self::find_free) start from chunks this process wrote, and records the
+    /// outcome of [`after_take`](Self::after_take) / [`after_free`](Self::after_free) there.
+    pub fn with_cache(mut self, cache: &'a ChunkCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     fn chunk_bounds(&self, index: u128) -> (u128, u128) {
@@ -63,11 +117,20 @@ impl<'a> BitSpace<'a> {
     }
 
     /// A free value in `lo..=hi`, searching upwards from `from` and wrapping around; `None` when
-    /// every value is taken. Costs one read when the chunk at `from` has room, else one listing.
+    /// every value is taken. Costs one read when the chunk at `from` has room (none when this
+    /// process wrote that chunk last and it is in the cache), else one listing.
+    ///
+    /// A cached chunk may be stale: a value it shows free may have been taken by another host
+    /// (the take's condition fails, and the retry reads), and a value it shows taken may have been
+    /// freed (it is skipped this time; the listing that follows a full chunk reads the store).
     pub async fn find_free(&self, lo: u128, hi: u128, from: u128) -> IpamResult<Option<Slot>> {
         let from = from.clamp(lo, hi);
         let (start_chunk, _) = split(from - self.origin);
-        let (chunk, revision) = self.read_chunk(start_chunk).await?;
+        let cached = self.cache.and_then(|c| c.get(&keys::chunk(&self.prefix, start_chunk)));
+        let (chunk, revision) = match cached {
+            Some((chunk, revision)) => (chunk, Some(revision)),
+            None => self.read_chunk(start_chunk).await?,
+        };
         if let Some(slot) = self.free_in(start_chunk, &chunk, revision, from, hi) {
             return Ok(Some(slot));
         }
@@ -156,6 +219,31 @@ impl<'a> BitSpace<'a> {
             txn.delete(key)
         } else {
             txn.put(key, chunk.to_bytes())
+        }
+    }
+
+    /// Tells the cache how the transaction built with [`take`](Self::take) ended.
+    pub fn after_take(&self, slot: &Slot, outcome: TxnOutcome) {
+        let mut chunk = slot.chunk.clone();
+        chunk.set(slot.bit);
+        self.settle(slot, chunk, outcome);
+    }
+
+    /// Tells the cache how the transaction built with [`free`](Self::free) ended.
+    pub fn after_free(&self, slot: &Slot, outcome: TxnOutcome) {
+        let mut chunk = slot.chunk.clone();
+        chunk.clear(slot.bit);
+        self.settle(slot, chunk, outcome);
+    }
+
+    fn settle(&self, slot: &Slot, written: Chunk, outcome: TxnOutcome) {
+        let Some(cache) = self.cache else { return };
+        let key = keys::chunk(&self.prefix, slot.chunk_index);
+        match outcome {
+            // Every key a transaction writes gets the transaction's revision. A deleted (emptied)
+            // chunk is not remembered: "absent" is one read away.
+            TxnOutcome::Committed(revision) if revision > 0 && !written.is_empty() => cache.put(key, written, revision),
+            _ => cache.forget(&key),
         }
     }
 }

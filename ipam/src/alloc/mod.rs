@@ -10,7 +10,7 @@ pub mod records;
 
 mod addresses;
 mod audit;
-mod bitspace;
+pub(crate) mod bitspace;
 mod pools;
 mod reclaim;
 mod vni;

@@ -40,7 +40,9 @@ impl Ipam {
                 .when(Condition::Absent(owner_key.clone()))
                 .put(keys::vni_id(vni), self.vni_record(owner))
                 .put(owner_key.clone(), vni.to_string());
-            if self.store.txn(bits.take(&slot, txn)).await?.committed() {
+            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+            bits.after_take(&slot, outcome);
+            if outcome.committed() {
                 *cursor = if slot.value >= hi { lo } else { slot.value + 1 };
                 info!(vni, owner, "VNI allocated");
                 return Ok(vni);
@@ -78,7 +80,9 @@ impl Ipam {
                 .when(Condition::Absent(owner_key.clone()))
                 .put(keys::vni_id(vni), self.vni_record(owner))
                 .put(owner_key.clone(), vni.to_string());
-            if self.store.txn(bits.take(&slot, txn)).await?.committed() {
+            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+            bits.after_take(&slot, outcome);
+            if outcome.committed() {
                 info!(vni, owner, "VNI reserved");
                 return Ok(());
             }
@@ -108,7 +112,9 @@ impl Ipam {
                     }
                 }
             }
-            if self.store.txn(txn).await?.committed() {
+            let outcome = self.store.txn(txn).await?;
+            bits.after_free(&slot, outcome);
+            if outcome.committed() {
                 info!(vni, "VNI released");
                 return Ok(());
             }
@@ -140,7 +146,7 @@ impl Ipam {
     }
 
     fn vni_bits(&self) -> BitSpace<'_> {
-        BitSpace::new(self.store.as_ref(), keys::VNI_BITS.to_string(), 0)
+        BitSpace::new(self.store.as_ref(), keys::VNI_BITS.to_string(), 0).with_cache(&self.chunks)
     }
 
     fn vni_record(&self, owner: &str) -> Vec<u8> {

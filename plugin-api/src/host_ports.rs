@@ -1,12 +1,15 @@
-//! Host port allocation for published ports: Docker sends `-p` as bindings whose host port may be
-//! 0 (`-P`: pick one) or a range; the driver picks concrete ports and refuses conflicts.
+//! Host port allocation for published ports, shared by the drivers that publish them: Docker
+//! sends `-p` as bindings whose host port may be 0 (`-P`: pick one) or a range; the driver picks
+//! concrete ports and refuses conflicts.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Result};
-use netloom_plugin_api::wire::ports::{PortBinding, Protocol};
 use serde::{Deserialize, Serialize};
+
+use crate::addressing::short_id as short;
+use crate::wire::ports::{PortBinding, Protocol};
 
 /// Docker's default range for `-P` and `-p 0:…`.
 pub const EPHEMERAL: (u16, u16) = (49153, 65535);
@@ -133,10 +136,6 @@ impl PortTable {
         }
         Ok(resolved)
     }
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Tries to bind the port the way a host service would; a failure means someone else holds it.

@@ -1,0 +1,64 @@
+//! Ethernet addresses for endpoints.
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
+
+/// Docker 20.10's scheme: 02:42 followed by the IPv4 address, so an address keeps its MAC (and
+/// neighbours' ARP caches stay right) across container restarts. Without IPv4, a random
+/// locally administered unicast address.
+pub fn for_endpoint(ipv4: Option<Ipv4Addr>) -> [u8; 6] {
+    match ipv4 {
+        Some(ip) => {
+            let [a, b, c, d] = ip.octets();
+            [0x02, 0x42, a, b, c, d]
+        }
+        None => {
+            let mut mac = [0u8; 6];
+            let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut mac));
+            mac[0] = (mac[0] & 0xfe) | 0x02;
+            mac
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse(text: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        bail!("MAC address {text:?} does not have six parts");
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        match u8::from_str_radix(part, 16) {
+            Ok(b) if part.len() == 2 => *byte = b,
+            _ => bail!("MAC address {text:?} has a bad part {part:?}"),
+        }
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_style_and_random() {
+        assert_eq!(format(&for_endpoint(Some(Ipv4Addr::new(172, 18, 0, 2)))), "02:42:ac:12:00:02");
+        let random = for_endpoint(None);
+        assert_eq!(random[0] & 0x03, 0x02, "locally administered unicast: {}", format(&random));
+    }
+
+    #[test]
+    fn parse_round_trips_and_rejects_junk() {
+        assert_eq!(parse("02:42:AC:12:00:02").unwrap(), [2, 0x42, 0xac, 0x12, 0, 2]);
+        for bad in ["", "02:42:ac:12:00", "02:42:ac:12:00:2", "02:42:ac:12:00:zz", "02-42-ac-12-00-02"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

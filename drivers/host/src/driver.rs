@@ -1,0 +1,355 @@
+//! loom-host's request handlers: a veth pair per endpoint, host routes to the container's
+//! addresses between Join and Leave, a link-local gateway on the host end, and per-endpoint
+//! firewall policy for forwarding, optional masquerade and published ports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use ipnetwork::IpNetwork;
+use netloom_dataplane::{mac, names, Netlink};
+use netloom_firewall::Firewall;
+use netloom_plugin_api::addressing::{endpoint_address, pools, short_id};
+use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
+use netloom_plugin_api::wire::network::{
+    CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
+    EndpointRef, InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, RouteType,
+    Scope, StaticRoute,
+};
+use netloom_plugin_api::wire::ports::port_bindings;
+use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::options::HostOptions;
+use crate::plumbing::{self, GATEWAY_V4, GATEWAY_V6};
+use crate::policy;
+use crate::state::{EndpointRecord, NetworkRecord, Records, OWNER_PREFIX};
+
+pub struct HostDriver {
+    netlink: Netlink,
+    firewall: Arc<dyn Firewall>,
+    records: Records,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    networks: BTreeMap<String, NetworkRecord>,
+    endpoints: BTreeMap<String, EndpointRecord>,
+    /// Host ports published by loom-host's endpoints.
+    ports: PortTable,
+}
+
+impl HostDriver {
+    /// Loads the records and reconciles the kernel with them before the socket opens.
+    pub async fn start(netlink: Netlink, firewall: Arc<dyn Firewall>, records: Records) -> Result<Self> {
+        let mut state = State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
+        for ep in state.endpoints.values() {
+            state.ports.insert(&ep.id, ep.ports.clone());
+        }
+        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()) };
+        driver.reconcile(&state).await;
+        *driver.state.lock().await = state;
+        Ok(driver)
+    }
+
+    async fn reconcile(&self, state: &State) {
+        let started = std::time::Instant::now();
+        for net in state.networks.values() {
+            if let Err(e) = plumbing::enable_forwarding(net) {
+                warn!(network = %short_id(&net.id), "{e:#}");
+            }
+        }
+        for ep in state.endpoints.values() {
+            let Some(net) = state.networks.get(&ep.network_id) else {
+                warn!(endpoint = %short_id(&ep.id), "endpoint of an unknown network; it goes when Docker deletes it");
+                continue;
+            };
+            match self.netlink.link(&ep.host_veth).await {
+                Ok(Some(_)) => {
+                    if let Err(e) = self.restore(net, ep).await {
+                        warn!(endpoint = %short_id(&ep.id), "could not restore endpoint: {e:#}");
+                    }
+                }
+                Ok(None) => debug!(endpoint = %short_id(&ep.id), "veth is gone; waiting for DeleteEndpoint"),
+                Err(e) => warn!(endpoint = %short_id(&ep.id), "{e:#}"),
+            }
+        }
+        self.remove_leftovers(state).await;
+        info!(
+            networks = state.networks.len(),
+            endpoints = state.endpoints.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconciled"
+        );
+    }
+
+    async fn restore(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
+        let host = plumbing::ensure_endpoint(&self.netlink, net, ep).await?;
+        if ep.joined {
+            plumbing::add_routes(&self.netlink, &host, ep).await?;
+            self.firewall.add_network(&policy::of(net, ep)).await?;
+            if !ep.ports.is_empty() {
+                self.firewall.add_ports(&policy::of(net, ep), &ep.id, &policy::mappings(&ep.ports)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Links and firewall policies tagged as loom-host's that no record explains.
+    async fn remove_leftovers(&self, state: &State) {
+        let owners: BTreeSet<String> = state.endpoints.values().map(EndpointRecord::owner).collect();
+        match self.netlink.links().await {
+            Ok(links) => {
+                for link in links {
+                    let Some(alias) = link.alias.as_deref() else { continue };
+                    if alias.starts_with(OWNER_PREFIX) && !owners.contains(alias) {
+                        info!(link = %link.name, owner = alias, "removing leftover link");
+                        if let Err(e) = self.netlink.delete_link(&link.name).await {
+                            warn!("{e:#}");
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("listing links for leftovers: {e:#}"),
+        }
+        let live: BTreeSet<String> = state.endpoints.values().filter(|e| e.joined).map(policy::id).collect();
+        match self.firewall.owned_networks().await {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| id.starts_with(policy::ID_PREFIX) && !live.contains(id)) {
+                    info!(policy = %id, "removing leftover firewall rules");
+                    if let Err(e) = self.firewall.remove_network_by_id(&id).await {
+                        warn!("{e:#}");
+                    }
+                }
+            }
+            Err(e) => warn!("listing firewall rules for leftovers: {e:#}"),
+        }
+    }
+
+    /// Takes the endpoint off the host: firewall policy, routes, veth pair; keeps going past
+    /// errors and reports them all.
+    async fn teardown_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.firewall.remove_network_by_id(&policy::id(ep)).await {
+            errors.push(format!("{e:#}"));
+        }
+        if let Err(e) = self.netlink.delete_link(&ep.host_veth).await {
+            errors.push(format!("{e:#}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("removing endpoint {}: {}", short_id(&ep.id), errors.join("; "))
+        }
+    }
+}
+
+#[async_trait]
+impl NetworkDriver for HostDriver {
+    fn capabilities(&self) -> CapabilitiesResponse {
+        CapabilitiesResponse { scope: Scope::Local, connectivity_scope: Scope::Local }
+    }
+
+    async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
+        let options = HostOptions::parse(&req.options.generic()).map_err(user_error)?;
+        let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
+        let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
+        let mut state = self.state.lock().await;
+        if let Some(existing) = state.networks.get(&req.network_id) {
+            return plumbing::enable_forwarding(existing).map_err(PluginError::from);
+        }
+        let record = NetworkRecord { id: req.network_id.clone(), options, pools_v4, pools_v6, internal: req.options.internal() };
+        plumbing::enable_forwarding(&record)?;
+        self.records.put_network(&record).await?;
+        info!(network = %short_id(&record.id), masquerade = record.options.masquerade, "network created");
+        state.networks.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
+        let mut state = self.state.lock().await;
+        if !state.networks.contains_key(&req.network_id) {
+            debug!(network = %req.network_id, "unknown network; nothing to delete");
+            return Ok(());
+        }
+        let leftovers: Vec<EndpointRecord> =
+            state.endpoints.values().filter(|e| e.network_id == req.network_id).cloned().collect();
+        for ep in &leftovers {
+            self.teardown_endpoint(ep).await?;
+            self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
+            state.endpoints.remove(&ep.id);
+            state.ports.remove(&ep.id);
+        }
+        self.records.delete_network(&req.network_id).await?;
+        state.networks.remove(&req.network_id);
+        info!(network = %short_id(&req.network_id), "network removed");
+        Ok(())
+    }
+
+    async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
+        let mut state = self.state.lock().await;
+        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| unknown_network(&req.network_id))?;
+        let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
+        let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
+        if address_v4.is_none() && address_v6.is_none() {
+            return Err(PluginError::new("loom-host routes container addresses, but Docker assigned this endpoint none"));
+        }
+        let mac_given = !req.interface.mac_address.is_empty();
+        let record = match state.endpoints.get(&req.endpoint_id) {
+            Some(existing) => existing.clone(),
+            None => EndpointRecord {
+                network_id: net.id.clone(),
+                id: req.endpoint_id.clone(),
+                host_veth: names::derived("lh", &req.endpoint_id),
+                peer_veth: names::derived("lp", &req.endpoint_id),
+                address_v4,
+                address_v6,
+                mac: if mac_given { req.interface.mac_address.clone() } else { mac::format(&mac::for_endpoint(ipv4(address_v4))) },
+                joined: false,
+                ports: Vec::new(),
+            },
+        };
+        self.records.put_endpoint(&record).await?;
+        if let Err(e) = plumbing::ensure_endpoint(&self.netlink, &net, &record).await {
+            let _ = self.netlink.delete_link(&record.host_veth).await;
+            let _ = self.records.delete_endpoint(&record.network_id, &record.id).await;
+            return Err(e.into());
+        }
+        let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
+        state.endpoints.insert(record.id.clone(), record);
+        Ok(CreateEndpointResponse { interface })
+    }
+
+    async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
+        let mut state = self.state.lock().await;
+        let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+            return Ok(());
+        };
+        self.teardown_endpoint(&ep).await?;
+        self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
+        state.endpoints.remove(&ep.id);
+        state.ports.remove(&ep.id);
+        Ok(())
+    }
+
+    async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
+        let mut state = self.state.lock().await;
+        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| unknown_network(&ep.network_id))?;
+        if self.netlink.link(&ep.peer_veth).await?.is_none() {
+            // A retried Join after the container side went away: make the pair again.
+            let _ = self.netlink.delete_link(&ep.host_veth).await;
+        }
+        let host = plumbing::ensure_endpoint(&self.netlink, &net, &ep).await?;
+        ep.joined = true;
+        self.records.put_endpoint(&ep).await?;
+        plumbing::add_routes(&self.netlink, &host, &ep).await?;
+        self.firewall.add_network(&policy::of(&net, &ep)).await?;
+        info!(endpoint = %short_id(&ep.id), veth = %ep.host_veth, routes = ?ep.host_routes(), "joined");
+        let gateways = !net.internal;
+        let response = JoinResponse {
+            interface_name: Some(InterfaceName { src_name: ep.peer_veth.clone(), dst_prefix: "eth".into() }),
+            gateway: if gateways && ep.address_v4.is_some() { GATEWAY_V4.to_string() } else { String::new() },
+            gateway_ipv6: if gateways && ep.address_v6.is_some() { GATEWAY_V6.to_string() } else { String::new() },
+            // The gateways are on-link: Docker installs these before the default routes (an
+            // IPv6 sandbox may not have its fe80::/64 route yet when the gateway is set).
+            static_routes: [(ep.address_v4.is_some(), format!("{GATEWAY_V4}/32")), (ep.address_v6.is_some(), format!("{GATEWAY_V6}/128"))]
+                .into_iter()
+                .filter(|(wanted, _)| *wanted)
+                .map(|(_, destination)| StaticRoute { destination, route_type: RouteType::Connected, next_hop: String::new() })
+                .collect(),
+            // An internal network has no gateway, and must not get docker_gwbridge's either.
+            disable_gateway_service: net.internal,
+        };
+        state.endpoints.insert(ep.id.clone(), ep);
+        Ok(response)
+    }
+
+    async fn leave(&self, req: EndpointRef) -> PluginResult<()> {
+        let mut state = self.state.lock().await;
+        let Some(mut ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+            return Ok(());
+        };
+        // Removing the endpoint's policy withdraws its published ports too.
+        self.firewall.remove_network_by_id(&policy::id(&ep)).await?;
+        plumbing::remove_routes(&self.netlink, &ep).await?;
+        ep.joined = false;
+        ep.ports.clear();
+        self.records.put_endpoint(&ep).await?;
+        debug!(endpoint = %short_id(&ep.id), "left");
+        state.ports.remove(&ep.id);
+        state.endpoints.insert(ep.id.clone(), ep);
+        Ok(())
+    }
+
+    async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
+        let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
+        let mut state = self.state.lock().await;
+        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| unknown_network(&ep.network_id))?;
+        if net.internal && !bindings.is_empty() {
+            return Err(PluginError::new("an --internal network cannot publish ports"));
+        }
+        let ports = state
+            .ports
+            .resolve(&ep.id, &bindings, ep.address_v4.map(|a| a.ip()), ep.address_v6.map(|a| a.ip()), None, &host_port_is_free)
+            .map_err(user_error)?;
+        let policy = policy::of(&net, &ep);
+        let stale: Vec<PublishedPort> = ep.ports.iter().filter(|p| !ports.contains(p)).cloned().collect();
+        if !stale.is_empty() {
+            self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&stale)).await?;
+        }
+        if !ports.is_empty() {
+            self.firewall.add_ports(&policy, &ep.id, &policy::mappings(&ports)).await?;
+        }
+        ep.ports = ports;
+        self.records.put_endpoint(&ep).await?;
+        if !ep.ports.is_empty() {
+            info!(endpoint = %short_id(&ep.id), ports = ?ep.ports.iter().map(PublishedPort::describe).collect::<Vec<_>>(), "ports published");
+        }
+        state.ports.insert(&ep.id, ep.ports.clone());
+        state.endpoints.insert(ep.id.clone(), ep);
+        Ok(())
+    }
+
+    async fn revoke_external_connectivity(&self, req: EndpointRef) -> PluginResult<()> {
+        let mut state = self.state.lock().await;
+        let Some(mut ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+            return Ok(());
+        };
+        if ep.ports.is_empty() {
+            return Ok(());
+        }
+        if let Some(net) = state.networks.get(&ep.network_id) {
+            self.firewall.remove_ports(&policy::of(net, &ep), &ep.id, &policy::mappings(&ep.ports)).await?;
+        }
+        ep.ports.clear();
+        self.records.put_endpoint(&ep).await?;
+        state.ports.remove(&ep.id);
+        state.endpoints.insert(ep.id.clone(), ep);
+        Ok(())
+    }
+}
+
+fn ipv4(address: Option<IpNetwork>) -> Option<std::net::Ipv4Addr> {
+    match address.map(|a| a.ip()) {
+        Some(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    }
+}
+
+fn user_error(err: anyhow::Error) -> PluginError {
+    PluginError::new(format!("{err:#}"))
+}
+
+fn unknown_network(id: &str) -> PluginError {
+    PluginError::new(format!("network {} is not known to loom-host; remove and recreate it", short_id(id)))
+}
+
+fn unknown_endpoint(id: &str) -> PluginError {
+    PluginError::new(format!("endpoint {} is not known to loom-host; recreate the container", short_id(id)))
+}

@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use netloom_firewall::BackendKind;
+use netloom_ipam::store;
+use netloom_plugin_api::{CommonArgs, Plugin};
+
+mod driver;
+mod options;
+mod plumbing;
+mod policy;
+mod state;
+
+/// Host-routed container networking: a veth per container, a route per container address on the
+/// host, a link-local gateway; no bridge and no NAT unless asked for.
+#[derive(Parser)]
+#[command(name = "loom-host", version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Firewall backend for forwarding and masquerade
+    #[arg(long, default_value = "iptables", value_name = "iptables|nftables")]
+    firewall: BackendKind,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let firewall = args.firewall;
+    netloom_plugin_api::run("loom-host", &args.common, |settings| async move {
+        let host_id = settings.host_id()?;
+        let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
+            .await
+            .context("opening the state store")?;
+        let netlink = netloom_dataplane::Netlink::connect()?;
+        let firewall = netloom_firewall::open(firewall).await.context("setting up the firewall")?;
+        let records = state::Records::new(store, &host_id);
+        let driver = driver::HostDriver::start(netlink, firewall, records).await?;
+        Ok(Plugin::network(driver))
+    })
+    .await
+}

@@ -1,0 +1,70 @@
+//! The kernel side of a host-routed endpoint: a veth pair whose host end answers for the
+//! containers' link-local gateway and proxies ARP, and a host route per container address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{anyhow, Result};
+use ipnetwork::IpNetwork;
+use netloom_dataplane::{sysctl, Link, Netlink, VethSpec};
+
+use crate::state::{EndpointRecord, NetworkRecord};
+
+/// Every container's IPv4 gateway: a link-local address on every host-side veth end.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Every container's IPv6 gateway, likewise.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The host's forwarding switches for a network's families.
+pub fn enable_forwarding(net: &NetworkRecord) -> Result<()> {
+    if !net.pools_v4.is_empty() {
+        sysctl::ensure("net.ipv4.ip_forward", "1")?;
+    }
+    if !net.pools_v6.is_empty() {
+        sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Creates (or completes) the endpoint's veth pair and its host end's settings; safe to repeat.
+pub async fn ensure_endpoint(netlink: &Netlink, net: &NetworkRecord, ep: &EndpointRecord) -> Result<Link> {
+    let owner = ep.owner();
+    let spec = VethSpec { host_name: &ep.host_veth, peer_name: &ep.peer_veth, mtu: net.options.mtu, owner: &owner };
+    let (host, _) = netlink.ensure_veth(&spec).await?;
+    let name = host.name.as_str();
+    // Containers of one subnet ARP for each other: the host answers with its own MAC and routes.
+    sysctl::ensure_iface("net.ipv4.conf", name, "proxy_arp", "1")?;
+    sysctl::ensure_iface("net.ipv4.neigh", name, "proxy_delay", "0")?;
+    if !net.internal {
+        // Published ports on the host's 127.0.0.1: DNATed loopback traffic is routed out the veth.
+        sysctl::ensure_iface("net.ipv4.conf", name, "route_localnet", "1")?;
+    }
+    if ep.address_v6.is_some() {
+        // fe80::1 must answer at once, not after duplicate address detection.
+        sysctl::ensure_iface("net.ipv6.conf", name, "accept_dad", "0")?;
+    }
+    netlink.set_up(&host).await?;
+    netlink.ensure_address(&host, IpNetwork::from(IpAddr::V4(GATEWAY_V4))).await?;
+    if ep.address_v6.is_some() {
+        let gateway = IpNetwork::new(IpAddr::V6(GATEWAY_V6), 64).map_err(|e| anyhow!("{e}"))?;
+        netlink.ensure_address(&host, gateway).await?;
+    }
+    Ok(host)
+}
+
+/// Routes the endpoint's addresses to its veth.
+pub async fn add_routes(netlink: &Netlink, host: &Link, ep: &EndpointRecord) -> Result<()> {
+    for route in ep.host_routes() {
+        netlink.ensure_link_route(route, host).await?;
+    }
+    Ok(())
+}
+
+/// Withdraws the endpoint's routes (nothing to do when its veth is gone: they went with it).
+pub async fn remove_routes(netlink: &Netlink, ep: &EndpointRecord) -> Result<()> {
+    if let Some(host) = netlink.link(&ep.host_veth).await? {
+        for route in ep.host_routes() {
+            netlink.delete_link_route(route, &host).await?;
+        }
+    }
+    Ok(())
+}

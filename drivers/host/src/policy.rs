@@ -1,0 +1,48 @@
+//! The firewall's view of a loom-host endpoint.
+//!
+//! The shared firewall programs policy per interface, and a loom-host network has no interface of
+//! its own: every endpoint is a policy on its host veth, holding just the container's addresses.
+//! The policy accepts forwarding from and to the veth (dockerd sets FORWARD's policy to DROP),
+//! masquerades the container's traffic that leaves through another interface when the network asks
+//! for it, and carries the endpoint's published ports.
+
+use netloom_firewall::{NetworkPolicy, PortMapping, Proto};
+use netloom_plugin_api::host_ports::PublishedPort;
+
+use crate::state::{EndpointRecord, NetworkRecord};
+
+/// Firewall ids of loom-host's policies start with this, so that its leftover sweep never takes
+/// another driver's networks for its own.
+pub const ID_PREFIX: &str = "loom-host.";
+
+pub fn id(ep: &EndpointRecord) -> String {
+    format!("{ID_PREFIX}{}", ep.id)
+}
+
+pub fn of(net: &NetworkRecord, ep: &EndpointRecord) -> NetworkPolicy {
+    NetworkPolicy {
+        network_id: id(ep),
+        bridge: ep.host_veth.clone(),
+        subnets: ep.host_routes(),
+        masquerade: net.options.masquerade && !net.internal,
+        snat_source: None,
+        icc: true,
+        internal: false,
+        isolate: false,
+    }
+}
+
+pub fn mappings(ports: &[PublishedPort]) -> Vec<PortMapping> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some(PortMapping {
+                proto: Proto::from_number(p.proto.into())?,
+                host_ip: p.host_ip,
+                host_port: p.host_port,
+                container_ip: p.container_ip,
+                container_port: p.container_port,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,139 @@
+//! A scratch network namespace for socket-level driver tests: no dockerd, no mount or pid
+//! namespace, just a fresh netns held by a `sleep` (so that kernel state outlives the driver
+//! processes a test kills and restarts), entered with `nsenter -n`.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cluster::require_root;
+use crate::util;
+
+pub struct ScratchNetns {
+    holder: Child,
+}
+
+impl ScratchNetns {
+    /// A namespace with only `lo` (up).
+    pub fn new() -> Result<ScratchNetns> {
+        require_root()?;
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "3600"])
+            .spawn()
+            .context("starting unshare --net")?;
+        let ns = ScratchNetns { holder };
+        let root = std::fs::read_link("/proc/self/ns/net").ok();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ns.netns_link().is_none() || ns.netns_link() == root {
+            if Instant::now() > deadline {
+                bail!("the scratch namespace did not appear within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        ns.sh("ip link set lo up")?;
+        Ok(ns)
+    }
+
+    /// The holder's pid, e.g. for `ip link set X netns <pid>`.
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    fn netns_link(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/ns/net", self.holder.id())).ok()
+    }
+
+    /// `program` to be run inside the namespace (through `nsenter -n`, which execs it: the child's
+    /// pid is the program's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t").arg(self.holder.id().to_string()).arg("-n").arg(program);
+        cmd
+    }
+
+    /// `sh -c <script>` inside the namespace: Ok(stdout) on exit 0, else an error with stderr.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        util::run(self.command("sh").arg("-c").arg(script))
+    }
+
+    /// The namespace's interface names, sorted.
+    pub fn links(&self) -> Vec<String> {
+        let out = self.sh("ip -o link").unwrap_or_default();
+        let mut names: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A plugin binary serving `<dir>/plugin.sock` from inside a scratch namespace, with its state
+/// in `<dir>/state` and its log appended to `<dir>/plugin.log`; killed on drop.
+pub struct ScratchPlugin {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl ScratchNetns {
+    /// Starts `binary` (a path) and waits until its socket answers.
+    pub fn start_plugin(&self, binary: &str, dir: &Path, extra: &[&str]) -> Result<ScratchPlugin> {
+        let socket = dir.join("plugin.sock");
+        let log = OpenOptions::new().create(true).append(true).open(dir.join("plugin.log"))?;
+        let child = self
+            .command(binary)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--log-level", "debug"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let mut plugin = ScratchPlugin { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A killed predecessor leaves its socket file behind: wait until the new process answers.
+        while std::os::unix::net::UnixStream::connect(&plugin.socket).is_err() {
+            if let Some(status) = plugin.child.try_wait()? {
+                bail!("{binary} exited ({status}):\n{}", util::tail(&dir.join("plugin.log"), 20));
+            }
+            if Instant::now() > deadline {
+                bail!("{binary} did not serve {} within 10 s", plugin.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(plugin)
+    }
+}
+
+impl ScratchPlugin {
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ScratchPlugin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Drop for ScratchNetns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
