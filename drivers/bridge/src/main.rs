@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
             .context("opening the state store")?;
         let netlink = netloom_dataplane::Netlink::connect()?;
         let firewall = netloom_firewall::open(firewall).await.context("setting up the firewall")?;
-        let records = state::Records::new(store, &host_id);
+        let records = state::Records::new(store, "bridge", &host_id);
         let driver = driver::BridgeDriver::start(netlink, firewall, records).await?;
         Ok(Plugin::network(driver))
     })

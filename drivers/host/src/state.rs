@@ -2,15 +2,12 @@
 //! endpoint, written before a request is answered, so that a restarted driver can restore routes
 //! and tell its own leftovers apart.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
-use netloom_ipam::store::Store;
+use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::Pool;
 use netloom_plugin_api::host_ports::PublishedPort;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::options::HostOptions;
 
@@ -55,64 +52,21 @@ impl EndpointRecord {
     }
 }
 
-/// The records of this host under `host/<host-id>/` in the store.
-pub struct Records {
-    store: Arc<dyn Store>,
-    prefix: String,
+/// This host's records under `host/<host-id>/` in the store.
+pub type Records = DriverRecords<NetworkRecord, EndpointRecord>;
+
+impl netloom_ipam::store::NetworkRecord for NetworkRecord {
+    fn network_id(&self) -> &str {
+        &self.id
+    }
 }
 
-impl Records {
-    pub fn new(store: Arc<dyn Store>, host_id: &str) -> Self {
-        Self { store, prefix: format!("host/{host_id}/") }
+impl netloom_ipam::store::EndpointRecord for EndpointRecord {
+    fn network_id(&self) -> &str {
+        &self.network_id
     }
-
-    fn network_key(&self, id: &str) -> String {
-        format!("{}networks/{id}", self.prefix)
-    }
-
-    fn endpoint_key(&self, network_id: &str, id: &str) -> String {
-        format!("{}endpoints/{network_id}/{id}", self.prefix)
-    }
-
-    pub async fn networks(&self) -> Result<BTreeMap<String, NetworkRecord>> {
-        let list: Vec<NetworkRecord> = self.load(&format!("{}networks/", self.prefix)).await?;
-        Ok(list.into_iter().map(|n| (n.id.clone(), n)).collect())
-    }
-
-    pub async fn endpoints(&self) -> Result<BTreeMap<String, EndpointRecord>> {
-        let list: Vec<EndpointRecord> = self.load(&format!("{}endpoints/", self.prefix)).await?;
-        Ok(list.into_iter().map(|e| (e.id.clone(), e)).collect())
-    }
-
-    async fn load<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
-        let kvs = self.store.list(prefix).await.with_context(|| format!("reading {prefix} from the store"))?;
-        kvs.iter()
-            .map(|kv| serde_json::from_slice(&kv.value).with_context(|| format!("decoding stored {}", kv.key)))
-            .collect()
-    }
-
-    pub async fn put_network(&self, record: &NetworkRecord) -> Result<()> {
-        self.put(self.network_key(&record.id), record).await
-    }
-
-    pub async fn delete_network(&self, id: &str) -> Result<()> {
-        self.store.delete(&self.network_key(id)).await.context("deleting a network record")?;
-        Ok(())
-    }
-
-    pub async fn put_endpoint(&self, record: &EndpointRecord) -> Result<()> {
-        self.put(self.endpoint_key(&record.network_id, &record.id), record).await
-    }
-
-    pub async fn delete_endpoint(&self, network_id: &str, id: &str) -> Result<()> {
-        self.store.delete(&self.endpoint_key(network_id, id)).await.context("deleting an endpoint record")?;
-        Ok(())
-    }
-
-    async fn put<T: Serialize>(&self, key: String, record: &T) -> Result<()> {
-        let value = serde_json::to_vec(record).context("encoding a record")?;
-        self.store.put(&key, value).await.with_context(|| format!("writing {key} to the store"))?;
-        Ok(())
+    fn endpoint_id(&self) -> &str {
+        &self.id
     }
 }
 

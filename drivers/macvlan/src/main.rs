@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
             .await
             .context("opening the state store")?;
         let netlink = netloom_dataplane::Netlink::connect()?;
-        let records = state::Records::new(store, &host_id);
+        let records = state::Records::new(store, "macvlan", &host_id);
         let driver = driver::MacvlanDriver::start(netlink, records).await?;
         Ok(Plugin::network(driver))
     })

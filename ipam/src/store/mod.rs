@@ -7,6 +7,7 @@
 //! write on the condition that none of them changed.
 
 mod embedded;
+mod records;
 mod etcd;
 mod url;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub use self::records::{DriverRecords, EndpointRecord, NetworkRecord};
 pub use self::url::StoreUrl;
 
 /// The prefix every netloom key lives under; `v1` is the layout version in KEYS.md.

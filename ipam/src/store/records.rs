@@ -1,0 +1,86 @@
+//! Where a driver keeps its own networks and endpoints: one JSON record per object, under
+//! `<driver>/<host-id>/networks/<network-id>` and
+//! `<driver>/<host-id>/endpoints/<network-id>/<endpoint-id>`, so that hosts sharing one store
+//! never read each other's records.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Store;
+
+pub trait NetworkRecord: Serialize + DeserializeOwned {
+    fn network_id(&self) -> &str;
+}
+
+pub trait EndpointRecord: Serialize + DeserializeOwned {
+    fn network_id(&self) -> &str;
+    fn endpoint_id(&self) -> &str;
+}
+
+pub struct DriverRecords<N, E> {
+    store: Arc<dyn Store>,
+    prefix: String,
+    _records: PhantomData<fn() -> (N, E)>,
+}
+
+impl<N: NetworkRecord, E: EndpointRecord> DriverRecords<N, E> {
+    pub fn new(store: Arc<dyn Store>, driver: &str, host_id: &str) -> Self {
+        Self { store, prefix: format!("{driver}/{host_id}/"), _records: PhantomData }
+    }
+
+    fn network_key(&self, id: &str) -> String {
+        format!("{}networks/{id}", self.prefix)
+    }
+
+    fn endpoint_key(&self, network_id: &str, id: &str) -> String {
+        format!("{}endpoints/{network_id}/{id}", self.prefix)
+    }
+
+    /// Every stored network, by id.
+    pub async fn networks(&self) -> Result<BTreeMap<String, N>> {
+        let list: Vec<N> = self.load(&format!("{}networks/", self.prefix)).await?;
+        Ok(list.into_iter().map(|n| (n.network_id().to_string(), n)).collect())
+    }
+
+    /// Every stored endpoint, by endpoint id.
+    pub async fn endpoints(&self) -> Result<BTreeMap<String, E>> {
+        let list: Vec<E> = self.load(&format!("{}endpoints/", self.prefix)).await?;
+        Ok(list.into_iter().map(|e| (e.endpoint_id().to_string(), e)).collect())
+    }
+
+    async fn load<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let kvs = self.store.list(prefix).await.with_context(|| format!("reading {prefix} from the store"))?;
+        kvs.iter()
+            .map(|kv| serde_json::from_slice(&kv.value).with_context(|| format!("decoding stored {}", kv.key)))
+            .collect()
+    }
+
+    pub async fn put_network(&self, record: &N) -> Result<()> {
+        self.put(self.network_key(record.network_id()), record).await
+    }
+
+    pub async fn delete_network(&self, id: &str) -> Result<()> {
+        self.store.delete(&self.network_key(id)).await.context("deleting a network record")?;
+        Ok(())
+    }
+
+    pub async fn put_endpoint(&self, record: &E) -> Result<()> {
+        self.put(self.endpoint_key(record.network_id(), record.endpoint_id()), record).await
+    }
+
+    pub async fn delete_endpoint(&self, network_id: &str, id: &str) -> Result<()> {
+        self.store.delete(&self.endpoint_key(network_id, id)).await.context("deleting an endpoint record")?;
+        Ok(())
+    }
+
+    async fn put<T: Serialize>(&self, key: String, record: &T) -> Result<()> {
+        let value = serde_json::to_vec(record).context("encoding a record")?;
+        self.store.put(&key, value).await.with_context(|| format!("writing {key} to the store"))?;
+        Ok(())
+    }
+}
