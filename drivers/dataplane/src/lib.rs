@@ -13,6 +13,7 @@ mod macvlan;
 pub mod names;
 mod neigh;
 mod netns;
+mod port_isolation;
 mod route;
 pub mod sysctl;
 mod vlan;

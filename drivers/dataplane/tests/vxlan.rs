@@ -71,6 +71,15 @@ fn vxlan_link_is_created_reused_and_replaced() {
         assert!(err.contains("already uses VNI 4101 with UDP port 4789"), "{err}");
         assert!(nl.link("vx-u").await.unwrap().is_none(), "nothing left behind");
 
+        // A port flag of its own, leaving hairpin alone.
+        let bridge = nl.ensure_bridge(&BridgeSpec { name: "br-i", mtu: None, owner: "o" }).await.unwrap();
+        let replaced = nl.link("vx-t").await.unwrap().unwrap();
+        nl.attach(&replaced, &bridge).await.unwrap();
+        nl.configure_bridge_port(&replaced, true, false).await.unwrap();
+        nl.set_port_isolated(&replaced, true).await.unwrap();
+        let detail = String::from_utf8(std::process::Command::new("ip").args(["-d", "link", "show", "vx-t"]).output().unwrap().stdout).unwrap();
+        assert!(detail.contains("hairpin on") && detail.contains("isolated on"), "{detail}");
+
         assert!(nl.delete_link("vx-t").await.unwrap());
     });
 }
