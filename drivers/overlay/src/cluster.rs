@@ -1,0 +1,307 @@
+//! Network records in the shared store: creating, joining and leaving networks, with their VNIs
+//! taken from the IPAM's VNI table. Every change is one store transaction conditioned on what
+//! was read, so hosts acting at the same moment agree on one record and one VNI.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use ipnetwork::IpNetwork;
+use netloom_ipam::store::{Condition, Revision, Store, Txn, TxnOutcome};
+use netloom_ipam::{Ipam, IpamError};
+use tracing::{info, warn};
+
+use crate::options::subnet_key;
+use crate::records::{self, local_network_key, network_key, subnet_index_key, vni_owner, Mode, NetworkConfig};
+
+/// Bounded: each retry means another host changed the same record in between.
+const ATTEMPTS: usize = 20;
+
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub ipam: Ipam,
+}
+
+/// What a host asks for when it creates a network.
+#[derive(Debug, Clone)]
+pub struct NetworkRequest {
+    pub docker_id: String,
+    pub host: String,
+    pub vni: Option<u32>,
+    pub subnet_v4: Option<IpNetwork>,
+    pub subnet_v6: Option<IpNetwork>,
+    /// The containers' MTU this host would use.
+    pub mtu: u32,
+    /// Whether the user gave the MTU (else another host's choice is taken).
+    pub mtu_given: bool,
+    pub internal: bool,
+}
+
+impl NetworkRequest {
+    fn subnets(&self) -> Vec<IpNetwork> {
+        self.subnet_v4.into_iter().chain(self.subnet_v6).collect()
+    }
+
+    fn config(&self, key: String, mode: Mode, vni: u32) -> NetworkConfig {
+        let members = match mode {
+            Mode::Local => BTreeMap::from([(self.host.clone(), self.docker_id.clone())]),
+            Mode::Global => BTreeMap::new(),
+        };
+        NetworkConfig {
+            key,
+            mode,
+            vni,
+            subnet_v4: self.subnet_v4,
+            subnet_v6: self.subnet_v6,
+            mtu: self.mtu,
+            internal: self.internal,
+            created_by: self.host.clone(),
+            created_at: records::now(),
+            members,
+        }
+    }
+}
+
+/// How a network record came to be, for rolling back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Joined,
+}
+
+impl Shared {
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(NetworkConfig, Revision)>> {
+        match self.store.get(&network_key(key)).await? {
+            Some(kv) => Ok(Some((records::decode(&kv.key, &kv.value)?, kv.revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn network(&self, key: &str) -> Result<Option<(NetworkConfig, Revision)>> {
+        self.read(key).await
+    }
+
+    /// Global scope: the record of a network only this host's dockerd saw created.
+    pub async fn create_global(&self, req: &NetworkRequest) -> Result<(NetworkConfig, Revision)> {
+        let key = req.docker_id.clone();
+        if let Some(existing) = self.read(&key).await? {
+            return Ok(existing);
+        }
+        let owner = vni_owner(&key);
+        let vni = self.take_vni(req.vni, &owner).await?;
+        let config = req.config(key.clone(), Mode::Global, vni);
+        let txn = Txn::new().when(Condition::Absent(network_key(&key))).put(network_key(&key), records::encode(&config));
+        match self.store.txn(txn).await {
+            Ok(TxnOutcome::Committed(revision)) => {
+                info!(network = %records::short(&key), vni, "network recorded");
+                Ok((config, revision))
+            }
+            Ok(TxnOutcome::Conflict) => match self.read(&key).await? {
+                Some(existing) => Ok(existing),
+                None => bail!("network {} changed in the store while it was being created; try again", records::short(&key)),
+            },
+            Err(e) => {
+                self.release_quietly(vni).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Local scope: the network named by the VNI option, or else by the subnet, joined if
+    /// another host made it already, else made. Hosts racing to make the same network end with
+    /// one record: the loser of the transaction joins the winner's.
+    pub async fn join_local(&self, req: &NetworkRequest) -> Result<(NetworkConfig, Outcome, Revision)> {
+        let subnets = req.subnets();
+        let Some(primary) = subnets.first().copied() else { bail!("a loom-overlay network needs a subnet (--subnet)") };
+        for _ in 0..ATTEMPTS {
+            let mut by_subnet = None;
+            for subnet in &subnets {
+                if let Some(kv) = self.store.get(&subnet_index_key(subnet)).await? {
+                    by_subnet = Some((String::from_utf8_lossy(&kv.value).into_owned(), *subnet));
+                    break;
+                }
+            }
+            let target = match (req.vni, &by_subnet) {
+                (Some(vni), Some((key, subnet))) if *key != local_network_key(vni) => bail!(
+                    "subnet {subnet} is already the overlay {key}; give -o com.docker.network.driver.overlay.vxlanid_list={} \
+                     (or no VNI) to join it, or use another subnet",
+                    key.trim_start_matches("vni-")
+                ),
+                (Some(vni), _) => Some(local_network_key(vni)),
+                (None, Some((key, _))) => Some(key.clone()),
+                (None, None) => None,
+            };
+            if let Some(key) = &target {
+                if let Some((config, revision)) = self.read(key).await? {
+                    check_same_network(&config, req)?;
+                    if let Some(other) = config.members.get(&req.host).filter(|id| **id != req.docker_id) {
+                        bail!(
+                            "this host already has Docker network {} for the overlay with VNI {}; use that one",
+                            records::short(other),
+                            config.vni
+                        );
+                    }
+                    let mut updated = config.clone();
+                    updated.members.insert(req.host.clone(), req.docker_id.clone());
+                    if updated == config {
+                        return Ok((config, Outcome::Joined, revision));
+                    }
+                    let txn = Txn::new()
+                        .when(Condition::Revision(network_key(key), revision))
+                        .put(network_key(key), records::encode(&updated));
+                    if let TxnOutcome::Committed(revision) = self.store.txn(txn).await? {
+                        info!(network = %key, vni = config.vni, "joined the network other hosts made");
+                        return Ok((updated, Outcome::Joined, revision));
+                    }
+                    continue;
+                }
+            }
+            // A new network. Hosts creating it at the same moment get the same VNI: it is
+            // reserved (or allocated) for the same owner name.
+            let owner = match req.vni {
+                Some(vni) => vni_owner(&local_network_key(vni)),
+                None => format!("overlay:subnet:{}", subnet_key(&primary)),
+            };
+            let vni = self.take_vni(req.vni, &owner).await?;
+            let key = local_network_key(vni);
+            let config = req.config(key.clone(), Mode::Local, vni);
+            let mut txn = Txn::new().when(Condition::Absent(network_key(&key))).put(network_key(&key), records::encode(&config));
+            for subnet in &subnets {
+                txn = txn.when(Condition::Absent(subnet_index_key(subnet))).put(subnet_index_key(subnet), key.clone());
+            }
+            if let TxnOutcome::Committed(revision) = self.store.txn(txn).await? {
+                info!(network = %key, vni, subnets = ?subnets, "network recorded");
+                return Ok((config, Outcome::Created, revision));
+            }
+            // Someone else was quicker. If it is this very network (same VNI), join it next
+            // round; if its subnet went to another network, the VNI is not ours to keep.
+            if self.read(&key).await?.is_none() {
+                self.release_quietly(vni).await;
+            }
+        }
+        bail!("other hosts kept changing the network's store records; try again")
+    }
+
+    /// Undoes `join_local` or `leave`s: this host stops using the network; the last host out
+    /// deletes its records, its peers and its VNI.
+    pub async fn leave_local(&self, key: &str, host: &str) -> Result<()> {
+        for _ in 0..ATTEMPTS {
+            let Some((config, revision)) = self.read(key).await? else { return Ok(()) };
+            let mut updated = config.clone();
+            updated.members.remove(host);
+            let txn = Txn::new().when(Condition::Revision(network_key(key), revision));
+            let txn = if updated.members.is_empty() {
+                let mut txn = txn.delete(network_key(key)).delete_prefix(records::peers_prefix(key));
+                for subnet in config.subnets() {
+                    txn = txn.delete(subnet_index_key(&subnet));
+                }
+                txn
+            } else {
+                txn.put(network_key(key), records::encode(&updated))
+            };
+            if self.store.txn(txn).await?.committed() {
+                if updated.members.is_empty() {
+                    self.ipam.release_vni(config.vni).await?;
+                    info!(network = %key, vni = config.vni, "last host left the network; records and VNI released");
+                }
+                return Ok(());
+            }
+        }
+        bail!("other hosts kept changing network {key}'s store record; try again")
+    }
+
+    /// Global scope: removes the network, its peers and its VNI.
+    pub async fn delete_global(&self, key: &str) -> Result<()> {
+        let Some((config, revision)) = self.read(key).await? else { return Ok(()) };
+        let txn = Txn::new()
+            .when(Condition::Revision(network_key(key), revision))
+            .delete(network_key(key))
+            .delete_prefix(records::peers_prefix(key));
+        if !self.store.txn(txn).await?.committed() {
+            bail!("network {} changed in the store while it was being removed; try again", records::short(key));
+        }
+        self.ipam.release_vni(config.vni).await?;
+        info!(network = %records::short(key), vni = config.vni, "network removed from the store");
+        Ok(())
+    }
+
+    /// Local scope, after a store lost its data or a record was removed behind this host's back:
+    /// writes the network back as this host knows it.
+    pub async fn restore_local(&self, config: &NetworkConfig, host: &str, docker_id: &str) -> Result<()> {
+        let key = &config.key;
+        match self.read(key).await? {
+            Some((current, revision)) => {
+                if current.members.get(host).map(String::as_str) == Some(docker_id) {
+                    return Ok(());
+                }
+                let mut updated = current;
+                updated.members.insert(host.to_string(), docker_id.to_string());
+                let txn = Txn::new().when(Condition::Revision(network_key(key), revision)).put(network_key(key), records::encode(&updated));
+                self.store.txn(txn).await?;
+            }
+            None => {
+                let _ = self.ipam.reserve_vni(config.vni, &vni_owner(key)).await;
+                let mut restored = config.clone();
+                restored.members.insert(host.to_string(), docker_id.to_string());
+                let mut txn = Txn::new().when(Condition::Absent(network_key(key))).put(network_key(key), records::encode(&restored));
+                for subnet in config.subnets() {
+                    txn = txn.when(Condition::Absent(subnet_index_key(&subnet))).put(subnet_index_key(&subnet), key.clone());
+                }
+                if self.store.txn(txn).await?.committed() {
+                    warn!(network = %key, "network record was missing from the store; written back");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_vni(&self, wanted: Option<u32>, owner: &str) -> Result<u32> {
+        match wanted {
+            Some(vni) => match self.ipam.reserve_vni(vni, owner).await {
+                Ok(()) => Ok(vni),
+                Err(IpamError::InUse(detail)) => {
+                    // Another host reserving it for the same network at the same moment wins
+                    // the race, and that is fine: it is ours too.
+                    if self.ipam.vni_of(owner).await? == Some(vni) {
+                        return Ok(vni);
+                    }
+                    Err(anyhow!("VNI {vni} is already used by another network ({detail})"))
+                }
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(self.ipam.allocate_vni(owner).await?),
+        }
+    }
+
+    pub async fn release_quietly(&self, vni: u32) {
+        if let Err(e) = self.ipam.release_vni(vni).await {
+            warn!(vni, "releasing VNI: {e}");
+        }
+    }
+}
+
+/// A host joining a local-scope network must describe the same network.
+fn check_same_network(config: &NetworkConfig, req: &NetworkRequest) -> Result<()> {
+    if config.subnet_v4 != req.subnet_v4 || config.subnet_v6 != req.subnet_v6 {
+        let theirs: Vec<String> = config.subnets().iter().map(ToString::to_string).collect();
+        let ours: Vec<String> = req.subnets().iter().map(ToString::to_string).collect();
+        bail!(
+            "VNI {} is already used by the overlay with subnet {}, not {}; give the same --subnet to join it, or another VNI",
+            config.vni,
+            theirs.join(" "),
+            ours.join(" ")
+        );
+    }
+    if req.mtu_given && req.mtu != config.mtu {
+        bail!(
+            "the overlay with VNI {} has MTU {} on the other hosts; give the same com.docker.network.driver.mtu (or none)",
+            config.vni,
+            config.mtu
+        );
+    }
+    Ok(())
+}

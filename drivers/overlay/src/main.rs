@@ -1,0 +1,102 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use netloom_plugin_api::{CommonArgs, Plugin};
+
+mod cache;
+mod cluster;
+mod driver;
+mod fabric;
+mod garp;
+mod gateway;
+mod options;
+mod peers;
+mod records;
+mod sync;
+mod underlay;
+
+use records::Mode;
+
+/// Multi-host VXLAN networks: containers on different hosts share one L2 network, with the
+/// networks, VNIs and peers kept in a store every host shares (etcd or Consul).
+#[derive(Parser)]
+#[command(name = "loom-overlay", version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// local: Docker 23+ (run the same `docker network create` on every host; hosts agree by
+    /// the VNI option, else by the subnet). global: Docker up to 20.10 with --cluster-store
+    /// (create once, every host sees it).
+    #[arg(long, value_enum, default_value_t = Mode::Local)]
+    scope: Mode,
+
+    /// This host's tunnel endpoint on the underlay: one of its IP addresses, or an interface
+    /// (its first IPv4 address is used)
+    #[arg(long, value_name = "IP|IFACE")]
+    advertise_addr: Option<String>,
+
+    /// UDP port for VXLAN
+    #[arg(long, default_value_t = 4789, value_parser = clap::value_parser!(u16).range(1..))]
+    vxlan_port: u16,
+
+    /// Seconds between full checks of the kernel's FDB and neighbour entries against the store
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    reconcile_interval: u64,
+
+    /// Seconds after which a host that stopped renewing its lease counts as gone: its peers are
+    /// removed on every other host
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..))]
+    lease_ttl: u64,
+
+    /// Seconds a gone host's peer records stay in the store before a live host deletes them
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    dead_host_grace: u64,
+
+    /// Where the per-network namespaces are bound [default: /run/netloom/loom-overlay/netns]
+    #[arg(long, value_name = "DIR")]
+    netns_dir: Option<std::path::PathBuf>,
+
+    /// Firewall backend for docker_gwbridge's masquerade, isolation and published ports
+    /// (needed when dockerd runs with --iptables=false; harmless otherwise), or none
+    #[arg(long, value_enum, default_value_t = FirewallChoice::Iptables)]
+    firewall: FirewallChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FirewallChoice {
+    Iptables,
+    Nftables,
+    None,
+}
+
+impl FirewallChoice {
+    fn backend(self) -> Option<netloom_firewall::BackendKind> {
+        match self {
+            FirewallChoice::Iptables => Some(netloom_firewall::BackendKind::Iptables),
+            FirewallChoice::Nftables => Some(netloom_firewall::BackendKind::Nftables),
+            FirewallChoice::None => None,
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = driver::Config {
+        mode: args.scope,
+        advertise: args.advertise_addr.clone(),
+        port: args.vxlan_port,
+        reconcile_every: Duration::from_secs(args.reconcile_interval),
+        lease_ttl: Duration::from_secs(args.lease_ttl),
+        dead_host_grace: Duration::from_secs(args.dead_host_grace),
+        netns_dir: args.netns_dir.clone(),
+        firewall: args.firewall.backend(),
+    };
+    netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
+        let overlay = driver::Overlay::start(&settings, config).await?;
+        Ok(Plugin::network(driver::Driver(overlay)))
+    })
+    .await
+}

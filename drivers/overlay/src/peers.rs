@@ -1,0 +1,179 @@
+//! From the store's peer table to the kernel's tables, as pure functions: which FDB and
+//! neighbour entries a host wants on a network's VXLAN link, and what to change to get there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use netloom_dataplane::{mac, FdbEntry, NeighbourEntry};
+use netloom_ipam::store::Revision;
+
+use crate::records::PeerRecord;
+
+/// What a host wants on one network's VXLAN link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub fdb: BTreeMap<[u8; 6], FdbEntry>,
+    pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
+}
+
+/// Every remote endpoint of live hosts: its MAC behind its host's VTEP, its addresses at its MAC.
+///
+/// Endpoints of this host are reached through the bridge and get nothing. Endpoints of hosts
+/// without a lease record are left out: a host whose lease expired is gone. When two records
+/// claim the same MAC or address (a container moved, or an address was reused before the old
+/// record went), the one written last wins. `own_port` is this host's VXLAN port: remotes on the
+/// same port get entries without a port.
+pub fn desired(
+    peers: &BTreeMap<String, (PeerRecord, Revision)>,
+    is_live: impl Fn(&str) -> bool,
+    own_host: &str,
+    own_port: u16,
+) -> Desired {
+    let mut live: Vec<&(PeerRecord, Revision)> =
+        peers.values().filter(|(p, _)| p.host != own_host && is_live(&p.host)).collect();
+    // Oldest first, so later writes overwrite earlier ones below.
+    live.sort_by_key(|(p, rev)| (*rev, p.endpoint.clone()));
+    let mut out = Desired::default();
+    for (peer, _) in live {
+        let Ok(mac_addr) = mac::parse(&peer.mac) else { continue };
+        let port = (peer.port != own_port).then_some(peer.port);
+        out.fdb.insert(mac_addr, FdbEntry { mac: mac_addr, dst: peer.vtep, port });
+        for ip in [peer.ipv4, peer.ipv6].into_iter().flatten() {
+            out.neighbours.insert(ip, mac_addr);
+        }
+    }
+    out
+}
+
+/// The changes that make the kernel's entries (`fdb`, `neighbours`) what `want` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub fdb_set: Vec<FdbEntry>,
+    pub fdb_remove: Vec<[u8; 6]>,
+    pub neighbour_set: Vec<NeighbourEntry>,
+    pub neighbour_remove: Vec<IpAddr>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.fdb_set.is_empty() && self.fdb_remove.is_empty() && self.neighbour_set.is_empty() && self.neighbour_remove.is_empty()
+    }
+}
+
+pub fn diff(want: &Desired, fdb: &[FdbEntry], neighbours: &[NeighbourEntry]) -> Changes {
+    let mut changes = Changes::default();
+    let have_fdb: BTreeMap<[u8; 6], &FdbEntry> = fdb.iter().map(|e| (e.mac, e)).collect();
+    for (mac_addr, entry) in &want.fdb {
+        if have_fdb.get(mac_addr) != Some(&entry) {
+            changes.fdb_set.push(*entry);
+        }
+    }
+    let mut removed: BTreeSet<[u8; 6]> = BTreeSet::new();
+    for entry in fdb {
+        if !want.fdb.contains_key(&entry.mac) && removed.insert(entry.mac) {
+            changes.fdb_remove.push(entry.mac);
+        }
+    }
+    let have_neighbours: BTreeMap<IpAddr, [u8; 6]> = neighbours.iter().map(|n| (n.ip, n.mac)).collect();
+    for (ip, mac_addr) in &want.neighbours {
+        if have_neighbours.get(ip) != Some(mac_addr) {
+            changes.neighbour_set.push(NeighbourEntry { ip: *ip, mac: *mac_addr });
+        }
+    }
+    for entry in neighbours {
+        if !want.neighbours.contains_key(&entry.ip) {
+            changes.neighbour_remove.push(entry.ip);
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(host: &str, ep: &str, vtep: &str, mac_text: &str, ip: &str) -> PeerRecord {
+        PeerRecord {
+            host: host.into(),
+            endpoint: ep.into(),
+            vtep: vtep.parse().unwrap(),
+            port: 4789,
+            mac: mac_text.into(),
+            ipv4: Some(ip.parse().unwrap()),
+            ipv6: None,
+        }
+    }
+
+    fn hosts<'a>(names: &'a [&'a str]) -> impl Fn(&str) -> bool + 'a {
+        move |h| names.contains(&h)
+    }
+
+    fn table(list: Vec<(PeerRecord, Revision)>) -> BTreeMap<String, (PeerRecord, Revision)> {
+        list.into_iter().map(|(p, r)| (p.endpoint.clone(), (p, r))).collect()
+    }
+
+    const A: [u8; 6] = [2, 0x42, 10, 9, 0, 2];
+    const B: [u8; 6] = [2, 0x42, 10, 9, 0, 3];
+
+    #[test]
+    fn remote_live_peers_only() {
+        let peers = table(vec![
+            (peer("h1", "e1", "10.250.0.1", "02:42:0a:09:00:02", "10.9.0.2"), 5),
+            (peer("h2", "e2", "10.250.0.2", "02:42:0a:09:00:03", "10.9.0.3"), 6),
+            (peer("dead", "e3", "10.250.0.3", "02:42:0a:09:00:04", "10.9.0.4"), 7),
+            (peer("h2", "bad", "10.250.0.2", "not-a-mac", "10.9.0.9"), 8),
+        ]);
+        let want = desired(&peers, hosts(&["h1", "h2"]), "h1", 4789);
+        assert_eq!(want.fdb.len(), 1, "{want:?}");
+        assert_eq!(want.fdb[&B], FdbEntry { mac: B, dst: "10.250.0.2".parse().unwrap(), port: None });
+        assert_eq!(want.neighbours, BTreeMap::from([("10.9.0.3".parse().unwrap(), B)]));
+
+        // Another port is spelled out.
+        let want = desired(&peers, hosts(&["h1", "h2"]), "h1", 8472);
+        assert_eq!(want.fdb[&B].port, Some(4789));
+    }
+
+    #[test]
+    fn the_latest_record_wins() {
+        // 10.9.0.2 was reused by a new endpoint with a new MAC before the old record went.
+        let peers = table(vec![
+            (peer("h2", "new", "10.250.0.2", "02:42:0a:09:00:03", "10.9.0.2"), 9),
+            (peer("h3", "old", "10.250.0.3", "02:42:0a:09:00:02", "10.9.0.2"), 4),
+        ]);
+        let want = desired(&peers, hosts(&["h1", "h2", "h3"]), "h1", 4789);
+        assert_eq!(want.neighbours[&"10.9.0.2".parse::<IpAddr>().unwrap()], B);
+        assert_eq!(want.fdb.len(), 2, "both MACs are still reachable");
+    }
+
+    #[test]
+    fn diffs() {
+        let vtep2: IpAddr = "10.250.0.2".parse().unwrap();
+        let vtep3: IpAddr = "10.250.0.3".parse().unwrap();
+        let ip2: IpAddr = "10.9.0.2".parse().unwrap();
+        let ip3: IpAddr = "10.9.0.3".parse().unwrap();
+        let want = Desired {
+            fdb: BTreeMap::from([(A, FdbEntry { mac: A, dst: vtep2, port: None })]),
+            neighbours: BTreeMap::from([(ip2, A)]),
+        };
+        // Empty kernel: everything is added.
+        let changes = diff(&want, &[], &[]);
+        assert_eq!(changes.fdb_set.len(), 1);
+        assert_eq!(changes.neighbour_set, vec![NeighbourEntry { ip: ip2, mac: A }]);
+        // In sync: nothing to do.
+        let kernel_fdb = vec![FdbEntry { mac: A, dst: vtep2, port: None }];
+        let kernel_neigh = vec![NeighbourEntry { ip: ip2, mac: A }];
+        assert!(diff(&want, &kernel_fdb, &kernel_neigh).is_empty());
+        // Stale entries go, a moved MAC is replaced, a reused address gets its new MAC.
+        let stale_fdb = vec![FdbEntry { mac: A, dst: vtep3, port: None }, FdbEntry { mac: B, dst: vtep3, port: None }];
+        let stale_neigh = vec![NeighbourEntry { ip: ip2, mac: B }, NeighbourEntry { ip: ip3, mac: B }];
+        let changes = diff(&want, &stale_fdb, &stale_neigh);
+        assert_eq!(changes.fdb_set, vec![FdbEntry { mac: A, dst: vtep2, port: None }]);
+        assert_eq!(changes.fdb_remove, vec![B]);
+        assert_eq!(changes.neighbour_set, vec![NeighbourEntry { ip: ip2, mac: A }]);
+        assert_eq!(changes.neighbour_remove, vec![ip3]);
+        // Nothing wanted: everything goes.
+        let changes = diff(&Desired::default(), &stale_fdb, &stale_neigh);
+        assert_eq!(changes.fdb_remove, vec![A, B]);
+        assert_eq!(changes.neighbour_remove, vec![ip2, ip3]);
+    }
+}
