@@ -195,6 +195,17 @@ fn ipam_survives_etcd_members_going_away() {
             client.call("IpamDriver.RequestAddress", &request).await?;
 
             etcd.stop(2)?;
+            // If the stopped member led the cluster, a write in flight fails until the other two
+            // elect a new leader (well under a second here); after that allocations go on.
+            let mut elected = false;
+            for _ in 0..20 {
+                if client.call("IpamDriver.RequestAddress", &request).await.is_ok() {
+                    elected = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            ensure!(elected, "no allocation succeeded within 5 s of losing one etcd member of three");
             for _ in 0..5 {
                 client.call("IpamDriver.RequestAddress", &request).await.context("with one etcd member down")?;
             }
