@@ -3,21 +3,8 @@
 //! isolation, icc=false, internal networks, published ports from everywhere, MTU, bridge name,
 //! static addresses, IPv6), a driver crash in the middle, and removal without leftovers.
 
-use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
-
-fn ping(h: &Host, container: &str, target: &str) -> Result<()> {
-    h.container_exec(container, &["ping", "-c", "1", "-W", "2", target])
-        .with_context(|| format!("{container} cannot ping {target}"))
-        .map(drop)
-}
-
-fn no_ping(h: &Host, container: &str, target: &str) -> Result<()> {
-    if h.container_exec(container, &["ping", "-c", "1", "-W", "1", target]).is_ok() {
-        bail!("{container} can ping {target}, but must not");
-    }
-    Ok(())
-}
+use anyhow::{ensure, Context, Result};
+use netloom_tests::{no_ping, ping, scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 /// Fetches `/etc/hostname` from the busybox httpd behind a published port.
 fn fetch_from_container(h: &Host, container: &str, url: &str) -> Result<String> {

@@ -8,20 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
-
-fn ping(h: &Host, container: &str, target: &str) -> Result<()> {
-    h.container_exec(container, &["ping", "-c", "1", "-W", "2", target])
-        .with_context(|| format!("{container} cannot ping {target}"))
-        .map(drop)
-}
-
-fn no_ping(h: &Host, container: &str, target: &str) -> Result<()> {
-    if h.container_exec(container, &["ping", "-c", "1", "-W", "1", target]).is_ok() {
-        bail!("{container} can ping {target}, but must not");
-    }
-    Ok(())
-}
+use netloom_tests::{no_ping, ping, scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 /// ping6, retried while duplicate address detection keeps fresh addresses tentative.
 fn ping6(h: &Host, container: &str, target: &str) -> Result<()> {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, IMAGE};
+use netloom_tests::{no_ping, ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -162,19 +162,6 @@ fn ip_of(h: &Host, container: &str, network: &str) -> Result<String> {
     let ip = inspect(h, container, network, "IPAddress")?;
     ensure!(!ip.is_empty(), "{container} has no address on {network}");
     Ok(ip)
-}
-
-fn ping(h: &Host, container: &str, target: &str) -> Result<()> {
-    h.container_exec(container, &["ping", "-c", "1", "-W", "2", target])
-        .with_context(|| format!("{container} on {} cannot ping {target}", h.name()))
-        .map(drop)
-}
-
-fn no_ping(h: &Host, container: &str, target: &str) -> Result<()> {
-    if h.container_exec(container, &["ping", "-c", "1", "-W", "1", target]).is_ok() {
-        bail!("{container} on {} can ping {target}, but must not", h.name());
-    }
-    Ok(())
 }
 
 /// TCP: fetches `/etc/hostname` from the httpd at `target`, which must be `expect`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{names, sysctl, BridgeSpec, Netlink, VethSpec};
+use netloom_dataplane::{mac, names, sysctl, BridgeSpec, Netlink, VethSpec};
 use netloom_firewall::{Firewall, NetworkPolicy, PortMapping, Proto};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
@@ -224,7 +224,7 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
-        let options = BridgeOptions::parse(&req.options.generic()).map_err(user_error)?;
+        let options = BridgeOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let (subnet_v4, gateway_v4) = single_pool(&req.ipv4_data, "IPv4")?;
         let (subnet_v6, gateway_v6) = if req.options.enable_ipv6() { single_pool(&req.ipv6_data, "IPv6")? } else { (None, None) };
         if subnet_v6.is_some() && options.mtu.is_some_and(|mtu| mtu < IPV6_MIN_MTU) {
@@ -290,7 +290,7 @@ impl NetworkDriver for BridgeDriver {
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
         let mut state = self.state.lock().await;
-        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| unknown_network(&req.network_id))?;
+        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &req.network_id))?;
         let address_v4 = parse_address(&req.interface.address, net.subnet_v4, "IPv4")?;
         let address_v6 = parse_address(&req.interface.address_ipv6, net.subnet_v6, "IPv6")?;
         let mac_given = !req.interface.mac_address.is_empty();
@@ -303,7 +303,7 @@ impl NetworkDriver for BridgeDriver {
                 peer_veth: names::derived("vp", &req.endpoint_id),
                 address_v4,
                 address_v6,
-                mac: if mac_given { req.interface.mac_address.clone() } else { mac_for(address_v4) },
+                mac: if mac_given { req.interface.mac_address.clone() } else { mac_string(address_v4) },
                 ports: Vec::new(),
             },
         };
@@ -333,8 +333,8 @@ impl NetworkDriver for BridgeDriver {
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
         let state = self.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).ok_or_else(|| unknown_network(&ep.network_id))?;
+        let ep = state.endpoints.get(&req.endpoint_id).ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
         if self.netlink.link(&ep.peer_veth).await?.is_none() {
             // A retried Join after the container side went away: make the pair again.
             let _ = self.netlink.delete_link(&ep.host_veth).await;
@@ -355,8 +355,8 @@ impl NetworkDriver for BridgeDriver {
     async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
         let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
         let mut state = self.state.lock().await;
-        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| unknown_network(&ep.network_id))?;
+        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
         if net.internal && !bindings.is_empty() {
             return Err(PluginError::new("an --internal network cannot publish ports"));
         }
@@ -370,7 +370,7 @@ impl NetworkDriver for BridgeDriver {
                 net.options.host_binding_ipv4,
                 &host_port_is_free,
             )
-            .map_err(user_error)?;
+            .map_err(PluginError::from)?;
         let stale: Vec<PublishedPort> = ep.ports.iter().filter(|p| !ports.contains(p)).cloned().collect();
         if !stale.is_empty() {
             self.firewall.remove_ports(&policy(&net), &ep.id, &mappings(&stale)).await?;
@@ -452,27 +452,12 @@ fn parse_address(text: &str, subnet: Option<IpNetwork>, family: &str) -> PluginR
     endpoint_address(text, &pools, family)
 }
 
-/// Docker 20.10's scheme: 02:42 followed by the IPv4 address, so the MAC is stable for an address.
-fn mac_for(address: Option<IpNetwork>) -> String {
-    let tail = match address.map(|a| a.ip()) {
-        Some(IpAddr::V4(v4)) => v4.octets(),
-        _ => {
-            let mut bytes = [0u8; 4];
-            let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-            bytes
-        }
+
+
+fn mac_string(address: Option<IpNetwork>) -> String {
+    let ipv4 = match address.map(|a| a.ip()) {
+        Some(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
     };
-    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", tail[0], tail[1], tail[2], tail[3])
-}
-
-fn user_error(err: anyhow::Error) -> PluginError {
-    PluginError::new(format!("{err:#}"))
-}
-
-fn unknown_network(id: &str) -> PluginError {
-    PluginError::new(format!("network {} is not known to loom-bridge; remove and recreate it", short(id)))
-}
-
-fn unknown_endpoint(id: &str) -> PluginError {
-    PluginError::new(format!("endpoint {} is not known to loom-bridge; recreate the container", short(id)))
+    mac::format(&mac::for_endpoint(ipv4))
 }

@@ -155,7 +155,7 @@ impl NetworkDriver for HostDriver {
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
-        let options = HostOptions::parse(&req.options.generic()).map_err(user_error)?;
+        let options = HostOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
         let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
         let mut state = self.state.lock().await;
@@ -192,7 +192,7 @@ impl NetworkDriver for HostDriver {
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
         let mut state = self.state.lock().await;
-        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| unknown_network(&req.network_id))?;
+        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &req.network_id))?;
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
         let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
         if address_v4.is_none() && address_v6.is_none() {
@@ -238,8 +238,8 @@ impl NetworkDriver for HostDriver {
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
         let mut state = self.state.lock().await;
-        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| unknown_network(&ep.network_id))?;
+        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
         if self.netlink.link(&ep.peer_veth).await?.is_none() {
             // A retried Join after the container side went away: make the pair again.
             let _ = self.netlink.delete_link(&ep.host_veth).await;
@@ -289,15 +289,15 @@ impl NetworkDriver for HostDriver {
     async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
         let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
         let mut state = self.state.lock().await;
-        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| unknown_network(&ep.network_id))?;
+        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
         if net.internal && !bindings.is_empty() {
             return Err(PluginError::new("an --internal network cannot publish ports"));
         }
         let ports = state
             .ports
             .resolve(&ep.id, &bindings, ep.address_v4.map(|a| a.ip()), ep.address_v6.map(|a| a.ip()), None, &host_port_is_free)
-            .map_err(user_error)?;
+            .map_err(PluginError::from)?;
         let policy = policy::of(&net, &ep);
         let stale: Vec<PublishedPort> = ep.ports.iter().filter(|p| !ports.contains(p)).cloned().collect();
         if !stale.is_empty() {
@@ -342,14 +342,3 @@ fn ipv4(address: Option<IpNetwork>) -> Option<std::net::Ipv4Addr> {
     }
 }
 
-fn user_error(err: anyhow::Error) -> PluginError {
-    PluginError::new(format!("{err:#}"))
-}
-
-fn unknown_network(id: &str) -> PluginError {
-    PluginError::new(format!("network {} is not known to loom-host; remove and recreate it", short_id(id)))
-}
-
-fn unknown_endpoint(id: &str) -> PluginError {
-    PluginError::new(format!("endpoint {} is not known to loom-host; recreate the container", short_id(id)))
-}

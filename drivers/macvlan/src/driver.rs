@@ -109,7 +109,7 @@ impl NetworkDriver for MacvlanDriver {
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
-        let options = MacvlanOptions::parse(&req.options.generic()).map_err(user_error)?;
+        let options = MacvlanOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
         let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
         if pools_v4.iter().any(|p| p.subnet.prefix() == 0) {
@@ -120,8 +120,8 @@ impl NetworkDriver for MacvlanDriver {
             parent::ensure(&self.netlink, existing).await?;
             return Ok(());
         }
-        let parent = parent::plan(&self.netlink, &options, &req.network_id).await.map_err(user_error)?;
-        parent::check_sharing(options.mode, &parent, &state.others(&req.network_id)).map_err(user_error)?;
+        let parent = parent::plan(&self.netlink, &options, &req.network_id).await.map_err(PluginError::from)?;
+        parent::check_sharing(options.mode, &parent, &state.others(&req.network_id)).map_err(PluginError::from)?;
         let record = NetworkRecord {
             id: req.network_id.clone(),
             parent,
@@ -165,12 +165,12 @@ impl NetworkDriver for MacvlanDriver {
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
         let mut state = self.state.lock().await;
-        let net = state.networks.get(&req.network_id).ok_or_else(|| unknown_network(&req.network_id))?;
+        let net = state.networks.get(&req.network_id).ok_or_else(|| PluginError::unknown_network("loom-macvlan", &req.network_id))?;
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
         let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
         let mac_given = !req.interface.mac_address.is_empty();
         if mac_given {
-            mac::parse(&req.interface.mac_address).map_err(user_error)?;
+            mac::parse(&req.interface.mac_address).map_err(PluginError::from)?;
         }
         let record = match state.endpoints.get(&req.endpoint_id) {
             Some(existing) => existing.clone(),
@@ -202,8 +202,8 @@ impl NetworkDriver for MacvlanDriver {
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
         let state = self.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).ok_or_else(|| unknown_network(&ep.network_id))?;
+        let ep = state.endpoints.get(&req.endpoint_id).ok_or_else(|| PluginError::unknown_endpoint("loom-macvlan", &req.endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).ok_or_else(|| PluginError::unknown_network("loom-macvlan", &ep.network_id))?;
         let parent = parent::ensure(&self.netlink, net).await?;
         let owner = ep.owner();
         let spec = MacvlanSpec {
@@ -258,14 +258,3 @@ fn ipv4(address: Option<IpNetwork>) -> Option<std::net::Ipv4Addr> {
     }
 }
 
-fn user_error(err: anyhow::Error) -> PluginError {
-    PluginError::new(format!("{err:#}"))
-}
-
-fn unknown_network(id: &str) -> PluginError {
-    PluginError::new(format!("network {} is not known to loom-macvlan; remove and recreate it", short_id(id)))
-}
-
-fn unknown_endpoint(id: &str) -> PluginError {
-    PluginError::new(format!("endpoint {} is not known to loom-macvlan; recreate the container", short_id(id)))
-}

@@ -112,7 +112,7 @@ impl NetworkDriver for NullDriver {
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
         let mut state = self.state.lock().await;
         if !state.networks.contains(&req.network_id) {
-            return Err(unknown_network(&req.network_id));
+            return Err(PluginError::unknown_network("loom-null", &req.network_id));
         }
         let key = Self::endpoint_key(&req.network_id, &req.endpoint_id);
         let record = EndpointRecord { network_id: req.network_id.clone(), id: req.endpoint_id.clone() };
@@ -146,13 +146,6 @@ impl NetworkDriver for NullDriver {
     async fn leave(&self, _req: EndpointRef) -> PluginResult<()> {
         Ok(())
     }
-}
-
-fn unknown_network(network_id: &str) -> PluginError {
-    PluginError::new(format!(
-        "network {network_id} is not known to loom-null (its state directory may have been removed); \
-         remove and recreate the network"
-    ))
 }
 
 fn store_error(err: StoreError) -> PluginError {

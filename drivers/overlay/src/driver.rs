@@ -365,7 +365,7 @@ impl NetworkDriver for Driver {
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let ov = &self.0;
         let shared = ov.shared()?;
-        let options = OverlayOptions::parse(&req.options.generic()).map_err(user_error)?;
+        let options = OverlayOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let subnet_v4 = single_subnet(&req.ipv4_data, "IPv4")?;
         let subnet_v6 = if req.options.enable_ipv6() { single_subnet(&req.ipv6_data, "IPv6")? } else { None };
         if subnet_v4.is_none() && subnet_v6.is_none() {
@@ -376,7 +376,7 @@ impl NetworkDriver for Driver {
             return ov.ensure_dataplane(&mut state, &existing.config).await;
         }
         let underlay = ov.underlay(&mut state).await?;
-        let mtu = overlay_mtu(options.mtu, underlay.mtu, subnet_v6.is_some()).map_err(user_error)?;
+        let mtu = overlay_mtu(options.mtu, underlay.mtu, subnet_v6.is_some()).map_err(PluginError::from)?;
         let request = NetworkRequest {
             docker_id: req.network_id.clone(),
             host: ov.host.clone(),
@@ -472,7 +472,7 @@ impl NetworkDriver for Driver {
         let net = match state.networks.get(&req.network_id).cloned() {
             Some(net) => net,
             None if ov.config.mode == Mode::Global => ov.adopt(&mut state, &req.network_id).await?,
-            None => return Err(unknown_network(&req.network_id)),
+            None => return Err(PluginError::unknown_network("loom-overlay", &req.network_id)),
         };
         let config = net.config.clone();
         let ipv4 = parse_address(&req.interface.address, config.subnet_v4, "IPv4")?;
@@ -487,7 +487,7 @@ impl NetworkDriver for Driver {
                 container_veth: names::derived("lov", &req.endpoint_id),
                 bridge_veth: names::derived("ve", &req.endpoint_id),
                 mac: if mac_given {
-                    mac::format(&mac::parse(&req.interface.mac_address).map_err(user_error)?)
+                    mac::format(&mac::parse(&req.interface.mac_address).map_err(PluginError::from)?)
                 } else {
                     let v4 = match ipv4.map(|a| a.ip()) {
                         Some(IpAddr::V4(v4)) => Some(v4),
@@ -534,8 +534,8 @@ impl NetworkDriver for Driver {
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
         let ov = &self.0;
         let mut state = ov.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| unknown_endpoint(&req.endpoint_id))?;
-        let net = state.network_by_key(&ep.network).cloned().ok_or_else(|| unknown_network(&ep.docker_network))?;
+        let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-overlay", &req.endpoint_id))?;
+        let net = state.network_by_key(&ep.network).cloned().ok_or_else(|| PluginError::unknown_network("loom-overlay", &ep.docker_network))?;
         ov.ensure_dataplane(&mut state, &net.config).await?;
         let dp = state.dataplanes.get(&ep.network).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
         if ov.fabric.netlink().link(&ep.container_veth).await.map_err(PluginError::from)?.is_none()
@@ -633,18 +633,7 @@ fn private_error(err: anyhow::Error) -> PluginError {
     PluginError::new(format!("private records: {err:#}"))
 }
 
-fn user_error(err: anyhow::Error) -> PluginError {
-    PluginError::new(format!("{err:#}"))
-}
-
 fn store_error(err: anyhow::Error) -> PluginError {
     PluginError::new(format!("{err:#}"))
 }
 
-fn unknown_network(id: &str) -> PluginError {
-    PluginError::new(format!("network {} is not known to loom-overlay on this host; remove and recreate it", short(id)))
-}
-
-fn unknown_endpoint(id: &str) -> PluginError {
-    PluginError::new(format!("endpoint {} is not known to loom-overlay; recreate the container", short(id)))
-}
