@@ -55,11 +55,19 @@ impl Row {
         Row::vs(section, what, value, unit, "budget", budget, Target::AtMost(1.0))
     }
 
+    /// A figure without anchor or target, for context.
+    pub fn info(section: &'static str, what: impl Into<String>, value: f64, unit: &'static str) -> Row {
+        Row::vs(section, what, value, unit, "", f64::NAN, Target::None)
+    }
+
     pub fn ratio(&self) -> f64 {
         self.value / self.anchor
     }
 
     pub fn verdict(&self) -> &'static str {
+        if self.target == Target::None {
+            return "info";
+        }
         if !self.value.is_finite() || !self.anchor.is_finite() {
             return "n/a";
         }
@@ -113,7 +121,7 @@ impl Report {
                     r.section.to_string(),
                     r.what.clone(),
                     format!("{} {}", fmt_num(r.value), r.unit),
-                    format!("{} {} ({})", fmt_num(r.anchor), r.unit, r.anchor_name),
+                    if r.anchor.is_finite() { format!("{} {} ({})", fmt_num(r.anchor), r.unit, r.anchor_name) } else { "-".into() },
                     fmt_num(r.ratio()),
                     r.target.label(),
                     r.verdict().to_string(),
@@ -206,6 +214,7 @@ mod tests {
         assert_eq!(Row::budget("fp", "rss", 12.0, "MB", 15.0).verdict(), "ok");
         assert_eq!(Row::vs("s", "x", 3.0, "ms", "p99 at 10", 1.0, Target::None).verdict(), "info");
         assert_eq!(Row::vs("s", "x", f64::NAN, "ms", "a", 1.0, Target::AtMost(1.0)).verdict(), "n/a");
+        assert_eq!(Row::info("s", "x", 2.0, "ms").verdict(), "info");
     }
 
     #[test]
