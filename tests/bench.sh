@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Benchmarks netloom's drivers side by side with Docker's built-in drivers, on harness hosts
+# (network namespaces with their own dockerd; nothing of the root namespace is touched).
+# Prints one table, writes it as Markdown (report.md) and the scaling charts (SVG and PNG).
+#
+# Usage (as root): tests/bench.sh [--quick] [--only driver,footprint,attach,throughput] [--out DIR]
+#   --out defaults to target/netloom-bench. --quick is a smoke run of every section (a few
+#   minutes); the full run takes about half an hour on 2 cores. Exit status 1 if a section failed.
+# Not part of tests/run.sh: figures are only meaningful on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/bench.sh must run as root: it creates network namespaces and starts dockerd" >&2
+    exit 1
+fi
+
+tests/install-deps.sh
+tests/fetch-docker26.sh
+cargo build --release --workspace --bins
+exec target/release/netloom-bench "$@"
