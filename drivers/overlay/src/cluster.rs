@@ -263,14 +263,7 @@ impl Shared {
         match wanted {
             Some(vni) => match self.ipam.reserve_vni(vni, owner).await {
                 Ok(()) => Ok(vni),
-                Err(IpamError::InUse(detail)) => {
-                    // Another host reserving it for the same network at the same moment wins
-                    // the race, and that is fine: it is ours too.
-                    if self.ipam.vni_of(owner).await? == Some(vni) {
-                        return Ok(vni);
-                    }
-                    Err(anyhow!("VNI {vni} is already used by another network ({detail})"))
-                }
+                Err(IpamError::InUse(detail)) => Err(anyhow!("VNI {vni} is already used by another network ({detail})")),
                 Err(e) => Err(e.into()),
             },
             None => Ok(self.ipam.allocate_vni(owner).await?),

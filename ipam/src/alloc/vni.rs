@@ -73,6 +73,10 @@ impl Ipam {
             let slot = bits.slot(vni as u128).await?;
             if slot.is_taken() {
                 let holder = decode_opt::<OwnerRecord>(self.store.get(&keys::vni_id(vni)).await?)?.0;
+                // Another host may have reserved it for the same owner since `vni_of` above.
+                if holder.as_ref().is_some_and(|h| h.owner == owner) {
+                    return Ok(());
+                }
                 let by = holder.map(|h| format!(" by {} (host {})", h.owner, h.host)).unwrap_or_default();
                 return Err(IpamError::InUse(format!("VNI {vni} is already in use{by}")));
             }

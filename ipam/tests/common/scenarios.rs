@@ -331,6 +331,22 @@ pub async fn vnis(store: &Arc<dyn Store>) {
         [(100, "low"), (4097, "net-b"), (4098, "net-e"), (5000, "net-c")].map(|(v, o)| (v, o.to_string()))
     );
 
+    // Two hosts reserving one VNI for one network at about the same moment both get it; the
+    // second one's start is staggered so that some rounds land between the first one's reads
+    // and its commit.
+    let (a, b) = (ipam, self::ipam(store, "vni-other").await);
+    for i in 0..40u32 {
+        let (vni, owner) = (8000 + i, format!("raced-{i}"));
+        let late = async {
+            tokio::time::sleep(std::time::Duration::from_micros(50 * u64::from(i))).await;
+            b.reserve_vni(vni, &owner).await
+        };
+        let (ra, rb) = tokio::join!(a.reserve_vni(vni, &owner), late);
+        assert!(ra.is_ok() && rb.is_ok(), "reserving VNI {vni} for one owner from two hosts: {ra:?} / {rb:?}");
+        assert_eq!(a.vni_of(&owner).await.unwrap(), Some(vni));
+    }
+    let ipam = a;
+
     let narrow = IpamConfig { vni_first: 7000, vni_last: 7001, ..IpamConfig::default() };
     let narrow = Ipam::new(store.clone(), "vni-narrow", narrow).await.unwrap();
     assert_eq!(narrow.allocate_vni("n1").await.unwrap(), 7000);
