@@ -9,6 +9,7 @@ mod driver_cost;
 mod footprint;
 mod report;
 mod sections;
+mod socket_ops;
 mod stats;
 mod throughput;
 
