@@ -5,6 +5,7 @@
 
 mod attach;
 mod chart;
+mod docker_util;
 mod driver_cost;
 mod footprint;
 mod report;

@@ -1,8 +1,150 @@
+//! TCP throughput with iperf3, run from the host inside the containers' network namespaces (the
+//! image has no iperf3): container to container on one host (loom-bridge, the built-in bridge and
+//! a bare veth pair), a published port reached at the host's 127.0.0.1 (loom-bridge's kernel DNAT
+//! against the built-in bridge's docker-proxy), and cross-host (loom-overlay, the built-in overlay
+//! and the bare underlay). Paths are interleaved per round; the median is reported.
+
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
+use netloom_tests::{Cluster, DockerVersion, Host, HostConfig, NsProc, IMAGE};
 
-use crate::report::Report;
+use crate::docker_util::{
+    container_ip, create_overlay_networks, iperf3_gbits, overlay_hosts, round_order, spawn_iperf3_server, Netns, BUILTIN_OVERLAY,
+    IPERF_PORT, LOOM_OVERLAY,
+};
+use crate::report::{Report, Row, Target};
 use crate::sections::Config;
+use crate::stats::Samples;
 
-pub fn run(_config: &Config, _report: &mut Report) -> Result<()> {
-    anyhow::bail!("not written yet")
+const UNIT: &str = "Gbit/s";
+const LOOM_BRIDGE_NET: &str = "tp-loom";
+const BUILTIN_BRIDGE_NET: &str = "tp-bridge";
+/// Host ports at 127.0.0.1 the two bridge networks' servers are published on.
+const LOOM_PUBLISHED: u16 = 15201;
+const BUILTIN_PUBLISHED: u16 = 15202;
+/// The two ends of the bare veth pair: namespaces made inside the host.
+const BARE_CLIENT_NS: &str = "bare1";
+const BARE_SERVER_NS: &str = "bare2";
+const BARE_SERVER_IP: &str = "10.99.0.2";
+/// Where the iperf3 server in the second host's own namespace listens (the underlay path).
+const UNDERLAY_PORT: u16 = 5202;
+
+/// One way through the network: iperf3's client namespace and its target.
+struct Path<'a> {
+    name: &'static str,
+    host: &'a Host,
+    client: Netns,
+    target: String,
+    port: u16,
+}
+
+pub fn run(config: &Config, report: &mut Report) -> Result<()> {
+    one_host(config, report)?;
+    cross_host(config, report)
+}
+
+fn one_host(config: &Config, report: &mut Report) -> Result<()> {
+    let c = Cluster::new("bntput")?;
+    let h = c.add_host(HostConfig::new("h1", DockerVersion::V20).dockerd_args(&["--log-level=warn"]))?;
+    h.start_plugin("loom-bridge", &["--log-level", "warn"])?;
+    h.docker(&["network", "create", "-d", "loom-bridge", "--subnet", "172.30.1.0/24", LOOM_BRIDGE_NET])?;
+    h.docker(&["network", "create", "-d", "bridge", "--subnet", "172.30.2.0/24", BUILTIN_BRIDGE_NET])?;
+    // iperf3 servers, kept running until the end of the measurement.
+    let mut servers = Vec::new();
+    let mut paths = Vec::new();
+    for (network, published) in [(LOOM_BRIDGE_NET, LOOM_PUBLISHED), (BUILTIN_BRIDGE_NET, BUILTIN_PUBLISHED)] {
+        let (server, path_c2c, path_published) = bridge_paths(&h, network, published)?;
+        servers.push(server);
+        paths.push(path_c2c);
+        paths.push(path_published);
+    }
+    servers.push(bare_veth_pair(&h)?);
+    paths.push(Path { name: "bare veth pair", host: &h, client: Netns::Named(BARE_CLIENT_NS.into()), target: BARE_SERVER_IP.into(), port: IPERF_PORT });
+    let s = measure(config, &paths)?;
+    let (loom, loom_published, builtin, builtin_published, bare) = (&s[0], &s[1], &s[2], &s[3], &s[4]);
+    let c2c = "TCP container to container";
+    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge vs bridge (Docker 20.10)"), loom.median(), UNIT, "bridge", builtin.median(), Target::AtLeast(0.95)));
+    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge vs bare veth pair"), loom.median(), UNIT, "bare veth", bare.median(), Target::AtLeast(0.9)));
+    report.push(Row::vs("throughput", format!("{c2c}, bridge (Docker 20.10) vs bare veth pair"), builtin.median(), UNIT, "bare veth", bare.median(), Target::None));
+    report.push(Row::vs(
+        "throughput",
+        "TCP to a port published at 127.0.0.1, loom-bridge vs bridge (docker-proxy, Docker 20.10)",
+        loom_published.median(),
+        UNIT,
+        "bridge",
+        builtin_published.median(),
+        Target::AtLeast(1.1),
+    ));
+    Ok(())
+}
+
+/// On `network`: a server container (its iperf3 port published at 127.0.0.1:`published`) and a
+/// client container; the server process and the container-to-container and published-port paths.
+fn bridge_paths<'a>(h: &'a Host, network: &'static str, published: u16) -> Result<(NsProc, Path<'a>, Path<'a>)> {
+    let (server, client) = (format!("srv-{network}"), format!("cli-{network}"));
+    let publish = format!("127.0.0.1:{published}:{IPERF_PORT}");
+    h.docker(&["run", "-d", "--name", &server, "--network", network, "-p", &publish, IMAGE, "sleep", "3600"])?;
+    h.docker(&["run", "-d", "--name", &client, "--network", network, IMAGE, "sleep", "3600"])?;
+    let iperf = spawn_iperf3_server(h, &format!("iperf-{network}"), &Netns::of_container(h, &server)?, IPERF_PORT)?;
+    let c2c = Path { name: network, host: h, client: Netns::of_container(h, &client)?, target: container_ip(h, &server, network)?, port: IPERF_PORT };
+    let name = if network == LOOM_BRIDGE_NET { "loom-bridge published port" } else { "bridge published port" };
+    let at_localhost = Path { name, host: h, client: Netns::Host, target: Ipv4Addr::LOCALHOST.to_string(), port: published };
+    Ok((iperf, c2c, at_localhost))
+}
+
+/// Two namespaces inside the host joined by one veth pair (no bridge, no firewall), with an
+/// iperf3 server on the second: the limit a container-to-container path can reach.
+fn bare_veth_pair(h: &Host) -> Result<NsProc> {
+    h.sh(&format!(
+        "set -e
+         ip netns add {BARE_CLIENT_NS}
+         ip netns add {BARE_SERVER_NS}
+         ip link add bv1 netns {BARE_CLIENT_NS} type veth peer name bv2 netns {BARE_SERVER_NS}
+         ip -n {BARE_CLIENT_NS} addr add 10.99.0.1/24 dev bv1
+         ip -n {BARE_SERVER_NS} addr add {BARE_SERVER_IP}/24 dev bv2
+         for ns in {BARE_CLIENT_NS} {BARE_SERVER_NS}; do ip -n $ns link set lo up; done
+         ip -n {BARE_CLIENT_NS} link set bv1 up
+         ip -n {BARE_SERVER_NS} link set bv2 up"
+    ))?;
+    spawn_iperf3_server(h, "iperf-bare", &Netns::Named(BARE_SERVER_NS.into()), IPERF_PORT)
+}
+
+fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
+    let c = Cluster::new("bntpov")?;
+    let hosts = overlay_hosts(&c)?;
+    let (h1, h2) = (&*hosts[0], &*hosts[1]);
+    create_overlay_networks(h1)?;
+    // iperf3 servers, kept running until the end of the measurement.
+    let mut servers = vec![spawn_iperf3_server(h2, "iperf-underlay", &Netns::Host, UNDERLAY_PORT)?];
+    let mut paths = vec![Path { name: "underlay", host: h1, client: Netns::Host, target: h2.underlay_ip().to_string(), port: UNDERLAY_PORT }];
+    for network in [BUILTIN_OVERLAY, LOOM_OVERLAY] {
+        let (server, client) = (format!("srv-{network}"), format!("cli-{network}"));
+        h2.docker(&["run", "-d", "--name", &server, "--network", network, IMAGE, "sleep", "3600"])?;
+        h1.docker(&["run", "-d", "--name", &client, "--network", network, IMAGE, "sleep", "3600"])?;
+        servers.push(spawn_iperf3_server(h2, &format!("iperf-{network}"), &Netns::of_container(h2, &server)?, IPERF_PORT)?);
+        paths.push(Path { name: network, host: h1, client: Netns::of_container(h1, &client)?, target: container_ip(h2, &server, network)?, port: IPERF_PORT });
+    }
+    let s = measure(config, &paths)?;
+    let (underlay, builtin, loom) = (&s[0], &s[1], &s[2]);
+    let what = "TCP cross-host";
+    report.push(Row::vs("throughput", format!("{what}, loom-overlay vs overlay (Docker 20.10)"), loom.median(), UNIT, "overlay", builtin.median(), Target::AtLeast(0.95)));
+    report.push(Row::vs("throughput", format!("{what}, loom-overlay vs bare underlay"), loom.median(), UNIT, "underlay", underlay.median(), Target::AtLeast(0.9)));
+    report.push(Row::vs("throughput", format!("{what}, overlay (Docker 20.10) vs bare underlay"), builtin.median(), UNIT, "underlay", underlay.median(), Target::None));
+    Ok(())
+}
+
+/// `iperf_rounds()` runs of every path, the paths in turn within a round (alternating
+/// direction); Gbit/s per path, in the paths' order.
+fn measure(config: &Config, paths: &[Path]) -> Result<Vec<Samples>> {
+    let mut samples = vec![Samples::new(); paths.len()];
+    for round in 0..config.iperf_rounds() {
+        for i in round_order(round, paths.len()) {
+            let p = &paths[i];
+            let gbits = iperf3_gbits(p.host, &p.client, &p.target, p.port, config.iperf_seconds())?;
+            eprintln!("[bench] throughput round {}/{}: {:<28} {gbits:.2} {UNIT}", round + 1, config.iperf_rounds(), p.name);
+            samples[i].push(gbits);
+        }
+    }
+    Ok(samples)
 }
