@@ -64,6 +64,8 @@ async fn sessions_hold_leased_keys() {
     let observer = connect_url(&consul.url(), &prefix).await;
     let leased = connect_url(&consul.url(), &prefix).await;
     leased.put_leased("hosts/x", b"1".to_vec()).await.unwrap();
+    leased.put_leased("hosts/deleted", b"1".to_vec()).await.unwrap();
+    assert!(leased.delete("hosts/deleted").await.unwrap());
     assert!(observer.get("hosts/x").await.unwrap().is_some());
     assert_eq!(consul.session_count(), 1);
 
@@ -75,6 +77,7 @@ async fn sessions_hold_leased_keys() {
         assert!(started.elapsed() < Duration::from_secs(6), "leased key not rewritten");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(observer.get("hosts/deleted").await.unwrap().is_none(), "a deleted leased key came back");
     assert_eq!(consul.session_count(), 1);
     assert!(consul.renewals() >= 1);
 }

@@ -158,6 +158,11 @@ async fn leased_keys_follow_their_process() {
     // A lease revoked behind the store's back (as after a long partition) is replaced.
     let leased = connect_with(&etcd.url(), short()).await;
     leased.put_leased("hosts/x", b"1".to_vec()).await.unwrap();
+    // Leased keys deleted or overwritten since are not brought back.
+    leased.put_leased("hosts/deleted", b"1".to_vec()).await.unwrap();
+    leased.put_leased("hosts/plain", b"1".to_vec()).await.unwrap();
+    assert!(leased.delete("hosts/deleted").await.unwrap());
+    leased.put("hosts/plain", b"2".to_vec()).await.unwrap();
     assert!(observer.get("hosts/x").await.unwrap().is_some());
     let mut raw = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
     for lease in raw.leases().await.unwrap().leases() {
@@ -165,6 +170,8 @@ async fn leased_keys_follow_their_process() {
     }
     assert!(observer.get("hosts/x").await.unwrap().is_none());
     wait_for(Duration::from_secs(5), || async { observer.get("hosts/x").await.unwrap().is_some() }).await;
+    assert!(observer.get("hosts/deleted").await.unwrap().is_none(), "a deleted leased key came back");
+    assert_eq!(observer.get("hosts/plain").await.unwrap().unwrap().value, b"2", "a plain write stays plain");
 
     // Kept alive well past the TTL while the process lives...
     tokio::time::sleep(Duration::from_secs(3)).await;

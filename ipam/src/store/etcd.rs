@@ -6,7 +6,7 @@
 //! endpoint that answered last and moves on to the next one when it can't connect (any endpoint
 //! for reads), so one endpoint down is not an error and a write is never sent twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{
-    Condition, KeySpace, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome,
-    WatchEvent, WatchStream,
+    write_past_leases, Condition, KeySpace, KeyValue, LeasedKeys, Op, Revision, Store, StoreError, StoreOptions,
+    StoreResult, Txn, TxnOutcome, WatchEvent, WatchStream,
 };
 
 const BACKEND: &str = "etcd";
@@ -51,8 +51,8 @@ struct Ctx {
 #[derive(Default)]
 struct LeaseState {
     id: Option<i64>,
-    /// Relative key → value of everything written with `put_leased`, rewritten on a new lease.
-    keys: BTreeMap<String, Vec<u8>>,
+    /// Everything written with `put_leased`, rewritten on a new lease.
+    keys: LeasedKeys,
 }
 
 /// Whether a failed call may be sent to another endpoint.
@@ -105,6 +105,40 @@ impl Drop for EtcdStore {
 }
 
 impl Ctx {
+    async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
+        let keys = &self.keys;
+        let compares: Vec<Compare> = txn
+            .conditions
+            .iter()
+            .map(|c| match c {
+                Condition::Absent(k) => Compare::version(keys.full(k), CompareOp::Equal, 0),
+                Condition::Exists(k) => Compare::version(keys.full(k), CompareOp::Greater, 0),
+                Condition::Revision(k, rev) => Compare::mod_revision(keys.full(k), CompareOp::Equal, *rev as i64),
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(k, v) => TxnOp::put(keys.full(&k), v, None),
+                Op::Delete(k) => TxnOp::delete(keys.full(&k), None),
+                Op::DeletePrefix(p) => TxnOp::delete(keys.full(&p), Some(DeleteOptions::new().with_prefix())),
+            })
+            .collect();
+        let request = etcd_client::Txn::new().when(compares).and_then(ops);
+        let resp = self
+            .call(Retry::ConnectOnly, |mut c| {
+                let request = request.clone();
+                async move { c.txn(request).await }
+            })
+            .await?;
+        Ok(if resp.succeeded() {
+            TxnOutcome::Committed(resp.header().map(|h| h.revision() as Revision).unwrap_or(0))
+        } else {
+            TxnOutcome::Conflict
+        })
+    }
+
     fn unavailable(&self, detail: String) -> StoreError {
         StoreError::Unavailable { backend: BACKEND, endpoints: self.endpoints.clone(), detail }
     }
@@ -206,7 +240,7 @@ impl Ctx {
         let mut st = state.lock().await;
         let lease = self.grant().await?;
         st.id = Some(lease);
-        for (key, value) in st.keys.clone() {
+        for (key, value) in st.keys.snapshot() {
             self.put_with_lease(&key, value, lease).await?;
         }
         Ok(())
@@ -305,61 +339,39 @@ impl Store for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<Revision> {
         let full = self.ctx.keys.full(key);
-        let resp = self
-            .ctx
-            .call(Retry::ConnectOnly, |mut c| {
-                let (full, value) = (full.clone(), value.clone());
-                async move { c.put(full, value, None).await }
-            })
-            .await?;
-        Ok(resp.header().map(|h| h.revision() as Revision).unwrap_or(0))
+        let write = async {
+            let resp = self
+                .ctx
+                .call(Retry::ConnectOnly, |mut c| {
+                    let (full, value) = (full.clone(), value.clone());
+                    async move { c.put(full, value, None).await }
+                })
+                .await?;
+            Ok(resp.header().map(|h| h.revision() as Revision).unwrap_or(0))
+        };
+        let ops = [Op::Put(key.to_string(), Vec::new())];
+        write_past_leases(&self.leases, |st| &mut st.keys, &ops, |_| true, write).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
         let full = self.ctx.keys.full(key);
-        let resp = self
-            .ctx
-            .call(Retry::ConnectOnly, |mut c| {
-                let full = full.clone();
-                async move { c.delete(full, None).await }
-            })
-            .await?;
-        Ok(resp.deleted() > 0)
+        let write = async {
+            let resp = self
+                .ctx
+                .call(Retry::ConnectOnly, |mut c| {
+                    let full = full.clone();
+                    async move { c.delete(full, None).await }
+                })
+                .await?;
+            Ok(resp.deleted() > 0)
+        };
+        let ops = [Op::Delete(key.to_string())];
+        write_past_leases(&self.leases, |st| &mut st.keys, &ops, |_| true, write).await
     }
 
     async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
-        let keys = &self.ctx.keys;
-        let compares: Vec<Compare> = txn
-            .conditions
-            .iter()
-            .map(|c| match c {
-                Condition::Absent(k) => Compare::version(keys.full(k), CompareOp::Equal, 0),
-                Condition::Exists(k) => Compare::version(keys.full(k), CompareOp::Greater, 0),
-                Condition::Revision(k, rev) => Compare::mod_revision(keys.full(k), CompareOp::Equal, *rev as i64),
-            })
-            .collect();
-        let ops: Vec<TxnOp> = txn
-            .ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put(k, v) => TxnOp::put(keys.full(&k), v, None),
-                Op::Delete(k) => TxnOp::delete(keys.full(&k), None),
-                Op::DeletePrefix(p) => TxnOp::delete(keys.full(&p), Some(DeleteOptions::new().with_prefix())),
-            })
-            .collect();
-        let request = etcd_client::Txn::new().when(compares).and_then(ops);
-        let resp = self
-            .ctx
-            .call(Retry::ConnectOnly, |mut c| {
-                let request = request.clone();
-                async move { c.txn(request).await }
-            })
-            .await?;
-        Ok(if resp.succeeded() {
-            TxnOutcome::Committed(resp.header().map(|h| h.revision() as Revision).unwrap_or(0))
-        } else {
-            TxnOutcome::Conflict
-        })
+        let ops = txn.ops.clone();
+        write_past_leases(&self.leases, |st| &mut st.keys, &ops, |o| o.committed(), self.ctx.txn(txn)).await
     }
 
     async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
@@ -390,7 +402,7 @@ impl Store for EtcdStore {
 
     async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
         let mut st = self.leases.lock().await;
-        st.keys.insert(key.to_string(), value.clone());
+        st.keys.remember(key, value.clone());
         {
             let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
             if keeper.is_none() {

@@ -231,6 +231,66 @@ fn validate_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a backend with leases remembers of the keys written by `put_leased`, to write them
+/// again under a new lease. A later plain write or delete of such a key ends its lease: it is
+/// forgotten, so that a lease loss never brings back a key that was deleted meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct LeasedKeys {
+    keys: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl LeasedKeys {
+    pub(crate) fn remember(&mut self, key: &str, value: Vec<u8>) {
+        self.keys.insert(key.to_string(), value);
+    }
+
+    /// Forgets the keys these (committed) ops wrote or deleted.
+    pub(crate) fn forget(&mut self, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::Put(key, _) | Op::Delete(key) => {
+                    self.keys.remove(key);
+                }
+                Op::DeletePrefix(prefix) => self.keys.retain(|key, _| !key.starts_with(prefix.as_str())),
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        self.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn touches(&self, ops: &[Op]) -> bool {
+        ops.iter().any(|op| match op {
+            Op::Put(key, _) | Op::Delete(key) => self.keys.contains_key(key),
+            Op::DeletePrefix(prefix) => self.keys.keys().any(|key| key.starts_with(prefix.as_str())),
+        })
+    }
+}
+
+/// Runs a write of `ops` so that a lease renewal cannot rewrite a key it replaces or deletes:
+/// when the ops touch a leased key, the lease state stays locked across the write and the keys
+/// are forgotten once it commits. Other writes don't wait for the lock.
+pub(crate) async fn write_past_leases<S, T>(
+    state: &tokio::sync::Mutex<S>,
+    leased: impl FnOnce(&mut S) -> &mut LeasedKeys,
+    ops: &[Op],
+    committed: impl FnOnce(&T) -> bool,
+    write: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    let mut guard = state.lock().await;
+    let keys = leased(&mut guard);
+    if !keys.touches(ops) {
+        drop(guard);
+        return write.await;
+    }
+    let out = write.await?;
+    if committed(&out) {
+        keys.forget(ops);
+    }
+    Ok(out)
+}
+
 /// Maps relative keys to absolute ones and back.
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
@@ -269,6 +329,19 @@ mod tests {
         assert!(validate_prefix("/netloom").is_err());
         assert!(validate_prefix("/").is_err());
         assert!(validate_prefix("/a//b/").is_err());
+    }
+
+    #[test]
+    fn leased_keys_written_or_deleted_otherwise_are_forgotten() {
+        let mut leased = LeasedKeys::default();
+        for key in ["hosts/a", "hosts/b", "other/c", "other/d"] {
+            leased.remember(key, key.as_bytes().to_vec());
+        }
+        leased.forget(&[Op::Delete("hosts/a".into()), Op::Put("other/c".into(), vec![]), Op::Delete("absent".into())]);
+        let keys = |l: &LeasedKeys| l.snapshot().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(&leased), ["hosts/b", "other/d"]);
+        leased.forget(&[Op::DeletePrefix("hosts/".into())]);
+        assert_eq!(keys(&leased), ["other/d"]);
     }
 
     #[test]

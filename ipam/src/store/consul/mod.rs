@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use self::http::Http;
 use super::{
-    Condition, KeySpace, KeyValue, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
-    WatchStream,
+    write_past_leases, Condition, KeySpace, KeyValue, LeasedKeys, Revision, Store, StoreError, StoreOptions,
+    StoreResult, Txn, TxnOutcome, WatchEvent, WatchStream,
 };
 
 pub use self::http::TOKEN_ENV;
@@ -46,7 +46,7 @@ struct Ctx {
 #[derive(Default)]
 struct SessionState {
     id: Option<String>,
-    keys: BTreeMap<String, Vec<u8>>,
+    keys: LeasedKeys,
 }
 
 impl ConsulStore {
@@ -136,7 +136,7 @@ impl Ctx {
         let mut st = state.lock().await;
         let id = self.create_session().await?;
         st.id = Some(id.clone());
-        for (key, value) in st.keys.clone() {
+        for (key, value) in st.keys.snapshot() {
             self.acquire(&id, &key, value).await?;
         }
         Ok(())
@@ -186,7 +186,7 @@ impl Store for ConsulStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<Revision> {
-        match self.ctx.txn(&Txn::new().put(key, value)).await? {
+        match self.txn(Txn::new().put(key, value)).await? {
             TxnOutcome::Committed(rev) => Ok(rev),
             TxnOutcome::Conflict => {
                 Err(self.ctx.http.protocol(format!("unconditional write of {key} was rolled back")))
@@ -196,11 +196,11 @@ impl Store for ConsulStore {
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
         let txn = Txn::new().when(Condition::Exists(key.to_string())).delete(key);
-        Ok(self.ctx.txn(&txn).await?.committed())
+        Ok(self.txn(txn).await?.committed())
     }
 
     async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
-        self.ctx.txn(&txn).await
+        write_past_leases(&self.leases, |st| &mut st.keys, &txn.ops, |o| o.committed(), self.ctx.txn(&txn)).await
     }
 
     async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
@@ -218,7 +218,7 @@ impl Store for ConsulStore {
 
     async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
         let mut st = self.leases.lock().await;
-        st.keys.insert(key.to_string(), value.clone());
+        st.keys.remember(key, value.clone());
         {
             let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
             if keeper.is_none() {
