@@ -35,6 +35,17 @@ fn ipt_err(what: String) -> impl FnOnce(Box<dyn std::error::Error>) -> anyhow::E
     move |e| anyhow!("{what}: {e}")
 }
 
+/// The IPv4 handle, with the filter table probed so that a missing kernel module or binary
+/// shows up at start.
+fn probed_v4() -> Result<iptables::IPTables> {
+    let v4 = handle(false)?;
+    let out = v4.execute("filter", "-S FORWARD").map_err(ipt_err("iptables -S FORWARD".into()))?;
+    if !out.status.success() {
+        bail!("iptables -S FORWARD: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(v4)
+}
+
 /// The `iptables` handle of one family, numeric output.
 pub(crate) fn handle(v6: bool) -> Result<iptables::IPTables> {
     let cmd = if v6 { "ip6tables" } else { "iptables" };
@@ -46,15 +57,18 @@ pub(crate) fn handle(v6: bool) -> Result<iptables::IPTables> {
 impl IptablesFirewall {
     pub async fn open() -> Result<Self> {
         let inner = tokio::task::spawn_blocking(|| -> Result<Inner> {
-            let v4 = handle(false)?;
-            // Probe the table so that a missing kernel module or binary shows up now.
-            let out = v4.execute("filter", "-S FORWARD").map_err(ipt_err("iptables -S FORWARD".into()))?;
-            if !out.status.success() {
-                bail!("iptables -S FORWARD: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
-            let v6 = handle(true)
-                .ok()
-                .filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false));
+            // Each probe is two iptables processes (`--version`, `-S FORWARD`); the families are
+            // probed side by side, which takes a third off the driver's start-up.
+            let (v4, v6) = std::thread::scope(|s| {
+                let v6 = s.spawn(|| {
+                    handle(true)
+                        .ok()
+                        .filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false))
+                });
+                let v4 = probed_v4();
+                (v4, v6.join().unwrap_or(None))
+            });
+            let v4 = v4?;
             if v6.is_none() {
                 warn!("ip6tables is not usable; IPv6 subnets and ports will be refused");
             }
@@ -151,6 +165,22 @@ impl Inner {
     /// Every rule of a table, parsed.
     fn listed(&self, ipt: &iptables::IPTables, table: &str) -> Result<Vec<ListedRule>> {
         Ok(self.listed_with_chains(ipt, table)?.1)
+    }
+
+    /// Every rule of filter and nat in every usable family. The listings run side by side: this
+    /// is on every driver's start-up path (leftover check), one iptables process each.
+    fn listed_everywhere(&self) -> Result<Vec<ListedRule>> {
+        let tables: Vec<(&iptables::IPTables, &str)> =
+            self.families().into_iter().flat_map(|(_, ipt)| [(ipt, "filter"), (ipt, "nat")]).collect();
+        let listings: Vec<Result<Vec<ListedRule>>> = std::thread::scope(|s| {
+            let running: Vec<_> = tables.iter().map(|&(ipt, table)| s.spawn(move || self.listed(ipt, table))).collect();
+            running.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("listing iptables rules panicked")))).collect()
+        });
+        let mut all = Vec::new();
+        for listing in listings {
+            all.extend(listing?);
+        }
+        Ok(all)
     }
 
     /// The chains (`-N`/`-P` lines) and rules of a table.
@@ -406,16 +436,12 @@ impl Firewall for IptablesFirewall {
     async fn owned_networks(&self) -> Result<Vec<String>> {
         self.run(|inner| {
             let mut ids = BTreeSet::new();
-            for (_, ipt) in inner.families() {
-                for table in ["filter", "nat"] {
-                    for rule in inner.listed(ipt, table)? {
-                        match rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
-                            Some(IptOwner::Network(id)) | Some(IptOwner::Port { network_id: id, .. }) => {
-                                ids.insert(id.to_string());
-                            }
-                            _ => {}
-                        }
+            for rule in inner.listed_everywhere()? {
+                match rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
+                    Some(IptOwner::Network(id)) | Some(IptOwner::Port { network_id: id, .. }) => {
+                        ids.insert(id.to_string());
                     }
+                    _ => {}
                 }
             }
             Ok(ids.into_iter().collect())
