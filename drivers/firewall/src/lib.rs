@@ -144,6 +144,16 @@ pub trait Firewall: Send + Sync {
     /// network's rules (published ports stay).
     async fn add_network(&self, net: &NetworkPolicy) -> Result<()>;
 
+    /// [`Firewall::add_network`] for many networks at once (a driver restoring its state at
+    /// start-up): a backend whose per-call cost grows with the ruleset does it in one pass.
+    /// All-or-nothing is not promised: on an error, some of the policies may be installed.
+    async fn add_networks(&self, nets: &[NetworkPolicy]) -> Result<()> {
+        for net in nets {
+            self.add_network(net).await?;
+        }
+        Ok(())
+    }
+
     /// Removes everything the network owns, published ports included. Idempotent.
     async fn remove_network(&self, net: &NetworkPolicy) -> Result<()> {
         self.remove_network_by_id(&net.network_id).await

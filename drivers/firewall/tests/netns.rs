@@ -345,3 +345,49 @@ fn iptables_dual_stack() {
 fn nftables_dual_stack() {
     dual_stack(BackendKind::Nftables);
 }
+
+/// Installing many policies at once leaves the same rules as one by one, replaces a changed
+/// policy's rules and changes nothing when repeated.
+fn batch(kind: BackendKind) {
+    let lab = Lab::new();
+    let fw = Fw::open(&lab.host, kind);
+    let nets = vec![
+        policy(NET_A, "loomA", "198.18.1.0/24"),
+        policy(NET_B, "loomB", "198.18.2.0/24"),
+        NetworkPolicy { internal: true, ..policy(NET_C, "loomC", "198.18.3.0/24") },
+    ];
+    // Networks' rules don't depend on each other, so their order does not matter.
+    let rules = || {
+        let mut lines: Vec<String> = snapshot(&lab.host).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    for net in &nets {
+        add(&fw, net);
+    }
+    let one_by_one = rules();
+    fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
+
+    let mut stale = nets.clone();
+    stale[1].bridge = "loomOld".into();
+    let install = |nets: Vec<NetworkPolicy>| fw.call(move |fw| Box::pin(async move { fw.add_networks(&nets).await })).unwrap();
+    install(stale);
+    install(nets.clone());
+    assert_eq!(rules(), one_by_one, "a batch install differs from one by one");
+    install(nets);
+    assert_eq!(rules(), one_by_one, "a repeated batch install changed the rules");
+    let mut ids = owned(&fw);
+    ids.sort();
+    assert_eq!(ids, [NET_A, NET_B, NET_C]);
+    fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
+}
+
+#[test]
+fn iptables_batch_install() {
+    batch(BackendKind::Iptables);
+}
+
+#[test]
+fn nftables_batch_install() {
+    batch(BackendKind::Nftables);
+}

@@ -63,21 +63,23 @@ impl HostDriver {
                 warn!(network = %short_id(&net.id), "{e:#}");
             }
         }
+        let mut joined = Vec::new();
         for ep in state.endpoints.values() {
             let Some(net) = state.networks.get(&ep.network_id) else {
                 warn!(endpoint = %short_id(&ep.id), "endpoint of an unknown network; it goes when Docker deletes it");
                 continue;
             };
             match self.netlink.link(&ep.host_veth).await {
-                Ok(Some(_)) => {
-                    if let Err(e) = self.restore(net, ep).await {
-                        warn!(endpoint = %short_id(&ep.id), "could not restore endpoint: {e:#}");
-                    }
-                }
+                Ok(Some(_)) => match self.restore_links(net, ep).await {
+                    Ok(()) if ep.joined => joined.push((net, ep)),
+                    Ok(()) => {}
+                    Err(e) => warn!(endpoint = %short_id(&ep.id), "could not restore endpoint: {e:#}"),
+                },
                 Ok(None) => debug!(endpoint = %short_id(&ep.id), "veth is gone; waiting for DeleteEndpoint"),
                 Err(e) => warn!(endpoint = %short_id(&ep.id), "{e:#}"),
             }
         }
+        self.restore_firewall(&joined).await;
         self.remove_leftovers(state).await;
         info!(
             networks = state.networks.len(),
@@ -87,16 +89,31 @@ impl HostDriver {
         );
     }
 
-    async fn restore(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
+    async fn restore_links(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
         let host = plumbing::ensure_endpoint(&self.netlink, net, ep).await?;
         if ep.joined {
             plumbing::add_routes(&self.netlink, &host, ep).await?;
-            self.firewall.add_network(&policy::of(net, ep)).await?;
-            if !ep.ports.is_empty() {
-                self.firewall.add_ports(&policy::of(net, ep), &ep.id, &policy::mappings(&ep.ports)).await?;
-            }
         }
         Ok(())
+    }
+
+    /// The joined endpoints' firewall policies in one pass (one policy per endpoint: done one by
+    /// one, iptables would list the whole ruleset once per endpoint), then their ports.
+    async fn restore_firewall(&self, joined: &[(&NetworkRecord, &EndpointRecord)]) {
+        let policies: Vec<_> = joined.iter().map(|(net, ep)| policy::of(net, ep)).collect();
+        if let Err(e) = self.firewall.add_networks(&policies).await {
+            warn!("restoring firewall policies together: {e:#}; retrying one by one");
+            for (policy, (_, ep)) in policies.iter().zip(joined) {
+                if let Err(e) = self.firewall.add_network(policy).await {
+                    warn!(endpoint = %short_id(&ep.id), "could not restore firewall policy: {e:#}");
+                }
+            }
+        }
+        for (policy, (_, ep)) in policies.iter().zip(joined).filter(|(_, (_, ep))| !ep.ports.is_empty()) {
+            if let Err(e) = self.firewall.add_ports(policy, &ep.id, &policy::mappings(&ep.ports)).await {
+                warn!(endpoint = %short_id(&ep.id), "could not restore published ports: {e:#}");
+            }
+        }
     }
 
     /// Links and firewall policies tagged as loom-host's that no record explains.

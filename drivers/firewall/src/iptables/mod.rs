@@ -6,7 +6,7 @@
 
 mod rules;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -220,28 +220,66 @@ impl Inner {
         }
     }
 
-    /// Makes the network's rules (by comment, ports aside) in one family exactly `wanted`: adds
-    /// the missing ones, then deletes those of an earlier policy (a changed option or bridge).
-    fn sync_network(&self, ipt: &iptables::IPTables, network_id: &str, wanted: &[IptRule]) -> Result<()> {
-        let mine = |r: &ListedRule| {
-            r.comment.as_deref().and_then(tag::parse_ipt_comment) == Some(IptOwner::Network(network_id))
-        };
+    /// Makes each network's rules (by comment, ports aside) in one family exactly its `wanted`:
+    /// adds the missing ones, then deletes those of an earlier policy (a changed option or
+    /// bridge). Each table is listed once, however many networks.
+    fn sync_networks(&self, ipt: &iptables::IPTables, wanted: &[(String, Vec<IptRule>)]) -> Result<()> {
+        let ids: BTreeSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
         for table in ["filter", "nat"] {
-            let listed: Vec<ListedRule> = self.listed(ipt, table)?.into_iter().filter(mine).collect();
-            let present: BTreeSet<(String, rules::Normalized)> =
-                listed.iter().map(|r| (r.chain.clone(), rules::normalized(&r.spec))).collect();
-            let want: Vec<&IptRule> = wanted.iter().filter(|r| r.table == table).collect();
-            let wanted_keys: BTreeSet<(String, rules::Normalized)> =
-                want.iter().map(|r| (r.chain.to_string(), rules::normalized(&r.spec_string()))).collect();
-            for rule in want {
-                if !present.contains(&(rule.chain.to_string(), rules::normalized(&rule.spec_string()))) {
-                    self.add(ipt, rule)?;
+            let mut listed_by_net: BTreeMap<String, Vec<ListedRule>> = BTreeMap::new();
+            for rule in self.listed(ipt, table)? {
+                if let Some(IptOwner::Network(id)) = rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
+                    if ids.contains(id) {
+                        listed_by_net.entry(id.to_string()).or_default().push(rule);
+                    }
                 }
             }
-            for stale in listed.iter().filter(|r| !wanted_keys.contains(&(r.chain.clone(), rules::normalized(&r.spec))))
-            {
-                self.delete(ipt, table, &stale.chain, &rules::delete_spec(stale))?;
+            for (id, rules) in wanted {
+                let listed = listed_by_net.remove(id).unwrap_or_default();
+                self.sync_table(ipt, table, &listed, rules)?;
             }
+        }
+        Ok(())
+    }
+
+    fn sync_table(&self, ipt: &iptables::IPTables, table: &str, listed: &[ListedRule], wanted: &[IptRule]) -> Result<()> {
+        let present: BTreeSet<(String, rules::Normalized)> =
+            listed.iter().map(|r| (r.chain.clone(), rules::normalized(&r.spec))).collect();
+        let want: Vec<&IptRule> = wanted.iter().filter(|r| r.table == table).collect();
+        let wanted_keys: BTreeSet<(String, rules::Normalized)> =
+            want.iter().map(|r| (r.chain.to_string(), rules::normalized(&r.spec_string()))).collect();
+        for rule in want {
+            if !present.contains(&(rule.chain.to_string(), rules::normalized(&rule.spec_string()))) {
+                self.add(ipt, rule)?;
+            }
+        }
+        for stale in listed.iter().filter(|r| !wanted_keys.contains(&(r.chain.clone(), rules::normalized(&r.spec)))) {
+            self.delete(ipt, table, &stale.chain, &rules::delete_spec(stale))?;
+        }
+        Ok(())
+    }
+
+    /// Installs the policies of `nets` in both families: the skeleton once, each table listed
+    /// once per family.
+    fn install(&self, nets: &[NetworkPolicy]) -> Result<()> {
+        for v6 in [false, true] {
+            let wanted: Vec<(String, Vec<IptRule>)> = nets
+                .iter()
+                .map(|net| {
+                    let rules = if families_of(net).contains(&v6) { rules::network_rules(net, v6) } else { Vec::new() };
+                    (net.network_id.clone(), rules)
+                })
+                .collect();
+            let any_wanted = wanted.iter().any(|(_, rules)| !rules.is_empty());
+            let ipt = match self.family(v6) {
+                Ok(ipt) => ipt,
+                Err(_) if !any_wanted => continue,
+                Err(e) => return Err(e),
+            };
+            if any_wanted {
+                self.ensure_skeleton(ipt)?;
+            }
+            self.sync_networks(ipt, &wanted)?;
         }
         Ok(())
     }
@@ -297,25 +335,17 @@ impl Firewall for IptablesFirewall {
     async fn add_network(&self, net: &NetworkPolicy) -> Result<()> {
         net.validate()?;
         let id = net.network_id.clone();
-        let net = net.clone();
-        self.run(move |inner| {
-            let families = families_of(&net);
-            for v6 in [false, true] {
-                let wanted = if families.contains(&v6) { rules::network_rules(&net, v6) } else { Vec::new() };
-                let ipt = match inner.family(v6) {
-                    Ok(ipt) => ipt,
-                    Err(_) if wanted.is_empty() => continue,
-                    Err(e) => return Err(e),
-                };
-                if !wanted.is_empty() {
-                    inner.ensure_skeleton(ipt)?;
-                }
-                inner.sync_network(ipt, &net.network_id, &wanted)?;
-            }
-            Ok(())
-        })
-        .await
-        .with_context(|| format!("installing iptables rules of network {id}"))
+        let nets = vec![net.clone()];
+        self.run(move |inner| inner.install(&nets)).await.with_context(|| format!("installing iptables rules of network {id}"))
+    }
+
+    async fn add_networks(&self, nets: &[NetworkPolicy]) -> Result<()> {
+        for net in nets {
+            net.validate()?;
+        }
+        let nets = nets.to_vec();
+        let count = nets.len();
+        self.run(move |inner| inner.install(&nets)).await.with_context(|| format!("installing iptables rules of {count} networks"))
     }
 
     async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {
