@@ -26,14 +26,6 @@ impl Samples {
         self.push(d.as_secs_f64() * 1000.0);
     }
 
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     /// The nearest-rank percentile (`q` in 0..=100): the smallest sample with at least q % of the
     /// samples at or below it. NaN when empty.
     pub fn percentile(&self, q: f64) -> f64 {

@@ -220,47 +220,9 @@ impl Inner {
         }
     }
 
-    /// Makes each network's rules (by comment, ports aside) in one family exactly its `wanted`:
-    /// adds the missing ones, then deletes those of an earlier policy (a changed option or
-    /// bridge). Each table is listed once, however many networks.
-    fn sync_networks(&self, ipt: &iptables::IPTables, wanted: &[(String, Vec<IptRule>)]) -> Result<()> {
-        let ids: BTreeSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
-        for table in ["filter", "nat"] {
-            let mut listed_by_net: BTreeMap<String, Vec<ListedRule>> = BTreeMap::new();
-            for rule in self.listed(ipt, table)? {
-                if let Some(IptOwner::Network(id)) = rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
-                    if ids.contains(id) {
-                        listed_by_net.entry(id.to_string()).or_default().push(rule);
-                    }
-                }
-            }
-            for (id, rules) in wanted {
-                let listed = listed_by_net.remove(id).unwrap_or_default();
-                self.sync_table(ipt, table, &listed, rules)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn sync_table(&self, ipt: &iptables::IPTables, table: &str, listed: &[ListedRule], wanted: &[IptRule]) -> Result<()> {
-        let present: BTreeSet<(String, rules::Normalized)> =
-            listed.iter().map(|r| (r.chain.clone(), rules::normalized(&r.spec))).collect();
-        let want: Vec<&IptRule> = wanted.iter().filter(|r| r.table == table).collect();
-        let wanted_keys: BTreeSet<(String, rules::Normalized)> =
-            want.iter().map(|r| (r.chain.to_string(), rules::normalized(&r.spec_string()))).collect();
-        for rule in want {
-            if !present.contains(&(rule.chain.to_string(), rules::normalized(&rule.spec_string()))) {
-                self.add(ipt, rule)?;
-            }
-        }
-        for stale in listed.iter().filter(|r| !wanted_keys.contains(&(r.chain.clone(), rules::normalized(&r.spec)))) {
-            self.delete(ipt, table, &stale.chain, &rules::delete_spec(stale))?;
-        }
-        Ok(())
-    }
-
-    /// Installs the policies of `nets` in both families: the skeleton once, each table listed
-    /// once per family.
+    /// Installs the policies of `nets` in both families. Each table is listed once per family
+    /// (its chains and rules), and the skeleton and every network's rules are checked against
+    /// that listing: the cost of one call does not grow with the number of networks given.
     fn install(&self, nets: &[NetworkPolicy]) -> Result<()> {
         for v6 in [false, true] {
             let wanted: Vec<(String, Vec<IptRule>)> = nets
@@ -276,10 +238,72 @@ impl Inner {
                 Err(_) if !any_wanted => continue,
                 Err(e) => return Err(e),
             };
-            if any_wanted {
-                self.ensure_skeleton(ipt)?;
+            for table in ["filter", "nat"] {
+                let (chains, listed) = self.listed_with_chains(ipt, table)?;
+                if any_wanted {
+                    self.ensure_skeleton_in(ipt, table, &chains, &listed)?;
+                }
+                self.sync_networks(ipt, table, &listed, &wanted)?;
             }
-            self.sync_networks(ipt, &wanted)?;
+        }
+        Ok(())
+    }
+
+    /// Creates netloom's chains of `table` and adds the skeleton rules missing from `listed`.
+    fn ensure_skeleton_in(&self, ipt: &iptables::IPTables, table: &str, chains: &[String], listed: &[ListedRule]) -> Result<()> {
+        for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
+            if !chains.iter().any(|c| c == chain) {
+                if let Err(e) = ipt.new_chain(table, chain) {
+                    // Another process may have created it meanwhile.
+                    if !ipt.chain_exists(table, chain).unwrap_or(false) {
+                        return Err(anyhow!("{} -t {table} -N {chain}: {e}", ipt.cmd));
+                    }
+                }
+            }
+        }
+        let present: BTreeSet<(&str, rules::Normalized)> =
+            listed.iter().map(|r| (r.chain.as_str(), rules::normalized(&r.spec))).collect();
+        for rule in rules::skeleton().iter().filter(|r| r.table == table) {
+            if !present.contains(&(rule.chain, rules::normalized(&rule.spec_string()))) {
+                self.add(ipt, rule)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes each network's rules in `table` (by comment, ports aside) exactly its `wanted`:
+    /// adds the missing ones, then deletes those of an earlier policy (a changed option or
+    /// bridge).
+    fn sync_networks(&self, ipt: &iptables::IPTables, table: &str, listed: &[ListedRule], wanted: &[(String, Vec<IptRule>)]) -> Result<()> {
+        let ids: BTreeSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
+        let mut listed_by_net: BTreeMap<&str, Vec<&ListedRule>> = BTreeMap::new();
+        for rule in listed {
+            if let Some(IptOwner::Network(id)) = rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
+                if let Some(id) = ids.get(id) {
+                    listed_by_net.entry(id).or_default().push(rule);
+                }
+            }
+        }
+        for (id, rules) in wanted {
+            let listed = listed_by_net.remove(id.as_str()).unwrap_or_default();
+            self.sync_table(ipt, table, &listed, rules)?;
+        }
+        Ok(())
+    }
+
+    fn sync_table(&self, ipt: &iptables::IPTables, table: &str, listed: &[&ListedRule], wanted: &[IptRule]) -> Result<()> {
+        let present: BTreeSet<(String, rules::Normalized)> =
+            listed.iter().map(|r| (r.chain.clone(), rules::normalized(&r.spec))).collect();
+        let want: Vec<&IptRule> = wanted.iter().filter(|r| r.table == table).collect();
+        let wanted_keys: BTreeSet<(String, rules::Normalized)> =
+            want.iter().map(|r| (r.chain.to_string(), rules::normalized(&r.spec_string()))).collect();
+        for rule in want {
+            if !present.contains(&(rule.chain.to_string(), rules::normalized(&rule.spec_string()))) {
+                self.add(ipt, rule)?;
+            }
+        }
+        for stale in listed.iter().filter(|r| !wanted_keys.contains(&(r.chain.clone(), rules::normalized(&r.spec)))) {
+            self.delete(ipt, table, &stale.chain, &rules::delete_spec(stale))?;
         }
         Ok(())
     }
