@@ -134,7 +134,7 @@ impl Netlink {
                 existing
             }
             None => {
-                let mut builder = LinkBridge::new(spec.name);
+                let mut builder = LinkBridge::new(spec.name).address(crate::mac::for_bridge(spec.owner).to_vec());
                 if let Some(mtu) = spec.mtu {
                     builder = builder.mtu(mtu);
                 }

@@ -23,6 +23,19 @@ pub fn for_endpoint(ipv4: Option<Ipv4Addr>) -> [u8; 6] {
     }
 }
 
+/// A bridge's own address, derived from its owner tag (so a bridge made again after a restart
+/// gets the same one), locally administered unicast. A bridge whose address was given stays at
+/// it; one left to the kernel takes the lowest address among its ports, which changes as
+/// containers come and go (stale gateway entries in the containers' ARP caches), and is
+/// recomputed over every port at each attach and detach.
+pub fn for_bridge(owner: &str) -> [u8; 6] {
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let b = hash.to_be_bytes();
+    // 0x06: locally administered unicast, and never the 02:42 prefix of endpoint addresses.
+    [0x06, b[1], b[2], b[3], b[4], b[5]]
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
@@ -52,6 +65,14 @@ mod tests {
         assert_eq!(format(&for_endpoint(Some(Ipv4Addr::new(172, 18, 0, 2)))), "02:42:ac:12:00:02");
         let random = for_endpoint(None);
         assert_eq!(random[0] & 0x03, 0x02, "locally administered unicast: {}", format(&random));
+    }
+
+    #[test]
+    fn bridge_addresses_are_stable_per_owner() {
+        let a = for_bridge("netloom:bridge:n1");
+        assert_eq!(a, for_bridge("netloom:bridge:n1"));
+        assert_ne!(a, for_bridge("netloom:bridge:n2"));
+        assert_eq!(a[0], 0x06);
     }
 
     #[test]

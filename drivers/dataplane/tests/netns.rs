@@ -77,11 +77,17 @@ fn veth_pair_on_a_bridge() {
         let (again, _) = nl.ensure_veth(&spec).await.unwrap();
         assert_eq!(again.index, host.index);
 
+        // The bridge keeps its own address when a port with a lower one joins (the kernel
+        // would otherwise take the port's).
+        assert_eq!(bridge.mac, netloom_dataplane::mac::for_bridge("o"));
+        let lowered = std::process::Command::new("ip").args(["link", "set", "vl-a", "address", "02:00:00:00:00:01"]).status();
+        assert!(lowered.unwrap().success());
         nl.attach(&host, &bridge).await.unwrap();
         nl.configure_bridge_port(&host, true, true).await.unwrap();
         let host = nl.link("vl-a").await.unwrap().unwrap();
         assert_eq!(host.controller, Some(bridge.index));
         assert!(host.up);
+        assert_eq!(nl.link("lbr0").await.unwrap().unwrap().mac, bridge.mac, "the bridge's address changed");
 
         let taken = VethSpec { owner: "someone-else", ..spec.clone() };
         assert!(nl.ensure_veth(&taken).await.unwrap_err().to_string().contains("not this endpoint's veth"));

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use netloom_plugin_api::client::PluginClient;
-use netloom_tests::{Cluster, DockerVersion, HostConfig};
+use netloom_tests::{Cluster, DockerVersion, Host, HostConfig};
 use serde_json::json;
 
 use crate::chart::{Chart, Series};
@@ -51,7 +51,12 @@ struct BackendResult {
     endpoint_levels: Vec<(usize, CycleSamples)>,
     /// (published ports present, timings)
     port_levels: Vec<(usize, CycleSamples)>,
+    /// (existing endpoints, the kernel's own mean ms to make a veth pair and put it on the bridge)
+    kernel_levels: Vec<(usize, f64)>,
 }
+
+/// Veth pairs made per level for the kernel-only figure.
+const KERNEL_OPS: usize = 100;
 
 pub fn run(config: &Config, report: &mut Report) -> Result<()> {
     let cluster = Cluster::new("bndrv")?;
@@ -63,7 +68,7 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
         let plugin = host.start_plugin("loom-bridge", &["--firewall", backend, "--log-level", "warn"])?;
         let socket = host.path_inside(&plugin.socket());
         let result = runtime
-            .block_on(measure_backend(config, backend, &socket))
+            .block_on(measure_backend(config, backend, &socket, &host))
             .with_context(|| format!("loom-bridge with {backend}"))?;
         host.teardown();
         eprintln!("[bench] driver: {backend} done in {:.0} s", started.elapsed().as_secs_f64());
@@ -77,7 +82,7 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-async fn measure_backend(config: &Config, backend: &'static str, socket: &Path) -> Result<BackendResult> {
+async fn measure_backend(config: &Config, backend: &'static str, socket: &Path, host: &Host) -> Result<BackendResult> {
     let mut client = PluginClient::connect(socket).await?;
     let samples = config.samples();
     let create_network = time_create_network(&mut client, samples).await.context("timing CreateNetwork")?;
@@ -85,10 +90,12 @@ async fn measure_backend(config: &Config, backend: &'static str, socket: &Path) 
     let mut endpoints = ScalingNetwork::create(&mut client, 1, Subnet16 { a: 10, b: 100 }).await?;
     let base = timed.cycles(&mut client, &endpoints.net, endpoints.subnet, samples).await.context("empty network")?;
     let mut endpoint_levels = Vec::new();
+    let mut kernel_levels = Vec::new();
     for level in config.scale_levels() {
         endpoints.grow_endpoints(&mut client, level).await.with_context(|| format!("adding endpoints up to {level}"))?;
         let cycles = timed.cycles(&mut client, &endpoints.net, endpoints.subnet, samples).await;
         endpoint_levels.push((level, cycles.with_context(|| format!("{level} endpoints"))?));
+        kernel_levels.push((level, kernel_attach_ms(host).with_context(|| format!("kernel alone at {level} endpoints"))?));
         eprintln!("[bench] driver: {backend}, {level} endpoints measured");
     }
     endpoints.remove(&mut client).await?;
@@ -101,7 +108,25 @@ async fn measure_backend(config: &Config, backend: &'static str, socket: &Path) 
         eprintln!("[bench] driver: {backend}, {level} published ports measured");
     }
     ports.remove(&mut client).await?;
-    Ok(BackendResult { backend, create_network, base, endpoint_levels, port_levels })
+    Ok(BackendResult { backend, create_network, base, endpoint_levels, port_levels, kernel_levels })
+}
+
+/// The kernel's own part of CreateEndpoint+Join at the bridge's current size, without the
+/// driver: `KERNEL_OPS` veth pairs made and put on the (only) bridge by one `ip -batch`, mean ms
+/// per pair; then removed again.
+fn kernel_attach_ms(host: &Host) -> Result<f64> {
+    let script = format!(
+        r#"set -e
+b=$(ip -o link show type bridge | awk -F': ' 'NR==1 {{print $2}}')
+[ -n "$b" ]
+start=$(date +%s%N)
+for i in $(seq 1 {KERNEL_OPS}); do echo "link add kt$i type veth peer name ku$i"; echo "link set kt$i master $b up"; done | ip -batch -
+end=$(date +%s%N)
+for i in $(seq 1 {KERNEL_OPS}); do echo "link del kt$i"; done | ip -batch -
+echo $(( (end - start) / {KERNEL_OPS} ))"#
+    );
+    let nanos: f64 = host.sh(&script)?.trim().parse().context("the kernel timing script's output")?;
+    Ok(nanos / 1e6)
 }
 
 /// CreateNetwork of a fresh /24 each time (timed), each removed again at once (not timed).
@@ -237,6 +262,10 @@ fn push_rows(report: &mut Report, r: &BackendResult) {
         push_scaling_row(report, &format!("{op} ({b})"), "endpoints", &r.endpoint_levels, pick, target);
     }
     push_scaling_row(report, &format!("ProgramExternalConnectivity ({b})"), "published ports", &r.port_levels, |c| &c.program, target);
+    if let (Some((low, at_low)), Some((high, at_high))) = (r.kernel_levels.first(), r.kernel_levels.last()) {
+        let what = format!("kernel alone ({b} host): veth pair made and put on the bridge, mean at {high} endpoints");
+        report.push(Row::vs("scaling", what, *at_high, "ms", format!("at {low}"), *at_low, Target::None));
+    }
 }
 
 /// "p99 at the largest level vs p99 at the smallest".
@@ -249,7 +278,8 @@ fn push_scaling_row(
     target: Target,
 ) {
     let (Some((low, at_low)), Some((high, at_high))) = (levels.first(), levels.last()) else { return };
-    let label = format!("{what} p99 at {high} {unit_of_level}");
+    let (p50_low, p50_high) = (fmt_num(pick(at_low).median()), fmt_num(pick(at_high).median()));
+    let label = format!("{what} p99 at {high} {unit_of_level} (p50 {p50_low} -> {p50_high} ms)");
     report.push(Row::vs("scaling", label, pick(at_high).p99(), "ms", format!("p99 at {low}"), pick(at_low).p99(), target));
 }
 
@@ -263,6 +293,10 @@ fn endpoints_chart(results: &[BackendResult]) -> Chart {
         all.push(series(format!("CreateEndpoint+Join ({})", r.backend), &r.endpoint_levels, |c| &c.attach));
         all.push(series(format!("Leave+DeleteEndpoint ({})", r.backend), &r.endpoint_levels, |c| &c.detach));
         all.push(series(format!("ProgramExternalConnectivity ({})", r.backend), &r.endpoint_levels, |c| &c.program));
+    }
+    if let Some(r) = results.first() {
+        let points = r.kernel_levels.iter().map(|(level, ms)| (*level as f64, *ms)).collect();
+        all.push(Series { name: "kernel alone: veth pair on the bridge (mean)".into(), points });
     }
     Chart {
         file_stem: "scaling-endpoints".into(),
@@ -306,7 +340,7 @@ mod tests {
         let levels = vec![(10, cycles(1.0)), (100, cycles(1.2)), (1000, cycles(3.0))];
         push_scaling_row(&mut report, "X (nftables)", "endpoints", &levels, |c| &c.attach, Target::AtMost(1.5));
         let row = &report.rows[0];
-        assert_eq!(row.what, "X (nftables) p99 at 1000 endpoints");
+        assert_eq!(row.what, "X (nftables) p99 at 1000 endpoints (p50 1.00 -> 3.00 ms)");
         assert_eq!((row.value, row.anchor), (3.0, 1.0));
         assert_eq!(row.anchor_name, "p99 at 10");
         assert_eq!(row.verdict(), "MISS");
