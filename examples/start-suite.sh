@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
 # Builds netloom and serves every driver on this host with the embedded store.
 # Logs go to the terminal; Ctrl-C (or SIGTERM) stops every driver cleanly.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "start-suite.sh must run as root (drivers serve /run/docker/plugins and program the kernel)" >&2
-    exit 1
-fi
+source "$(dirname "$0")/../tests/prelude.sh"
+require_root "drivers serve /run/docker/plugins and program the kernel"
 
 cargo build --release --bins
 bin_dir=target/release

@@ -7,14 +7,8 @@
 #   --out defaults to target/netloom-bench. --quick is a smoke run of every section (a few
 #   minutes); the full run takes about half an hour on 2 cores. Exit status 1 if a section failed.
 # Not part of tests/run.sh: figures are only meaningful on an otherwise idle machine.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/bench.sh must run as root: it creates network namespaces and starts dockerd" >&2
-    exit 1
-fi
+source "$(dirname "$0")/prelude.sh"
+require_root "it creates network namespaces and starts dockerd"
 
 tests/install-deps.sh
 tests/fetch-docker26.sh

@@ -2,14 +2,8 @@
 # Runs every netloom test: unit tests, then the integration scenarios against real dockerd
 # (Docker 20.10 from Debian and Docker 26 from Debian trixie), real netlink, firewall and etcd.
 # Needs root. Installs what is missing first.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/run.sh must run as root: the scenarios create network namespaces and start dockerd" >&2
-    exit 1
-fi
+source "$(dirname "$0")/prelude.sh"
+require_root "the scenarios create network namespaces and start dockerd"
 
 tests/install-deps.sh
 tests/fetch-docker26.sh
