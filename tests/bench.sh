@@ -5,7 +5,7 @@
 #
 # Usage (as root): tests/bench.sh [--quick] [--only driver,footprint,attach,throughput] [--out DIR]
 #   --out defaults to target/netloom-bench. --quick is a smoke run of every section (a few
-#   minutes); the full run takes about half an hour on 2 cores. Exit status 1 if a section failed.
+#   minutes); the full run takes about 15 minutes on 2 cores. Exit status 1 if a section failed.
 # Not part of tests/run.sh: figures are only meaningful on an otherwise idle machine.
 source "$(dirname "$0")/prelude.sh"
 require_root "it creates network namespaces and starts dockerd"

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use async_trait::async_trait;
+use futures::stream::{self, StreamExt};
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, names, Netlink};
 use netloom_firewall::Firewall;
@@ -27,6 +28,9 @@ use crate::options::HostOptions;
 use crate::plumbing::{self, GATEWAY_V4, GATEWAY_V6};
 use crate::policy;
 use crate::state::{EndpointRecord, NetworkRecord, Records, OWNER_PREFIX};
+
+/// Endpoints restored side by side at start-up.
+const RESTORE_CONCURRENCY: usize = 8;
 
 pub struct HostDriver {
     netlink: Netlink,
@@ -63,22 +67,20 @@ impl HostDriver {
                 warn!(network = %short_id(&net.id), "{e:#}");
             }
         }
-        let mut joined = Vec::new();
+        let mut known = Vec::new();
         for ep in state.endpoints.values() {
-            let Some(net) = state.networks.get(&ep.network_id) else {
-                warn!(endpoint = %short_id(&ep.id), "endpoint of an unknown network; it goes when Docker deletes it");
-                continue;
-            };
-            match self.netlink.link(&ep.host_veth).await {
-                Ok(Some(_)) => match self.restore_links(net, ep).await {
-                    Ok(()) if ep.joined => joined.push((net, ep)),
-                    Ok(()) => {}
-                    Err(e) => warn!(endpoint = %short_id(&ep.id), "could not restore endpoint: {e:#}"),
-                },
-                Ok(None) => debug!(endpoint = %short_id(&ep.id), "veth is gone; waiting for DeleteEndpoint"),
-                Err(e) => warn!(endpoint = %short_id(&ep.id), "{e:#}"),
+            match state.networks.get(&ep.network_id) {
+                Some(net) => known.push((net, ep)),
+                None => warn!(endpoint = %short_id(&ep.id), "endpoint of an unknown network; it goes when Docker deletes it"),
             }
         }
+        // Endpoints are independent: their netlink round trips overlap.
+        let restored: Vec<_> = stream::iter(known)
+            .map(|(net, ep)| async move { self.restore_links(net, ep).await.then_some((net, ep)) })
+            .buffer_unordered(RESTORE_CONCURRENCY)
+            .collect()
+            .await;
+        let joined: Vec<_> = restored.into_iter().flatten().filter(|(_, ep)| ep.joined).collect();
         self.restore_firewall(&joined).await;
         self.remove_leftovers(state).await;
         info!(
@@ -89,12 +91,34 @@ impl HostDriver {
         );
     }
 
-    async fn restore_links(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
-        let host = plumbing::ensure_endpoint(&self.netlink, net, ep).await?;
-        if ep.joined {
-            plumbing::add_routes(&self.netlink, &host, ep).await?;
+    /// The endpoint's veth, addresses and routes as recorded; false when there is nothing to
+    /// restore (its veth went with its container) or it failed (logged).
+    async fn restore_links(&self, net: &NetworkRecord, ep: &EndpointRecord) -> bool {
+        match self.netlink.link(&ep.host_veth).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                debug!(endpoint = %short_id(&ep.id), "veth is gone; waiting for DeleteEndpoint");
+                return false;
+            }
+            Err(e) => {
+                warn!(endpoint = %short_id(&ep.id), "{e:#}");
+                return false;
+            }
         }
-        Ok(())
+        let restored = async {
+            let host = plumbing::ensure_endpoint(&self.netlink, net, ep).await?;
+            if ep.joined {
+                plumbing::add_routes(&self.netlink, &host, ep).await?;
+            }
+            anyhow::Ok(())
+        };
+        match restored.await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(endpoint = %short_id(&ep.id), "could not restore endpoint: {e:#}");
+                false
+            }
+        }
     }
 
     /// The joined endpoints' firewall policies in one pass (one policy per endpoint: done one by

@@ -35,8 +35,16 @@ pub fn load_font() -> Result<()> {
         .map_err(|_| anyhow!("{path} is not a usable font"))
 }
 
-const PALETTE: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(0, 0, 0),
+    RGBColor(227, 119, 194),
+];
 
 impl Chart {
     /// Writes `<dir>/<stem>.svg` and `<dir>/<stem>.png`.
