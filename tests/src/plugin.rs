@@ -4,7 +4,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
@@ -27,6 +27,8 @@ pub struct Plugin {
     log: PathBuf,
     node: Arc<Node>,
     proc: Mutex<Option<NsProc>>,
+    /// From the last spawn until the socket first accepted a connection.
+    ready_after: Mutex<Option<Duration>>,
 }
 
 impl Plugin {
@@ -54,6 +56,7 @@ impl Plugin {
             log: host_dir.join(format!("{name}.log")),
             node,
             proc: Mutex::new(None),
+            ready_after: Mutex::new(None),
         })
     }
 
@@ -99,8 +102,15 @@ impl Plugin {
         self.lock().as_mut().and_then(|p| p.try_exit())
     }
 
+    /// How long the last start took, from spawning the process until its socket accepted a
+    /// connection (polled every millisecond); None before the first successful start.
+    pub fn ready_after(&self) -> Option<Duration> {
+        *self.ready_after.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Starts the process (if not running) and waits until its socket accepts connections.
     pub fn start(&self) -> Result<()> {
+        let spawned = Instant::now();
         {
             let mut g = self.lock();
             if g.as_mut().is_some_and(|p| p.is_running()) {
@@ -121,7 +131,9 @@ impl Plugin {
             ];
             *g = Some(self.node.spawn(&self.name, &argv, &env, &self.log)?);
         }
-        self.wait_socket(SOCKET_TIMEOUT)
+        self.wait_socket(SOCKET_TIMEOUT)?;
+        *self.ready_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawned.elapsed());
+        Ok(())
     }
 
     /// Waits until the socket accepts a connection (a stale socket file left by a killed run
@@ -130,7 +142,7 @@ impl Plugin {
         let path = self.node.path_inside(&self.socket());
         let res = util::wait_until(
             limit,
-            Duration::from_millis(10),
+            Duration::from_millis(1),
             &format!("{} to listen on {}", self.name, self.socket()),
             || {
                 if UnixStream::connect(&path).is_ok() {

@@ -84,6 +84,6 @@ pub fn machine_facts(config: &Config) -> Vec<String> {
     vec![
         format!("netloom {commit}, {} run", if config.quick { "quick" } else { "full" }),
         format!("kernel {kernel}, {cpus} CPU(s) {cpu_model}"),
-        "anchors: Docker's built-in drivers on the same dockerd (20.10 from Debian), a bare veth pair or the bare underlay, or a fixed budget".into(),
+        "anchors: Docker's built-in drivers on the same dockerd (Docker 20.10 from Debian; 26 from Debian trixie where a row says so), a bare veth pair or the bare underlay, or a fixed budget".into(),
     ]
 }

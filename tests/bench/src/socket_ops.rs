@@ -2,10 +2,8 @@
 //! the benchmark times as one unit, shared by the driver-cost and footprint sections.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use netloom_plugin_api::client::PluginClient;
 use serde_json::{json, Value};
 
@@ -128,24 +126,6 @@ pub async fn program(client: &mut PluginClient, ep: &Endpoint<'_>, port_map: &Va
 pub async fn revoke(client: &mut PluginClient, ep: &Endpoint<'_>) -> Result<()> {
     client.call("NetworkDriver.RevokeExternalConnectivity", &endpoint_ref(ep.net, ep.id)).await?;
     Ok(())
-}
-
-/// Polls `socket` every `every` until a connection is accepted: returns when that happened, or
-/// None after `limit`; fails as soon as `exited()` says the process is gone.
-pub fn wait_for_socket(socket: &Path, every: Duration, limit: Duration, mut exited: impl FnMut() -> bool) -> Result<Option<Instant>> {
-    let start = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Ok(Some(Instant::now()));
-        }
-        if exited() {
-            bail!("the driver exited before listening on {}", socket.display());
-        }
-        if start.elapsed() > limit {
-            return Ok(None);
-        }
-        std::thread::sleep(every);
-    }
 }
 
 /// A current-thread runtime for the socket client.
