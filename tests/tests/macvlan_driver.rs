@@ -3,7 +3,7 @@
 //! reaching each other and the segment's router over IPv4 and IPv6, bridge vs private mode, an
 //! internal network on the driver's isolated parent, refused `-p`, a missing parent named in the
 //! error, a driver crash, and removal leaving no link behind. VLAN parents (`eth0.50`) get their
-//! own test, skipped with a message where the kernel has no 802.1q support.
+//! own test; where the kernel has no 802.1q support it checks the error a user gets instead.
 
 use std::time::Duration;
 
@@ -162,7 +162,20 @@ fn kernel_vlan_support() -> Result<Option<String>> {
 fn macvlan_vlan_parent() {
     netloom_tests::require_root().unwrap();
     if let Some(reason) = kernel_vlan_support().expect("probing VLAN support") {
-        eprintln!("SKIPPED macvlan_vlan_parent: this kernel has no 802.1q VLAN support (creating a vlan link: {reason})");
+        eprintln!("this kernel has no 802.1q VLAN support ({reason}): checking the error a user gets instead");
+        scenario("mvnovlan", |c| {
+            let h = c.add_host(HostConfig::new("h1", DockerVersion::V26))?;
+            h.start_plugin("loom-macvlan", &[])?;
+            let out = h.docker(&["network", "create", "-d", "loom-macvlan", "-o", "parent=eth0.50", "--subnet", "10.50.1.0/24", "v50"]);
+            let err = match out {
+                Ok(_) => bail!("a VLAN parent was accepted on a kernel without 802.1q"),
+                Err(e) => format!("{e:#}"),
+            };
+            ensure!(err.contains("no 802.1q VLAN support"), "unclear error: {err}");
+            ensure!(driver_links(&h)?.is_empty(), "links left behind: {:?}", driver_links(&h)?);
+            ensure!(h.exec(&["ip", "link", "show", "eth0.50"]).is_err(), "eth0.50 was made");
+            Ok(())
+        });
         return;
     }
     scenario("mvvlan", |c| {
