@@ -65,9 +65,13 @@ pub fn pool_of(pools: &[Pool], ip: IpAddr) -> Option<&Pool> {
     pools.iter().find(|p| p.subnet.contains(ip))
 }
 
-/// The first 12 characters of a Docker id, as `docker` shows them.
+/// The first 12 characters of a Docker id, as `docker` shows them (whole characters: an id
+/// that is not hex never makes this panic).
 pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    match id.char_indices().nth(12) {
+        Some((end, _)) => &id[..end],
+        None => id,
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +91,17 @@ mod tests {
         assert_eq!(endpoint_address("", &parsed, "IPv4").unwrap(), None);
         assert_eq!(pool_of(&parsed, "10.2.0.9".parse().unwrap()), Some(&parsed[1]));
         assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+    }
+
+    #[test]
+    fn short_ids_of_odd_ids() {
+        assert_eq!(short_id(""), "");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("0123456789ab"), "0123456789ab");
+        // 11 ASCII bytes then a 2-byte character: byte 12 is inside it.
+        assert_eq!(short_id("0123456789aé-rest"), "0123456789aé");
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(short_id("🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀"), "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀");
     }
 
     #[test]

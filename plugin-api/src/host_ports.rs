@@ -3,7 +3,7 @@
 //! concrete ports and refuses conflicts.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -26,28 +26,101 @@ pub struct PublishedPort {
 }
 
 impl PublishedPort {
-    fn overlaps(&self, proto: Protocol, host_ip: Option<IpAddr>, port: u16) -> bool {
-        if self.proto != proto || self.host_port != port {
+    /// The family the port is published on: its host address's, or its container's when it is
+    /// published on every host address.
+    fn is_ipv6(&self) -> bool {
+        self.host_ip.map(|ip| ip.is_ipv6()).unwrap_or(self.container_ip.is_ipv6())
+    }
+
+    fn overlaps(&self, proto: Protocol, host_ip: Option<IpAddr>, ipv6: bool, port: u16) -> bool {
+        if self.proto != proto || self.host_port != port || self.is_ipv6() != ipv6 {
             return false;
         }
         match (self.host_ip, host_ip) {
-            (None, None) => true,
             (Some(a), Some(b)) => a == b,
-            (Some(a), None) | (None, Some(a)) => a.is_ipv4() == self.container_ip.is_ipv4(),
+            _ => true,
         }
     }
 
     pub fn describe(&self) -> String {
-        let host = self.host_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "0.0.0.0".into());
+        let host = match self.host_ip {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            Some(IpAddr::V4(ip)) => ip.to_string(),
+            None if self.container_ip.is_ipv6() => "[::]".into(),
+            None => "0.0.0.0".into(),
+        };
         format!("{host}:{}->{}/{}", self.host_port, self.container_port, self.proto)
     }
 }
 
 /// Every host port this driver has published, across all its networks (host ports are host-wide).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PortTable {
     /// endpoint id → its ports
     by_endpoint: BTreeMap<String, Vec<PublishedPort>>,
+}
+
+/// Where one Docker binding publishes: (host address, container address) pairs, one per family.
+type Targets = Vec<(Option<IpAddr>, IpAddr)>;
+
+/// Reads a binding's host address into the pairs it publishes on.
+///
+/// Docker 20.10 and 26 send `-p 8080:80` as HostIP "" (both families, like their docker-proxy on
+/// `[::]`); `-p 0.0.0.0:…` and `-p [::]:…` ask for one family each, so a daemon that splits a
+/// binding into the two is served the same way. A host address of one family maps to the
+/// container address of that family.
+fn targets(
+    binding: &PortBinding,
+    container_v4: Option<IpAddr>,
+    container_v6: Option<IpAddr>,
+    default_host_ipv4: Option<Ipv4Addr>,
+) -> Result<Targets> {
+    let text = binding.host_ip.trim();
+    let host_ip = match text {
+        "" => None,
+        text => match text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip) => Some(ip.to_canonical()),
+            Err(_) => bail!("host address {text:?} of port {} is not an IP address", binding.port),
+        },
+    };
+    let pairs = match host_ip {
+        None => match default_host_ipv4 {
+            // The network's host_binding_ipv4 stands in for "every address", IPv4 only, as
+            // with Docker's bridge.
+            Some(default) => container_v4.map(|c| (Some(IpAddr::V4(default)), c)).into_iter().collect(),
+            None => [container_v4, container_v6].into_iter().flatten().map(|c| (None, c)).collect(),
+        },
+        Some(IpAddr::V4(ip)) if ip.is_unspecified() => container_v4.map(|c| (None, c)).into_iter().collect(),
+        Some(IpAddr::V6(ip)) if ip.is_unspecified() => container_v6.map(|c| (None, c)).into_iter().collect(),
+        Some(IpAddr::V6(ip)) if ip.is_loopback() => bail!(
+            "cannot publish port {}/{} on [::1]: the kernel never routes IPv6 loopback traffic to another \
+             interface (IPv6 has no route_localnet), so nothing could answer there; publish on 127.0.0.1 \
+             (-p 127.0.0.1:{}:{}) or on a host IPv6 address",
+            binding.port,
+            binding.proto,
+            binding.host_port,
+            binding.port
+        ),
+        Some(ip @ IpAddr::V6(_)) => match container_v6 {
+            Some(c) => vec![(Some(ip), c)],
+            None => bail!(
+                "cannot publish port {}/{} on [{ip}]: the container has no IPv6 address on this network; \
+                 create the network with --ipv6 or publish on an IPv4 address",
+                binding.port,
+                binding.proto
+            ),
+        },
+        Some(ip @ IpAddr::V4(_)) => match container_v4 {
+            Some(c) => vec![(Some(ip), c)],
+            None => bail!(
+                "cannot publish port {}/{} on {ip}: the container has no IPv4 address on this network; \
+                 publish on an IPv6 address instead",
+                binding.port,
+                binding.proto
+            ),
+        },
+    };
+    Ok(pairs)
 }
 
 impl PortTable {
@@ -63,16 +136,17 @@ impl PortTable {
         self.by_endpoint.remove(endpoint_id).unwrap_or_default()
     }
 
-    fn owner_of(&self, proto: Protocol, host_ip: Option<IpAddr>, port: u16, except: &str) -> Option<&str> {
+    fn owner_of(&self, proto: Protocol, host_ip: Option<IpAddr>, ipv6: bool, port: u16, except: &str) -> Option<&str> {
         self.by_endpoint
             .iter()
             .filter(|(id, _)| id.as_str() != except)
-            .find(|(_, ports)| ports.iter().any(|p| p.overlaps(proto, host_ip, port)))
+            .find(|(_, ports)| ports.iter().any(|p| p.overlaps(proto, host_ip, ipv6, port)))
             .map(|(id, _)| id.as_str())
     }
 
     /// Resolves Docker's bindings for `endpoint_id` (whose container addresses are given) into
     /// concrete ports, without recording them. `is_free` tells whether a host process holds a port.
+    /// A binding published on both families gets the same host port on both.
     pub fn resolve(
         &self,
         endpoint_id: &str,
@@ -80,67 +154,83 @@ impl PortTable {
         container_v4: Option<IpAddr>,
         container_v6: Option<IpAddr>,
         default_host_ipv4: Option<Ipv4Addr>,
-        is_free: &dyn Fn(Protocol, Option<IpAddr>, u16) -> bool,
+        is_free: &dyn Fn(Protocol, Option<IpAddr>, bool, u16) -> bool,
     ) -> Result<Vec<PublishedPort>> {
         let mut resolved: Vec<PublishedPort> = Vec::new();
         for binding in bindings {
-            let host_ip = match binding.host_ip.trim() {
-                "" => default_host_ipv4.map(IpAddr::V4),
-                text => match text.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_unspecified() => None,
-                    Ok(ip) => Some(ip),
-                    Err(_) => bail!("host address {text:?} of port {} is not an IP address", binding.port),
-                },
-            };
-            let wants_v6 = match binding.host_ip.trim().parse::<IpAddr>() {
-                Ok(ip) => ip.is_ipv6(),
-                Err(_) => false,
-            };
-            let container_ip = if wants_v6 { container_v6 } else { container_v4 };
-            let Some(container_ip) = container_ip else {
-                // e.g. `[::]:8080:80` for a container without IPv6: nothing to publish on that family.
-                continue;
-            };
             let (first, last) = match (binding.host_port, binding.host_port_end) {
                 (0, _) => EPHEMERAL,
                 (start, end) if end < start => (start, start),
                 (start, end) => (start, end),
             };
-            let taken_here = |port: u16| resolved.iter().any(|p| p.overlaps(binding.proto, host_ip, port));
+            // A daemon that sends one `-p` as several bindings ("" and "::") must not get it twice.
+            let already = |(host_ip, container_ip): &(Option<IpAddr>, IpAddr)| {
+                resolved.iter().any(|p| {
+                    p.proto == binding.proto
+                        && p.host_ip == *host_ip
+                        && p.container_ip == *container_ip
+                        && p.container_port == binding.port
+                        && (first..=last).contains(&p.host_port)
+                })
+            };
+            let targets: Targets = targets(binding, container_v4, container_v6, default_host_ipv4)?
+                .into_iter()
+                .filter(|t| !already(t))
+                .collect();
+            if targets.is_empty() {
+                // e.g. `[::]:8080:80` for a container without IPv6: nothing to publish on that family.
+                continue;
+            }
             let mut conflict = None;
             let chosen = (first..=last).find(|&port| {
-                if taken_here(port) {
-                    return false;
-                }
-                if let Some(owner) = self.owner_of(binding.proto, host_ip, port, endpoint_id) {
-                    conflict.get_or_insert(format!("it is already published for endpoint {}", short(owner)));
-                    return false;
-                }
-                if !is_free(binding.proto, host_ip, port) {
-                    conflict.get_or_insert("a process on the host is listening on it".to_string());
-                    return false;
-                }
-                true
+                targets.iter().all(|&(host_ip, container_ip)| {
+                    let ipv6 = host_ip.map(|ip| ip.is_ipv6()).unwrap_or(container_ip.is_ipv6());
+                    if resolved.iter().any(|p| p.overlaps(binding.proto, host_ip, ipv6, port)) {
+                        return false;
+                    }
+                    if let Some(owner) = self.owner_of(binding.proto, host_ip, ipv6, port, endpoint_id) {
+                        conflict.get_or_insert(format!("it is already published for endpoint {}", short(owner)));
+                        return false;
+                    }
+                    if !is_free(binding.proto, host_ip, ipv6, port) {
+                        conflict.get_or_insert("a process on the host is listening on it".to_string());
+                        return false;
+                    }
+                    true
+                })
             });
             let Some(host_port) = chosen else {
-                let host = host_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "0.0.0.0".into());
                 let range = if first == last { format!("{first}") } else { format!("{first}-{last}") };
+                let host: Vec<String> = targets
+                    .iter()
+                    .map(|(host_ip, container_ip)| match host_ip {
+                        Some(IpAddr::V6(ip)) => format!("[{ip}]:{range}"),
+                        Some(ip) => format!("{ip}:{range}"),
+                        None if container_ip.is_ipv6() => format!("[::]:{range}"),
+                        None => format!("0.0.0.0:{range}"),
+                    })
+                    .collect();
                 bail!(
-                    "cannot publish port {}/{} on {host}:{range}: {}; choose another host port",
+                    "cannot publish port {}/{} on {}: {}; choose another host port",
                     binding.port,
                     binding.proto,
+                    host.join(" and "),
                     conflict.unwrap_or_else(|| "no free port in the range".into())
                 );
             };
-            resolved.push(PublishedPort { proto: binding.proto, host_ip, host_port, container_ip, container_port: binding.port });
+            for (host_ip, container_ip) in targets {
+                resolved.push(PublishedPort { proto: binding.proto, host_ip, host_port, container_ip, container_port: binding.port });
+            }
         }
         Ok(resolved)
     }
 }
 
 /// Tries to bind the port the way a host service would; a failure means someone else holds it.
-pub fn host_port_is_free(proto: Protocol, host_ip: Option<IpAddr>, port: u16) -> bool {
-    let ip = host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+/// `ipv6` picks the wildcard address when `host_ip` is None.
+pub fn host_port_is_free(proto: Protocol, host_ip: Option<IpAddr>, ipv6: bool, port: u16) -> bool {
+    let wildcard = if ipv6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    let ip = host_ip.unwrap_or(wildcard);
     match proto {
         Protocol::Tcp => std::net::TcpListener::bind((ip, port)).is_ok(),
         Protocol::Udp => std::net::UdpSocket::bind((ip, port)).is_ok(),
@@ -161,9 +251,10 @@ mod tests {
     fn v4(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
     }
-    fn all_free(_: Protocol, _: Option<IpAddr>, _: u16) -> bool {
+    fn all_free(_: Protocol, _: Option<IpAddr>, _: bool, _: u16) -> bool {
         true
     }
+    const C6: &str = "fd00:9::2";
 
     #[test]
     fn single_port_and_range() {
@@ -194,10 +285,10 @@ mod tests {
     #[test]
     fn ephemeral_and_busy_host_ports() {
         let table = PortTable::default();
-        let busy = |_: Protocol, _: Option<IpAddr>, port: u16| port != EPHEMERAL.0;
+        let busy = |_: Protocol, _: Option<IpAddr>, _: bool, port: u16| port != EPHEMERAL.0;
         let ports = table.resolve("e1", &[binding(Protocol::Tcp, "", 0, 0, 80)], v4(C1), None, None, &busy).unwrap();
         assert_eq!(ports[0].host_port, EPHEMERAL.0 + 1);
-        let err = table.resolve("e1", &[binding(Protocol::Tcp, "", 9000, 9000, 80)], v4(C1), None, None, &|_, _, _| false).unwrap_err();
+        let err = table.resolve("e1", &[binding(Protocol::Tcp, "", 9000, 9000, 80)], v4(C1), None, None, &|_, _, _, _| false).unwrap_err();
         assert!(err.to_string().contains("a process on the host is listening"), "{err}");
     }
 
@@ -211,5 +302,85 @@ mod tests {
         assert_eq!(ports[0].host_ip, v4("127.0.0.1"));
         let err = table.resolve("e1", &[binding(Protocol::Tcp, "nonsense", 1, 1, 80)], v4(C1), None, None, &all_free).unwrap_err();
         assert!(err.to_string().contains("not an IP address"));
+    }
+
+    fn described(ports: &[PublishedPort]) -> Vec<String> {
+        ports.iter().map(|p| format!("{}={}", p.describe(), p.container_ip)).collect()
+    }
+
+    #[test]
+    fn unspecified_host_address_publishes_on_both_families_with_one_port() {
+        let table = PortTable::default();
+        let ports = table.resolve("e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free).unwrap();
+        assert_eq!(described(&ports), ["0.0.0.0:8088->80/tcp=172.20.0.2", "[::]:8088->80/tcp=fd00:9::2"]);
+        // -P: the same ephemeral port on both families, even when the first is taken on IPv6 only.
+        let busy_v6 = |_: Protocol, _: Option<IpAddr>, v6: bool, port: u16| !(v6 && port == EPHEMERAL.0);
+        let ports = table.resolve("e1", &[binding(Protocol::Udp, "", 0, 0, 53)], v4(C1), v4(C6), None, &busy_v6).unwrap();
+        assert_eq!(described(&ports), ["0.0.0.0:49154->53/udp=172.20.0.2", "[::]:49154->53/udp=fd00:9::2"]);
+    }
+
+    #[test]
+    fn a_binding_split_by_the_daemon_is_published_once() {
+        let table = PortTable::default();
+        for pair in [["0.0.0.0", "::"], ["", "::"], ["::", ""], ["", "0.0.0.0"]] {
+            for (first, last) in [(8088, 8088), (0, 0), (8088, 8090)] {
+                let bindings: Vec<PortBinding> = pair.iter().map(|h| binding(Protocol::Tcp, h, first, last, 80)).collect();
+                let ports = table.resolve("e1", &bindings, v4(C1), v4(C6), None, &all_free).unwrap();
+                assert_eq!(ports.len(), 2, "{pair:?} {first}-{last}: {:?}", described(&ports));
+                assert_eq!(ports[0].host_port, ports[1].host_port, "{pair:?}");
+                assert_ne!(ports[0].container_ip.is_ipv6(), ports[1].container_ip.is_ipv6(), "{pair:?}");
+            }
+        }
+        // Two ports asked for separately stay two.
+        let ports = table
+            .resolve("e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80), binding(Protocol::Tcp, "", 8089, 8089, 80)], v4(C1), None, None, &all_free)
+            .unwrap();
+        assert_eq!(ports.len(), 2);
+    }
+
+    #[test]
+    fn host_addresses_pick_the_container_family() {
+        let table = PortTable::default();
+        let ports = table
+            .resolve("e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80), binding(Protocol::Tcp, "[2001:db8::8]", 8088, 8088, 80), binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free)
+            .unwrap();
+        assert_eq!(
+            described(&ports),
+            ["[2001:db8::7]:8088->80/tcp=fd00:9::2", "[2001:db8::8]:8088->80/tcp=fd00:9::2", "192.0.2.7:8088->80/tcp=172.20.0.2"]
+        );
+        // An IPv4-mapped IPv6 address is the IPv4 address.
+        let ports = table.resolve("e1", &[binding(Protocol::Tcp, "::ffff:192.0.2.7", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free).unwrap();
+        assert_eq!(described(&ports), ["192.0.2.7:8088->80/tcp=172.20.0.2"]);
+        let err = table.resolve("e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80)], v4(C1), None, None, &all_free).unwrap_err();
+        assert!(err.to_string().contains("no IPv6 address on this network; create the network with --ipv6"), "{err}");
+        let err = table.resolve("e1", &[binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], None, v4(C6), None, &all_free).unwrap_err();
+        assert!(err.to_string().contains("no IPv4 address"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_loopback_is_refused_with_the_reason() {
+        let table = PortTable::default();
+        for host in ["::1", "[::1]"] {
+            let err = table.resolve("e1", &[binding(Protocol::Tcp, host, 8089, 8089, 80)], v4(C1), v4(C6), None, &all_free).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("on [::1]") && err.contains("route_localnet") && err.contains("-p 127.0.0.1:8089:80"), "{err}");
+        }
+    }
+
+    #[test]
+    fn conflicts_are_per_family() {
+        let mut table = PortTable::default();
+        let v6_only = table.resolve("e1", &[binding(Protocol::Tcp, "::", 8080, 8080, 80)], v4(C1), v4(C6), None, &all_free).unwrap();
+        assert_eq!(described(&v6_only), ["[::]:8080->80/tcp=fd00:9::2"]);
+        table.insert("e1", v6_only);
+        // IPv4 on the same port is free; IPv6 (wildcard or one address) is not; "" needs both.
+        table.resolve("e2", &[binding(Protocol::Tcp, "0.0.0.0", 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"), None, &all_free).unwrap();
+        table.resolve("e2", &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"), None, &all_free).unwrap();
+        for host in ["::", "2001:db8::1", ""] {
+            let err = table.resolve("e2", &[binding(Protocol::Tcp, host, 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"), None, &all_free).unwrap_err();
+            assert!(err.to_string().contains("already published for endpoint e1"), "{host}: {err}");
+        }
+        // A v4-only container asking for "" only needs IPv4.
+        table.resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4("172.20.0.4"), None, None, &all_free).unwrap();
     }
 }

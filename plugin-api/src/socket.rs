@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{umask, Mode};
 use tokio::net::UnixListener;
 
 /// Makes `path` ready to bind: creates its directory and removes a stale socket left by a dead
@@ -43,12 +44,40 @@ pub struct BoundSocket {
 
 impl BoundSocket {
     pub fn bind(path: &Path) -> Result<(Self, UnixListener)> {
-        let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        // dockerd runs as root; 0660 keeps other users from driving the plugin.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-            .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
-        let inode = fs::metadata(path).with_context(|| format!("inspecting {}", path.display()))?.ino();
-        Ok((Self { path: path.to_path_buf(), inode }, listener))
+        // dockerd runs as root; 0660 keeps other users from driving the plugin. The mode comes
+        // from the umask at bind time: a chmod afterwards would leave a window in which the
+        // socket is open to everyone.
+        let listener = {
+            let _umask = UmaskGuard::set(SOCKET_UMASK);
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?
+        };
+        let meta = fs::metadata(path).with_context(|| format!("inspecting {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & !0o660 != 0 {
+            bail!("{} was created with mode {mode:o}, wider than 0660", path.display());
+        }
+        Ok((Self { path: path.to_path_buf(), inode: meta.ino() }, listener))
+    }
+}
+
+/// Leaves group read/write and nothing for others: sockets bound under it get mode 0660.
+const SOCKET_UMASK: u32 = 0o117;
+
+/// Sets the process umask until dropped. The umask is process-wide; the plugin binds its socket
+/// once, at start-up, before it serves anything.
+struct UmaskGuard {
+    previous: Mode,
+}
+
+impl UmaskGuard {
+    fn set(mask: u32) -> Self {
+        Self { previous: umask(Mode::from_bits_truncate(mask as nix::libc::mode_t)) }
+    }
+}
+
+impl Drop for UmaskGuard {
+    fn drop(&mut self) {
+        umask(self.previous);
     }
 }
 
@@ -99,6 +128,10 @@ mod tests {
         prepare(&path).unwrap();
         let (bound, listener) = BoundSocket::bind(&path).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        // The umask is back to what it was (0o022 for tests started from a normal shell).
+        let now = umask(Mode::from_bits_truncate(0o022));
+        umask(now);
+        assert_ne!(now.bits(), SOCKET_UMASK as nix::libc::mode_t);
         let err = prepare(&path).unwrap_err().to_string();
         assert!(err.contains("already serving"), "{err}");
         drop(listener);

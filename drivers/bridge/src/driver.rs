@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{mac, names, sysctl, BridgeSpec, Netlink, VethSpec};
+use netloom_dataplane::{mac, names, overlaps, sysctl, BridgeSpec, Netlink, VethSpec};
 use netloom_firewall::{Firewall, NetworkPolicy, PortMapping, Proto};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
@@ -19,8 +19,9 @@ use netloom_plugin_api::addressing::{endpoint_address, pools, short_id as short,
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
 use netloom_plugin_api::options::IPV6_MIN_MTU;
 use netloom_plugin_api::wire::ports::{port_bindings, Protocol};
+use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
-use tokio::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use crate::options::BridgeOptions;
@@ -30,8 +31,15 @@ pub struct BridgeDriver {
     netlink: Netlink,
     firewall: Arc<dyn Firewall>,
     records: Records,
+    /// Held only while reading or updating the maps, never across a kernel, firewall or store call.
     state: Mutex<State>,
+    /// One turn per network: requests on one network run one at a time, other networks go on.
+    turns: KeyedLocks,
 }
+
+/// The key every CreateNetwork takes besides its network's: name and overlap checks see
+/// finished networks.
+const CREATING: &str = "\0create-network";
 
 #[derive(Default)]
 struct State {
@@ -43,15 +51,63 @@ struct State {
 impl BridgeDriver {
     /// Loads the records and reconciles the kernel with them before the socket opens.
     pub async fn start(netlink: Netlink, firewall: Arc<dyn Firewall>, records: Records) -> Result<Self> {
-        let networks = records.networks().await?;
-        let endpoints = records.endpoints().await?;
-        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()) };
-        let mut state = driver.state.lock().await;
-        state.networks = networks;
-        state.endpoints = endpoints;
+        let mut state = State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
+        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()), turns: KeyedLocks::default() };
         driver.reconcile(&mut state).await;
-        drop(state);
+        *driver.state() = state;
         Ok(driver)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Waits for `network_id`'s turn (bounded; the error names the network and the holder).
+    async fn turn(&self, network_id: &str, doing: String) -> PluginResult<Turn> {
+        self.turns.take(network_id, &format!("loom-bridge network {}", short(network_id)), doing, LOCK_WAIT).await
+    }
+
+    /// A firewall call that fails its request instead of hanging it.
+    async fn firewall_call<T>(&self, what: String, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        bounded(format!("the {} firewall ({what})", self.firewall.kind()), CALL_LIMIT, call).await
+    }
+
+    /// Refuses a subnet that overlaps another loom-bridge network's, or a route the host already
+    /// has through another interface (a loom-host network, docker0, a LAN).
+    async fn check_overlap(&self, record: &NetworkRecord) -> PluginResult<()> {
+        let subnets = record.subnets();
+        let clash = {
+            let state = self.state();
+            state.networks.values().filter(|n| n.id != record.id).find_map(|other| {
+                other.subnets().into_iter().find_map(|theirs| {
+                    subnets.iter().find(|s| overlaps(s, &theirs)).map(|s| (*s, theirs, other.id.clone(), other.bridge.clone()))
+                })
+            })
+        };
+        if let Some((ours, theirs, other, bridge)) = clash {
+            return Err(PluginError::new(format!(
+                "subnet {ours} overlaps subnet {theirs} of loom-bridge network {} (bridge {bridge}) on this host; one \
+                 subnet serves one network per host: remove that network or choose another --subnet",
+                short(&other)
+            )));
+        }
+        let routes = bounded("the kernel's route list", CALL_LIMIT, self.netlink.connected_routes()).await?;
+        let owner = record.owner();
+        for route in routes {
+            let Some(ours) = subnets.iter().find(|s| overlaps(s, &route.destination)) else { continue };
+            let link = self.netlink.link_by_index(route.ifindex).await.ok().flatten();
+            if link.as_ref().is_some_and(|l| l.alias.as_deref() == Some(owner.as_str())) {
+                // This network's own bridge, left from an earlier attempt: ensure_network reuses it.
+                continue;
+            }
+            let interface = link.map(|l| l.name).unwrap_or_else(|| format!("interface #{}", route.ifindex));
+            return Err(PluginError::new(format!(
+                "subnet {ours} overlaps {} already routed on this host through {interface}; one subnet serves one \
+                 network per host: remove what uses {interface} or choose another --subnet",
+                route.destination
+            )));
+        }
+        Ok(())
     }
 
     async fn reconcile(&self, state: &mut State) {
@@ -158,13 +214,15 @@ impl BridgeDriver {
             // Lets the host reach published ports at 127.0.0.1: DNAT'd loopback traffic is routed out the bridge.
             netloom_firewall::enable_route_localnet(&net.bridge)?;
         }
-        self.firewall.add_network(&policy(net)).await
+        self.firewall_call(format!("policy of network {}", short(&net.id)), self.firewall.add_network(&policy(net))).await
     }
 
     /// Removes a network's rules and bridge; keeps going past errors and reports them all.
     async fn teardown_network(&self, net: &NetworkRecord) -> Result<()> {
         let mut errors = Vec::new();
-        if let Err(e) = self.firewall.remove_network(&policy(net)).await {
+        let net_policy = policy(net);
+        let removed = self.firewall_call(format!("removing network {}", short(&net.id)), self.firewall.remove_network(&net_policy));
+        if let Err(e) = removed.await {
             errors.push(format!("{e:#}"));
         }
         match self.netlink.link(&net.bridge).await {
@@ -202,7 +260,8 @@ impl BridgeDriver {
     async fn teardown_endpoint(&self, net: Option<&NetworkRecord>, ep: &EndpointRecord) -> Result<()> {
         let mut errors = Vec::new();
         if let (Some(net), false) = (net, ep.ports.is_empty()) {
-            if let Err(e) = self.firewall.remove_ports(&policy(net), &ep.id, &mappings(&ep.ports)).await {
+            let what = format!("withdrawing ports of endpoint {}", short(&ep.id));
+            if let Err(e) = self.firewall_call(what, self.firewall.remove_ports(&policy(net), &ep.id, &mappings(&ep.ports))).await {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -233,15 +292,19 @@ impl NetworkDriver for BridgeDriver {
                 options.mtu.unwrap_or_default()
             )));
         }
-        let mut state = self.state.lock().await;
-        if let Some(existing) = state.networks.get(&req.network_id) {
-            return self.ensure_network(existing).await.map_err(PluginError::from);
+        let doing = format!("CreateNetwork of {}", short(&req.network_id));
+        let _creating = self.turns.take(CREATING, "other loom-bridge network creations", doing.clone(), LOCK_WAIT).await?;
+        let _turn = self.turn(&req.network_id, doing).await?;
+        let existing = self.state().networks.get(&req.network_id).cloned();
+        if let Some(existing) = existing {
+            return self.ensure_network(&existing).await.map_err(PluginError::from);
         }
         let bridge = options.bridge_name.clone().unwrap_or_else(|| names::derived("loom", &req.network_id));
-        if let Some(other) = state.networks.values().find(|n| n.bridge == bridge) {
+        let same_bridge = self.state().networks.values().find(|n| n.bridge == bridge).map(|n| n.id.clone());
+        if let Some(other) = same_bridge {
             return Err(PluginError::new(format!(
                 "bridge {bridge} is already used by network {}; choose another com.docker.network.bridge.name",
-                short(&other.id)
+                short(&other)
             )));
         }
         let record = NetworkRecord {
@@ -254,6 +317,7 @@ impl NetworkDriver for BridgeDriver {
             gateway_v6,
             internal: req.options.internal(),
         };
+        self.check_overlap(&record).await?;
         self.records.put_network(&record).await?;
         if let Err(e) = self.ensure_network(&record).await {
             if let Err(cleanup) = self.teardown_network(&record).await {
@@ -263,39 +327,47 @@ impl NetworkDriver for BridgeDriver {
             return Err(e.into());
         }
         info!(network = %short(&record.id), bridge = %record.bridge, "network created");
-        state.networks.insert(record.id.clone(), record);
+        self.state().networks.insert(record.id.clone(), record);
         Ok(())
     }
 
     async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(net) = state.networks.get(&req.network_id).cloned() else {
-            debug!(network = %req.network_id, "unknown network; nothing to delete");
-            return Ok(());
+        let _turn = self.turn(&req.network_id, format!("DeleteNetwork of {}", short(&req.network_id))).await?;
+        let (net, leftovers) = {
+            let state = self.state();
+            let Some(net) = state.networks.get(&req.network_id).cloned() else {
+                debug!(network = %req.network_id, "unknown network; nothing to delete");
+                return Ok(());
+            };
+            let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
+            (net, leftovers)
         };
-        let leftovers: Vec<EndpointRecord> =
-            state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
         for ep in &leftovers {
             self.teardown_endpoint(Some(&net), ep).await?;
             self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
+            let mut state = self.state();
             state.endpoints.remove(&ep.id);
             state.ports.remove(&ep.id);
         }
         self.teardown_network(&net).await?;
         self.records.delete_network(&net.id).await?;
-        state.networks.remove(&net.id);
+        self.state().networks.remove(&net.id);
         info!(network = %short(&net.id), "network removed");
         Ok(())
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let mut state = self.state.lock().await;
-        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &req.network_id))?;
+        let _turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short(&req.endpoint_id))).await?;
+        let (net, existing) = {
+            let state = self.state();
+            let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &req.network_id))?;
+            (net, state.endpoints.get(&req.endpoint_id).cloned())
+        };
         let address_v4 = parse_address(&req.interface.address, net.subnet_v4, "IPv4")?;
         let address_v6 = parse_address(&req.interface.address_ipv6, net.subnet_v6, "IPv6")?;
         let mac_given = !req.interface.mac_address.is_empty();
-        let record = match state.endpoints.get(&req.endpoint_id) {
-            Some(existing) => existing.clone(),
+        let record = match existing {
+            Some(existing) => existing,
             None => EndpointRecord {
                 network_id: net.id.clone(),
                 id: req.endpoint_id.clone(),
@@ -314,31 +386,39 @@ impl NetworkDriver for BridgeDriver {
             return Err(e.into());
         }
         let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
-        state.endpoints.insert(record.id.clone(), record);
+        self.state().endpoints.insert(record.id.clone(), record);
         Ok(CreateEndpointResponse { interface })
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Ok(());
+        let _turn = self.turn(&req.network_id, format!("DeleteEndpoint of {}", short(&req.endpoint_id))).await?;
+        let (net, ep) = {
+            let state = self.state();
+            let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+                return Ok(());
+            };
+            (state.networks.get(&ep.network_id).cloned(), ep)
         };
-        let net = state.networks.get(&ep.network_id).cloned();
         self.teardown_endpoint(net.as_ref(), &ep).await?;
         self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
+        let mut state = self.state();
         state.endpoints.remove(&ep.id);
         state.ports.remove(&ep.id);
         Ok(())
     }
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
-        let state = self.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
+        let _turn = self.turn(&req.network_id, format!("Join of {}", short(&req.endpoint_id))).await?;
+        let (net, ep) = {
+            let state = self.state();
+            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
+            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
+            (net, ep)
+        };
         if self.netlink.link(&ep.peer_veth).await?.is_none() {
             // A retried Join after the container side went away: make the pair again.
             let _ = self.netlink.delete_link(&ep.host_veth).await;
-            self.ensure_endpoint(net, ep).await?;
+            self.ensure_endpoint(&net, &ep).await?;
         }
         Ok(JoinResponse {
             interface_name: Some(InterfaceName { src_name: ep.peer_veth.clone(), dst_prefix: net.options.iface_prefix.clone() }),
@@ -354,51 +434,74 @@ impl NetworkDriver for BridgeDriver {
 
     async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
         let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
-        let mut state = self.state.lock().await;
-        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
-        if net.internal && !bindings.is_empty() {
-            return Err(PluginError::new("an --internal network cannot publish ports"));
-        }
-        let ports = state
-            .ports
-            .resolve(
-                &ep.id,
-                &bindings,
-                ep.address_v4.map(|a| a.ip()),
-                ep.address_v6.map(|a| a.ip()),
-                net.options.host_binding_ipv4,
-                &host_port_is_free,
-            )
-            .map_err(PluginError::from)?;
+        debug!(endpoint = %short(&req.endpoint_id), ?bindings, "port bindings from Docker");
+        let _turn = self.turn(&req.network_id, format!("ProgramExternalConnectivity of {}", short(&req.endpoint_id))).await?;
+        // Resolve and reserve the host ports in one go, so that a request on another network
+        // cannot take the same ones while the firewall is being programmed.
+        let (net, mut ep, ports) = {
+            let mut state = self.state();
+            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
+            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
+            if net.internal && !bindings.is_empty() {
+                return Err(PluginError::new("an --internal network cannot publish ports"));
+            }
+            let ports = state
+                .ports
+                .resolve(
+                    &ep.id,
+                    &bindings,
+                    ep.address_v4.map(|a| a.ip()),
+                    ep.address_v6.map(|a| a.ip()),
+                    net.options.host_binding_ipv4,
+                    &host_port_is_free,
+                )
+                .map_err(PluginError::from)?;
+            state.ports.insert(&ep.id, ports.clone());
+            (net, ep, ports)
+        };
         let stale: Vec<PublishedPort> = ep.ports.iter().filter(|p| !ports.contains(p)).cloned().collect();
-        if !stale.is_empty() {
-            self.firewall.remove_ports(&policy(&net), &ep.id, &mappings(&stale)).await?;
-        }
-        if !ports.is_empty() {
-            self.firewall.add_ports(&policy(&net), &ep.id, &mappings(&ports)).await?;
+        let applied = async {
+            if !stale.is_empty() {
+                let what = format!("withdrawing ports of endpoint {}", short(&ep.id));
+                self.firewall_call(what, self.firewall.remove_ports(&policy(&net), &ep.id, &mappings(&stale))).await?;
+            }
+            if !ports.is_empty() {
+                let what = format!("publishing ports of endpoint {}", short(&ep.id));
+                self.firewall_call(what, self.firewall.add_ports(&policy(&net), &ep.id, &mappings(&ports))).await?;
+            }
+            let mut updated = ep.clone();
+            updated.ports = ports.clone();
+            self.records.put_endpoint(&updated).await
+        };
+        if let Err(e) = applied.await {
+            self.state().ports.insert(&ep.id, ep.ports.clone());
+            return Err(e.into());
         }
         ep.ports = ports;
-        self.records.put_endpoint(&ep).await?;
         info!(endpoint = %short(&ep.id), ports = ?ep.ports.iter().map(PublishedPort::describe).collect::<Vec<_>>(), "ports published");
-        state.ports.insert(&ep.id, ep.ports.clone());
-        state.endpoints.insert(ep.id.clone(), ep);
+        self.state().endpoints.insert(ep.id.clone(), ep);
         Ok(())
     }
 
     async fn revoke_external_connectivity(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(mut ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Ok(());
+        let _turn = self.turn(&req.network_id, format!("RevokeExternalConnectivity of {}", short(&req.endpoint_id))).await?;
+        let (net, mut ep) = {
+            let state = self.state();
+            let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+                return Ok(());
+            };
+            (state.networks.get(&ep.network_id).cloned(), ep)
         };
         if ep.ports.is_empty() {
             return Ok(());
         }
-        if let Some(net) = state.networks.get(&ep.network_id) {
-            self.firewall.remove_ports(&policy(net), &ep.id, &mappings(&ep.ports)).await?;
+        if let Some(net) = net {
+            let what = format!("withdrawing ports of endpoint {}", short(&ep.id));
+            self.firewall_call(what, self.firewall.remove_ports(&policy(&net), &ep.id, &mappings(&ep.ports))).await?;
         }
         ep.ports.clear();
         self.records.put_endpoint(&ep).await?;
+        let mut state = self.state();
         state.ports.remove(&ep.id);
         state.endpoints.insert(ep.id.clone(), ep);
         Ok(())

@@ -15,6 +15,7 @@ mod neigh;
 mod netns;
 mod port_isolation;
 mod route;
+mod routing;
 pub mod sysctl;
 mod vlan;
 mod vxlan;
@@ -28,6 +29,7 @@ pub use vlan::{vlan_message, VlanSpec, VLAN_IDS};
 pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
 pub use neigh::{neighbour_entry_of, NeighbourEntry};
 pub use netns::Netns;
+pub use routing::{connected_route_of, overlaps, ConnectedRoute, IifRule};
 pub use vxlan::{vxlan_info_of, vxlan_message, VxlanInfo, VxlanSpec};
 
 /// A netlink connection in the calling thread's network namespace.

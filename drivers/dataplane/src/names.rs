@@ -23,10 +23,19 @@ pub fn validate(name: &str) -> Result<()> {
 }
 
 /// `<prefix><first hex chars of id>`, cut to the kernel's limit.
+/// An id with no ASCII letter or digit (never one of Docker's) gets a hash of itself instead,
+/// so that two such ids never share a name.
 pub fn derived(prefix: &str, id: &str) -> String {
     let room = MAX_NAME_LEN.saturating_sub(prefix.len());
-    let tail: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).take(room).collect();
+    let mut tail: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).take(room).collect();
+    if tail.is_empty() {
+        tail = format!("{:016x}", fnv1a(id.as_bytes())).chars().take(room).collect();
+    }
     format!("{prefix}{tail}")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -56,5 +65,17 @@ mod tests {
         assert_eq!(derived("br-", "0123456789abcdef0123"), "br-0123456789ab");
         assert_eq!(derived("veth", "abc"), "vethabc");
         validate(&derived("loom-br-", "ffffffffffffffffffff")).unwrap();
+    }
+
+    #[test]
+    fn odd_ids_get_distinct_valid_names() {
+        let a = derived("loom", "éééé");
+        let b = derived("loom", "ëëëë");
+        assert_ne!(a, b);
+        assert!(a.len() > "loom".len());
+        for name in [a, b, derived("lh", "🦀"), derived("loom", ""), derived("a-very-long-pre", "ü")] {
+            validate(&name).unwrap();
+        }
+        assert_eq!(derived("lh", "é0123456789abcdef"), "lh0123456789abc");
     }
 }

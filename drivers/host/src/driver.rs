@@ -10,10 +10,11 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{mac, names, Netlink};
+use netloom_dataplane::{mac, names, overlaps, Netlink};
 use netloom_firewall::Firewall;
 use netloom_plugin_api::addressing::{endpoint_address, pools, short_id};
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
+use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
     EndpointRef, InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, RouteType,
@@ -21,13 +22,16 @@ use netloom_plugin_api::wire::network::{
 };
 use netloom_plugin_api::wire::ports::port_bindings;
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
-use tokio::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use crate::options::HostOptions;
 use crate::plumbing::{self, GATEWAY_V4, GATEWAY_V6};
 use crate::policy;
-use crate::state::{EndpointRecord, NetworkRecord, Records, OWNER_PREFIX};
+use crate::state::{pick_table, EndpointRecord, NetworkRecord, Records, OWNER_PREFIX, TABLES};
+
+/// The key every CreateNetwork takes besides its network's: overlap checks see finished networks.
+const CREATING: &str = "\0create-network";
 
 /// Endpoints restored side by side at start-up.
 const RESTORE_CONCURRENCY: usize = 8;
@@ -36,7 +40,10 @@ pub struct HostDriver {
     netlink: Netlink,
     firewall: Arc<dyn Firewall>,
     records: Records,
+    /// Held only while reading or updating the maps, never across a kernel, firewall or store call.
     state: Mutex<State>,
+    /// One turn per network: requests on one network run one at a time, other networks go on.
+    turns: KeyedLocks,
 }
 
 #[derive(Default)]
@@ -54,10 +61,56 @@ impl HostDriver {
         for ep in state.endpoints.values() {
             state.ports.insert(&ep.id, ep.ports.clone());
         }
-        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()) };
+        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()), turns: KeyedLocks::default() };
         driver.reconcile(&state).await;
-        *driver.state.lock().await = state;
+        *driver.state() = state;
         Ok(driver)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Waits for `network_id`'s turn (bounded; the error names the network and the holder).
+    async fn turn(&self, network_id: &str, doing: String) -> PluginResult<Turn> {
+        self.turns.take(network_id, &format!("loom-host network {}", short_id(network_id)), doing, LOCK_WAIT).await
+    }
+
+    /// A firewall call that fails its request instead of hanging it.
+    async fn firewall_call<T>(&self, what: String, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        bounded(format!("the {} firewall ({what})", self.firewall.kind()), CALL_LIMIT, call).await
+    }
+
+    /// Refuses a subnet that overlaps another loom-host network's, or a route the host already
+    /// has through some interface (a loom-bridge network, docker0, a LAN).
+    async fn check_overlap(&self, network_id: &str, subnets: &[IpNetwork]) -> PluginResult<()> {
+        let clash = {
+            let state = self.state();
+            state.networks.values().filter(|n| n.id != network_id).find_map(|other| {
+                other.subnets().find_map(|theirs| subnets.iter().find(|s| overlaps(s, &theirs)).map(|s| (*s, theirs, other.id.clone())))
+            })
+        };
+        if let Some((ours, theirs, other)) = clash {
+            return Err(PluginError::new(format!(
+                "subnet {ours} overlaps subnet {theirs} of loom-host network {} on this host; one subnet serves one \
+                 network per host: remove that network or choose another --subnet",
+                short_id(&other)
+            )));
+        }
+        let routes = bounded("the kernel's route list", CALL_LIMIT, self.netlink.connected_routes()).await?;
+        for route in routes {
+            let Some(ours) = subnets.iter().find(|s| overlaps(s, &route.destination)) else { continue };
+            let interface = match self.netlink.link_by_index(route.ifindex).await {
+                Ok(Some(link)) => link.name,
+                _ => format!("interface #{}", route.ifindex),
+            };
+            return Err(PluginError::new(format!(
+                "subnet {ours} overlaps {} already routed on this host through {interface}; one subnet serves one \
+                 network per host: remove what uses {interface} or choose another --subnet",
+                route.destination
+            )));
+        }
+        Ok(())
     }
 
     async fn reconcile(&self, state: &State) {
@@ -108,7 +161,7 @@ impl HostDriver {
         let restored = async {
             let host = plumbing::ensure_endpoint(&self.netlink, net, ep).await?;
             if ep.joined {
-                plumbing::add_routes(&self.netlink, &host, ep).await?;
+                plumbing::add_routes(&self.netlink, &host, net, ep).await?;
             }
             anyhow::Ok(())
         };
@@ -157,6 +210,7 @@ impl HostDriver {
             }
             Err(e) => warn!("listing links for leftovers: {e:#}"),
         }
+        self.remove_leftover_rules(state).await;
         let live: BTreeSet<String> = state.endpoints.values().filter(|e| e.joined).map(policy::id).collect();
         match self.firewall.owned_networks().await {
             Ok(ids) => {
@@ -171,11 +225,45 @@ impl HostDriver {
         }
     }
 
-    /// Takes the endpoint off the host: firewall policy, routes, veth pair; keeps going past
-    /// errors and reports them all.
-    async fn teardown_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
+    /// Routing rules in loom-host's tables that no joined endpoint of an internal network explains,
+    /// and the tables no internal network owns.
+    async fn remove_leftover_rules(&self, state: &State) {
+        let live: Vec<_> = state
+            .endpoints
+            .values()
+            .filter(|e| e.joined)
+            .filter_map(|e| state.networks.get(&e.network_id).and_then(|n| n.table).map(|t| plumbing::rules(t, e)))
+            .flatten()
+            .collect();
+        let tables: BTreeSet<u32> = state.networks.values().filter_map(|n| n.table).collect();
+        match self.netlink.iif_rules(|t| TABLES.contains(&t)).await {
+            Ok(rules) => {
+                for rule in rules.into_iter().filter(|r| !live.contains(r)) {
+                    info!(interface = %rule.interface, table = rule.table, "removing leftover routing rule");
+                    if let Err(e) = self.netlink.delete_iif_rule(&rule).await {
+                        warn!("{e:#}");
+                    }
+                    if !tables.contains(&rule.table) {
+                        if let Err(e) = self.netlink.flush_table(rule.table).await {
+                            warn!("{e:#}");
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("listing routing rules for leftovers: {e:#}"),
+        }
+    }
+
+    /// Takes the endpoint off the host: firewall policy, routes and rules, veth pair; keeps going
+    /// past errors and reports them all.
+    async fn teardown_endpoint(&self, net: Option<&NetworkRecord>, ep: &EndpointRecord) -> Result<()> {
         let mut errors = Vec::new();
-        if let Err(e) = self.firewall.remove_network_by_id(&policy::id(ep)).await {
+        let policy_id = policy::id(ep);
+        let removed = self.firewall_call(format!("removing endpoint {}", short_id(&ep.id)), self.firewall.remove_network_by_id(&policy_id));
+        if let Err(e) = removed.await {
+            errors.push(format!("{e:#}"));
+        }
+        if let Err(e) = plumbing::remove_routes(&self.netlink, net, ep).await {
             errors.push(format!("{e:#}"));
         }
         if let Err(e) = self.netlink.delete_link(&ep.host_veth).await {
@@ -199,49 +287,70 @@ impl NetworkDriver for HostDriver {
         let options = HostOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
         let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
-        let mut state = self.state.lock().await;
-        if let Some(existing) = state.networks.get(&req.network_id) {
-            return plumbing::enable_forwarding(existing).map_err(PluginError::from);
+        let doing = format!("CreateNetwork of {}", short_id(&req.network_id));
+        let _creating = self.turns.take(CREATING, "other loom-host network creations", doing.clone(), LOCK_WAIT).await?;
+        let _turn = self.turn(&req.network_id, doing).await?;
+        let existing = self.state().networks.get(&req.network_id).cloned();
+        if let Some(existing) = existing {
+            return plumbing::enable_forwarding(&existing).map_err(PluginError::from);
         }
-        let record = NetworkRecord { id: req.network_id.clone(), options, pools_v4, pools_v6, internal: req.options.internal() };
+        let subnets: Vec<IpNetwork> = pools_v4.iter().chain(&pools_v6).map(|p| p.subnet).collect();
+        self.check_overlap(&req.network_id, &subnets).await?;
+        let internal = req.options.internal();
+        let table = internal.then(|| {
+            let taken: Vec<u32> = self.state().networks.values().filter_map(|n| n.table).collect();
+            pick_table(&req.network_id, &taken)
+        });
+        let record = NetworkRecord { id: req.network_id.clone(), options, pools_v4, pools_v6, internal, table };
         plumbing::enable_forwarding(&record)?;
         self.records.put_network(&record).await?;
-        info!(network = %short_id(&record.id), masquerade = record.options.masquerade, "network created");
-        state.networks.insert(record.id.clone(), record);
+        info!(network = %short_id(&record.id), masquerade = record.options.masquerade, internal, table = ?record.table, "network created");
+        self.state().networks.insert(record.id.clone(), record);
         Ok(())
     }
 
     async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        if !state.networks.contains_key(&req.network_id) {
-            debug!(network = %req.network_id, "unknown network; nothing to delete");
-            return Ok(());
-        }
-        let leftovers: Vec<EndpointRecord> =
-            state.endpoints.values().filter(|e| e.network_id == req.network_id).cloned().collect();
+        let _turn = self.turn(&req.network_id, format!("DeleteNetwork of {}", short_id(&req.network_id))).await?;
+        let (net, leftovers) = {
+            let state = self.state();
+            let Some(net) = state.networks.get(&req.network_id).cloned() else {
+                debug!(network = %req.network_id, "unknown network; nothing to delete");
+                return Ok(());
+            };
+            let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
+            (net, leftovers)
+        };
         for ep in &leftovers {
-            self.teardown_endpoint(ep).await?;
+            self.teardown_endpoint(Some(&net), ep).await?;
             self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
+            let mut state = self.state();
             state.endpoints.remove(&ep.id);
             state.ports.remove(&ep.id);
         }
-        self.records.delete_network(&req.network_id).await?;
-        state.networks.remove(&req.network_id);
-        info!(network = %short_id(&req.network_id), "network removed");
+        if let Some(table) = net.table {
+            self.netlink.flush_table(table).await?;
+        }
+        self.records.delete_network(&net.id).await?;
+        self.state().networks.remove(&net.id);
+        info!(network = %short_id(&net.id), "network removed");
         Ok(())
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let mut state = self.state.lock().await;
-        let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &req.network_id))?;
+        let _turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let (net, existing) = {
+            let state = self.state();
+            let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &req.network_id))?;
+            (net, state.endpoints.get(&req.endpoint_id).cloned())
+        };
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
         let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
         if address_v4.is_none() && address_v6.is_none() {
             return Err(PluginError::new("loom-host routes container addresses, but Docker assigned this endpoint none"));
         }
         let mac_given = !req.interface.mac_address.is_empty();
-        let record = match state.endpoints.get(&req.endpoint_id) {
-            Some(existing) => existing.clone(),
+        let record = match existing {
+            Some(existing) => existing,
             None => EndpointRecord {
                 network_id: net.id.clone(),
                 id: req.endpoint_id.clone(),
@@ -261,26 +370,30 @@ impl NetworkDriver for HostDriver {
             return Err(e.into());
         }
         let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
-        state.endpoints.insert(record.id.clone(), record);
+        self.state().endpoints.insert(record.id.clone(), record);
         Ok(CreateEndpointResponse { interface })
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Ok(());
+        let _turn = self.turn(&req.network_id, format!("DeleteEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let (net, ep) = {
+            let state = self.state();
+            let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+                return Ok(());
+            };
+            (state.networks.get(&ep.network_id).cloned(), ep)
         };
-        self.teardown_endpoint(&ep).await?;
+        self.teardown_endpoint(net.as_ref(), &ep).await?;
         self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
+        let mut state = self.state();
         state.endpoints.remove(&ep.id);
         state.ports.remove(&ep.id);
         Ok(())
     }
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
-        let mut state = self.state.lock().await;
-        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
+        let _turn = self.turn(&req.network_id, format!("Join of {}", short_id(&req.endpoint_id))).await?;
+        let (net, mut ep) = self.endpoint_and_network(&req.endpoint_id)?;
         if self.netlink.link(&ep.peer_veth).await?.is_none() {
             // A retried Join after the container side went away: make the pair again.
             let _ = self.netlink.delete_link(&ep.host_veth).await;
@@ -288,9 +401,9 @@ impl NetworkDriver for HostDriver {
         let host = plumbing::ensure_endpoint(&self.netlink, &net, &ep).await?;
         ep.joined = true;
         self.records.put_endpoint(&ep).await?;
-        plumbing::add_routes(&self.netlink, &host, &ep).await?;
-        self.firewall.add_network(&policy::of(&net, &ep)).await?;
-        info!(endpoint = %short_id(&ep.id), veth = %ep.host_veth, routes = ?ep.host_routes(), "joined");
+        plumbing::add_routes(&self.netlink, &host, &net, &ep).await?;
+        self.firewall_call(format!("policy of endpoint {}", short_id(&ep.id)), self.firewall.add_network(&policy::of(&net, &ep))).await?;
+        info!(endpoint = %short_id(&ep.id), veth = %ep.host_veth, routes = ?ep.host_routes(), table = ?net.table, "joined");
         let gateways = !net.internal;
         let response = JoinResponse {
             interface_name: Some(InterfaceName { src_name: ep.peer_veth.clone(), dst_prefix: "eth".into() }),
@@ -306,22 +419,28 @@ impl NetworkDriver for HostDriver {
             // An internal network has no gateway, and must not get docker_gwbridge's either.
             disable_gateway_service: net.internal,
         };
-        state.endpoints.insert(ep.id.clone(), ep);
+        self.state().endpoints.insert(ep.id.clone(), ep);
         Ok(response)
     }
 
     async fn leave(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(mut ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Ok(());
+        let _turn = self.turn(&req.network_id, format!("Leave of {}", short_id(&req.endpoint_id))).await?;
+        let (net, mut ep) = {
+            let state = self.state();
+            let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+                return Ok(());
+            };
+            (state.networks.get(&ep.network_id).cloned(), ep)
         };
         // Removing the endpoint's policy withdraws its published ports too.
-        self.firewall.remove_network_by_id(&policy::id(&ep)).await?;
-        plumbing::remove_routes(&self.netlink, &ep).await?;
+        self.firewall_call(format!("removing endpoint {}", short_id(&ep.id)), self.firewall.remove_network_by_id(&policy::id(&ep)))
+            .await?;
+        plumbing::remove_routes(&self.netlink, net.as_ref(), &ep).await?;
         ep.joined = false;
         ep.ports.clear();
         self.records.put_endpoint(&ep).await?;
         debug!(endpoint = %short_id(&ep.id), "left");
+        let mut state = self.state();
         state.ports.remove(&ep.id);
         state.endpoints.insert(ep.id.clone(), ep);
         Ok(())
@@ -329,50 +448,80 @@ impl NetworkDriver for HostDriver {
 
     async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
         let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
-        let mut state = self.state.lock().await;
-        let mut ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
-        if net.internal && !bindings.is_empty() {
-            return Err(PluginError::new("an --internal network cannot publish ports"));
-        }
-        let ports = state
-            .ports
-            .resolve(&ep.id, &bindings, ep.address_v4.map(|a| a.ip()), ep.address_v6.map(|a| a.ip()), None, &host_port_is_free)
-            .map_err(PluginError::from)?;
+        debug!(endpoint = %short_id(&req.endpoint_id), ?bindings, "port bindings from Docker");
+        let _turn = self.turn(&req.network_id, format!("ProgramExternalConnectivity of {}", short_id(&req.endpoint_id))).await?;
+        // Resolve and reserve the host ports in one go, so that a request on another network
+        // cannot take the same ones while the firewall is being programmed.
+        let (net, mut ep, ports) = {
+            let mut state = self.state();
+            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
+            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
+            if net.internal && !bindings.is_empty() {
+                return Err(PluginError::new("an --internal network cannot publish ports"));
+            }
+            let ports = state
+                .ports
+                .resolve(&ep.id, &bindings, ep.address_v4.map(|a| a.ip()), ep.address_v6.map(|a| a.ip()), None, &host_port_is_free)
+                .map_err(PluginError::from)?;
+            state.ports.insert(&ep.id, ports.clone());
+            (net, ep, ports)
+        };
         let policy = policy::of(&net, &ep);
         let stale: Vec<PublishedPort> = ep.ports.iter().filter(|p| !ports.contains(p)).cloned().collect();
-        if !stale.is_empty() {
-            self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&stale)).await?;
-        }
-        if !ports.is_empty() {
-            self.firewall.add_ports(&policy, &ep.id, &policy::mappings(&ports)).await?;
+        let applied = async {
+            if !stale.is_empty() {
+                self.firewall_call(format!("withdrawing ports of endpoint {}", short_id(&ep.id)), self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&stale))).await?;
+            }
+            if !ports.is_empty() {
+                self.firewall_call(format!("publishing ports of endpoint {}", short_id(&ep.id)), self.firewall.add_ports(&policy, &ep.id, &policy::mappings(&ports))).await?;
+            }
+            let mut updated = ep.clone();
+            updated.ports = ports.clone();
+            self.records.put_endpoint(&updated).await
+        };
+        if let Err(e) = applied.await {
+            self.state().ports.insert(&ep.id, ep.ports.clone());
+            return Err(e.into());
         }
         ep.ports = ports;
-        self.records.put_endpoint(&ep).await?;
         if !ep.ports.is_empty() {
             info!(endpoint = %short_id(&ep.id), ports = ?ep.ports.iter().map(PublishedPort::describe).collect::<Vec<_>>(), "ports published");
         }
-        state.ports.insert(&ep.id, ep.ports.clone());
-        state.endpoints.insert(ep.id.clone(), ep);
+        self.state().endpoints.insert(ep.id.clone(), ep);
         Ok(())
     }
 
     async fn revoke_external_connectivity(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(mut ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Ok(());
+        let _turn = self.turn(&req.network_id, format!("RevokeExternalConnectivity of {}", short_id(&req.endpoint_id))).await?;
+        let (net, mut ep) = {
+            let state = self.state();
+            let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+                return Ok(());
+            };
+            (state.networks.get(&ep.network_id).cloned(), ep)
         };
         if ep.ports.is_empty() {
             return Ok(());
         }
-        if let Some(net) = state.networks.get(&ep.network_id) {
-            self.firewall.remove_ports(&policy::of(net, &ep), &ep.id, &policy::mappings(&ep.ports)).await?;
+        if let Some(net) = net {
+            let policy = policy::of(&net, &ep);
+            self.firewall_call(format!("withdrawing ports of endpoint {}", short_id(&ep.id)), self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&ep.ports))).await?;
         }
         ep.ports.clear();
         self.records.put_endpoint(&ep).await?;
+        let mut state = self.state();
         state.ports.remove(&ep.id);
         state.endpoints.insert(ep.id.clone(), ep);
         Ok(())
+    }
+}
+
+impl HostDriver {
+    fn endpoint_and_network(&self, endpoint_id: &str) -> PluginResult<(NetworkRecord, EndpointRecord)> {
+        let state = self.state();
+        let ep = state.endpoints.get(endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", endpoint_id))?;
+        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
+        Ok((net, ep))
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Result};
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{sysctl, Link, Netlink, VethSpec};
+use netloom_dataplane::{sysctl, IifRule, Link, Netlink, VethSpec};
 
 use crate::state::{EndpointRecord, NetworkRecord};
 
@@ -51,19 +51,52 @@ pub async fn ensure_endpoint(netlink: &Netlink, net: &NetworkRecord, ep: &Endpoi
     Ok(host)
 }
 
-/// Routes the endpoint's addresses to its veth.
-pub async fn add_routes(netlink: &Netlink, host: &Link, ep: &EndpointRecord) -> Result<()> {
-    for route in ep.host_routes() {
-        netlink.ensure_link_route(route, host).await?;
+/// Before the main table (32766), after the local one (0): an internal endpoint's traffic still
+/// reaches the host's own addresses (its gateway among them) but is routed nowhere else.
+pub const RULE_PRIORITY: u32 = 1100;
+
+/// The rules that confine an internal endpoint's traffic to its network's table, both families
+/// whatever its addresses (a container may send what it likes).
+pub fn rules(table: u32, ep: &EndpointRecord) -> [IifRule; 2] {
+    [false, true].map(|ipv6| IifRule { interface: ep.host_veth.clone(), table, ipv6 })
+}
+
+/// Routes the endpoint's addresses to its veth: in the main table, or for an internal network in
+/// the network's own table, with the rules that send the veth's traffic there.
+pub async fn add_routes(netlink: &Netlink, host: &Link, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
+    match net.table {
+        None => {
+            for route in ep.host_routes() {
+                netlink.ensure_link_route(route, host).await?;
+            }
+        }
+        Some(table) => {
+            netlink.ensure_unreachable_default(table).await?;
+            for route in ep.host_routes() {
+                netlink.ensure_link_route_in(table, route, host).await?;
+            }
+            for rule in rules(table, ep) {
+                netlink.ensure_iif_rule(&rule, RULE_PRIORITY).await?;
+            }
+        }
     }
     Ok(())
 }
 
-/// Withdraws the endpoint's routes (nothing to do when its veth is gone: they went with it).
-pub async fn remove_routes(netlink: &Netlink, ep: &EndpointRecord) -> Result<()> {
+/// Withdraws the endpoint's routes and rules (routes go with the veth when it is gone).
+pub async fn remove_routes(netlink: &Netlink, net: Option<&NetworkRecord>, ep: &EndpointRecord) -> Result<()> {
+    let table = net.and_then(|n| n.table);
+    if let Some(table) = table {
+        for rule in rules(table, ep) {
+            netlink.delete_iif_rule(&rule).await?;
+        }
+    }
     if let Some(host) = netlink.link(&ep.host_veth).await? {
         for route in ep.host_routes() {
-            netlink.delete_link_route(route, &host).await?;
+            match table {
+                None => netlink.delete_link_route(route, &host).await?,
+                Some(table) => netlink.delete_link_route_in(table, route, &host).await?,
+            }
         }
     }
     Ok(())

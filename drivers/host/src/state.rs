@@ -21,6 +21,29 @@ pub struct NetworkRecord {
     pub pools_v4: Vec<Pool>,
     pub pools_v6: Vec<Pool>,
     pub internal: bool,
+    /// An internal network's routing table: its endpoints' host routes live only there, and
+    /// their traffic is looked up only there, so nothing is routed off the network or into it.
+    #[serde(default)]
+    pub table: Option<u32>,
+}
+
+/// Routing tables of internal loom-host networks are taken from this range.
+pub const TABLES: std::ops::RangeInclusive<u32> = 0x4c48_0000..=0x4c48_ffff;
+
+impl NetworkRecord {
+    pub fn subnets(&self) -> impl Iterator<Item = IpNetwork> + '_ {
+        self.pools_v4.iter().chain(&self.pools_v6).map(|p| p.subnet)
+    }
+}
+
+/// A routing table for a new internal network, derived from its id and unused by `taken`.
+pub fn pick_table(network_id: &str, taken: &[u32]) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    network_id.hash(&mut hasher);
+    let span = TABLES.end() - TABLES.start() + 1;
+    let start = (hasher.finish() % u64::from(span)) as u32;
+    (0..span).map(|i| TABLES.start() + (start + i) % span).find(|t| !taken.contains(t)).unwrap_or(*TABLES.start())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,5 +113,22 @@ mod tests {
         let routes: Vec<String> = ep.host_routes().iter().map(|r| r.to_string()).collect();
         assert_eq!(routes, ["10.1.2.3/32", "fd00::3/128"]);
         assert_eq!(ep.owner(), "netloom:host:n:e");
+    }
+
+    #[test]
+    fn tables_are_in_range_and_unique() {
+        let first = pick_table("net-a", &[]);
+        assert!(TABLES.contains(&first));
+        assert_eq!(pick_table("net-a", &[]), first, "stable for one id");
+        let second = pick_table("net-a", &[first]);
+        assert!(TABLES.contains(&second) && second != first);
+        assert!(TABLES.contains(&pick_table("ü🦀", &[])));
+    }
+
+    #[test]
+    fn records_without_a_table_still_load() {
+        let old = r#"{"id":"n","options":{"masquerade":false,"mtu":null},"pools_v4":[],"pools_v6":[],"internal":false}"#;
+        let record: NetworkRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.table, None);
     }
 }

@@ -14,18 +14,26 @@ use netloom_plugin_api::wire::network::{
     EndpointRef, InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, Scope,
 };
 use netloom_plugin_api::wire::ports::port_bindings;
+use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
-use tokio::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use crate::options::MacvlanOptions;
 use crate::parent;
-use crate::state::{EndpointRecord, NetworkRecord, Records, OWNER_PREFIX};
+use crate::state::{EndpointRecord, NetworkRecord, Parent, Records, OWNER_PREFIX};
+
+/// The key CreateNetwork and DeleteNetwork take besides their network's: parents are shared
+/// between networks, so their checks must see finished networks.
+const PARENTS: &str = "\0parents";
 
 pub struct MacvlanDriver {
     netlink: Netlink,
     records: Records,
+    /// Held only while reading or updating the maps, never across a kernel or store call.
     state: Mutex<State>,
+    /// One turn per network: requests on one network run one at a time, other networks go on.
+    turns: KeyedLocks,
 }
 
 #[derive(Default)]
@@ -35,8 +43,8 @@ struct State {
 }
 
 impl State {
-    fn others(&self, id: &str) -> Vec<&NetworkRecord> {
-        self.networks.values().filter(|n| n.id != id).collect()
+    fn others(&self, id: &str) -> Vec<NetworkRecord> {
+        self.networks.values().filter(|n| n.id != id).cloned().collect()
     }
 }
 
@@ -44,10 +52,23 @@ impl MacvlanDriver {
     /// Loads the records and reconciles the kernel with them before the socket opens.
     pub async fn start(netlink: Netlink, records: Records) -> Result<Self> {
         let state = State { networks: records.networks().await?, endpoints: records.endpoints().await? };
-        let driver = Self { netlink, records, state: Mutex::new(State::default()) };
+        let driver = Self { netlink, records, state: Mutex::new(State::default()), turns: KeyedLocks::default() };
         driver.reconcile(&state).await;
-        *driver.state.lock().await = state;
+        *driver.state() = state;
         Ok(driver)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Waits for `key`'s turn (bounded; the error names what it waited for and the holder).
+    async fn turn(&self, key: &str, what: &str, doing: String) -> PluginResult<Turn> {
+        self.turns.take(key, what, doing, LOCK_WAIT).await
+    }
+
+    async fn network_turn(&self, network_id: &str, doing: String) -> PluginResult<Turn> {
+        self.turn(network_id, &format!("loom-macvlan network {}", short_id(network_id)), doing).await
     }
 
     async fn reconcile(&self, state: &State) {
@@ -109,71 +130,87 @@ impl NetworkDriver for MacvlanDriver {
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
-        let options = MacvlanOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
+        let mut options = MacvlanOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
         let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
         if pools_v4.iter().any(|p| p.subnet.prefix() == 0) {
             return Err(PluginError::new("loom-macvlan needs a real IPv4 subnet, not 0.0.0.0/0; use --subnet"));
         }
-        let mut state = self.state.lock().await;
-        if let Some(existing) = state.networks.get(&req.network_id) {
-            parent::ensure(&self.netlink, existing).await?;
+        let internal = req.options.internal();
+        if internal {
+            if let Some(parent) = options.parent.take() {
+                // As Docker's macvlan: an internal network never touches a real segment.
+                info!(network = %short_id(&req.network_id), parent = %parent.name, "--internal: parent ignored, the network gets an isolated parent");
+            }
+        }
+        let doing = format!("CreateNetwork of {}", short_id(&req.network_id));
+        let _parents = self.turn(PARENTS, "other loom-macvlan network creations and removals", doing.clone()).await?;
+        let _turn = self.network_turn(&req.network_id, doing).await?;
+        let (existing, others) = {
+            let state = self.state();
+            (state.networks.get(&req.network_id).cloned(), state.others(&req.network_id))
+        };
+        if let Some(existing) = existing {
+            parent::ensure(&self.netlink, &existing).await?;
             return Ok(());
         }
         let parent = parent::plan(&self.netlink, &options, &req.network_id).await.map_err(PluginError::from)?;
-        parent::check_sharing(options.mode, &parent, &state.others(&req.network_id)).map_err(PluginError::from)?;
-        let record = NetworkRecord {
-            id: req.network_id.clone(),
-            parent,
-            mode: options.mode,
-            mtu: options.mtu,
-            pools_v4,
-            pools_v6,
-            internal: req.options.internal(),
-        };
+        let other_refs: Vec<&NetworkRecord> = others.iter().collect();
+        parent::check_sharing(options.mode, &parent, &other_refs).map_err(PluginError::from)?;
+        let record = NetworkRecord { id: req.network_id.clone(), parent, mode: options.mode, mtu: options.mtu, pools_v4, pools_v6, internal };
         self.records.put_network(&record).await?;
         if let Err(e) = parent::ensure(&self.netlink, &record).await {
-            if let Err(cleanup) = parent::release(&self.netlink, &record, &state.others(&record.id)).await {
+            if let Err(cleanup) = parent::release(&self.netlink, &record, &other_refs).await {
                 warn!("rolling back network {}: {cleanup:#}", short_id(&record.id));
             }
             let _ = self.records.delete_network(&record.id).await;
             return Err(e.into());
         }
-        info!(network = %short_id(&record.id), parent = %record.parent.name(), mode = ?record.mode, "network created");
-        state.networks.insert(record.id.clone(), record);
+        info!(network = %short_id(&record.id), parent = %record.parent.name(), mode = ?record.mode, internal, "network created");
+        self.state().networks.insert(record.id.clone(), record);
         Ok(())
     }
 
     async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(net) = state.networks.get(&req.network_id).cloned() else {
-            debug!(network = %req.network_id, "unknown network; nothing to delete");
-            return Ok(());
+        let doing = format!("DeleteNetwork of {}", short_id(&req.network_id));
+        let _parents = self.turn(PARENTS, "other loom-macvlan network creations and removals", doing.clone()).await?;
+        let _turn = self.network_turn(&req.network_id, doing).await?;
+        let (net, leftovers, others) = {
+            let state = self.state();
+            let Some(net) = state.networks.get(&req.network_id).cloned() else {
+                debug!(network = %req.network_id, "unknown network; nothing to delete");
+                return Ok(());
+            };
+            let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
+            (net, leftovers, state.others(&req.network_id))
         };
-        let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
         for ep in &leftovers {
             self.remove_link(ep).await?;
             self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
-            state.endpoints.remove(&ep.id);
+            self.state().endpoints.remove(&ep.id);
         }
-        parent::release(&self.netlink, &net, &state.others(&net.id)).await?;
+        parent::release(&self.netlink, &net, &others.iter().collect::<Vec<_>>()).await?;
         self.records.delete_network(&net.id).await?;
-        state.networks.remove(&net.id);
+        self.state().networks.remove(&net.id);
         info!(network = %short_id(&net.id), "network removed");
         Ok(())
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let mut state = self.state.lock().await;
-        let net = state.networks.get(&req.network_id).ok_or_else(|| PluginError::unknown_network("loom-macvlan", &req.network_id))?;
+        let _turn = self.network_turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let (net, existing) = {
+            let state = self.state();
+            let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-macvlan", &req.network_id))?;
+            (net, state.endpoints.get(&req.endpoint_id).cloned())
+        };
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
         let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
         let mac_given = !req.interface.mac_address.is_empty();
         if mac_given {
             mac::parse(&req.interface.mac_address).map_err(PluginError::from)?;
         }
-        let record = match state.endpoints.get(&req.endpoint_id) {
-            Some(existing) => existing.clone(),
+        let record = match existing {
+            Some(existing) => existing,
             None => EndpointRecord {
                 network_id: net.id.clone(),
                 id: req.endpoint_id.clone(),
@@ -185,26 +222,39 @@ impl NetworkDriver for MacvlanDriver {
         };
         self.records.put_endpoint(&record).await?;
         let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
-        state.endpoints.insert(record.id.clone(), record);
+        self.state().endpoints.insert(record.id.clone(), record);
         Ok(CreateEndpointResponse { interface })
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+        let _turn = self.network_turn(&req.network_id, format!("DeleteEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let Some(ep) = self.state().endpoints.get(&req.endpoint_id).cloned() else {
             return Ok(());
         };
         self.remove_link(&ep).await?;
         self.records.delete_endpoint(&ep.network_id, &ep.id).await?;
-        state.endpoints.remove(&ep.id);
+        self.state().endpoints.remove(&ep.id);
         Ok(())
     }
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
-        let state = self.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).ok_or_else(|| PluginError::unknown_endpoint("loom-macvlan", &req.endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).ok_or_else(|| PluginError::unknown_network("loom-macvlan", &ep.network_id))?;
-        let parent = parent::ensure(&self.netlink, net).await?;
+        let _turn = self.network_turn(&req.network_id, format!("Join of {}", short_id(&req.endpoint_id))).await?;
+        let (net, ep) = {
+            let state = self.state();
+            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-macvlan", &req.endpoint_id))?;
+            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-macvlan", &ep.network_id))?;
+            (net, ep)
+        };
+        if net.internal && !matches!(net.parent, Parent::Isolated { .. }) {
+            // Recorded before internal networks got an isolated parent: refuse rather than put a
+            // container of an internal network on a real segment.
+            return Err(PluginError::new(format!(
+                "internal network {} sits on parent {}, a real segment; remove and recreate the network",
+                short_id(&net.id),
+                net.parent.name()
+            )));
+        }
+        let parent = parent::ensure(&self.netlink, &net).await?;
         let owner = ep.owner();
         let spec = MacvlanSpec {
             name: &ep.link,
@@ -228,6 +278,9 @@ impl NetworkDriver for MacvlanDriver {
             interface_name: Some(InterfaceName { src_name: ep.link.clone(), dst_prefix: "eth".into() }),
             gateway: gateway(ep.address_v4, &net.pools_v4),
             gateway_ipv6: gateway(ep.address_v6, &net.pools_v6),
+            // No gateway must not make Docker attach docker_gwbridge, for an internal network
+            // (newer daemons skip it for internal networks anyway).
+            disable_gateway_service: net.internal,
             ..JoinResponse::default()
         })
     }

@@ -119,11 +119,27 @@ async fn endpoint_links_come_and_go_and_survive_a_crash() {
     let err = err_of(&mut client, "NetworkDriver.ProgramExternalConnectivity", &program).await;
     assert!(err.contains("loom-macvlan cannot publish ports (asked for 80/tcp)"), "{err}");
 
-    // The internal network: no gateway, so no default route in the container.
+    // The internal network: no gateway, so no default route in the container, and no
+    // docker_gwbridge either.
     client.call("NetworkDriver.CreateEndpoint", &endpoint("n2", "e2", "10.9.0.6/24")).await.unwrap();
     let joined = client.call("NetworkDriver.Join", &join("n2", "e2")).await.unwrap();
-    assert_eq!(joined, json!({"InterfaceName": {"SrcName": "mve2", "DstPrefix": "eth"}}));
+    assert_eq!(joined, json!({"InterfaceName": {"SrcName": "mve2", "DstPrefix": "eth"}, "DisableGatewayService": true}));
     assert!(ns.sh("ip -o link show mve2").unwrap().contains("mve2@dm-n2"));
+    // An internal network never sits on a real segment: like Docker's macvlan, it ignores
+    // parent= and gets an isolated parent of its own.
+    client.call("NetworkDriver.CreateNetwork", &network("n3", json!({"parent": "p0"}), true)).await.unwrap();
+    client.call("NetworkDriver.CreateEndpoint", &endpoint("n3", "e3", "10.9.0.7/24")).await.unwrap();
+    let joined = client.call("NetworkDriver.Join", &join("n3", "e3")).await.unwrap();
+    assert_eq!(joined, json!({"InterfaceName": {"SrcName": "mve3", "DstPrefix": "eth"}, "DisableGatewayService": true}));
+    let link = ns.sh("ip -o link show mve3").unwrap();
+    assert!(link.contains("mve3@dm-n3"), "internal endpoint on the user's parent: {link}");
+    for (method, body) in [
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n3", "EndpointID": "e3"})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n3"})),
+    ] {
+        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+    assert!(!ns.links().iter().any(|l| l.ends_with("n3") || l == "mve3"), "{:?}", ns.links());
 
     // A crash, plus a link tagged as ours that no record explains.
     drop(client);
