@@ -12,7 +12,7 @@ fn spec() -> String {
 }
 
 /// The `iptables` handles of the wanted families that exist here.
-fn handles(v4: bool, v6: bool) -> Vec<iptables::IPTables> {
+fn handles(v4: bool, v6: bool) -> Vec<crate::iptables::Xtables> {
     [(false, v4), (true, v6)]
         .into_iter()
         .filter(|(_, wanted)| *wanted)

@@ -108,7 +108,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use async_trait::async_trait;
 
-pub use model::{BackendKind, NetworkPolicy, PortMapping, Proto};
+pub use model::{BackendChoice, BackendKind, NetworkPolicy, PortMapping, Proto};
 pub use tag::owner_tag;
 
 /// Mark bit set by the nftables backend on forwarded packets it accepts; the compat rule in
@@ -127,7 +127,8 @@ pub enum FirewallError {
 }
 
 /// Opens the backend in the calling thread's network namespace (the nftables netlink socket and
-/// the iptables processes stay in that namespace).
+/// the iptables processes stay in that namespace). Installs the loopback guard (see the crate
+/// doc) right away.
 pub async fn open(kind: BackendKind) -> Result<Arc<dyn Firewall>> {
     Ok(match kind {
         BackendKind::Iptables => Arc::new(iptables::IptablesFirewall::open().await?),
@@ -179,8 +180,42 @@ pub trait Firewall: Send + Sync {
     /// Full ids of the networks that have rules installed, read from the kernel.
     async fn owned_networks(&self) -> Result<Vec<String>>;
 
+    /// Accepts VXLAN (UDP `port`, addressed to this host) only from `peers` (the member hosts'
+    /// tunnel endpoints, IPv4 and IPv6); drops it from anyone else, and drops forwarded
+    /// (container-originated) traffic to UDP `port` so no container can borrow its host's VTEP.
+    /// Replaces the previous peer set atomically (nftables: one batch; no window where a member
+    /// is dropped). Idempotent.
+    async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()>;
+
+    /// Removes the VXLAN guard entirely. Idempotent.
+    async fn remove_vxlan_guard(&self) -> Result<()>;
+
     /// Removes everything netloom installed in this network namespace.
     async fn remove_all(&self) -> Result<()>;
+}
+
+impl BackendKind {
+    /// nftables where this kernel has nf_tables (probed over netlink in the calling thread's
+    /// network namespace), else iptables, saying why in one log line.
+    pub fn detect() -> BackendKind {
+        match nft::probe() {
+            Ok(()) => BackendKind::Nftables,
+            Err(why) => {
+                tracing::warn!("nf_tables is not usable here ({why}); using the iptables firewall backend");
+                BackendKind::Iptables
+            }
+        }
+    }
+}
+
+impl BackendChoice {
+    /// The backend to open: the one asked for, or [`BackendKind::detect`] for `auto`.
+    pub fn resolve(self) -> BackendKind {
+        match self {
+            BackendChoice::Auto => BackendKind::detect(),
+            BackendChoice::Fixed(kind) => kind,
+        }
+    }
 }
 
 /// Sets `net.ipv4.conf.<bridge>.route_localnet=1`, which lets packets from 127.0.0.0/8 that were

@@ -36,6 +36,38 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// What a driver's `--firewall` flag says: `auto` (the default: nftables where the kernel has
+/// it, see [`BackendKind::detect`]), `iptables` or `nftables`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Fixed(BackendKind),
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            other => other
+                .parse::<BackendKind>()
+                .map(BackendChoice::Fixed)
+                .map_err(|_| format!("unknown firewall backend {other:?} (expected auto, iptables or nftables)")),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendChoice::Auto => f.write_str("auto"),
+            BackendChoice::Fixed(kind) => kind.fmt(f),
+        }
+    }
+}
+
 /// The firewall policy of one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkPolicy {
@@ -230,6 +262,10 @@ mod tests {
             assert_eq!(kind.to_string().parse::<BackendKind>().unwrap(), kind);
         }
         assert!("ipfw".parse::<BackendKind>().is_err());
+        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+        assert_eq!("nftables".parse::<BackendChoice>().unwrap(), BackendChoice::Fixed(BackendKind::Nftables));
+        assert_eq!(BackendChoice::default().to_string(), "auto");
+        assert!("none".parse::<BackendChoice>().unwrap_err().contains("auto, iptables or nftables"));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub fn owner_tag(id: &str) -> String {
 pub(crate) const IPT_BASE: &str = "netloom:base";
 /// Comment on the compat rule in iptables' FORWARD (nftables backend).
 pub(crate) const IPT_COMPAT: &str = "netloom:compat";
+/// Comment on the VXLAN guard's iptables rules.
+pub(crate) const IPT_VXLAN: &str = "netloom:vxlan";
 
 /// Comment on an iptables rule of a network.
 pub(crate) fn ipt_network_comment(network_id: &str) -> String {
@@ -38,6 +40,7 @@ pub(crate) fn ipt_port_comment(network_id: &str, endpoint_id: &str) -> String {
 pub(crate) enum IptOwner<'a> {
     Base,
     Compat,
+    Vxlan,
     Network(&'a str),
     Port { network_id: &'a str, endpoint_tag: &'a str },
 }
@@ -47,6 +50,7 @@ pub(crate) fn parse_ipt_comment(comment: &str) -> Option<IptOwner<'_>> {
     match rest {
         "base" => return Some(IptOwner::Base),
         "compat" => return Some(IptOwner::Compat),
+        "vxlan" => return Some(IptOwner::Vxlan),
         _ => {}
     }
     let rest = rest.strip_prefix("net=")?;
@@ -109,6 +113,7 @@ mod tests {
         assert_eq!(parse_ipt_comment(&c), Some(IptOwner::Port { network_id: "abc123", endpoint_tag: "0123456789ab" }));
         assert_eq!(parse_ipt_comment("netloom:base"), Some(IptOwner::Base));
         assert_eq!(parse_ipt_comment("netloom:compat"), Some(IptOwner::Compat));
+        assert_eq!(parse_ipt_comment("netloom:vxlan"), Some(IptOwner::Vxlan));
         assert_eq!(parse_ipt_comment("docker"), None);
     }
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{probes, snapshot, Fw, Lab, Server};
+use common::{probes, rules_of, snapshot, Fw, Lab, Server};
 use netloom_firewall::{BackendKind, FirewallError, NetworkPolicy, PortMapping, Proto};
 
 const NET_A: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
@@ -217,7 +217,7 @@ fn scenario(kind: BackendKind, real_dockerd: bool) {
     assert_eq!(probes(&[(client, "198.18.0.1:8080")]), vec![None]);
 
     fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
-    assert_eq!(snapshot(&lab.host), before, "remove_all left rules behind");
+    assert_eq!(rules_of(&snapshot(&lab.host)), rules_of(&before), "remove_all left rules behind");
 }
 
 #[test]

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use netloom_firewall::BackendKind;
+use netloom_firewall::BackendChoice;
 use netloom_ipam::store;
 use netloom_plugin_api::{CommonArgs, Plugin};
 
@@ -20,9 +20,10 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
 
-    /// Firewall backend for forwarding and masquerade
-    #[arg(long, default_value = "iptables", value_name = "iptables|nftables")]
-    firewall: BackendKind,
+    /// Firewall backend for forwarding and masquerade: auto (nftables where the kernel
+    /// has nf_tables, else iptables), iptables or nftables
+    #[arg(long, default_value = "auto", value_name = "auto|iptables|nftables")]
+    firewall: BackendChoice,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -35,7 +36,7 @@ async fn main() -> ExitCode {
             .await
             .context("opening the state store")?;
         let netlink = netloom_dataplane::Netlink::connect()?;
-        let firewall = netloom_firewall::open(firewall).await.context("setting up the firewall")?;
+        let firewall = netloom_firewall::open(firewall.resolve()).await.context("setting up the firewall")?;
         let records = state::Records::new(store, "host", &host_id);
         let driver = driver::HostDriver::start(netlink, firewall, records).await?;
         Ok(Plugin::network(driver))

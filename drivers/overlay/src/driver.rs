@@ -31,6 +31,7 @@ use crate::cache::Cache;
 use crate::cluster::{NetworkRequest, Outcome, Shared};
 use crate::fabric::{endpoint_owner, Fabric, NetDataplane};
 use crate::gateway::{self, Gateway};
+use crate::guard::VxlanGuard;
 use crate::options::{overlay_mtu, single_subnet, OverlayOptions};
 use crate::records::{self, host_key, short, HostRecord, LocalEndpoint, LocalNetwork, Mode};
 use crate::underlay::{self, Underlay};
@@ -46,6 +47,8 @@ pub struct Config {
     pub dead_host_grace: Duration,
     pub netns_dir: Option<PathBuf>,
     pub firewall: Option<netloom_firewall::BackendKind>,
+    /// The VXLAN guard's backend (also with `--firewall none`).
+    pub guard_firewall: netloom_firewall::BackendKind,
 }
 
 pub struct Overlay {
@@ -58,6 +61,10 @@ pub struct Overlay {
     pub(crate) fabric: Fabric,
     /// docker_gwbridge's rules (None: `--firewall none`, or the backend could not start).
     pub(crate) gateway: Option<Gateway>,
+    /// VXLAN only from member hosts (None: the backend could not start).
+    pub(crate) guard: Option<VxlanGuard>,
+    /// Serialises docker_gwbridge's firewall work (taken before `state`, never while holding it).
+    pub(crate) gateway_lock: Mutex<()>,
     pub(crate) state: Mutex<State>,
 }
 
@@ -127,7 +134,25 @@ impl Overlay {
             },
             None => None,
         };
-        let overlay = Arc::new(Overlay { config, host, shared, local, fabric, gateway, state: Mutex::new(State::default()) });
+        let guard = match VxlanGuard::open(config.guard_firewall, config.port).await {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                error!("the {} firewall is unusable: {e:#}; VXLAN is accepted from anyone", config.guard_firewall);
+                None
+            }
+        };
+        let overlay =
+            Arc::new(Overlay {
+            config,
+            host,
+            shared,
+            local,
+            fabric,
+            gateway,
+            guard,
+            gateway_lock: Mutex::new(()),
+            state: Mutex::new(State::default()),
+        });
         {
             let mut state = overlay.state.lock().await;
             overlay.load(&mut state).await?;
@@ -136,11 +161,20 @@ impl Overlay {
             }
             overlay.restore(&mut state).await;
         }
+        crate::sync::sync_gateway(&overlay).await;
+        overlay.sync_guard(false).await;
         if overlay.shared.is_ok() {
-            tokio::spawn(crate::sync::watch(overlay.clone()));
-            tokio::spawn(crate::sync::reconcile_periodically(overlay.clone()));
+            crate::sync::supervise("store watch", overlay.clone(), |ov| crate::sync::watch(ov));
+            crate::sync::supervise("reconciler", overlay.clone(), |ov| crate::sync::reconcile_periodically(ov));
         }
         Ok(overlay)
+    }
+
+    /// The VXLAN guard brought in line with the state; never called with the state locked.
+    pub(crate) async fn sync_guard(&self, expect_network: bool) {
+        if let Some(guard) = &self.guard {
+            guard.sync(self, false, expect_network).await;
+        }
     }
 
     pub(crate) fn shared(&self) -> PluginResult<&Shared> {
@@ -206,7 +240,6 @@ impl Overlay {
             }
         }
         self.remove_leftovers(state).await;
-        crate::sync::sync_gateway(self, state).await;
         info!(
             networks = state.networks.len(),
             endpoints = state.endpoints.len(),
@@ -276,15 +309,24 @@ impl Overlay {
         self.local.delete_endpoint(&record.docker_network, &record.id).await.map_err(private_error)
     }
 
-    /// Withdraws an endpoint's published ports from docker_gwbridge (at Leave; again harmless).
-    async fn withdraw_ports(&self, state: &mut State, endpoint: &str) {
-        let (Some(gateway), Some(policy)) = (&self.gateway, state.gateway_policy.clone()) else { return };
-        let Some(mut ep) = state.endpoints.get(endpoint).cloned() else { return };
+    /// Withdraws an endpoint's published ports from docker_gwbridge (at Leave and DeleteEndpoint;
+    /// again harmless). The firewall is called without the state lock: a slow firewall holds up
+    /// this request only, not the peer sync or other requests.
+    async fn withdraw_ports(&self, endpoint: &str) {
+        let Some(gateway) = &self.gateway else { return };
+        let _serial = self.gateway_lock.lock().await;
+        let (policy, ep) = {
+            let state = self.state.lock().await;
+            (state.gateway_policy.clone(), state.endpoints.get(endpoint).cloned())
+        };
+        let (Some(policy), Some(ep)) = (policy, ep) else { return };
         let Some(address) = ep.gateway_ip else { return };
         if let Err(e) = gateway.withdraw(&policy, &ep.id, &gateway::mappings(&ep.ports, address)).await {
             warn!(endpoint = %short(&ep.id), "withdrawing published ports: {e:#}");
             return;
         }
+        let mut state = self.state.lock().await;
+        let Some(mut ep) = state.endpoints.get(endpoint).cloned() else { return };
         ep.gateway_ip = None;
         let _ = self.put_endpoint(&ep).await;
         state.endpoints.insert(ep.id.clone(), ep);
@@ -364,6 +406,88 @@ impl NetworkDriver for Driver {
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let ov = &self.0;
+        // The guard is on before the network's VXLAN link opens its socket.
+        ov.sync_guard(true).await;
+        let result = self.create_network_locked(req).await;
+        ov.sync_guard(false).await;
+        result
+    }
+
+    async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
+        let result = self.delete_network_locked(req).await;
+        self.0.sync_guard(false).await;
+        result
+    }
+
+    async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
+        let ov = &self.0;
+        // Global scope: the first endpoint of a network created on another host sets it up here.
+        let adopting = ov.config.mode == Mode::Global && !ov.state.lock().await.networks.contains_key(&req.network_id);
+        if adopting {
+            ov.sync_guard(true).await;
+        }
+        let result = self.create_endpoint_locked(req).await;
+        if adopting {
+            ov.sync_guard(false).await;
+        }
+        result
+    }
+
+    async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
+        let ov = &self.0;
+        ov.withdraw_ports(&req.endpoint_id).await;
+        let mut state = ov.state.lock().await;
+        let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
+            return Ok(());
+        };
+        ov.fabric.teardown_endpoint(state.dataplanes.get(&ep.network), &ep).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
+        ov.delete_endpoint_record(&ep).await?;
+        state.endpoints.remove(&ep.id);
+        ov.unpublish(&mut state, &ep).await;
+        Ok(())
+    }
+
+    async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
+        let ov = &self.0;
+        let mut state = ov.state.lock().await;
+        let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-overlay", &req.endpoint_id))?;
+        let net = state.network_by_key(&ep.network).cloned().ok_or_else(|| PluginError::unknown_network("loom-overlay", &ep.docker_network))?;
+        ov.ensure_dataplane(&mut state, &net.config).await?;
+        let dp = state.dataplanes.get(&ep.network).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
+        if ov.fabric.netlink().link(&ep.container_veth).await.map_err(PluginError::from)?.is_none()
+            && !ov.fabric.endpoint_alive(dp, &ep).await.map_err(PluginError::from)?
+        {
+            // A retried Join after the pair went away: make it again.
+            ov.fabric.ensure_endpoint(dp, &net.config, &ep).await.map_err(PluginError::from)?;
+        }
+        if !net.config.internal && ov.gateway.is_some() {
+            let ports = port_bindings(&req.options).unwrap_or_else(|e| {
+                warn!(endpoint = %short(&ep.id), "{e}; publishing no ports");
+                Vec::new()
+            });
+            if ports != ep.ports {
+                let record = LocalEndpoint { ports, ..ep.clone() };
+                ov.put_endpoint(&record).await?;
+                state.endpoints.insert(record.id.clone(), record);
+            }
+            tokio::spawn(attach_gateway(ov.clone(), ep.id.clone(), req.sandbox_key.clone()));
+        }
+        // No gateway: Docker gives the container a docker_gwbridge leg for the outside world.
+        Ok(JoinResponse {
+            interface_name: Some(InterfaceName { src_name: ep.container_veth.clone(), dst_prefix: "eth".to_string() }),
+            ..JoinResponse::default()
+        })
+    }
+
+    async fn leave(&self, req: EndpointRef) -> PluginResult<()> {
+        self.0.withdraw_ports(&req.endpoint_id).await;
+        Ok(())
+    }
+}
+
+impl Driver {
+    async fn create_network_locked(&self, req: CreateNetworkRequest) -> PluginResult<()> {
+        let ov = &self.0;
         let shared = ov.shared()?;
         let options = OverlayOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let subnet_v4 = single_subnet(&req.ipv4_data, "IPv4")?;
@@ -432,7 +556,7 @@ impl NetworkDriver for Driver {
         Ok(())
     }
 
-    async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
+    async fn delete_network_locked(&self, req: NetworkRef) -> PluginResult<()> {
         let ov = &self.0;
         let mut state = ov.state.lock().await;
         let Some(net) = state.networks.get(&req.network_id).cloned() else {
@@ -466,7 +590,7 @@ impl NetworkDriver for Driver {
         Ok(())
     }
 
-    async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
+    async fn create_endpoint_locked(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
         let ov = &self.0;
         let mut state = ov.state.lock().await;
         let net = match state.networks.get(&req.network_id).cloned() {
@@ -517,58 +641,6 @@ impl NetworkDriver for Driver {
         Ok(CreateEndpointResponse { interface })
     }
 
-    async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let ov = &self.0;
-        let mut state = ov.state.lock().await;
-        let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Ok(());
-        };
-        ov.withdraw_ports(&mut state, &ep.id).await;
-        ov.fabric.teardown_endpoint(state.dataplanes.get(&ep.network), &ep).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
-        ov.delete_endpoint_record(&ep).await?;
-        state.endpoints.remove(&ep.id);
-        ov.unpublish(&mut state, &ep).await;
-        Ok(())
-    }
-
-    async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
-        let ov = &self.0;
-        let mut state = ov.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-overlay", &req.endpoint_id))?;
-        let net = state.network_by_key(&ep.network).cloned().ok_or_else(|| PluginError::unknown_network("loom-overlay", &ep.docker_network))?;
-        ov.ensure_dataplane(&mut state, &net.config).await?;
-        let dp = state.dataplanes.get(&ep.network).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
-        if ov.fabric.netlink().link(&ep.container_veth).await.map_err(PluginError::from)?.is_none()
-            && !ov.fabric.endpoint_alive(dp, &ep).await.map_err(PluginError::from)?
-        {
-            // A retried Join after the pair went away: make it again.
-            ov.fabric.ensure_endpoint(dp, &net.config, &ep).await.map_err(PluginError::from)?;
-        }
-        if !net.config.internal && ov.gateway.is_some() {
-            let ports = port_bindings(&req.options).unwrap_or_else(|e| {
-                warn!(endpoint = %short(&ep.id), "{e}; publishing no ports");
-                Vec::new()
-            });
-            if ports != ep.ports {
-                let record = LocalEndpoint { ports, ..ep.clone() };
-                ov.put_endpoint(&record).await?;
-                state.endpoints.insert(record.id.clone(), record);
-            }
-            tokio::spawn(attach_gateway(ov.clone(), ep.id.clone(), req.sandbox_key.clone()));
-        }
-        // No gateway: Docker gives the container a docker_gwbridge leg for the outside world.
-        Ok(JoinResponse {
-            interface_name: Some(InterfaceName { src_name: ep.container_veth.clone(), dst_prefix: "eth".to_string() }),
-            ..JoinResponse::default()
-        })
-    }
-
-    async fn leave(&self, req: EndpointRef) -> PluginResult<()> {
-        let ov = &self.0;
-        let mut state = ov.state.lock().await;
-        ov.withdraw_ports(&mut state, &req.endpoint_id).await;
-        Ok(())
-    }
 }
 
 /// After Join, Docker gives the container its docker_gwbridge leg: once it is there, loom-overlay
@@ -595,7 +667,8 @@ async fn attach_gateway(ov: Arc<Overlay>, endpoint: String, sandbox: String) {
             }
         }
     };
-    let mut state = ov.state.lock().await;
+    // The firewall is called without the state lock (a slow one holds up this task only).
+    let _serial = ov.gateway_lock.lock().await;
     let policy = match gateway.ensure(ov.fabric.netlink()).await {
         Ok(policy) => policy,
         Err(e) => {
@@ -603,8 +676,12 @@ async fn attach_gateway(ov: Arc<Overlay>, endpoint: String, sandbox: String) {
             return;
         }
     };
-    state.gateway_policy = policy.clone();
-    let Some(mut ep) = state.endpoints.get(&endpoint).cloned() else { return };
+    let ep = {
+        let mut state = ov.state.lock().await;
+        state.gateway_policy = policy.clone();
+        state.endpoints.get(&endpoint).cloned()
+    };
+    let Some(mut ep) = ep else { return };
     let (Some(policy), false) = (policy, ep.ports.is_empty()) else { return };
     let mappings = gateway::mappings(&ep.ports, address);
     if let Err(e) = gateway.publish(&policy, &ep.id, &mappings).await {
@@ -613,6 +690,15 @@ async fn attach_gateway(ov: Arc<Overlay>, endpoint: String, sandbox: String) {
     }
     info!(endpoint = %short(&ep.id), ports = ?mappings.iter().map(ToString::to_string).collect::<Vec<_>>(),
           "ports published on docker_gwbridge");
+    let mut state = ov.state.lock().await;
+    if !state.endpoints.contains_key(&endpoint) {
+        // Deleted meanwhile: its DeleteEndpoint saw no ports to withdraw.
+        drop(state);
+        if let Err(e) = gateway.withdraw(&policy, &ep.id, &mappings).await {
+            warn!(endpoint = %short(&ep.id), "withdrawing published ports: {e:#}");
+        }
+        return;
+    }
     ep.gateway_ip = Some(address);
     if let Err(e) = ov.put_endpoint(&ep).await {
         warn!("{e}");

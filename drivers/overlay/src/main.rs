@@ -2,6 +2,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use netloom_firewall::BackendKind;
 use netloom_plugin_api::{CommonArgs, Plugin};
 
 mod cache;
@@ -10,6 +11,7 @@ mod driver;
 mod fabric;
 mod garp;
 mod gateway;
+mod guard;
 mod options;
 mod peers;
 mod records;
@@ -59,24 +61,32 @@ struct Args {
     netns_dir: Option<std::path::PathBuf>,
 
     /// Firewall backend for docker_gwbridge's masquerade, isolation and published ports
-    /// (needed when dockerd runs with --iptables=false; harmless otherwise), or none
-    #[arg(long, value_enum, default_value_t = FirewallChoice::Iptables)]
+    /// (needed when dockerd runs with --iptables=false; harmless otherwise) and for the VXLAN
+    /// guard: auto (nftables where the kernel has nf_tables, else iptables), iptables, nftables,
+    /// or none (no docker_gwbridge rules; the VXLAN guard then uses the auto-detected backend)
+    #[arg(long, value_enum, default_value_t = FirewallChoice::Auto)]
     firewall: FirewallChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum FirewallChoice {
+    Auto,
     Iptables,
     Nftables,
     None,
 }
 
 impl FirewallChoice {
-    fn backend(self) -> Option<netloom_firewall::BackendKind> {
+    /// (docker_gwbridge's backend, the VXLAN guard's backend).
+    fn backends(self) -> (Option<BackendKind>, BackendKind) {
         match self {
-            FirewallChoice::Iptables => Some(netloom_firewall::BackendKind::Iptables),
-            FirewallChoice::Nftables => Some(netloom_firewall::BackendKind::Nftables),
-            FirewallChoice::None => None,
+            FirewallChoice::Auto => {
+                let kind = BackendKind::detect();
+                (Some(kind), kind)
+            }
+            FirewallChoice::Iptables => (Some(BackendKind::Iptables), BackendKind::Iptables),
+            FirewallChoice::Nftables => (Some(BackendKind::Nftables), BackendKind::Nftables),
+            FirewallChoice::None => (None, BackendKind::detect()),
         }
     }
 }
@@ -84,6 +94,7 @@ impl FirewallChoice {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let (firewall, guard_firewall) = args.firewall.backends();
     let config = driver::Config {
         mode: args.scope,
         advertise: args.advertise_addr.clone(),
@@ -92,7 +103,8 @@ async fn main() -> ExitCode {
         lease_ttl: Duration::from_secs(args.lease_ttl),
         dead_host_grace: Duration::from_secs(args.dead_host_grace),
         netns_dir: args.netns_dir.clone(),
-        firewall: args.firewall.backend(),
+        firewall,
+        guard_firewall,
     };
     netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
         let overlay = driver::Overlay::start(&settings, config).await?;

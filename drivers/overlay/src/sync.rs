@@ -10,14 +10,20 @@
 //!   withdrawn as they exist or not, networks deleted on another host removed (global scope),
 //!   local-scope records a store lost written back, and hosts whose lease expired long ago
 //!   forgotten.
+//! - Both run under [`supervise`]: a task that panics or ends is logged and started again, with
+//!   back-off.
+//! - The VXLAN guard ([`crate::guard`]) follows the hosts in the copy: a change of hosts is
+//!   applied to it before the FDB, and the firewall (guard, docker_gwbridge) is called without
+//!   the state lock, so a slow firewall does not hold up requests or the FDB.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use netloom_ipam::store::{Condition, Txn};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cache::{Affected, Cache};
 use crate::driver::{Overlay, State};
@@ -26,6 +32,45 @@ use crate::records::{self, short, Mode, ROOT};
 
 /// Events taken in one go before reprogramming.
 const BATCH: usize = 1024;
+
+/// Runs `task(arg)` in the background for good: when it panics or returns, says so and starts it
+/// again after a back-off (0.5 s doubling to 30 s; back to 0.5 s after a minute of running).
+pub fn supervise<T, F, Fut>(name: &'static str, arg: T, task: F)
+where
+    T: Clone + Send + 'static,
+    F: Fn(T) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    const FIRST: Duration = Duration::from_millis(500);
+    tokio::spawn(async move {
+        let mut delay = FIRST;
+        loop {
+            let started = Instant::now();
+            let outcome = tokio::spawn(task(arg.clone())).await;
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = FIRST;
+            }
+            match outcome {
+                Ok(()) => warn!(task = name, "background task ended; starting it again in {delay:?}"),
+                Err(e) if e.is_panic() => {
+                    let payload = e.into_panic();
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".to_string());
+                    error!(task = name, "background task panicked: {message}; starting it again in {delay:?}");
+                }
+                Err(e) => {
+                    debug!(task = name, "background task cancelled: {e}");
+                    return;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    });
+}
 
 pub async fn watch(ov: Arc<Overlay>) {
     let Ok(shared) = &ov.shared else { return };
@@ -50,10 +95,15 @@ pub async fn watch(ov: Arc<Overlay>) {
         match Cache::load(shared.store.as_ref()).await {
             Ok(cache) => {
                 // Whatever changed since the watch started is replayed by it below.
-                let mut state = ov.state.lock().await;
-                state.cache = cache;
-                state.generation += 1;
-                resync(&ov, &mut state).await;
+                {
+                    let mut state = ov.state.lock().await;
+                    state.cache = cache;
+                    state.generation += 1;
+                }
+                // The hosts are known: the guard first, then the FDB.
+                ov.sync_guard(false).await;
+                resync(&ov, &mut *ov.state.lock().await).await;
+                sync_gateway(&ov).await;
             }
             Err(e) => {
                 debug!("listing the store: {e}");
@@ -75,17 +125,28 @@ pub async fn watch(ov: Arc<Overlay>) {
                     _ => break,
                 }
             }
-            let mut state = ov.state.lock().await;
             let mut affected = Affected::default();
             let mut ended = None;
-            for item in batch {
-                match item {
-                    Ok(event) => affected.merge(state.cache.apply(&event)),
-                    Err(e) => ended = Some(e),
+            {
+                let mut state = ov.state.lock().await;
+                for item in batch {
+                    match item {
+                        Ok(event) => affected.merge(state.cache.apply(&event)),
+                        Err(e) => ended = Some(e),
+                    }
                 }
+                state.generation += 1;
             }
-            state.generation += 1;
-            apply_affected(&ov, &mut state, affected).await;
+            if affected.all {
+                // A host came or went: the guard accepts a new one before an FDB entry points at
+                // it, and drops a departed one.
+                ov.sync_guard(false).await;
+            }
+            if !affected.is_empty() {
+                apply_affected(&ov, &mut *ov.state.lock().await, affected).await;
+                // A network removed on another host may have been this host's last.
+                ov.sync_guard(false).await;
+            }
             if let Some(e) = ended {
                 warn!("{e}");
                 break;
@@ -107,28 +168,35 @@ pub async fn reconcile_once(ov: &Overlay) {
     let Ok(shared) = &ov.shared else { return };
     let generation = ov.state.lock().await.generation;
     let listed = Cache::load(shared.store.as_ref()).await;
-    let mut state = ov.state.lock().await;
-    match listed {
-        // Nothing changed the copy while the list was taken: the list is at least as new.
-        Ok(cache) if state.generation == generation => {
-            state.cache = cache;
-            state.generation += 1;
-        }
-        // The watch delivered changes meanwhile, so the copy is newer than the list, and current.
-        Ok(_) => debug!("reconciler: the store changed while it was listed; checking against the watched copy"),
-        Err(e) => {
-            debug!("reconciler: {e}; trying again in {:?}", ov.config.reconcile_every);
-            return;
+    {
+        let mut state = ov.state.lock().await;
+        match listed {
+            // Nothing changed the copy while the list was taken: the list is at least as new.
+            Ok(cache) if state.generation == generation => {
+                state.cache = cache;
+                state.generation += 1;
+            }
+            // The watch delivered changes meanwhile, so the copy is newer than the list, and current.
+            Ok(_) => debug!("reconciler: the store changed while it was listed; checking against the watched copy"),
+            Err(e) => {
+                debug!("reconciler: {e}; trying again in {:?}", ov.config.reconcile_every);
+                return;
+            }
         }
     }
-    resync(ov, &mut state).await;
+    // Re-applied even if unchanged here: someone may have flushed the firewall.
+    if let Some(guard) = &ov.guard {
+        guard.sync(ov, true, false).await;
+    }
+    resync(ov, &mut *ov.state.lock().await).await;
+    sync_gateway(ov).await;
+    ov.sync_guard(false).await;
 }
 
 /// Everything against the copy of the store just listed.
 async fn resync(ov: &Overlay, state: &mut State) {
     repair_dataplanes(ov, state).await;
     sync_all(ov, state).await;
-    sync_gateway(ov, state).await;
     publish_own(ov, state).await;
     restore_local_networks(ov, state).await;
     forget_dead_hosts(ov, state).await;
@@ -356,8 +424,10 @@ async fn forget_dead_hosts(ov: &Overlay, state: &mut State) {
 
 /// docker_gwbridge's rules and port flags, and the published ports of this host's endpoints:
 /// re-applied (rules someone flushed come back), leftovers of endpoints that are gone removed.
-pub async fn sync_gateway(ov: &Overlay, state: &mut State) {
+/// Takes the state lock only to read and record, never across a firewall call.
+pub async fn sync_gateway(ov: &Overlay) {
     let Some(gateway) = &ov.gateway else { return };
+    let _serial = ov.gateway_lock.lock().await;
     let policy = match gateway.ensure(ov.fabric.netlink()).await {
         Ok(policy) => policy,
         Err(e) => {
@@ -365,15 +435,18 @@ pub async fn sync_gateway(ov: &Overlay, state: &mut State) {
             return;
         }
     };
-    state.gateway_policy = policy.clone();
+    let published: Vec<(String, Vec<netloom_plugin_api::wire::ports::PortBinding>, std::net::IpAddr)> = {
+        let mut state = ov.state.lock().await;
+        state.gateway_policy = policy.clone();
+        state.endpoints.values().filter_map(|ep| Some((ep.id.clone(), ep.ports.clone(), ep.gateway_ip?))).collect()
+    };
     let Some(policy) = policy else { return };
     let mut live = Vec::new();
-    for ep in state.endpoints.values() {
-        let Some(address) = ep.gateway_ip else { continue };
-        live.push(ep.id.clone());
-        if let Err(e) = gateway.publish(&policy, &ep.id, &crate::gateway::mappings(&ep.ports, address)).await {
-            warn!(endpoint = %short(&ep.id), "re-publishing ports: {e:#}");
+    for (id, ports, address) in published {
+        if let Err(e) = gateway.publish(&policy, &id, &crate::gateway::mappings(&ports, address)).await {
+            warn!(endpoint = %short(&id), "re-publishing ports: {e:#}");
         }
+        live.push(id);
     }
     gateway.retain(&policy, &live).await;
 }
@@ -395,5 +468,26 @@ async fn repair_dataplanes(ov: &Overlay, state: &mut State) {
         if let Err(e) = ov.ensure_dataplane(state, &net.config).await {
             warn!(network = %short(&key), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_started_again() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        supervise("test", runs.clone(), |runs: Arc<AtomicUsize>| async move {
+            if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                panic!("boom");
+            }
+            std::future::pending::<()>().await;
+        });
+        // Back-offs 0.5 s and 1 s.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "panicked twice, then runs for good");
     }
 }

@@ -1,12 +1,14 @@
-//! The iptables backend: the `iptables`/`ip6tables` binaries through the `iptables` crate, which
-//! passes `--wait` (the xtables lock). Layout and rules: [`rules`].
+//! The iptables backend: the `iptables`/`ip6tables` binaries, every call bounded (`--wait` with a
+//! limit, and a process timeout: [`xtables`]). Layout and rules: [`rules`].
 //!
 //! Each call runs the binaries on tokio's blocking pool; calls are serialised within the process.
 //! Rules are found again by their `netloom:…` comments, so nothing is kept in memory.
 
 mod rules;
+mod xtables;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,15 +21,16 @@ use crate::{BackendKind, Firewall, FirewallError};
 use rules::{IptRule, ListedRule, Position};
 
 use rules::parse_listed;
+pub(crate) use xtables::Xtables;
 
 pub struct IptablesFirewall {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    v4: iptables::IPTables,
+    v4: Xtables,
     /// `None` when `ip6tables` is missing or unusable; IPv6 networks then fail.
-    v6: Option<iptables::IPTables>,
+    v6: Option<Xtables>,
     lock: Mutex<()>,
 }
 
@@ -37,7 +40,7 @@ fn ipt_err(what: String) -> impl FnOnce(Box<dyn std::error::Error>) -> anyhow::E
 
 /// The IPv4 handle, with the filter table probed so that a missing kernel module or binary
 /// shows up at start.
-fn probed_v4() -> Result<iptables::IPTables> {
+fn probed_v4() -> Result<Xtables> {
     let v4 = handle(false)?;
     let out = v4.execute("filter", "-S FORWARD").map_err(ipt_err("iptables -S FORWARD".into()))?;
     if !out.status.success() {
@@ -46,11 +49,10 @@ fn probed_v4() -> Result<iptables::IPTables> {
     Ok(v4)
 }
 
-/// The `iptables` handle of one family, numeric output.
-pub(crate) fn handle(v6: bool) -> Result<iptables::IPTables> {
-    let cmd = if v6 { "ip6tables" } else { "iptables" };
-    let mut ipt = iptables::new(v6).map_err(ipt_err(format!("running {cmd} --version")))?;
-    ipt.set_numeric(true);
+/// The `iptables` handle of one family, checked to run.
+pub(crate) fn handle(v6: bool) -> Result<Xtables> {
+    let ipt = Xtables::new(v6);
+    ipt.version().map_err(ipt_err(format!("running {} --version", ipt.cmd)))?;
     Ok(ipt)
 }
 
@@ -59,13 +61,21 @@ impl IptablesFirewall {
         let inner = tokio::task::spawn_blocking(|| -> Result<Inner> {
             // Each probe is two iptables processes (`--version`, `-S FORWARD`); the families are
             // probed side by side, which takes a third off the driver's start-up.
+            // The loopback guard goes in at once, whether or not a network ever comes.
             let (v4, v6) = std::thread::scope(|s| {
                 let v6 = s.spawn(|| {
-                    handle(true)
+                    let h = handle(true)
                         .ok()
-                        .filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false))
+                        .filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false))?;
+                    if let Err(e) = ensure_table_skeleton(&h, "raw") {
+                        warn!("installing the IPv6 loopback guard: {e:#}");
+                    }
+                    Some(h)
                 });
-                let v4 = probed_v4();
+                let v4 = probed_v4().and_then(|h| {
+                    ensure_table_skeleton(&h, "raw").context("installing the loopback guard")?;
+                    Ok(h)
+                });
                 (v4, v6.join().unwrap_or(None))
             });
             let v4 = v4?;
@@ -89,7 +99,7 @@ impl IptablesFirewall {
 }
 
 impl Inner {
-    fn family(&self, v6: bool) -> Result<&iptables::IPTables> {
+    fn family(&self, v6: bool) -> Result<&Xtables> {
         if v6 {
             self.v6.as_ref().ok_or_else(|| anyhow!("ip6tables is not usable here"))
         } else {
@@ -98,7 +108,7 @@ impl Inner {
     }
 
     /// The families whose tables are usable.
-    fn families(&self) -> Vec<(bool, &iptables::IPTables)> {
+    fn families(&self) -> Vec<(bool, &Xtables)> {
         let mut out = vec![(false, &self.v4)];
         if let Some(v6) = &self.v6 {
             out.push((true, v6));
@@ -106,71 +116,32 @@ impl Inner {
         out
     }
 
-    fn exists(&self, ipt: &iptables::IPTables, rule: &IptRule) -> Result<bool> {
-        ipt.exists(rule.table, rule.chain, &rule.spec_string()).map_err(ipt_err(format!(
-            "{} -C {}",
-            ipt.cmd,
-            rule.render()
-        )))
+    fn add(&self, ipt: &Xtables, rule: &IptRule) -> Result<()> {
+        add_rule(ipt, rule)
     }
 
-    fn add(&self, ipt: &iptables::IPTables, rule: &IptRule) -> Result<()> {
-        let spec = rule.spec_string();
-        let res = match rule.position {
-            Position::Append => ipt.append(rule.table, rule.chain, &spec),
-            Position::First if rule.table == "filter" && rule.chain == "FORWARD" => {
-                ipt.insert(rule.table, rule.chain, &spec, forward_top(ipt)?)
-            }
-            Position::First => ipt.insert(rule.table, rule.chain, &spec, 1),
-        };
-        debug!(cmd = ipt.cmd, rule = %rule.render(), "adding");
-        res.map_err(ipt_err(format!("{} {}", ipt.cmd, rule.render())))
-    }
-
-    /// Adds the rule unless an identical one exists.
-    fn ensure(&self, ipt: &iptables::IPTables, rule: &IptRule) -> Result<bool> {
-        if self.exists(ipt, rule)? {
-            return Ok(false);
-        }
-        self.add(ipt, rule)?;
-        Ok(true)
-    }
-
-    fn delete(&self, ipt: &iptables::IPTables, table: &str, chain: &str, spec: &str) -> Result<()> {
+    fn delete(&self, ipt: &Xtables, table: &str, chain: &str, spec: &str) -> Result<()> {
         debug!(cmd = ipt.cmd, table, chain, spec, "deleting");
         ipt.delete(table, chain, spec).map_err(ipt_err(format!("{} -t {table} -D {chain} {spec}", ipt.cmd)))
     }
 
     /// Creates netloom's chains and the skeleton rules of one family (idempotent).
-    fn ensure_skeleton(&self, ipt: &iptables::IPTables) -> Result<()> {
-        for table in ["filter", "nat"] {
-            let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
-            for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
-                if !existing.iter().any(|c| c == chain) {
-                    if let Err(e) = ipt.new_chain(table, chain) {
-                        // Another process may have created it meanwhile.
-                        if !ipt.chain_exists(table, chain).unwrap_or(false) {
-                            return Err(anyhow!("{} -t {table} -N {chain}: {e}", ipt.cmd));
-                        }
-                    }
-                }
-            }
-        }
-        for rule in rules::skeleton() {
-            self.ensure(ipt, &rule)?;
+    fn ensure_skeleton(&self, ipt: &Xtables) -> Result<()> {
+        for table in SKELETON_TABLES {
+            ensure_table_skeleton(ipt, table)?;
         }
         Ok(())
     }
 
     /// Every rule of a table, parsed.
-    fn listed(&self, ipt: &iptables::IPTables, table: &str) -> Result<Vec<ListedRule>> {
+    fn listed(&self, ipt: &Xtables, table: &str) -> Result<Vec<ListedRule>> {
         Ok(self.listed_with_chains(ipt, table)?.1)
     }
 
     /// Every rule of filter and nat in every usable family. The listings run side by side: this
     /// is on every driver's start-up path (leftover check), one iptables process each.
     fn listed_everywhere(&self) -> Result<Vec<ListedRule>> {
-        let tables: Vec<(&iptables::IPTables, &str)> =
+        let tables: Vec<(&Xtables, &str)> =
             self.families().into_iter().flat_map(|(_, ipt)| [(ipt, "filter"), (ipt, "nat")]).collect();
         let listings: Vec<Result<Vec<ListedRule>>> = std::thread::scope(|s| {
             let running: Vec<_> = tables.iter().map(|&(ipt, table)| s.spawn(move || self.listed(ipt, table))).collect();
@@ -184,25 +155,163 @@ impl Inner {
     }
 
     /// The chains (`-N`/`-P` lines) and rules of a table.
-    fn listed_with_chains(&self, ipt: &iptables::IPTables, table: &str) -> Result<(Vec<String>, Vec<ListedRule>)> {
-        let out = ipt.execute(table, "-S").map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
-        if !out.status.success() {
-            bail!("{} -t {table} -S: {}", ipt.cmd, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let chains = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("-N ").or_else(|| l.strip_prefix("-P ")))
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .collect();
-        Ok((chains, text.lines().filter_map(parse_listed).collect()))
+    fn listed_with_chains(&self, ipt: &Xtables, table: &str) -> Result<(Vec<String>, Vec<ListedRule>)> {
+        listed_with_chains(ipt, table)
     }
+}
 
-    fn remove_where(&self, pred: impl Fn(&IptOwner) -> bool) -> Result<()> {
+/// The tables netloom's skeleton has rules in.
+const SKELETON_TABLES: [&str; 3] = ["raw", "filter", "nat"];
+
+/// The chains (`-N`/`-P` lines) and rules of a table.
+fn listed_with_chains(ipt: &Xtables, table: &str) -> Result<(Vec<String>, Vec<ListedRule>)> {
+    let out = ipt.execute(table, "-S").map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
+    if !out.status.success() {
+        bail!("{} -t {table} -S: {}", ipt.cmd, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let chains = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N ").or_else(|| l.strip_prefix("-P ")))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    Ok((chains, text.lines().filter_map(parse_listed).collect()))
+}
+
+fn is_vxlan(rule: &ListedRule) -> bool {
+    rule.comment.as_deref() == Some(tag::IPT_VXLAN)
+}
+
+fn delete_listed(ipt: &Xtables, table: &str, rule: &ListedRule) -> Result<()> {
+    debug!(cmd = ipt.cmd, table, chain = %rule.chain, spec = %rule.spec, "deleting");
+    ipt.delete(table, &rule.chain, &rule.spec).map_err(ipt_err(format!("{} -t {table} -D {} {}", ipt.cmd, rule.chain, rule.spec)))
+}
+
+fn same_rule(listed: &ListedRule, rule: &IptRule) -> bool {
+    listed.chain == rule.chain && rules::normalized(&listed.spec) == rules::normalized(&rule.spec_string())
+}
+
+/// Makes one family's VXLAN guard accept exactly `peers` on `port`. New peers and the new jump
+/// go in before anything old is deleted, so no member is dropped in between.
+fn set_vxlan(ipt: &Xtables, port: u16, peers: &[IpAddr]) -> Result<()> {
+    let wanted = rules::vxlan_rules(port, peers);
+    let (chains, raw) = listed_with_chains(ipt, "raw")?;
+    if !chains.iter().any(|c| c == rules::VXLAN) {
+        if let Err(e) = ipt.new_chain("raw", rules::VXLAN) {
+            if !ipt.chain_exists("raw", rules::VXLAN).unwrap_or(false) {
+                bail!("{} -t raw -N {}: {e}", ipt.cmd, rules::VXLAN);
+            }
+        }
+    }
+    let in_chain: Vec<&ListedRule> = raw.iter().filter(|r| r.chain == rules::VXLAN).collect();
+    let have: BTreeSet<IpAddr> = in_chain.iter().filter_map(|r| rules::parse_vxlan_peer(&r.spec)).collect();
+    for (peer, rule) in peers.iter().zip(&wanted.peers) {
+        if !have.contains(peer) {
+            add_rule(ipt, rule)?;
+        }
+    }
+    if !in_chain.iter().any(|r| same_rule(r, &wanted.drop)) {
+        add_rule(ipt, &wanted.drop)?;
+    }
+    let jumps: Vec<&ListedRule> = raw.iter().filter(|r| r.chain == "PREROUTING" && is_vxlan(r)).collect();
+    if !jumps.iter().any(|r| same_rule(r, &wanted.jump)) {
+        add_rule(ipt, &wanted.jump)?;
+    }
+    for old in jumps.iter().filter(|r| !same_rule(r, &wanted.jump)) {
+        delete_listed(ipt, "raw", old)?;
+    }
+    for old in in_chain.iter().filter(|r| rules::parse_vxlan_peer(&r.spec).is_some_and(|p| !peers.contains(&p))) {
+        delete_listed(ipt, "raw", old)?;
+    }
+    let (_, filter) = listed_with_chains(ipt, "filter")?;
+    let drops: Vec<&ListedRule> = filter.iter().filter(|r| r.chain == "FORWARD" && is_vxlan(r)).collect();
+    if !drops.iter().any(|r| same_rule(r, &wanted.forward)) {
+        add_rule(ipt, &wanted.forward)?;
+    }
+    for old in drops.iter().filter(|r| !same_rule(r, &wanted.forward)) {
+        delete_listed(ipt, "filter", old)?;
+    }
+    Ok(())
+}
+
+/// Deletes one family's VXLAN guard (jump, chain, FORWARD drop).
+fn remove_vxlan(ipt: &Xtables) -> Result<()> {
+    for table in ["raw", "filter"] {
+        let (_, listed) = listed_with_chains(ipt, table)?;
+        for rule in listed.iter().filter(|r| is_vxlan(r) && r.chain != rules::VXLAN) {
+            delete_listed(ipt, table, rule)?;
+        }
+    }
+    remove_vxlan_chain(ipt)
+}
+
+fn remove_vxlan_chain(ipt: &Xtables) -> Result<()> {
+    if ipt.chain_exists("raw", rules::VXLAN).unwrap_or(false) {
+        ipt.flush_chain("raw", rules::VXLAN).map_err(ipt_err(format!("{} -t raw -F {}", ipt.cmd, rules::VXLAN)))?;
+        ipt.delete_chain("raw", rules::VXLAN).map_err(ipt_err(format!("{} -t raw -X {}", ipt.cmd, rules::VXLAN)))?;
+    }
+    Ok(())
+}
+
+/// Lists one table and adds what of the skeleton is missing there (and replaces outdated
+/// skeleton rules).
+fn ensure_table_skeleton(ipt: &Xtables, table: &str) -> Result<()> {
+    let (chains, listed) = listed_with_chains(ipt, table)?;
+    ensure_skeleton_in(ipt, table, &chains, &listed)
+}
+
+/// Creates netloom's chains of `table` and adds the skeleton rules missing from `listed`; a
+/// skeleton rule of an earlier version (same comment, another spec) is deleted once the current
+/// one is in.
+fn ensure_skeleton_in(ipt: &Xtables, table: &str, chains: &[String], listed: &[ListedRule]) -> Result<()> {
+    for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
+        if !chains.iter().any(|c| c == chain) {
+            if let Err(e) = ipt.new_chain(table, chain) {
+                // Another process may have created it meanwhile.
+                if !ipt.chain_exists(table, chain).unwrap_or(false) {
+                    return Err(anyhow!("{} -t {table} -N {chain}: {e}", ipt.cmd));
+                }
+            }
+        }
+    }
+    let present: BTreeSet<(&str, rules::Normalized)> =
+        listed.iter().map(|r| (r.chain.as_str(), rules::normalized(&r.spec))).collect();
+    let skeleton: Vec<IptRule> = rules::skeleton(ipt.v6).into_iter().filter(|r| r.table == table).collect();
+    for rule in &skeleton {
+        if !present.contains(&(rule.chain, rules::normalized(&rule.spec_string()))) {
+            add_rule(ipt, rule)?;
+        }
+    }
+    let wanted: BTreeSet<(&str, rules::Normalized)> =
+        skeleton.iter().map(|r| (r.chain, rules::normalized(&r.spec_string()))).collect();
+    for old in listed.iter().filter(|r| r.comment.as_deref() == Some(tag::IPT_BASE)) {
+        if !wanted.contains(&(old.chain.as_str(), rules::normalized(&old.spec))) {
+            debug!(cmd = ipt.cmd, table, chain = %old.chain, spec = %old.spec, "replacing an outdated skeleton rule");
+            ipt.delete(table, &old.chain, &old.spec).map_err(ipt_err(format!("{} -t {table} -D {} {}", ipt.cmd, old.chain, old.spec)))?;
+        }
+    }
+    Ok(())
+}
+
+fn add_rule(ipt: &Xtables, rule: &IptRule) -> Result<()> {
+    let spec = rule.spec_string();
+    let res = match rule.position {
+        Position::Append => ipt.append(rule.table, rule.chain, &spec),
+        Position::First if rule.table == "filter" && rule.chain == "FORWARD" => {
+            ipt.insert(rule.table, rule.chain, &spec, forward_top(ipt)?)
+        }
+        Position::First => ipt.insert(rule.table, rule.chain, &spec, 1),
+    };
+    debug!(cmd = ipt.cmd, rule = %rule.render(), "adding");
+    res.map_err(ipt_err(format!("{} {}", ipt.cmd, rule.render())))
+}
+
+impl Inner {
+    fn remove_where(&self, tables: &[&str], pred: impl Fn(&IptOwner) -> bool) -> Result<()> {
         let mut errors = Vec::new();
         for (_, ipt) in self.families() {
-            for table in ["filter", "nat"] {
+            for &table in tables {
                 for rule in self.listed(ipt, table)? {
                     let owner = rule.comment.as_deref().and_then(tag::parse_ipt_comment);
                     if owner.as_ref().is_some_and(&pred) {
@@ -238,34 +347,20 @@ impl Inner {
                 Err(_) if !any_wanted => continue,
                 Err(e) => return Err(e),
             };
-            for table in ["filter", "nat"] {
-                let (chains, listed) = self.listed_with_chains(ipt, table)?;
-                if any_wanted {
-                    self.ensure_skeleton_in(ipt, table, &chains, &listed)?;
+            // The tables are listed side by side (one process each); then changed one by one.
+            let listings: Vec<Result<(Vec<String>, Vec<ListedRule>)>> = std::thread::scope(|s| {
+                let running: Vec<_> = SKELETON_TABLES.iter().map(|&t| s.spawn(move || listed_with_chains(ipt, t))).collect();
+                running.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("listing iptables rules panicked")))).collect()
+            });
+            for (table, listing) in SKELETON_TABLES.into_iter().zip(listings) {
+                let (chains, listed) = listing?;
+                // The loopback guard in every usable family, networks or not.
+                if any_wanted || table == "raw" {
+                    ensure_skeleton_in(ipt, table, &chains, &listed)?;
                 }
-                self.sync_networks(ipt, table, &listed, &wanted)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates netloom's chains of `table` and adds the skeleton rules missing from `listed`.
-    fn ensure_skeleton_in(&self, ipt: &iptables::IPTables, table: &str, chains: &[String], listed: &[ListedRule]) -> Result<()> {
-        for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
-            if !chains.iter().any(|c| c == chain) {
-                if let Err(e) = ipt.new_chain(table, chain) {
-                    // Another process may have created it meanwhile.
-                    if !ipt.chain_exists(table, chain).unwrap_or(false) {
-                        return Err(anyhow!("{} -t {table} -N {chain}: {e}", ipt.cmd));
-                    }
+                if table != "raw" {
+                    self.sync_networks(ipt, table, &listed, &wanted)?;
                 }
-            }
-        }
-        let present: BTreeSet<(&str, rules::Normalized)> =
-            listed.iter().map(|r| (r.chain.as_str(), rules::normalized(&r.spec))).collect();
-        for rule in rules::skeleton().iter().filter(|r| r.table == table) {
-            if !present.contains(&(rule.chain, rules::normalized(&rule.spec_string()))) {
-                self.add(ipt, rule)?;
             }
         }
         Ok(())
@@ -274,7 +369,7 @@ impl Inner {
     /// Makes each network's rules in `table` (by comment, ports aside) exactly its `wanted`:
     /// adds the missing ones, then deletes those of an earlier policy (a changed option or
     /// bridge).
-    fn sync_networks(&self, ipt: &iptables::IPTables, table: &str, listed: &[ListedRule], wanted: &[(String, Vec<IptRule>)]) -> Result<()> {
+    fn sync_networks(&self, ipt: &Xtables, table: &str, listed: &[ListedRule], wanted: &[(String, Vec<IptRule>)]) -> Result<()> {
         let ids: BTreeSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
         let mut listed_by_net: BTreeMap<&str, Vec<&ListedRule>> = BTreeMap::new();
         for rule in listed {
@@ -291,7 +386,7 @@ impl Inner {
         Ok(())
     }
 
-    fn sync_table(&self, ipt: &iptables::IPTables, table: &str, listed: &[&ListedRule], wanted: &[IptRule]) -> Result<()> {
+    fn sync_table(&self, ipt: &Xtables, table: &str, listed: &[&ListedRule], wanted: &[IptRule]) -> Result<()> {
         let present: BTreeSet<(String, rules::Normalized)> =
             listed.iter().map(|r| (r.chain.clone(), rules::normalized(&r.spec))).collect();
         let want: Vec<&IptRule> = wanted.iter().filter(|r| r.table == table).collect();
@@ -309,12 +404,12 @@ impl Inner {
     }
 
     /// Published ports in `LOOM-DNAT` of one family, with their comments.
-    fn listed_ports(&self, ipt: &iptables::IPTables) -> Result<Vec<(ListedRule, PortMapping)>> {
+    fn listed_ports(&self, ipt: &Xtables) -> Result<Vec<(ListedRule, PortMapping)>> {
         Ok(self.listed_ports_or_none(ipt)?.unwrap_or_default())
     }
 
     /// Like [`Inner::listed_ports`], `None` when `LOOM-DNAT` does not exist yet.
-    fn listed_ports_or_none(&self, ipt: &iptables::IPTables) -> Result<Option<Vec<(ListedRule, PortMapping)>>> {
+    fn listed_ports_or_none(&self, ipt: &Xtables) -> Result<Option<Vec<(ListedRule, PortMapping)>>> {
         let (chains, rules) = self.listed_with_chains(ipt, "nat")?;
         if !chains.iter().any(|c| c == rules::DNAT) {
             return Ok(None);
@@ -331,15 +426,17 @@ impl Inner {
 
 /// Where netloom's jump goes in filter FORWARD: first, but after dockerd's `-j DOCKER-USER`
 /// when there is one, so that the user's DOCKER-USER rules see netloom's traffic too (dockerd
-/// puts that jump back on top when it restarts anyway).
-pub(crate) fn forward_top(ipt: &iptables::IPTables) -> Result<i32> {
+/// puts that jump back on top when it restarts anyway), and after the VXLAN guard's drop.
+pub(crate) fn forward_top(ipt: &Xtables) -> Result<i32> {
     let out = ipt.execute("filter", "-S FORWARD").map_err(ipt_err(format!("{} -S FORWARD", ipt.cmd)))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("-A FORWARD ")).collect();
-    Ok(match rules.iter().position(|l| l.trim_end() == "-A FORWARD -j DOCKER-USER") {
-        Some(i) => i as i32 + 2,
-        None => 1,
-    })
+    let mut top = rules.iter().position(|l| l.trim_end() == "-A FORWARD -j DOCKER-USER").map_or(0, |i| i + 1);
+    // The VXLAN guard's drop stays above everything that accepts.
+    while rules.get(top).is_some_and(|l| l.contains(tag::IPT_VXLAN)) {
+        top += 1;
+    }
+    Ok(top as i32 + 1)
 }
 
 fn families_of(net: &NetworkPolicy) -> Vec<bool> {
@@ -375,7 +472,7 @@ impl Firewall for IptablesFirewall {
     async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {
         let id = network_id.to_string();
         self.run(move |inner| {
-            inner.remove_where(|o| match o {
+            inner.remove_where(&["filter", "nat"], |o| match o {
                 IptOwner::Network(n) | IptOwner::Port { network_id: n, .. } => *n == id,
                 _ => false,
             })
@@ -503,10 +600,38 @@ impl Firewall for IptablesFirewall {
         .await
     }
 
+    async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()> {
+        if port == 0 {
+            return Err(FirewallError::Invalid("VXLAN port 0".into()).into());
+        }
+        let peers = peers.to_vec();
+        self.run(move |inner| {
+            for (v6, ipt) in inner.families() {
+                let mine: Vec<IpAddr> = peers.iter().copied().filter(|p| p.is_ipv6() == v6).collect();
+                set_vxlan(ipt, port, &mine)?;
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("setting the VXLAN guard of UDP port {port} (iptables)"))
+    }
+
+    async fn remove_vxlan_guard(&self) -> Result<()> {
+        self.run(|inner| {
+            for (_, ipt) in inner.families() {
+                remove_vxlan(ipt)?;
+            }
+            Ok(())
+        })
+        .await
+        .context("removing the VXLAN guard (iptables)")
+    }
+
     async fn remove_all(&self) -> Result<()> {
         self.run(|inner| {
-            inner.remove_where(|o| !matches!(o, IptOwner::Compat))?;
+            inner.remove_where(&SKELETON_TABLES, |o| !matches!(o, IptOwner::Compat))?;
             for (_, ipt) in inner.families() {
+                remove_vxlan_chain(ipt)?;
                 for table in ["filter", "nat"] {
                     let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
                     for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {

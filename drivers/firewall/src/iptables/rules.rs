@@ -2,13 +2,18 @@
 //! (pure functions; golden-tested below), and parsing of `iptables -S` lines back.
 //!
 //! ```text
+//! raw PREROUTING           ! -i lo -d 127.0.0.0/8 (ip6tables: ::1/128) -j DROP  (inserted first)
+//! raw PREROUTING           [VXLAN guard] -p udp --dport P dst-type LOCAL -j LOOM-VXLAN
+//! raw LOOM-VXLAN           [VXLAN guard] -s <peer> -j RETURN …, -j DROP
+//! filter FORWARD           [VXLAN guard] -p udp --dport P -j DROP            (top, after DOCKER-USER)
 //! filter FORWARD           -j LOOM-FORWARD                                      (inserted first)
 //! filter LOOM-FORWARD      -j LOOM-ISOLATION-1                                  (first)
 //!                          per network: replies, DNATed, egress, icc, [open] accepts
 //! filter LOOM-ISOLATION-1  per network: internal drops; isolated: new non-DNAT out → STAGE-2,
 //!                          new non-DNAT in → DROP
 //! filter LOOM-ISOLATION-2  -o docker0 / -o br-+ / -o <every netloom bridge> → DROP
-//! nat PREROUTING, OUTPUT   -m addrtype --dst-type LOCAL -j LOOM-DNAT            (inserted first)
+//! nat PREROUTING, OUTPUT   -m addrtype --dst-type LOCAL -j LOOM-DNAT            (inserted first;
+//!                          PREROUTING also ! -d 127.0.0.0/8: 127.0.0.1 ports are the host's own)
 //! nat POSTROUTING          -j LOOM-POSTROUTING                                  (inserted first)
 //! nat LOOM-DNAT            one DNAT per published port (host-address ones first)
 //! nat LOOM-POSTROUTING     per network: masquerade/SNAT out, hairpin and localhost masquerade
@@ -26,6 +31,8 @@ pub(crate) const ISOLATION_1: &str = "LOOM-ISOLATION-1";
 pub(crate) const ISOLATION_2: &str = "LOOM-ISOLATION-2";
 pub(crate) const DNAT: &str = "LOOM-DNAT";
 pub(crate) const POSTROUTING: &str = "LOOM-POSTROUTING";
+/// raw table: the VXLAN guard's peers (see [`vxlan_rules`]).
+pub(crate) const VXLAN: &str = "LOOM-VXLAN";
 
 /// netloom's own chains, by table, in creation order.
 pub(crate) const CHAINS: &[(&str, &str)] =
@@ -73,18 +80,75 @@ impl IptRule {
     }
 }
 
-/// Jumps from the built-in chains and the base isolation rules for Docker's bridges.
-pub(crate) fn skeleton() -> Vec<IptRule> {
+/// The loopback guard, jumps from the built-in chains and the base isolation rules for Docker's
+/// bridges, for one family (`v6`: ip6tables).
+pub(crate) fn skeleton(v6: bool) -> Vec<IptRule> {
     let c = tag::IPT_BASE;
-    vec![
+    let mut rules = vec![loopback_guard(v6)];
+    rules.extend([
         IptRule::new("filter", "FORWARD", Position::First, &["-j", FORWARD], c),
         IptRule::new("filter", FORWARD, Position::First, &["-j", ISOLATION_1], c),
         IptRule::new("filter", ISOLATION_2, Position::Append, &["-o", "docker0", "-j", "DROP"], c),
         IptRule::new("filter", ISOLATION_2, Position::Append, &["-o", "br-+", "-j", "DROP"], c),
-        IptRule::new("nat", "PREROUTING", Position::First, &["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT], c),
-        IptRule::new("nat", "OUTPUT", Position::First, &["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT], c),
-        IptRule::new("nat", "POSTROUTING", Position::First, &["-j", POSTROUTING], c),
-    ]
+    ]);
+    // A port published on 127.0.0.1 is for the host itself (OUTPUT), never for a packet that
+    // arrived from outside (the loopback guard drops those already; this is the second line).
+    let local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT];
+    let prerouting: Vec<&str> = if v6 { local.to_vec() } else { [&["!", "-d", LOOPBACK_V4][..], &local].concat() };
+    rules.push(IptRule::new("nat", "PREROUTING", Position::First, &prerouting, c));
+    rules.push(IptRule::new("nat", "OUTPUT", Position::First, &local, c));
+    rules.push(IptRule::new("nat", "POSTROUTING", Position::First, &["-j", POSTROUTING], c));
+    rules
+}
+
+pub(crate) const LOOPBACK_V4: &str = "127.0.0.0/8";
+pub(crate) const LOOPBACK_V6: &str = "::1/128";
+
+/// Packets to the loopback addresses that did not come in on `lo` are dropped before conntrack
+/// and DNAT see them: with `route_localnet` on a bridge, the kernel would otherwise route them to
+/// the host's services bound to 127.0.0.1 (CVE-2020-8558).
+pub(crate) fn loopback_guard(v6: bool) -> IptRule {
+    let dst = if v6 { LOOPBACK_V6 } else { LOOPBACK_V4 };
+    IptRule::new("raw", "PREROUTING", Position::First, &["!", "-i", "lo", "-d", dst, "-j", "DROP"], tag::IPT_BASE)
+}
+
+/// The VXLAN guard's rules for `port` and the `peers` of one family: a jump from raw PREROUTING
+/// for UDP `port` to a local address (the port is matched first, so other traffic pays one
+/// compare), one RETURN per peer and a final DROP in `LOOM-VXLAN`, and a DROP of forwarded UDP
+/// `port` at the top of filter FORWARD.
+pub(crate) struct VxlanRules {
+    pub jump: IptRule,
+    pub peers: Vec<IptRule>,
+    pub drop: IptRule,
+    pub forward: IptRule,
+}
+
+pub(crate) fn vxlan_rules(port: u16, peers: &[IpAddr]) -> VxlanRules {
+    let c = tag::IPT_VXLAN;
+    let p = port.to_string();
+    let udp = ["-p", "udp", "-m", "udp", "--dport", p.as_str()];
+    VxlanRules {
+        jump: IptRule::new(
+            "raw",
+            "PREROUTING",
+            Position::First,
+            &[&udp[..], &["-m", "addrtype", "--dst-type", "LOCAL", "-j", VXLAN]].concat(),
+            c,
+        ),
+        peers: peers.iter().map(|ip| IptRule::new("raw", VXLAN, Position::First, &["-s", &host_prefix(*ip), "-j", "RETURN"], c)).collect(),
+        drop: IptRule::new("raw", VXLAN, Position::Append, &["-j", "DROP"], c),
+        forward: IptRule::new("filter", "FORWARD", Position::First, &[&udp[..], &["-j", "DROP"]].concat(), c),
+    }
+}
+
+/// The peer of a listed `LOOM-VXLAN` RETURN rule.
+pub(crate) fn parse_vxlan_peer(spec: &str) -> Option<IpAddr> {
+    let w = words(spec);
+    if !w.windows(2).any(|p| p[0] == "-j" && p[1] == "RETURN") {
+        return None;
+    }
+    let s = w.iter().position(|a| a == "-s").and_then(|i| w.get(i + 1))?;
+    s.split('/').next()?.parse().ok()
 }
 
 const NOT_REPLY_NOR_DNAT: [&str; 5] = ["-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"];
@@ -186,6 +250,11 @@ pub(crate) struct ListedRule {
     /// The specification as printed, without `-A CHAIN`.
     pub spec: String,
     pub comment: Option<String>,
+}
+
+/// Splits a rule specification into arguments, honouring double quotes.
+pub(crate) fn split_words(line: &str) -> Vec<String> {
+    words(line)
 }
 
 /// Splits an `iptables -S` line into words, honouring double quotes (iptables quotes comments
@@ -295,17 +364,34 @@ mod tests {
     #[test]
     fn skeleton_golden() {
         assert_eq!(
-            render(&skeleton()),
+            render(&skeleton(false)),
             [
+                "-t raw -I PREROUTING 1 ! -i lo -d 127.0.0.0/8 -m comment --comment netloom:base -j DROP",
                 "-t filter -I FORWARD 1 -m comment --comment netloom:base -j LOOM-FORWARD",
                 "-t filter -I LOOM-FORWARD 1 -m comment --comment netloom:base -j LOOM-ISOLATION-1",
                 "-t filter -A LOOM-ISOLATION-2 -o docker0 -m comment --comment netloom:base -j DROP",
                 "-t filter -A LOOM-ISOLATION-2 -o br-+ -m comment --comment netloom:base -j DROP",
-                "-t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT",
+                "-t nat -I PREROUTING 1 ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT",
                 "-t nat -I OUTPUT 1 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT",
                 "-t nat -I POSTROUTING 1 -m comment --comment netloom:base -j LOOM-POSTROUTING",
             ]
         );
+        let v6 = render(&skeleton(true));
+        assert_eq!(v6[0], "-t raw -I PREROUTING 1 ! -i lo -d ::1/128 -m comment --comment netloom:base -j DROP");
+        assert_eq!(v6[5], "-t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT");
+    }
+
+    #[test]
+    fn vxlan_guard_golden_and_parse_back() {
+        let r = vxlan_rules(4789, &["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]);
+        let c = "-m comment --comment netloom:vxlan";
+        assert_eq!(r.jump.render(), format!("-t raw -I PREROUTING 1 -p udp -m udp --dport 4789 -m addrtype --dst-type LOCAL {c} -j LOOM-VXLAN"));
+        assert_eq!(render(&r.peers), [format!("-t raw -I LOOM-VXLAN 1 -s 192.0.2.1/32 {c} -j RETURN"), format!("-t raw -I LOOM-VXLAN 1 -s 2001:db8::1/128 {c} -j RETURN")]);
+        assert_eq!(r.drop.render(), format!("-t raw -A LOOM-VXLAN {c} -j DROP"));
+        assert_eq!(r.forward.render(), format!("-t filter -I FORWARD 1 -p udp -m udp --dport 4789 {c} -j DROP"));
+        // As `iptables -S` prints them back.
+        assert_eq!(parse_vxlan_peer("-s 192.0.2.1/32 -m comment --comment netloom:vxlan -j RETURN"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(parse_vxlan_peer("-m comment --comment netloom:vxlan -j DROP"), None);
     }
 
     #[test]

@@ -171,18 +171,20 @@ fn cond(c: &Cond) -> Vec<RawExpr> {
             bitwise(REG_1, IPS_DST_NAT.to_ne_bytes().to_vec(), vec![0; 4]),
             cmp(false, REG_1, vec![0; 4]),
         ],
-        Cond::Saddr(net) => {
-            let (v6, offset, len) = match net {
-                IpNetwork::V4(_) => (false, 12, 4),
-                IpNetwork::V6(_) => (true, 8, 16),
-            };
-            let mut out: Vec<RawExpr> = nfproto(v6).into();
+        Cond::Saddr(net) => addr_in(net, true),
+        Cond::Daddr(net) => addr_in(net, false),
+        Cond::IifNot(n) => vec![meta(IIF, REG_1), cmp(false, REG_1, ifname_bytes(n))],
+        Cond::UdpDport(port) => vec![
+            meta(libc::NFT_META_L4PROTO, REG_1),
+            cmp(true, REG_1, vec![libc::IPPROTO_UDP as u8]),
+            payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, REG_1),
+            cmp(true, REG_1, port.to_be_bytes().to_vec()),
+        ],
+        Cond::SaddrNotIn { set, v6 } => {
+            let (offset, len) = if *v6 { (8, 16) } else { (12, 4) };
+            let mut out: Vec<RawExpr> = nfproto(*v6).into();
             out.push(payload(libc::NFT_PAYLOAD_NETWORK_HEADER, offset, len, REG_1));
-            let full = u32::from(net.prefix()) == len * 8;
-            if !full {
-                out.push(bitwise(REG_1, ip_bytes(net.mask()), vec![0; len as usize]));
-            }
-            out.push(cmp(true, REG_1, ip_bytes(net.network())));
+            out.push(lookup(set, REG_1, None).u32(sys::NFTNL_EXPR_LOOKUP_FLAGS, libc::NFT_LOOKUP_F_INV as u32));
             out
         }
         Cond::FibDaddrLocal => vec![
@@ -193,6 +195,24 @@ fn cond(c: &Cond) -> Vec<RawExpr> {
             cmp(true, REG_1, u32::from(libc::RTN_LOCAL).to_ne_bytes().to_vec()),
         ],
     }
+}
+
+/// `ip saddr <net>` (`source`) or `ip daddr <net>`, IPv4 or IPv6 by the network.
+fn addr_in(net: &IpNetwork, source: bool) -> Vec<RawExpr> {
+    let (v6, offset, len) = match (net, source) {
+        (IpNetwork::V4(_), true) => (false, 12, 4),
+        (IpNetwork::V4(_), false) => (false, 16, 4),
+        (IpNetwork::V6(_), true) => (true, 8, 16),
+        (IpNetwork::V6(_), false) => (true, 24, 16),
+    };
+    let mut out: Vec<RawExpr> = nfproto(v6).into();
+    out.push(payload(libc::NFT_PAYLOAD_NETWORK_HEADER, offset, len, REG_1));
+    let full = u32::from(net.prefix()) == len * 8;
+    if !full {
+        out.push(bitwise(REG_1, ip_bytes(net.mask()), vec![0; len as usize]));
+    }
+    out.push(cmp(true, REG_1, ip_bytes(net.network())));
+    out
 }
 
 /// `dnat to <key> map @map`: the key members in consecutive 32-bit registers from NFT_REG32_00,
@@ -284,6 +304,19 @@ mod tests {
         assert!(nat.u32s.contains(&(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, 12)));
         let v4 = compile(&NftRule { conds: vec![], action: Action::Dnat(PORT_MAPS[1]) });
         assert!(v4.last().unwrap().u32s.contains(&(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, 9)));
+    }
+
+    #[test]
+    fn the_udp_port_is_compared_before_anything_costly() {
+        let r = NftRule {
+            conds: vec![Cond::UdpDport(4789), Cond::FibDaddrLocal, Cond::SaddrNotIn { set: "vxlan_peers4", v6: false }],
+            action: Action::Drop,
+        };
+        assert_eq!(names(&r), ["meta", "cmp", "payload", "cmp", "fib", "cmp", "meta", "cmp", "payload", "lookup", "immediate"]);
+        let lookup = compile(&r).into_iter().find(|e| e.name.to_str().unwrap() == "lookup").unwrap();
+        assert!(lookup.u32s.contains(&(sys::NFTNL_EXPR_LOOKUP_FLAGS, 1)), "an inverted lookup");
+        let port = compile(&r).into_iter().nth(3).unwrap();
+        assert_eq!(port.bytes, [(sys::NFTNL_EXPR_CMP_DATA, vec![0x12, 0xb5])]);
     }
 
     #[test]

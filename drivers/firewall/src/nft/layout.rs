@@ -23,8 +23,20 @@
 //!   chain ports       { dnat through ports4_addr, ports4, ports6_addr, ports6 (host address first) }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!     iifname vmap @nat_out; oifname vmap @nat_in }
+//!   chain loopback    { type filter hook prerouting priority raw;      # before conntrack and DNAT
+//!     iifname != "lo" ip daddr 127.0.0.0/8 drop; iifname != "lo" ip6 daddr ::1 drop }
 //!   chain net-<tag>-{fwd-in,fwd-out,nat-in,nat-out}   # one network's policy, comment = network id
+//!
+//!   # the VXLAN guard, while loom-overlay has networks (port P):
+//!   set vxlan_peers4 { type ipv4_addr }; set vxlan_peers6 { type ipv6_addr }   # member VTEPs
+//!   chain vxlan-in    { type filter hook prerouting priority raw;
+//!     udp dport P fib daddr type local ip saddr != @vxlan_peers4 drop
+//!     udp dport P fib daddr type local ip6 saddr != @vxlan_peers6 drop }
+//!   chain vxlan-fwd   { type filter hook forward priority -5; udp dport P drop }
 //! }
+//!
+//! The prerouting chain returns early for `ip daddr 127.0.0.0/8`: a port published on 127.0.0.1
+//! is DNATed only in output (the host's own traffic).
 //! ```
 //!
 //! `<mark-accept>` is `meta mark set meta mark | FORWARD_MARK accept` (see the crate doc).
@@ -51,6 +63,13 @@ pub(crate) const CHAIN_PREROUTING: &str = "prerouting";
 pub(crate) const CHAIN_OUTPUT: &str = "output";
 pub(crate) const CHAIN_POSTROUTING: &str = "postrouting";
 pub(crate) const CHAIN_PORTS: &str = "ports";
+pub(crate) const CHAIN_LOOPBACK: &str = "loopback";
+pub(crate) const CHAIN_VXLAN_IN: &str = "vxlan-in";
+pub(crate) const CHAIN_VXLAN_FWD: &str = "vxlan-fwd";
+pub(crate) const SET_VXLAN4: &str = "vxlan_peers4";
+pub(crate) const SET_VXLAN6: &str = "vxlan_peers6";
+/// nftables' `raw` priority: before conntrack (-200) and DNAT (-100).
+const PRIORITY_RAW: i32 = -300;
 
 /// nftables datatype ids (nftables' `enum datatypes`), for sets `nft` can print.
 mod dtype {
@@ -159,6 +178,42 @@ pub(crate) fn sets() -> Vec<SetSpec> {
     out.extend(VMAPS.iter().map(|m| ifname(m, SetData::Verdict)));
     out.extend(PORT_MAPS.iter().map(PortMap::spec));
     out
+}
+
+/// The VXLAN guard's peer sets.
+pub(crate) fn vxlan_sets() -> [SetSpec; 2] {
+    [
+        SetSpec { name: SET_VXLAN4, key_type: dtype::IPV4_ADDR, key_len: 4, data: SetData::None },
+        SetSpec { name: SET_VXLAN6, key_type: dtype::IPV6_ADDR, key_len: 16, data: SetData::None },
+    ]
+}
+
+/// The peer set of an address, and the address as its key.
+pub(crate) fn vxlan_elem(ip: IpAddr) -> (&'static str, Vec<u8>) {
+    (if ip.is_ipv6() { SET_VXLAN6 } else { SET_VXLAN4 }, ip_bytes(ip))
+}
+
+/// The address a peer-set key holds.
+pub(crate) fn vxlan_peer_from_key(key: &[u8]) -> Option<IpAddr> {
+    match key.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(key).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(key).ok()?)),
+        _ => None,
+    }
+}
+
+/// The VXLAN guard's chains for `port`: the UDP port is compared first, so other traffic pays
+/// for one compare.
+pub(crate) fn vxlan_chains(port: u16) -> Vec<BaseChain> {
+    use nftnl::Hook;
+    let unknown_sender = |v6: bool| {
+        let set = if v6 { SET_VXLAN6 } else { SET_VXLAN4 };
+        rule(vec![Cond::UdpDport(port), Cond::FibDaddrLocal, Cond::SaddrNotIn { set, v6 }], Action::Drop)
+    };
+    vec![
+        BaseChain { name: CHAIN_VXLAN_IN, hook: Some((Hook::PreRouting, PRIORITY_RAW, false)), rules: vec![unknown_sender(false), unknown_sender(true)] },
+        BaseChain { name: CHAIN_VXLAN_FWD, hook: Some((Hook::Forward, -5, false)), rules: vec![rule(vec![Cond::UdpDport(port)], Action::Drop)] },
+    ]
 }
 
 /// An interface name as a key: NUL-padded to IFNAMSIZ.
@@ -283,6 +338,15 @@ pub(crate) enum Cond {
     /// `ct status dnat`.
     CtDnat,
     Saddr(IpNetwork),
+    Daddr(IpNetwork),
+    IifNot(String),
+    /// `udp dport <port>` (with its `meta l4proto udp` dependency).
+    UdpDport(u16),
+    /// `ip saddr != @set` / `ip6 saddr != @set`.
+    SaddrNotIn {
+        set: &'static str,
+        v6: bool,
+    },
     FibDaddrLocal,
 }
 
@@ -322,6 +386,8 @@ pub(crate) struct BaseChain {
 pub(crate) fn skeleton() -> Vec<BaseChain> {
     use nftnl::Hook;
     let ports = rule(vec![Cond::FibDaddrLocal], Action::Jump(CHAIN_PORTS));
+    let loopback4: IpNetwork = "127.0.0.0/8".parse().expect("loopback net");
+    let loopback6: IpNetwork = "::1/128".parse().expect("loopback address");
     vec![
         BaseChain {
             name: CHAIN_FORWARD,
@@ -337,12 +403,24 @@ pub(crate) fn skeleton() -> Vec<BaseChain> {
             hook: None,
             rules: PORT_MAPS.iter().map(|m| rule(vec![], Action::Dnat(*m))).collect(),
         },
-        BaseChain { name: CHAIN_PREROUTING, hook: Some((Hook::PreRouting, -100, true)), rules: vec![ports.clone()] },
+        BaseChain {
+            name: CHAIN_PREROUTING,
+            hook: Some((Hook::PreRouting, -100, true)),
+            rules: vec![rule(vec![Cond::Daddr(loopback4)], Action::Return), ports.clone()],
+        },
         BaseChain { name: CHAIN_OUTPUT, hook: Some((Hook::Out, -100, true)), rules: vec![ports] },
         BaseChain {
             name: CHAIN_POSTROUTING,
             hook: Some((Hook::PostRouting, 100, true)),
             rules: vec![rule(vec![], Action::IifVmap(MAP_NAT_OUT)), rule(vec![], Action::OifVmap(MAP_NAT_IN))],
+        },
+        BaseChain {
+            name: CHAIN_LOOPBACK,
+            hook: Some((Hook::PreRouting, PRIORITY_RAW, false)),
+            rules: vec![
+                rule(vec![Cond::IifNot("lo".into()), Cond::Daddr(loopback4)], Action::Drop),
+                rule(vec![Cond::IifNot("lo".into()), Cond::Daddr(loopback6)], Action::Drop),
+            ],
         },
     ]
 }
@@ -412,6 +490,12 @@ impl fmt::Display for Cond {
             Cond::CtDnat => f.write_str("ct status dnat"),
             Cond::Saddr(IpNetwork::V4(n)) => write!(f, "ip saddr {n}"),
             Cond::Saddr(IpNetwork::V6(n)) => write!(f, "ip6 saddr {n}"),
+            Cond::Daddr(IpNetwork::V4(n)) => write!(f, "ip daddr {n}"),
+            Cond::Daddr(IpNetwork::V6(n)) if n.prefix() == 128 => write!(f, "ip6 daddr {}", n.ip()),
+            Cond::Daddr(IpNetwork::V6(n)) => write!(f, "ip6 daddr {n}"),
+            Cond::IifNot(n) => write!(f, "iifname != \"{n}\""),
+            Cond::UdpDport(p) => write!(f, "udp dport {p}"),
+            Cond::SaddrNotIn { set, v6 } => write!(f, "{} saddr != @{set}", if *v6 { "ip6" } else { "ip" }),
             Cond::FibDaddrLocal => f.write_str("fib daddr type local"),
         }
     }
@@ -552,7 +636,34 @@ mod tests {
                 "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @ports6",
             ]
         );
-        assert_eq!(chains[2].1, ["fib daddr type local jump ports"]);
+        assert_eq!(chains[2].1, ["ip daddr 127.0.0.0/8 return", "fib daddr type local jump ports"]);
+        assert_eq!(chains[3].1, ["fib daddr type local jump ports"]);
+        let loopback = skeleton().into_iter().find(|c| c.name == CHAIN_LOOPBACK).unwrap();
+        assert_eq!(loopback.hook.map(|(_, prio, nat)| (prio, nat)), Some((-300, false)));
+        assert_eq!(
+            render(&loopback.rules),
+            ["iifname != \"lo\" ip daddr 127.0.0.0/8 drop", "iifname != \"lo\" ip6 daddr ::1 drop"]
+        );
+    }
+
+    #[test]
+    fn vxlan_guard_golden() {
+        let chains = vxlan_chains(4789);
+        assert_eq!(chains[0].name, "vxlan-in");
+        assert_eq!(chains[0].hook.map(|(_, prio, nat)| (prio, nat)), Some((-300, false)));
+        assert_eq!(
+            render(&chains[0].rules),
+            [
+                "udp dport 4789 fib daddr type local ip saddr != @vxlan_peers4 drop",
+                "udp dport 4789 fib daddr type local ip6 saddr != @vxlan_peers6 drop",
+            ]
+        );
+        assert_eq!(render(&chains[1].rules), ["udp dport 4789 drop"]);
+        let (set, key) = vxlan_elem("2001:db8::1".parse().unwrap());
+        assert_eq!((set, key.len()), ("vxlan_peers6", 16));
+        assert_eq!(vxlan_peer_from_key(&key), Some("2001:db8::1".parse().unwrap()));
+        let (set, key) = vxlan_elem("192.0.2.1".parse().unwrap());
+        assert_eq!((set, key), ("vxlan_peers4", vec![192, 0, 2, 1]));
     }
 
     #[test]

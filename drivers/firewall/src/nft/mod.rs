@@ -14,6 +14,7 @@ mod layout;
 mod netlink;
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
@@ -163,7 +164,12 @@ fn apply(sock: &mut Socket, tx: Tx) -> Result<(), NlError> {
 impl NftFirewall {
     pub async fn open() -> Result<Self> {
         // The socket is opened here, on the caller's thread, so it lives in the caller's netns.
-        let sock = Socket::open().context("opening a NETLINK_NETFILTER socket")?;
+        let mut sock = Socket::open().context("opening a NETLINK_NETFILTER socket")?;
+        // The skeleton (with the loopback guard) goes in at once, whether or not a network comes;
+        // refilling it also brings an older version's base chains up to date.
+        let mut tx = Tx::new();
+        add_skeleton(&mut tx, &table());
+        apply(&mut sock, tx).map_err(|e| anyhow!("installing table inet {TABLE} (loopback guard): {e}"))?;
         Ok(Self { sock: Arc::new(Mutex::new(sock)) })
     }
 
@@ -175,6 +181,53 @@ impl NftFirewall {
         })
         .await?
     }
+}
+
+/// Whether nf_tables answers here (the calling thread's network namespace).
+pub(crate) fn probe() -> Result<(), String> {
+    let mut sock = Socket::open().map_err(|e| format!("opening a NETLINK_NETFILTER socket: {e}"))?;
+    sock.chains().map(|_| ()).map_err(|e| format!("listing nftables chains: {e}"))
+}
+
+/// The VXLAN guard for `port` and `peers` as one batch: sets, chains (refilled) and the element
+/// changes that turn the sets' current content into `peers`.
+fn vxlan_guard_tx(sock: &mut Socket, port: u16, peers: &[IpAddr]) -> Result<Tx, NlError> {
+    let table = table();
+    let mut tx = Tx::new();
+    tx.add(&table, MsgType::Add, format!("table inet {TABLE}"));
+    for spec in layout::vxlan_sets() {
+        tx.add(&SetMsg::define(&spec), MsgType::Add, format!("set {}", spec.name));
+    }
+    let chains = layout::vxlan_chains(port);
+    for c in &chains {
+        let mut chain = netlink::ChainMsg::new(c.name);
+        if let Some((hook, prio, nat)) = c.hook {
+            chain = chain.base(hook, prio, nat);
+        }
+        tx.add(&chain, MsgType::Add, format!("chain {}", c.name));
+    }
+    for c in &chains {
+        tx.add(&netlink::FlushChain::new(c.name), MsgType::Del, format!("flush chain {}", c.name));
+        tx.rules(&table, c.name, &c.rules);
+    }
+    for set in [layout::SET_VXLAN4, layout::SET_VXLAN6] {
+        let want: BTreeSet<Vec<u8>> =
+            peers.iter().map(|ip| layout::vxlan_elem(*ip)).filter(|(s, _)| *s == set).map(|(_, k)| k).collect();
+        let have: BTreeSet<Vec<u8>> = sock.elems(set)?.into_iter().map(|e| e.key).collect();
+        let added: Vec<NewElem<'_>> = want.difference(&have).cloned().map(NewElem::key).collect();
+        let gone: Vec<NewElem<'_>> = have.difference(&want).cloned().map(NewElem::key).collect();
+        for e in added.iter().chain(&gone) {
+            let what = if want.contains(&e.key) { "accepting" } else { "dropping" };
+            debug!(peer = ?layout::vxlan_peer_from_key(&e.key), set, "nft: VXLAN guard {what}");
+        }
+        if !added.is_empty() {
+            tx.elems(set, &added, MsgType::Add);
+        }
+        if !gone.is_empty() {
+            tx.elems(set, &gone, MsgType::Del);
+        }
+    }
+    Ok(tx)
 }
 
 /// Everything of one network found in the kernel, as a deletion batch (None: nothing to do).
@@ -442,6 +495,62 @@ impl Firewall for NftFirewall {
             Ok(ids.into_iter().collect())
         })
         .await
+    }
+
+    async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()> {
+        if port == 0 {
+            return Err(FirewallError::Invalid("VXLAN port 0".into()).into());
+        }
+        let peers = peers.to_vec();
+        self.run(move |sock| {
+            // Read, then change; a concurrent change of the sets in between fails the batch
+            // (EEXIST/ENOENT), and reading again converges.
+            for attempt in 0..3 {
+                let tx = vxlan_guard_tx(sock, port, &peers).map_err(nl_context("reading the VXLAN peer sets"))?;
+                match apply(sock, tx) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if matches!(e.errno(), Some(n) if n == libc_enoent() || n == libc_eexist()) && attempt < 2 => continue,
+                    Err(e) => return Err(anyhow!("{e}")),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("setting the VXLAN guard of UDP port {port} (nftables)"))
+    }
+
+    async fn remove_vxlan_guard(&self) -> Result<()> {
+        self.run(|sock| {
+            let existing: BTreeSet<String> =
+                sock.chains().map_err(nl_context("listing chains"))?.into_iter().map(|c| c.name).collect();
+            let build = |with_sets: bool| {
+                let mut tx = Tx::new();
+                for c in [layout::CHAIN_VXLAN_IN, layout::CHAIN_VXLAN_FWD].into_iter().filter(|c| existing.contains(*c)) {
+                    tx.add(&netlink::FlushChain::new(c), MsgType::Del, format!("flush chain {c}"));
+                    tx.add(&netlink::ChainMsg::new(c), MsgType::Del, format!("delete chain {c}"));
+                }
+                if with_sets {
+                    for set in [layout::SET_VXLAN4, layout::SET_VXLAN6] {
+                        tx.add(&SetMsg::named(set), MsgType::Del, format!("delete set {set}"));
+                    }
+                }
+                tx
+            };
+            match apply(sock, build(true)) {
+                Ok(()) => Ok(()),
+                // The sets were not there (nor, then, the table or the guard).
+                Err(e) if e.errno() == Some(libc_enoent()) => {
+                    let tx = build(false);
+                    if tx.is_empty() {
+                        return Ok(());
+                    }
+                    apply(sock, tx).map_err(|e| anyhow!("{e}"))
+                }
+                Err(e) => Err(anyhow!("{e}")),
+            }
+        })
+        .await
+        .context("removing the VXLAN guard (nftables)")
     }
 
     async fn remove_all(&self) -> Result<()> {

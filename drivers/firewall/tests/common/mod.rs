@@ -170,7 +170,8 @@ impl Server {
         Self::start_on(ns, "::", port, name)
     }
 
-    fn start_on(ns: &Ns, addr: &str, port: u16, name: &str) -> Server {
+    /// On one address (e.g. 127.0.0.1).
+    pub fn start_on(ns: &Ns, addr: &str, port: u16, name: &str) -> Server {
         let (ns_name, name, addr) = (ns.name.clone(), name.to_string(), addr.to_string());
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -241,6 +242,100 @@ pub fn snapshot(ns: &Ns) -> String {
     let ip6t = ns.sh("ip6tables-save | grep -v '^#' | sed -E 's/\\[[0-9]+:[0-9]+\\]//'");
     let nft = ns.sh("nft list ruleset | sed -E 's/counter packets [0-9]+ bytes [0-9]+//'");
     format!("{ipt}\n---\n{ip6t}\n---\n{nft}")
+}
+
+/// `snapshot` without what only says which tables exist: table headers, built-in chains with
+/// their policies, empty base chains. iptables-nft leaves a table netloom's first rule made it
+/// create (e.g. `raw` for the loopback guard) in place, empty, after everything is removed.
+pub fn rules_of(snapshot: &str) -> String {
+    const BUILTIN: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+    snapshot
+        .lines()
+        .filter(|l| {
+            let t = l.trim();
+            let builtin_policy = t.starts_with(':') && BUILTIN.iter().any(|b| t[1..].starts_with(&format!("{b} ")));
+            let builtin_chain = t.starts_with("chain ") && BUILTIN.iter().any(|b| t == format!("chain {b} {{"));
+            !(t.is_empty()
+                || t.starts_with('*')
+                || t == "COMMIT"
+                || t == "}"
+                || t.starts_with("table ")
+                || t.starts_with("type ")
+                || builtin_policy
+                || builtin_chain)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Counts the UDP datagrams a socket in a namespace receives.
+pub struct UdpCounter {
+    pub count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpCounter {
+    pub fn start(ns: &Ns, addr: &str) -> UdpCounter {
+        let (ns_name, addr) = (ns.name.clone(), addr.to_string());
+        let count = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (count.clone(), stop.clone());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter(&ns_name);
+            let s = std::net::UdpSocket::bind(addr.as_str()).expect("bind udp");
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if s.recv_from(&mut buf).is_ok() {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        UdpCounter { count, stop, thread: Some(thread) }
+    }
+
+    /// The count once no datagram has come for a while.
+    pub fn settled(&self) -> usize {
+        let mut last = self.count.load(Ordering::SeqCst);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.count.load(Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for UdpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `n` UDP datagrams from a namespace (from `from`, or any address) to `to`.
+pub fn send_udp(ns: &Ns, from: Option<&str>, to: &str, n: usize) {
+    let to: SocketAddr = to.parse().expect("socket address");
+    let from = from.map(str::to_string).unwrap_or_else(|| if to.is_ipv6() { "[::]:0".into() } else { "0.0.0.0:0".into() });
+    ns.run(move || {
+        let s = std::net::UdpSocket::bind(from.as_str()).expect("bind sender");
+        for i in 0..n {
+            let _ = s.send_to(format!("probe {i}").as_bytes(), to);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
 }
 
 /// Bridge + veth "containers" in a host namespace.
