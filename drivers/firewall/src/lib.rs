@@ -4,8 +4,9 @@
 //!
 //! One interface, [`Firewall`], with two backends picked by [`BackendKind`]:
 //!
-//! * **iptables** drives the `iptables`/`ip6tables` binaries (through the `iptables` crate, always
-//!   with `--wait`, so the xtables lock is honoured). netloom's rules live in its own chains, hooked
+//! * **iptables** drives the `iptables`/`ip6tables` binaries, every call bounded: `--wait 10` (the
+//!   xtables lock, `/run/xtables.lock`, is waited for at most 10 s) and a process timeout; a call
+//!   that times out fails alone, naming the lock. netloom's rules live in its own chains, hooked
 //!   from the built-in chains by one jump each; every rule carries a `netloom:…` comment naming its
 //!   owner, and netloom never flushes, reorders or deletes a rule it does not own.
 //! * **nftables** programs one table of its own, `inet netloom`, over netlink (libnftnl through the
@@ -14,9 +15,26 @@
 //!   are elements of DNAT maps, so publishing a port is one element insert whatever the number of
 //!   existing ports (unlike a rule per port, whose cost grows with the ruleset, moby#53466).
 //!
+//! [`BackendKind::detect`] picks nftables where the kernel's nf_tables answers over netlink, else
+//! iptables (the drivers' `--firewall auto`, the default).
+//!
 //! Both backends keep no state in memory: everything is re-derived from the kernel (chain names,
 //! rule comments, map elements and their comments), so a driver that was SIGKILLed can list what
 //! it owns ([`Firewall::owned_networks`]) and remove leftovers.
+//!
+//! # The host boundary (both backends)
+//!
+//! * **Loopback guard**, installed by [`open`] (and kept by `add_network`): packets to
+//!   127.0.0.0/8 or `::1` that did not come in on `lo` are dropped in prerouting at priority raw,
+//!   before conntrack and DNAT. `route_localnet`, which published ports on 127.0.0.1 need on
+//!   every bridge, would otherwise let a container or a LAN neighbour that routes 127/8 to the
+//!   host reach the host's services bound to 127.0.0.1 (CVE-2020-8558). Ports published on
+//!   127.0.0.1 are DNATed only in output (the host's own connections): the prerouting DNAT skips
+//!   127/8. Nothing that is not an attack is lost: the kernel never sends the host's own
+//!   loopback traffic anywhere but `lo`. Users must not delete these rules while any
+//!   network uses `route_localnet`.
+//! * **VXLAN guard** ([`Firewall::set_vxlan_guard`]): UDP to the VXLAN port of a local address
+//!   only from the member hosts' tunnel endpoints, and no forwarded traffic to that port.
 //!
 //! # Semantics (both backends)
 //!
@@ -53,14 +71,16 @@
 //!
 //! # Layouts
 //!
-//! * iptables: `FORWARD → LOOM-FORWARD → LOOM-ISOLATION-1 → LOOM-ISOLATION-2` in filter;
+//! * iptables: the loopback guard and the VXLAN guard's jump to `LOOM-VXLAN` in raw PREROUTING;
+//!   `FORWARD → LOOM-FORWARD → LOOM-ISOLATION-1 → LOOM-ISOLATION-2` in filter;
 //!   `PREROUTING/OUTPUT (dst-type LOCAL) → LOOM-DNAT` (one DNAT rule per port) and
 //!   `POSTROUTING → LOOM-POSTROUTING` in nat; the same in ip6tables for IPv6 subnets. Details in
 //!   `src/iptables/rules.rs`.
 //! * nftables: table `inet netloom` with an `ifname` set of netloom bridges, four
 //!   `ifname : verdict` maps leading to each network's four chains (`net-<tag>-fwd-in`, `-fwd-out`,
 //!   `-nat-in`, `-nat-out`), and four DNAT maps, `[daddr .] l4proto . dport : addr . port` per
-//!   family. Details in `src/nft/layout.rs`.
+//!   family; base chains `loopback` (and, with the VXLAN guard, `vxlan-in`/`vxlan-fwd` and two
+//!   address sets). Details in `src/nft/layout.rs`.
 //!
 //! # Living with dockerd (FORWARD policy DROP)
 //!
@@ -82,9 +102,9 @@
 //! # What stays after removal
 //!
 //! `remove_network` deletes every rule, chain and element of that network. The shared skeleton
-//! stays: for iptables the `LOOM-*` chains, their jumps and the base isolation rules for Docker's
-//! bridges; for nftables the `inet netloom` table with its base chains, empty maps, and the compat
-//! rule. [`Firewall::remove_all`] removes those as well; what remains are iptables tables that
+//! stays: for iptables the `LOOM-*` chains, their jumps, the loopback guard and the base isolation
+//! rules for Docker's bridges; for nftables the `inet netloom` table with its base chains (the
+//! loopback guard among them), empty maps, and the compat rule. [`Firewall::remove_all`] removes those as well; what remains are iptables tables that
 //! netloom's first rule made `iptables` create (with iptables-nft, e.g. an empty `ip nat` table
 //! with its built-in chains, or `ip filter` for the compat rule) — empty, policy ACCEPT.
 //!

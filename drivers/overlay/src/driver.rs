@@ -164,8 +164,8 @@ impl Overlay {
         crate::sync::sync_gateway(&overlay).await;
         overlay.sync_guard(false).await;
         if overlay.shared.is_ok() {
-            crate::sync::supervise("store watch", overlay.clone(), |ov| crate::sync::watch(ov));
-            crate::sync::supervise("reconciler", overlay.clone(), |ov| crate::sync::reconcile_periodically(ov));
+            crate::sync::supervise("store watch", overlay.clone(), crate::sync::watch);
+            crate::sync::supervise("reconciler", overlay.clone(), crate::sync::reconcile_periodically);
         }
         Ok(overlay)
     }
