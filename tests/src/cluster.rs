@@ -1,7 +1,7 @@
 //! A cluster: an underlay network namespace holding a bridge, and the hosts plugged into it.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +21,14 @@ use crate::util;
 /// inside the cluster's namespaces.
 pub const UNDERLAY_NET: [u8; 3] = [10, 250, 0];
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+
+/// The underlay's IPv6 prefix (on br0 and the hosts' eth0 after `Cluster::enable_underlay_ipv6`):
+/// host N gets `fd00:250::N`, the underlay bridge `fd00:250::254`.
+pub const UNDERLAY_V6_PREFIX_LEN: u8 = 64;
+
+pub(crate) fn underlay_ipv6(last_octet: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(last_octet))
+}
 
 /// Names of the clusters alive in this process.
 static ACTIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -147,6 +155,25 @@ impl Cluster {
         let host = Arc::new(host);
         self.lock_hosts().push(host.clone());
         Ok(host)
+    }
+
+    /// Adds a LAN neighbour: a node on the underlay like a host (namespaces, eth0, holder, its own
+    /// address, default route via the underlay bridge) but without dockerd, for playing another
+    /// machine of the segment, e.g. an attacker that is no member of anything.
+    pub fn add_neighbour(&self, name: &str) -> Result<Arc<Host>> {
+        self.add_host(HostConfig::new(name, crate::DockerVersion::V20).defer_docker())
+    }
+
+    /// Gives the underlay IPv6: `fd00:250::254/64` on br0 and `fd00:250::N/64` on the eth0 of
+    /// every host added so far (`Host::underlay_ipv6`), without duplicate address detection so
+    /// the addresses answer at once. Hosts added later get theirs with `Host::add_underlay_ipv6`.
+    pub fn enable_underlay_ipv6(&self) -> Result<()> {
+        let br = format!("{}/{UNDERLAY_V6_PREFIX_LEN}", underlay_ipv6(254));
+        self.underlay.ip(&["-6", "addr", "add", &br, "dev", "br0", "nodad"])?;
+        for h in self.hosts() {
+            h.add_underlay_ipv6()?;
+        }
+        Ok(())
     }
 
     /// Adds several hosts in parallel (dockerd start-ups overlap); same order as `cfgs`.

@@ -2,7 +2,7 @@
 //! pid namespace, its own dockerd, and the netloom plugins it runs.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,6 +172,19 @@ impl Host {
 
     pub fn underlay_prefix_len(&self) -> u8 {
         self.prefix_len
+    }
+
+    /// The host's IPv6 address on the underlay, `fd00:250::<last IPv4 octet>`; it is on `eth0`
+    /// only after `Cluster::enable_underlay_ipv6`.
+    pub fn underlay_ipv6(&self) -> Ipv6Addr {
+        crate::cluster::underlay_ipv6(self.ip.octets()[3])
+    }
+
+    /// Puts `underlay_ipv6()` on eth0 (see `Cluster::enable_underlay_ipv6`).
+    pub fn add_underlay_ipv6(&self) -> Result<()> {
+        let addr = format!("{}/{}", self.underlay_ipv6(), crate::cluster::UNDERLAY_V6_PREFIX_LEN);
+        self.netns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        Ok(())
     }
 
     /// The host's underlay interface name.
@@ -399,6 +412,25 @@ impl Host {
         let mut args = vec!["exec".to_owned(), container.to_owned()];
         args.extend(argv.iter().map(|a| a.as_ref().to_owned()));
         self.docker(&args)
+    }
+
+    /// The pid of a running container's first process, as the host's pid namespace sees it.
+    pub fn container_pid(&self, container: &str) -> Result<i32> {
+        let out = self.docker(&["inspect", "--format", "{{.State.Pid}}", container])?;
+        let pid: i32 = out.trim().parse().with_context(|| format!("{container}'s pid: {out:?}"))?;
+        if pid <= 0 {
+            bail!("container {container} is not running");
+        }
+        Ok(pid)
+    }
+
+    /// Runs `argv` (a program of the machine, not of the image) in the network namespace of
+    /// `container`, as root of the host: for tools the image lacks. Ok(stdout) on exit 0.
+    pub fn exec_in_container_netns<S: AsRef<str>>(&self, container: &str, argv: &[S]) -> Result<String> {
+        let pid = self.container_pid(container)?.to_string();
+        let mut full = vec!["nsenter".to_owned(), "-t".to_owned(), pid, "-n".to_owned(), "--".to_owned()];
+        full.extend(argv.iter().map(|a| a.as_ref().to_owned()));
+        self.exec(&full)
     }
 
     // ---- commands and plugins on the host ----------------------------------------------------

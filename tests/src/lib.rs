@@ -46,6 +46,8 @@
 //!   images' containers that ignore SIGTERM cost 10 s each on stop/restart.
 //! - dockerd runs with --log-level=debug unless `dockerd_args` sets a level; all logs are in the
 //!   scenario dir and printed (tails) when a scenario fails; NETLOOM_KEEP_LOGS=1 keeps the dir.
+//! - A LAN neighbour (`Cluster::add_neighbour`) is a node on the underlay without dockerd; attack
+//!   scenarios count with `NftCounters` in the namespaces they made, never in the root one.
 //! - dockerd loads br_netfilter, after which bridged traffic in every namespace (the underlay's
 //!   br0 too) passes that namespace's iptables: keep the underlay's firewall empty.
 //!
@@ -60,6 +62,7 @@
 
 mod cleanup;
 mod cluster;
+mod counters;
 mod dockerd;
 mod etcd;
 mod host;
@@ -73,7 +76,8 @@ mod scratch;
 mod util;
 
 pub use cleanup::{own_netns, RootNsSnapshot};
-pub use cluster::{require_root, scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN};
+pub use cluster::{require_root, scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN, UNDERLAY_V6_PREFIX_LEN};
+pub use counters::{ping_replies, NftCounters};
 pub use dockerd::{docker_cli, DockerVersion};
 pub use etcd::Etcd;
 pub use host::{Host, HostConfig, DOCKERD_TIMEOUT};
