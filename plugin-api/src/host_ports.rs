@@ -231,11 +231,17 @@ impl PortTable {
 pub fn host_port_is_free(proto: Protocol, host_ip: Option<IpAddr>, ipv6: bool, port: u16) -> bool {
     let wildcard = if ipv6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
     let ip = host_ip.unwrap_or(wildcard);
-    match proto {
-        Protocol::Tcp => std::net::TcpListener::bind((ip, port)).is_ok(),
-        Protocol::Udp => std::net::UdpSocket::bind((ip, port)).is_ok(),
+    let bound = match proto {
+        Protocol::Tcp => std::net::TcpListener::bind((ip, port)).map(drop),
+        Protocol::Udp => std::net::UdpSocket::bind((ip, port)).map(drop),
         // No SCTP socket in std; rely on the driver's own table.
-        Protocol::Sctp => true,
+        Protocol::Sctp => Ok(()),
+    };
+    match bound {
+        Ok(()) => true,
+        // Not (yet) an address of this host: no process can hold the port there either.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => true,
+        Err(_) => false,
     }
 }
 

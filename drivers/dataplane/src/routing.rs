@@ -21,12 +21,15 @@ pub struct ConnectedRoute {
     pub ifindex: u32,
 }
 
-/// An `iif <interface> lookup <table>` rule.
+/// An `iif <interface> lookup <table> [suppress_prefixlength 0]` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IifRule {
     pub interface: String,
     pub table: u32,
     pub ipv6: bool,
+    /// Ignore the table's default routes: a lookup that only meets one of them goes on to the
+    /// next rules instead of ending there.
+    pub skip_default: bool,
 }
 
 impl Netlink {
@@ -102,14 +105,22 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds `iif <rule.interface> lookup <rule.table>` at `priority` (before the main table's
+    /// Adds `iif <rule.interface> lookup <rule.table> [suppress_prefixlength 0]` at `priority` (before the main table's
     /// 32766); safe to repeat.
     pub async fn ensure_iif_rule(&self, rule: &IifRule, priority: u32) -> Result<()> {
         let add = self.handle().rule().add().input_interface(rule.interface.clone()).table_id(rule.table).priority(priority);
         let result = if rule.ipv6 {
-            add.v6().action(RuleAction::ToTable).execute().await
+            let mut add = add.v6().action(RuleAction::ToTable);
+            if rule.skip_default {
+                add.message_mut().attributes.push(RuleAttribute::SuppressPrefixLen(0));
+            }
+            add.execute().await
         } else {
-            add.v4().action(RuleAction::ToTable).execute().await
+            let mut add = add.v4().action(RuleAction::ToTable);
+            if rule.skip_default {
+                add.message_mut().attributes.push(RuleAttribute::SuppressPrefixLen(0));
+            }
+            add.execute().await
         };
         match result {
             Ok(()) => Ok(()),
@@ -198,14 +209,17 @@ fn iif_rule_of(message: &RuleMessage) -> Option<IifRule> {
     }
     let mut interface = None;
     let mut table = u32::from(message.header.table);
+    let mut skip_default = false;
     for attribute in &message.attributes {
         match attribute {
             RuleAttribute::Iifname(name) => interface = Some(name.clone()),
             RuleAttribute::Table(t) => table = *t,
+            // The kernel reports -1 (u32::MAX) when the rule suppresses nothing.
+            RuleAttribute::SuppressPrefixLen(0) => skip_default = true,
             _ => {}
         }
     }
-    Some(IifRule { interface: interface?, table, ipv6: message.header.family == AddressFamily::Inet6 })
+    Some(IifRule { interface: interface?, table, ipv6: message.header.family == AddressFamily::Inet6, skip_default })
 }
 
 /// True when two networks share an address.

@@ -234,6 +234,7 @@ impl HostDriver {
             .filter(|e| e.joined)
             .filter_map(|e| state.networks.get(&e.network_id).and_then(|n| n.table).map(|t| plumbing::rules(t, e)))
             .flatten()
+            .chain(state.networks.values().filter_map(|n| n.table).flat_map(plumbing::host_rules))
             .collect();
         let tables: BTreeSet<u32> = state.networks.values().filter_map(|n| n.table).collect();
         match self.netlink.iif_rules(|t| TABLES.contains(&t)).await {
@@ -328,7 +329,7 @@ impl NetworkDriver for HostDriver {
             state.ports.remove(&ep.id);
         }
         if let Some(table) = net.table {
-            self.netlink.flush_table(table).await?;
+            plumbing::remove_table(&self.netlink, table).await?;
         }
         self.records.delete_network(&net.id).await?;
         self.state().networks.remove(&net.id);

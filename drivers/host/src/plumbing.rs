@@ -58,7 +58,22 @@ pub const RULE_PRIORITY: u32 = 1100;
 /// The rules that confine an internal endpoint's traffic to its network's table, both families
 /// whatever its addresses (a container may send what it likes).
 pub fn rules(table: u32, ep: &EndpointRecord) -> [IifRule; 2] {
-    [false, true].map(|ipv6| IifRule { interface: ep.host_veth.clone(), table, ipv6 })
+    [false, true].map(|ipv6| IifRule { interface: ep.host_veth.clone(), table, ipv6, skip_default: false })
+}
+
+/// The rules that let the host itself reach an internal network's endpoints (they are in no
+/// other table): locally generated traffic looks in the table first, past its unreachable
+/// default.
+pub fn host_rules(table: u32) -> [IifRule; 2] {
+    [false, true].map(|ipv6| IifRule { interface: "lo".into(), table, ipv6, skip_default: true })
+}
+
+/// Removes an internal network's table and the host's rules for it.
+pub async fn remove_table(netlink: &Netlink, table: u32) -> Result<()> {
+    for rule in host_rules(table) {
+        netlink.delete_iif_rule(&rule).await?;
+    }
+    netlink.flush_table(table).await
 }
 
 /// Routes the endpoint's addresses to its veth: in the main table, or for an internal network in
@@ -75,8 +90,8 @@ pub async fn add_routes(netlink: &Netlink, host: &Link, net: &NetworkRecord, ep:
             for route in ep.host_routes() {
                 netlink.ensure_link_route_in(table, route, host).await?;
             }
-            for rule in rules(table, ep) {
-                netlink.ensure_iif_rule(&rule, RULE_PRIORITY).await?;
+            for rule in rules(table, ep).iter().chain(&host_rules(table)) {
+                netlink.ensure_iif_rule(rule, RULE_PRIORITY).await?;
             }
         }
     }

@@ -183,3 +183,160 @@ async fn ipv6_endpoints_get_a_link_local_gateway_and_internal_networks_none() {
                "StaticRoutes": [{"Destination": "169.254.1.1/32", "RouteType": 1}]})
     );
 }
+
+/// Moves an endpoint's container end into `container` and configures it the way Docker would,
+/// plus a default route via the gateway (as a container with NET_ADMIN could add itself).
+fn plug(ns: &ScratchNetns, container: &ScratchNetns, peer: &str, address: &str) {
+    ns.sh(&format!("ip link set {peer} netns {}", container.pid())).unwrap();
+    container
+        .sh(&format!(
+            "ip link set {peer} name eth0 && ip addr add {address} dev eth0 && ip link set eth0 up && \
+             ip route add 169.254.1.1/32 dev eth0 && ip route add default via 169.254.1.1"
+        ))
+        .unwrap();
+}
+
+/// Pings sent from `from` to `to` that got an answer, out of `count`.
+fn answered(from: &ScratchNetns, to: &str, count: u32) -> u32 {
+    let out = from.sh(&format!("busybox ping -c {count} -W 1 {to} 2>&1 || true")).unwrap();
+    out.lines()
+        .find_map(|l| l.split(" packets received").next().filter(|_| l.contains("packets received")))
+        .and_then(|l| l.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn internal_networks_route_only_among_their_own_endpoints() {
+    let ns = ScratchNetns::new().unwrap();
+    let (c1, c2, c3, lan) = (ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    // A LAN neighbour of the host, which routes the container subnets to it.
+    ns.sh(&format!("ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
+                    ip addr add 192.0.2.1/24 dev up0 && ip link set up0 up", lan.pid())).unwrap();
+    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip link set lan0 up && ip route add 10.0.0.0/8 via 192.0.2.1").unwrap();
+
+    let mut internal = network("ni", json!({}));
+    internal["Options"]["com.docker.network.internal"] = json!(true);
+    internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]);
+    client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
+    client.call("NetworkDriver.CreateNetwork", &network("nx", json!({}))).await.unwrap();
+    for (net, ep, address, container) in [("ni", "i1", "10.10.0.2/24", &c1), ("ni", "i2", "10.10.0.3/24", &c2), ("nx", "x1", "10.9.0.2/24", &c3)] {
+        client.call("NetworkDriver.CreateEndpoint", &endpoint(net, ep, address)).await.unwrap();
+        client.call("NetworkDriver.Join", &json!({"NetworkID": net, "EndpointID": ep, "Options": {}})).await.unwrap();
+        plug(&ns, container, &format!("lp{ep}"), address);
+    }
+    assert!(!routes(&ns).contains("10.10.0."), "internal endpoints in the main table: {}", routes(&ns));
+
+    // What may pass does: the internal containers reach each other and their gateway; the
+    // routed container and the LAN reach each other.
+    assert_eq!(answered(&c1, "10.10.0.3", 2), 2, "internal containers cannot reach each other");
+    assert_eq!(answered(&c1, "169.254.1.1", 1), 1, "internal container cannot reach its gateway");
+    ns.sh("busybox ping -c 1 -W 2 10.10.0.2").expect("the host reaches an internal container");
+    assert_eq!(answered(&c3, "192.0.2.2", 2), 2, "routed container cannot reach the LAN");
+    assert_eq!(answered(&lan, "10.9.0.2", 2), 2, "LAN cannot reach the routed container");
+
+    // What must not, doesn't: counted, with routes to everything in place on both sides.
+    c1.sh("ip route add 10.9.0.0/24 via 169.254.1.1").unwrap();
+    for (from, to, what) in [
+        (&c1, "192.0.2.2", "internal container -> LAN"),
+        (&c1, "10.9.0.2", "internal container -> other network's container"),
+        (&lan, "10.10.0.2", "LAN -> internal container"),
+        (&c3, "10.10.0.2", "other network's container -> internal container"),
+    ] {
+        assert_eq!(answered(from, to, 3), 0, "{what} got through");
+    }
+
+    // After a crash the rules are still there, leftovers of ours are removed, and Leave
+    // and DeleteNetwork take the rules and the table away.
+    drop(client);
+    driver.kill();
+    ns.sh("ip rule add iif lhgone lookup 1279787013 priority 1100").unwrap();
+    driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    let rules = ns.sh("ip rule show; ip -6 rule show").unwrap();
+    assert!(!rules.contains("lhgone"), "leftover rule kept: {rules}");
+    assert_eq!(rules.matches("iif lhi1 lookup").count(), 2, "both families confined: {rules}");
+    assert_eq!(answered(&c1, "10.10.0.3", 1), 1, "internal traffic after the restart");
+    assert_eq!(answered(&c1, "192.0.2.2", 2), 0, "internal container -> LAN after the restart");
+    for ep in ["i1", "i2"] {
+        client.call("NetworkDriver.Leave", &ep_ref("ni", ep)).await.unwrap();
+    }
+    let rules = ns.sh("ip rule show; ip -6 rule show").unwrap();
+    assert!(!rules.contains("lhi"), "rules left after Leave: {rules}");
+    for ep in ["i1", "i2"] {
+        client.call("NetworkDriver.DeleteEndpoint", &ep_ref("ni", ep)).await.unwrap();
+    }
+    client.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "ni"})).await.unwrap();
+    let tables = ns.sh("ip route show table all | grep -c unreachable || true").unwrap();
+    assert_eq!(tables.trim(), "0", "the internal network's table is left: {}", ns.sh("ip route show table all").unwrap());
+    let rules = ns.sh("ip rule show; ip -6 rule show").unwrap();
+    assert!(!rules.contains("iif lo"), "the host's rules for the table are left: {rules}");
+}
+
+#[tokio::test]
+async fn overlapping_subnets_are_refused_naming_the_other() {
+    let ns = ScratchNetns::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({}))).await.unwrap();
+    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({}))).await.expect("the same network again is fine");
+    let mut inner = network("n2", json!({}));
+    inner["IPv4Data"] = json!([{"Pool": "10.9.0.128/25"}]);
+    let err = client.call("NetworkDriver.CreateNetwork", &inner).await.unwrap_err().to_string();
+    assert!(err.contains("subnet 10.9.0.128/25 overlaps subnet 10.9.0.0/24 of loom-host network n1"), "{err}");
+
+    // A subnet the host already routes through an interface (a bridge, docker0, a LAN).
+    ns.sh("ip link add br-lan type bridge && ip addr add 10.20.0.1/16 dev br-lan && ip link set br-lan up").unwrap();
+    let mut routed = network("n3", json!({}));
+    routed["IPv4Data"] = json!([{"Pool": "10.20.5.0/24"}]);
+    let err = client.call("NetworkDriver.CreateNetwork", &routed).await.unwrap_err().to_string();
+    assert!(err.contains("subnet 10.20.5.0/24 overlaps 10.20.0.0/16 already routed on this host through br-lan"), "{err}");
+    ns.sh("ip -6 addr add fd00:20::1/64 dev br-lan nodad").unwrap();
+    let mut routed6 = network("n4", json!({}));
+    routed6["IPv4Data"] = json!([{"Pool": "10.30.0.0/24"}]);
+    routed6["Options"]["com.docker.network.enable_ipv6"] = json!(true);
+    routed6["IPv6Data"] = json!([{"Pool": "fd00:20::/64"}]);
+    let err = client.call("NetworkDriver.CreateNetwork", &routed6).await.unwrap_err().to_string();
+    assert!(err.contains("subnet fd00:20::/64 overlaps fd00:20::/64 already routed on this host through br-lan"), "{err}");
+    routed6["IPv6Data"] = json!([{"Pool": "fd00:21::/64"}]);
+    client.call("NetworkDriver.CreateNetwork", &routed6).await.expect("a free subnet is fine");
+}
+
+#[tokio::test]
+async fn ports_without_a_host_address_are_published_on_both_families() {
+    let ns = ScratchNetns::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    let mut net = network("n6", json!({}));
+    net["Options"]["com.docker.network.enable_ipv6"] = json!(true);
+    net["IPv6Data"] = json!([{"Pool": "fd00:9::/64"}]);
+    client.call("NetworkDriver.CreateNetwork", &net).await.unwrap();
+    let ep = json!({"NetworkID": "n6", "EndpointID": "e6", "Interface": {"Address": "10.9.0.6/24", "AddressIPv6": "fd00:9::6/64"}, "Options": {}});
+    client.call("NetworkDriver.CreateEndpoint", &ep).await.unwrap();
+    client.call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}})).await.unwrap();
+    let program = |host_ip: &str| {
+        json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {"com.docker.network.portmap":
+            [{"Proto": 6, "IP": "", "Port": 80, "HostIP": host_ip, "HostPort": 8088, "HostPortEnd": 8088}]}})
+    };
+    let dnat = |ns: &ScratchNetns| {
+        ns.sh("iptables-save -t nat; ip6tables-save -t nat").unwrap().lines().filter(|l| l.contains("-j DNAT")).map(String::from).collect::<Vec<_>>()
+    };
+    client.call("NetworkDriver.ProgramExternalConnectivity", &program("")).await.unwrap();
+    let rules = dnat(&ns);
+    assert!(rules.iter().any(|l| l.contains("--dport 8088") && l.contains("--to-destination 10.9.0.6:80")), "{rules:#?}");
+    assert!(rules.iter().any(|l| l.contains("--dport 8088") && l.contains("--to-destination [fd00:9::6]:80")), "{rules:#?}");
+    assert_eq!(rules.len(), 2, "{rules:#?}");
+    let err = client.call("NetworkDriver.ProgramExternalConnectivity", &program("::1")).await.unwrap_err().to_string();
+    assert!(err.contains("on [::1]") && err.contains("publish on 127.0.0.1"), "{err}");
+    client.call("NetworkDriver.ProgramExternalConnectivity", &program("2001:db8::1")).await.unwrap();
+    let rules = dnat(&ns);
+    assert!(rules.iter().all(|l| !l.contains("10.9.0.6")) && rules.len() == 1, "only the IPv6 address: {rules:#?}");
+    assert!(rules[0].contains("-d 2001:db8::1/128"), "{rules:#?}");
+    client.call("NetworkDriver.RevokeExternalConnectivity", &ep_ref("n6", "e6")).await.unwrap();
+    assert_eq!(dnat(&ns), Vec::<String>::new(), "Revoke leaves DNAT rules");
+}
