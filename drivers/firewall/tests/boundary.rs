@@ -273,3 +273,24 @@ fn iptables_vxlan_only_from_members() {
 fn nftables_vxlan_only_from_members() {
     vxlan_guard(BackendKind::Nftables);
 }
+
+/// A skeleton rule of an earlier version (the nat PREROUTING jump without `! -d 127.0.0.0/8`)
+/// is replaced, not kept next to the new one.
+#[test]
+fn iptables_upgrade_replaces_the_old_prerouting_jump() {
+    let lab = Lab::new();
+    let host = &lab.host;
+    host.sh("iptables -w -t nat -N LOOM-DNAT");
+    host.sh("iptables -w -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT");
+    lab.bridge("loomA", "198.18.1.1/24");
+    let fw = Fw::open(host, BackendKind::Iptables);
+    let a = network_a();
+    fw.call(move |fw| Box::pin(async move { fw.add_network(&a).await })).expect("add_network");
+    let jumps: Vec<String> =
+        host.sh("iptables -w -t nat -S PREROUTING").lines().filter(|l| l.contains("LOOM-DNAT")).map(String::from).collect();
+    assert_eq!(jumps.len(), 1, "{jumps:?}");
+    assert!(jumps[0].contains("! -d 127.0.0.0/8"), "{jumps:?}");
+    let guards = host.sh("iptables -w -t raw -S PREROUTING; ip6tables -w -t raw -S PREROUTING");
+    assert!(guards.contains("-d 127.0.0.0/8 ! -i lo") && guards.contains("-d ::1/128 ! -i lo"), "{guards}");
+    fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
+}
