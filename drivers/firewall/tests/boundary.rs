@@ -232,7 +232,10 @@ fn vxlan_guard(kind: BackendKind) {
     send_udp(client, None, "[2001:db8:ff::1]:4789", 30);
     assert_eq!(vtep4.settled(), 0, "VXLAN from a non-member reached the host (IPv4)");
     assert_eq!(vtep6_lan.settled(), 0, "VXLAN from a non-member reached the host (IPv6)");
-    // A container of this host: its UDP 4789 goes nowhere, its other traffic still goes out.
+    // A container of this host: its UDP 4789 goes nowhere, its other traffic still goes out;
+    // also past an ACCEPT inserted on top of filter FORWARD later (as dockerd does for every
+    // bridge network it creates, e.g. docker_gwbridge).
+    host.sh("iptables -w -I FORWARD 1 -i loomA -j ACCEPT");
     send_udp(c1, None, "198.18.0.2:4789", 30);
     send_udp(c1, None, "198.18.0.2:4790", 30);
     assert_eq!(outside.settled(), 0, "a container's UDP 4789 was forwarded");
@@ -253,6 +256,7 @@ fn vxlan_guard(kind: BackendKind) {
     assert_eq!(vtep4.settled(), 10, "port 4789 still guarded after moving the guard to 8472");
     vtep4.reset();
 
+    host.sh("iptables -w -D FORWARD -i loomA -j ACCEPT");
     fw.call(|fw| Box::pin(async move { fw.remove_vxlan_guard().await })).expect("remove_vxlan_guard");
     fw.call(|fw| Box::pin(async move { fw.remove_vxlan_guard().await })).expect("remove_vxlan_guard is idempotent");
     let after = snapshot(host);

@@ -224,20 +224,20 @@ fn set_vxlan(ipt: &Xtables, port: u16, peers: &[IpAddr]) -> Result<()> {
     for old in in_chain.iter().filter(|r| rules::parse_vxlan_peer(&r.spec).is_some_and(|p| !peers.contains(&p))) {
         delete_listed(ipt, "raw", old)?;
     }
-    let (_, filter) = listed_with_chains(ipt, "filter")?;
-    let drops: Vec<&ListedRule> = filter.iter().filter(|r| r.chain == "FORWARD" && is_vxlan(r)).collect();
+    let (_, mangle) = listed_with_chains(ipt, "mangle")?;
+    let drops: Vec<&ListedRule> = mangle.iter().filter(|r| r.chain == "FORWARD" && is_vxlan(r)).collect();
     if !drops.iter().any(|r| same_rule(r, &wanted.forward)) {
         add_rule(ipt, &wanted.forward)?;
     }
     for old in drops.iter().filter(|r| !same_rule(r, &wanted.forward)) {
-        delete_listed(ipt, "filter", old)?;
+        delete_listed(ipt, "mangle", old)?;
     }
     Ok(())
 }
 
 /// Deletes one family's VXLAN guard (jump, chain, FORWARD drop).
 fn remove_vxlan(ipt: &Xtables) -> Result<()> {
-    for table in ["raw", "filter"] {
+    for table in ["raw", "mangle"] {
         let (_, listed) = listed_with_chains(ipt, table)?;
         for rule in listed.iter().filter(|r| is_vxlan(r) && r.chain != rules::VXLAN) {
             delete_listed(ipt, table, rule)?;
@@ -426,17 +426,15 @@ impl Inner {
 
 /// Where netloom's jump goes in filter FORWARD: first, but after dockerd's `-j DOCKER-USER`
 /// when there is one, so that the user's DOCKER-USER rules see netloom's traffic too (dockerd
-/// puts that jump back on top when it restarts anyway), and after the VXLAN guard's drop.
+/// puts that jump back on top when it restarts anyway).
 pub(crate) fn forward_top(ipt: &Xtables) -> Result<i32> {
     let out = ipt.execute("filter", "-S FORWARD").map_err(ipt_err(format!("{} -S FORWARD", ipt.cmd)))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("-A FORWARD ")).collect();
-    let mut top = rules.iter().position(|l| l.trim_end() == "-A FORWARD -j DOCKER-USER").map_or(0, |i| i + 1);
-    // The VXLAN guard's drop stays above everything that accepts.
-    while rules.get(top).is_some_and(|l| l.contains(tag::IPT_VXLAN)) {
-        top += 1;
-    }
-    Ok(top as i32 + 1)
+    Ok(match rules.iter().position(|l| l.trim_end() == "-A FORWARD -j DOCKER-USER") {
+        Some(i) => i as i32 + 2,
+        None => 1,
+    })
 }
 
 fn families_of(net: &NetworkPolicy) -> Vec<bool> {
@@ -629,7 +627,7 @@ impl Firewall for IptablesFirewall {
 
     async fn remove_all(&self) -> Result<()> {
         self.run(|inner| {
-            inner.remove_where(&SKELETON_TABLES, |o| !matches!(o, IptOwner::Compat))?;
+            inner.remove_where(&["raw", "mangle", "filter", "nat"], |o| !matches!(o, IptOwner::Compat))?;
             for (_, ipt) in inner.families() {
                 remove_vxlan_chain(ipt)?;
                 for table in ["filter", "nat"] {

@@ -5,7 +5,7 @@
 //! raw PREROUTING           ! -i lo -d 127.0.0.0/8 (ip6tables: ::1/128) -j DROP  (inserted first)
 //! raw PREROUTING           [VXLAN guard] -p udp --dport P dst-type LOCAL -j LOOM-VXLAN
 //! raw LOOM-VXLAN           [VXLAN guard] -s <peer> -j RETURN …, -j DROP
-//! filter FORWARD           [VXLAN guard] -p udp --dport P -j DROP            (top, after DOCKER-USER)
+//! mangle FORWARD           [VXLAN guard] -p udp --dport P -j DROP            (inserted first)
 //! filter FORWARD           -j LOOM-FORWARD                                      (inserted first)
 //! filter LOOM-FORWARD      -j LOOM-ISOLATION-1                                  (first)
 //!                          per network: replies, DNATed, egress, icc, [open] accepts
@@ -115,7 +115,8 @@ pub(crate) fn loopback_guard(v6: bool) -> IptRule {
 /// The VXLAN guard's rules for `port` and the `peers` of one family: a jump from raw PREROUTING
 /// for UDP `port` to a local address (the port is matched first, so other traffic pays one
 /// compare), one RETURN per peer and a final DROP in `LOOM-VXLAN`, and a DROP of forwarded UDP
-/// `port` at the top of filter FORWARD.
+/// `port` at the top of mangle FORWARD (not filter FORWARD: dockerd inserts ACCEPTs at the top
+/// of that one for every bridge network it creates later, e.g. docker_gwbridge).
 pub(crate) struct VxlanRules {
     pub jump: IptRule,
     pub peers: Vec<IptRule>,
@@ -137,7 +138,7 @@ pub(crate) fn vxlan_rules(port: u16, peers: &[IpAddr]) -> VxlanRules {
         ),
         peers: peers.iter().map(|ip| IptRule::new("raw", VXLAN, Position::First, &["-s", &host_prefix(*ip), "-j", "RETURN"], c)).collect(),
         drop: IptRule::new("raw", VXLAN, Position::Append, &["-j", "DROP"], c),
-        forward: IptRule::new("filter", "FORWARD", Position::First, &[&udp[..], &["-j", "DROP"]].concat(), c),
+        forward: IptRule::new("mangle", "FORWARD", Position::First, &[&udp[..], &["-j", "DROP"]].concat(), c),
     }
 }
 
@@ -388,7 +389,7 @@ mod tests {
         assert_eq!(r.jump.render(), format!("-t raw -I PREROUTING 1 -p udp -m udp --dport 4789 -m addrtype --dst-type LOCAL {c} -j LOOM-VXLAN"));
         assert_eq!(render(&r.peers), [format!("-t raw -I LOOM-VXLAN 1 -s 192.0.2.1/32 {c} -j RETURN"), format!("-t raw -I LOOM-VXLAN 1 -s 2001:db8::1/128 {c} -j RETURN")]);
         assert_eq!(r.drop.render(), format!("-t raw -A LOOM-VXLAN {c} -j DROP"));
-        assert_eq!(r.forward.render(), format!("-t filter -I FORWARD 1 -p udp -m udp --dport 4789 {c} -j DROP"));
+        assert_eq!(r.forward.render(), format!("-t mangle -I FORWARD 1 -p udp -m udp --dport 4789 {c} -j DROP"));
         // As `iptables -S` prints them back.
         assert_eq!(parse_vxlan_peer("-s 192.0.2.1/32 -m comment --comment netloom:vxlan -j RETURN"), Some("192.0.2.1".parse().unwrap()));
         assert_eq!(parse_vxlan_peer("-m comment --comment netloom:vxlan -j DROP"), None);
