@@ -298,3 +298,15 @@ fn iptables_upgrade_replaces_the_old_prerouting_jump() {
     assert!(guards.contains("-d 127.0.0.0/8 ! -i lo") && guards.contains("-d ::1/128 ! -i lo"), "{guards}");
     fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
 }
+
+/// `--firewall auto`: nftables on this kernel (which has nf_tables), probed in the caller's
+/// namespace.
+#[test]
+fn auto_picks_nftables_where_the_kernel_has_it() {
+    common::require_root_and_tools();
+    let ns = Ns::new("detect");
+    assert_eq!(ns.run(BackendKind::detect), BackendKind::Nftables);
+    assert_eq!(ns.run(|| netloom_firewall::BackendChoice::Auto.resolve()), BackendKind::Nftables);
+    let fixed: netloom_firewall::BackendChoice = "iptables".parse().unwrap();
+    assert_eq!(fixed.resolve(), BackendKind::Iptables);
+}

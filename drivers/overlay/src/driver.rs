@@ -173,7 +173,7 @@ impl Overlay {
     /// The VXLAN guard brought in line with the state; never called with the state locked.
     pub(crate) async fn sync_guard(&self, expect_network: bool) {
         if let Some(guard) = &self.guard {
-            guard.sync(self, false, expect_network).await;
+            guard.sync(&self.state, false, expect_network).await;
         }
     }
 

@@ -18,7 +18,7 @@ use netloom_firewall::{BackendKind, Firewall};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::driver::{Overlay, State};
+use crate::driver::State;
 
 /// What the guard should be, or is known to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +53,20 @@ pub fn wanted(state: &State, expect_network: bool) -> Option<Guard> {
 
 impl VxlanGuard {
     pub async fn open(kind: BackendKind, port: u16) -> Result<VxlanGuard> {
-        Ok(VxlanGuard { firewall: netloom_firewall::open(kind).await?, port, programmed: Mutex::new(None) })
+        Ok(Self::with(netloom_firewall::open(kind).await?, port))
+    }
+
+    fn with(firewall: Arc<dyn Firewall>, port: u16) -> VxlanGuard {
+        VxlanGuard { firewall, port, programmed: Mutex::new(None) }
     }
 
     /// Brings the guard in line with the state (see [`wanted`]). `force` re-applies it even if
     /// this process thinks it is in place (the reconciler: someone may have flushed it);
     /// `expect_network` turns it on before a network's first VXLAN link exists.
-    pub async fn sync(&self, ov: &Overlay, force: bool, expect_network: bool) {
+    pub async fn sync(&self, state: &tokio::sync::Mutex<State>, force: bool, expect_network: bool) {
         let mut programmed = self.programmed.lock().await;
         let want = {
-            let state = ov.state.lock().await;
+            let state = state.lock().await;
             wanted(&state, expect_network)
         };
         let Some(want) = want else { return };
@@ -96,8 +100,84 @@ impl VxlanGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use netloom_firewall::{NetworkPolicy, PortMapping};
+
     use super::*;
     use crate::records::HostRecord;
+
+    /// Records the guard calls; each takes `delay` (a slow firewall).
+    struct SlowFirewall {
+        delay: Duration,
+        calls: StdMutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Firewall for SlowFirewall {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Nftables
+        }
+        async fn add_network(&self, _: &NetworkPolicy) -> Result<()> {
+            Ok(())
+        }
+        async fn remove_network_by_id(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn add_ports(&self, _: &NetworkPolicy, _: &str, _: &[PortMapping]) -> Result<()> {
+            Ok(())
+        }
+        async fn remove_ports(&self, _: &NetworkPolicy, _: &str, _: &[PortMapping]) -> Result<()> {
+            Ok(())
+        }
+        async fn retain_endpoints(&self, _: &NetworkPolicy, _: &[String]) -> Result<usize> {
+            Ok(0)
+        }
+        async fn owned_networks(&self) -> Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()> {
+            tokio::time::sleep(self.delay).await;
+            self.calls.lock().unwrap().push(format!("set {port} {peers:?}"));
+            Ok(())
+        }
+        async fn remove_vxlan_guard(&self) -> Result<()> {
+            tokio::time::sleep(self.delay).await;
+            self.calls.lock().unwrap().push("remove".into());
+            Ok(())
+        }
+        async fn remove_all(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_state_is_not_locked_while_the_firewall_works() {
+        let fw = Arc::new(SlowFirewall { delay: Duration::from_millis(1500), calls: StdMutex::new(Vec::new()) });
+        let guard = Arc::new(VxlanGuard::with(fw.clone(), 4789));
+        let mut state = State::default();
+        state.cache.loaded = true;
+        state.cache.hosts.insert("h1".into(), (host("10.250.0.1"), 3));
+        let state = Arc::new(tokio::sync::Mutex::new(state));
+        let (g, s) = (guard.clone(), state.clone());
+        let slow = tokio::spawn(async move { g.sync(&s, false, true).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Meanwhile the peer sync (anything needing the state) goes on.
+        let started = std::time::Instant::now();
+        drop(tokio::time::timeout(Duration::from_millis(500), state.lock()).await.expect("the state lock was held across a firewall call"));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        slow.await.unwrap();
+        // Unchanged: no second call; forced (the reconciler): one more.
+        guard.sync(&state, false, true).await;
+        assert_eq!(fw.calls.lock().unwrap().len(), 1);
+        guard.sync(&state, true, true).await;
+        assert_eq!(*fw.calls.lock().unwrap(), ["set 4789 [10.250.0.1]", "set 4789 [10.250.0.1]"]);
+        // The last network gone: removed.
+        guard.sync(&state, false, false).await;
+        assert_eq!(fw.calls.lock().unwrap().last().map(String::as_str), Some("remove"));
+    }
 
     fn host(vtep: &str) -> HostRecord {
         HostRecord { vtep: vtep.parse().unwrap(), port: 4789, pid: 1, version: "t".into(), started_at: 0 }

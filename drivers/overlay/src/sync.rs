@@ -186,7 +186,7 @@ pub async fn reconcile_once(ov: &Overlay) {
     }
     // Re-applied even if unchanged here: someone may have flushed the firewall.
     if let Some(guard) = &ov.guard {
-        guard.sync(ov, true, false).await;
+        guard.sync(&ov.state, true, false).await;
     }
     resync(ov, &mut *ov.state.lock().await).await;
     sync_gateway(ov).await;
