@@ -16,6 +16,7 @@ mod netns;
 mod port_isolation;
 mod route;
 mod routing;
+mod supervise;
 pub mod sysctl;
 mod vlan;
 mod vxlan;
@@ -29,25 +30,30 @@ pub use vlan::{vlan_message, VlanSpec, VLAN_IDS};
 pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
 pub use neigh::{neighbour_entry_of, NeighbourEntry};
 pub use netns::Netns;
+pub use supervise::supervise;
 pub use routing::{connected_route_of, overlaps, ConnectedRoute, IifRule};
 pub use vxlan::{vxlan_info_of, vxlan_message, VxlanInfo, VxlanSpec};
 
 /// A netlink connection in the calling thread's network namespace.
 #[derive(Clone)]
 pub struct Netlink {
-    handle: Handle,
+    handle: supervise::SharedHandle,
 }
 
 impl Netlink {
-    /// Opens a connection; its I/O task runs on the current tokio runtime.
+    /// Opens a connection; its I/O task runs on the current tokio runtime, and is remade if it
+    /// dies.
     pub fn connect() -> Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
-        tokio::spawn(connection);
-        Ok(Self { handle })
+        let open = || {
+            let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+            Ok((connection, handle))
+        };
+        let (connection, handle) = open()?;
+        Ok(Self::supervised(connection, handle, open))
     }
 
-    pub(crate) fn handle(&self) -> &Handle {
-        &self.handle
+    pub(crate) fn handle(&self) -> Handle {
+        supervise::current(&self.handle)
     }
 }
 

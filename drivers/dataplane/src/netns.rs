@@ -157,13 +157,18 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 impl Netlink {
     /// A netlink connection inside `ns`; its I/O task runs on the current tokio runtime.
     pub fn connect_in(ns: &Netns) -> Result<Netlink> {
+        let ns = ns.clone();
         let runtime = tokio::runtime::Handle::current();
-        let (connection, handle, _) = ns.run(move || {
-            let _entered = runtime.enter();
-            rtnetlink::new_connection().context("opening a netlink socket")
-        })?;
-        tokio::spawn(connection);
-        Ok(Netlink { handle })
+        let open = move || {
+            let runtime = runtime.clone();
+            let (connection, handle, _) = ns.run(move || {
+                let _entered = runtime.enter();
+                rtnetlink::new_connection().context("opening a netlink socket")
+            })?;
+            Ok((connection, handle))
+        };
+        let (connection, handle) = open()?;
+        Ok(Netlink::supervised(connection, handle, open))
     }
 
     /// Moves `link` (of this connection's namespace) into `ns`.
