@@ -44,6 +44,8 @@ pub struct HostDriver {
     state: Mutex<State>,
     /// One turn per network: requests on one network run one at a time, other networks go on.
     turns: KeyedLocks,
+    /// How long a request waits for its network's turn.
+    lock_wait: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -61,7 +63,14 @@ impl HostDriver {
         for ep in state.endpoints.values() {
             state.ports.insert(&ep.id, ep.ports.clone());
         }
-        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()), turns: KeyedLocks::default() };
+        let driver = Self {
+            netlink,
+            firewall,
+            records,
+            state: Mutex::new(State::default()),
+            turns: KeyedLocks::default(),
+            lock_wait: LOCK_WAIT,
+        };
         driver.reconcile(&state).await;
         *driver.state() = state;
         Ok(driver)
@@ -73,7 +82,7 @@ impl HostDriver {
 
     /// Waits for `network_id`'s turn (bounded; the error names the network and the holder).
     async fn turn(&self, network_id: &str, doing: String) -> PluginResult<Turn> {
-        self.turns.take(network_id, &format!("loom-host network {}", short_id(network_id)), doing, LOCK_WAIT).await
+        self.turns.take(network_id, &format!("loom-host network {}", short_id(network_id)), doing, self.lock_wait).await
     }
 
     /// A firewall call that fails its request instead of hanging it.
@@ -289,7 +298,7 @@ impl NetworkDriver for HostDriver {
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
         let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
         let doing = format!("CreateNetwork of {}", short_id(&req.network_id));
-        let _creating = self.turns.take(CREATING, "other loom-host network creations", doing.clone(), LOCK_WAIT).await?;
+        let _creating = self.turns.take(CREATING, "other loom-host network creations", doing.clone(), self.lock_wait).await?;
         let _turn = self.turn(&req.network_id, doing).await?;
         let existing = self.state().networks.get(&req.network_id).cloned();
         if let Some(existing) = existing {
@@ -533,3 +542,6 @@ fn ipv4(address: Option<IpNetwork>) -> Option<std::net::Ipv4Addr> {
     }
 }
 
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;
