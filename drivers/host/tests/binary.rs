@@ -339,4 +339,33 @@ async fn ports_without_a_host_address_are_published_on_both_families() {
     assert!(rules[0].contains("-d 2001:db8::1/128"), "{rules:#?}");
     client.call("NetworkDriver.RevokeExternalConnectivity", &ep_ref("n6", "e6")).await.unwrap();
     assert_eq!(dnat(&ns), Vec::<String>::new(), "Revoke leaves DNAT rules");
+
+    // From a LAN neighbour, over both families, to a web server in the container.
+    let (container, lan) = (ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap());
+    ns.sh(&format!("ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
+                    ip addr add 192.0.2.1/24 dev up0 && ip addr add 2001:db8:1::1/64 dev up0 nodad && ip link set up0 up", lan.pid()))
+        .unwrap();
+    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip addr add 2001:db8:1::2/64 dev lan0 nodad && ip link set lan0 up").unwrap();
+    ns.sh(&format!("ip link set lpe6 netns {}", container.pid())).unwrap();
+    container
+        .sh("ip link set lpe6 name eth0 && sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip addr add 10.9.0.6/24 dev eth0 && \
+             ip addr add fd00:9::6/64 dev eth0 nodad && ip link set eth0 up && ip route add 169.254.1.1/32 dev eth0 && \
+             ip route add default via 169.254.1.1 && ip -6 route add default via fe80::1 dev eth0")
+        .unwrap();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "ok\n").unwrap();
+    let mut web = container.command("busybox").args(["httpd", "-f", "-p", "80", "-h"]).arg(site.path()).spawn().unwrap();
+    client.call("NetworkDriver.ProgramExternalConnectivity", &program("")).await.unwrap();
+    let fetch = |url: &str| lan.sh(&format!("timeout 3 busybox wget -q -O - '{url}' 2>&1 || true")).unwrap().contains("ok");
+    let mut answers = (false, false);
+    for _ in 0..20 {
+        answers = (fetch("http://192.0.2.1:8088/"), fetch("http://[2001:db8:1::1]:8088/"));
+        if answers == (true, true) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = web.kill();
+    let _ = web.wait();
+    assert_eq!(answers, (true, true), "(IPv4, IPv6) answers from the LAN");
 }
