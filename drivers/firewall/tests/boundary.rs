@@ -136,7 +136,11 @@ fn loopback_attack(kind: BackendKind) {
     send_udp(c1, None, "127.0.0.1:9998", 20);
     send_udp(client, None, "127.0.0.1:9998", 20);
     let arrived = counter(host, "arrived");
-    assert!(arrived >= 40, "only {arrived} of the attack's packets reached the host; the test proves nothing\n{}", host.sh("nft list table inet fwtest; ip -s link"));
+    assert!(
+        arrived >= 40,
+        "only {arrived} of the attack's packets reached the host; the test proves nothing\n{}",
+        host.sh("nft list table inet fwtest; ip -s link")
+    );
     assert_eq!(attacks, vec![None; 6], "the host's loopback answered from outside");
     assert_eq!(udp_service.settled(), 0, "UDP datagrams reached the host's loopback service from outside");
     assert_eq!(counter(host, "delivered"), 0, "packets for 127/8 from outside were delivered locally");

@@ -166,7 +166,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Meanwhile the peer sync (anything needing the state) goes on.
         let started = std::time::Instant::now();
-        drop(tokio::time::timeout(Duration::from_millis(500), state.lock()).await.expect("the state lock was held across a firewall call"));
+        let free = tokio::time::timeout(Duration::from_millis(500), state.lock()).await;
+        drop(free.expect("the state lock was held across a firewall call"));
         assert!(started.elapsed() < Duration::from_millis(500));
         slow.await.unwrap();
         // Unchanged: no second call; forced (the reconciler): one more.

@@ -136,7 +136,10 @@ pub(crate) fn vxlan_rules(port: u16, peers: &[IpAddr]) -> VxlanRules {
             &[&udp[..], &["-m", "addrtype", "--dst-type", "LOCAL", "-j", VXLAN]].concat(),
             c,
         ),
-        peers: peers.iter().map(|ip| IptRule::new("raw", VXLAN, Position::First, &["-s", &host_prefix(*ip), "-j", "RETURN"], c)).collect(),
+        peers: peers
+            .iter()
+            .map(|ip| IptRule::new("raw", VXLAN, Position::First, &["-s", &host_prefix(*ip), "-j", "RETURN"], c))
+            .collect(),
         drop: IptRule::new("raw", VXLAN, Position::Append, &["-j", "DROP"], c),
         forward: IptRule::new("mangle", "FORWARD", Position::First, &[&udp[..], &["-j", "DROP"]].concat(), c),
     }

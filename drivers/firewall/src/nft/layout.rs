@@ -211,8 +211,16 @@ pub(crate) fn vxlan_chains(port: u16) -> Vec<BaseChain> {
         rule(vec![Cond::UdpDport(port), Cond::FibDaddrLocal, Cond::SaddrNotIn { set, v6 }], Action::Drop)
     };
     vec![
-        BaseChain { name: CHAIN_VXLAN_IN, hook: Some((Hook::PreRouting, PRIORITY_RAW, false)), rules: vec![unknown_sender(false), unknown_sender(true)] },
-        BaseChain { name: CHAIN_VXLAN_FWD, hook: Some((Hook::Forward, -5, false)), rules: vec![rule(vec![Cond::UdpDport(port)], Action::Drop)] },
+        BaseChain {
+            name: CHAIN_VXLAN_IN,
+            hook: Some((Hook::PreRouting, PRIORITY_RAW, false)),
+            rules: vec![unknown_sender(false), unknown_sender(true)],
+        },
+        BaseChain {
+            name: CHAIN_VXLAN_FWD,
+            hook: Some((Hook::Forward, -5, false)),
+            rules: vec![rule(vec![Cond::UdpDport(port)], Action::Drop)],
+        },
     ]
 }
 
