@@ -48,6 +48,10 @@
 //!   scenario dir and printed (tails) when a scenario fails; NETLOOM_KEEP_LOGS=1 keeps the dir.
 //! - A LAN neighbour (`Cluster::add_neighbour`) is a node on the underlay without dockerd; attack
 //!   scenarios count with `NftCounters` in the namespaces they made, never in the root one.
+//! - busybox has no UDP client or server and its `wget -T` crashes (bound wget with `timeout`).
+//!   For UDP use this crate's `netloom-probe` binary (`env!("CARGO_BIN_EXE_netloom-probe")` in a
+//!   scenario), on a host or neighbour with `Host::exec`, in a container's network namespace with
+//!   `Host::exec_in_container_netns`.
 //! - dockerd loads br_netfilter, after which bridged traffic in every namespace (the underlay's
 //!   br0 too) passes that namespace's iptables: keep the underlay's firewall empty.
 //!
