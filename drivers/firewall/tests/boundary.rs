@@ -150,6 +150,29 @@ fn loopback_attack(kind: BackendKind) {
     let got = probes(&[(host, "127.0.0.1:8080"), (host, "127.0.0.1:8081")]);
     assert!(answered_by(&got[0], "c1") && answered_by(&got[1], "c1"), "after the attack: {got:?}");
 
+    // What the guard is for: without it (deleted by hand) the same attack gets answers, but
+    // the port published on 127.0.0.1 is still not DNATed for it (the second line).
+    match kind {
+        BackendKind::Iptables => {
+            host.sh("iptables -w -t raw -D PREROUTING ! -i lo -d 127.0.0.0/8 -m comment --comment netloom:base -j DROP")
+        }
+        BackendKind::Nftables => host.sh("nft flush chain inet netloom loopback"),
+    };
+    let unguarded = probes(&[(c1, "127.0.0.1:9999"), (c1, "127.0.0.1:8081")]);
+    let leaked = counter(host, "leaked");
+    eprintln!("[loopback {kind}] without the guard: {leaked} packets left with a 127/8 source, answer {:?}", unguarded[0]);
+    assert!(
+        leaked > 0 && answered_by(&unguarded[0], "loopback-service"),
+        "without the guard the attack got nothing either; the test proves nothing"
+    );
+    assert_eq!(unguarded[1], None, "a port published on 127.0.0.1 was DNATed for a packet from outside");
+    // add_network puts the guard back.
+    let a2 = a.clone();
+    fw.call(move |fw| Box::pin(async move { fw.add_network(&a2).await })).expect("add_network");
+    let before = counter(host, "leaked");
+    assert_eq!(probes(&[(c1, "127.0.0.1:9999")]), vec![None], "the guard did not come back");
+    assert_eq!(counter(host, "leaked"), before, "the guard did not come back");
+
     fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
     let left = snapshot(host);
     assert!(!left.contains("netloom") && !left.contains("LOOM"), "remove_all left rules behind:\n{left}");
