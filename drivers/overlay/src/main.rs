@@ -94,8 +94,8 @@ impl FirewallChoice {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let (firewall, guard_firewall) = args.firewall.backends();
-    let config = driver::Config {
+    let choice = args.firewall;
+    let mut config = driver::Config {
         mode: args.scope,
         advertise: args.advertise_addr.clone(),
         port: args.vxlan_port,
@@ -103,10 +103,12 @@ async fn main() -> ExitCode {
         lease_ttl: Duration::from_secs(args.lease_ttl),
         dead_host_grace: Duration::from_secs(args.dead_host_grace),
         netns_dir: args.netns_dir.clone(),
-        firewall,
-        guard_firewall,
+        firewall: None,
+        guard_firewall: BackendKind::Nftables,
     };
     netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
+        // Resolved once logging is up: the fallback to iptables says why in the log.
+        (config.firewall, config.guard_firewall) = choice.backends();
         let overlay = driver::Overlay::start(&settings, config).await?;
         Ok(Plugin::network(driver::Driver(overlay)))
     })
