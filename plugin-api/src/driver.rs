@@ -50,6 +50,12 @@ pub trait NetworkDriver: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The subnets of this driver's networks, for other netloom drivers on the host
+    /// (`Netloom.Subnets`); none by default.
+    fn claimed_subnets(&self) -> Vec<crate::siblings::ClaimedSubnets> {
+        Vec::new()
+    }
+
     async fn revoke_external_connectivity(&self, _req: EndpointRef) -> PluginResult<()> {
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod host_ports;
 pub mod locks;
 pub mod options;
 pub mod server;
+pub mod siblings;
 pub mod socket;
 pub mod wire;
 
@@ -60,6 +61,7 @@ where
 
     let _lock = socket::StateLock::acquire(&settings.state_dir)?;
     socket::prepare(&settings.socket)?;
+    siblings::set_own_socket(&settings.socket);
     let started = std::time::Instant::now();
     let plugin = build(settings.clone()).await?;
     let (_bound, listener) = socket::BoundSocket::bind(&settings.socket)?;

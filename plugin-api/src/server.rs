@@ -97,6 +97,10 @@ impl Plugin {
             "Plugin" if method == "Plugin.Activate" => {
                 reply(&ActivateResponse { implements: self.implements() })
             }
+            "Netloom" if method == crate::siblings::METHOD => match &self.network {
+                Some(driver) => reply(&crate::siblings::SubnetsResponse { networks: driver.claimed_subnets() }),
+                None => Err(PluginError::unknown_method(method)),
+            },
             "NetworkDriver" => match &self.network {
                 Some(driver) => dispatch_network(driver.as_ref(), method, body).await,
                 None => Err(PluginError::unknown_method(method)),

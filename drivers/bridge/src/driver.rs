@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{mac, names, overlaps, sysctl, BridgeSpec, Netlink, VethSpec};
+use netloom_dataplane::{describe_interface, mac, names, overlaps, sysctl, BridgeSpec, Netlink, VethSpec};
 use netloom_firewall::{Firewall, NetworkPolicy, PortMapping, Proto};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
@@ -19,6 +19,7 @@ use netloom_plugin_api::addressing::{endpoint_address, pools, short_id as short,
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
 use netloom_plugin_api::options::IPV6_MIN_MTU;
 use netloom_plugin_api::wire::ports::{port_bindings, Protocol};
+use netloom_plugin_api::siblings::{self, ClaimedSubnets};
 use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
 use std::sync::{Mutex, MutexGuard};
@@ -91,6 +92,18 @@ impl BridgeDriver {
                 short(&other)
             )));
         }
+        for claim in siblings::sibling_claims().await {
+            let clash = claim.subnets.iter().find_map(|theirs| subnets.iter().find(|s| overlaps(s, theirs)).map(|s| (*s, *theirs)));
+            if let Some((ours, theirs)) = clash {
+                let detail = if claim.detail.is_empty() { String::new() } else { format!(" ({})", claim.detail) };
+                return Err(PluginError::new(format!(
+                    "subnet {ours} overlaps subnet {theirs} of {} network {}{detail} on this host; one subnet serves \
+                     one network per host: remove that network or choose another --subnet",
+                    claim.driver,
+                    short(&claim.network_id)
+                )));
+            }
+        }
         let routes = bounded("the kernel's route list", CALL_LIMIT, self.netlink.connected_routes()).await?;
         let owner = record.owner();
         for route in routes {
@@ -100,10 +113,13 @@ impl BridgeDriver {
                 // This network's own bridge, left from an earlier attempt: ensure_network reuses it.
                 continue;
             }
-            let interface = link.map(|l| l.name).unwrap_or_else(|| format!("interface #{}", route.ifindex));
+            let (name, interface) = match link {
+                Some(l) => (l.name.clone(), describe_interface(&l.name, l.alias.as_deref())),
+                None => (format!("#{}", route.ifindex), format!("interface #{}", route.ifindex)),
+            };
             return Err(PluginError::new(format!(
                 "subnet {ours} overlaps {} already routed on this host through {interface}; one subnet serves one \
-                 network per host: remove what uses {interface} or choose another --subnet",
+                 network per host: remove what uses {name} or choose another --subnet",
                 route.destination
             )));
         }
@@ -280,6 +296,20 @@ impl BridgeDriver {
 impl NetworkDriver for BridgeDriver {
     fn capabilities(&self) -> CapabilitiesResponse {
         CapabilitiesResponse { scope: Scope::Local, connectivity_scope: Scope::Local }
+    }
+
+    fn claimed_subnets(&self) -> Vec<ClaimedSubnets> {
+        let state = self.state();
+        state
+            .networks
+            .values()
+            .map(|n| ClaimedSubnets {
+                driver: "loom-bridge".into(),
+                network_id: n.id.clone(),
+                detail: format!("bridge {}", n.bridge),
+                subnets: n.subnets(),
+            })
+            .collect()
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {

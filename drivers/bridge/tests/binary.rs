@@ -49,11 +49,12 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     // Routes of the host: a connected subnet (docker0, a LAN) and a host route (a loom-host
     // container) through interfaces that are not netloom's bridges.
     ns.sh("ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && ip link set docker0 up && \
-           ip link add lhc1 type veth peer name lhc1p && ip link set lhc1 up && ip route add 10.50.0.7/32 dev lhc1")
+           ip link add lhc1 type veth peer name lhc1p && ip link set lhc1 alias netloom:host:hostnet1:ep1 && ip link set lhc1 up && \
+           ip route add 10.50.0.7/32 dev lhc1")
         .unwrap();
     for (second, expected) in [
-        (network("n3", "172.17.5.0/24", None, json!({})), "subnet 172.17.5.0/24 overlaps 172.17.0.0/16 already routed on this host through docker0"),
-        (network("n3", "10.50.0.0/24", None, json!({})), "subnet 10.50.0.0/24 overlaps 10.50.0.7/32 already routed on this host through lhc1"),
+        (network("n3", "172.17.5.0/24", None, json!({})), "subnet 172.17.5.0/24 overlaps 172.17.0.0/16 already routed on this host through interface docker0 (Docker's default bridge network); one subnet serves one network per host: remove what uses docker0"),
+        (network("n3", "10.50.0.0/24", None, json!({})), "subnet 10.50.0.0/24 overlaps 10.50.0.7/32 already routed on this host through interface lhc1 (loom-host network hostnet1)"),
     ] {
         let err = client.call("NetworkDriver.CreateNetwork", &second).await.unwrap_err().to_string();
         assert!(err.contains(expected), "{err}");

@@ -31,7 +31,7 @@ pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
 pub use neigh::{neighbour_entry_of, NeighbourEntry};
 pub use netns::Netns;
 pub use supervise::supervise;
-pub use routing::{connected_route_of, overlaps, ConnectedRoute, IifRule};
+pub use routing::{connected_route_of, describe_interface, overlaps, ConnectedRoute, IifRule};
 pub use vxlan::{vxlan_info_of, vxlan_message, VxlanInfo, VxlanSpec};
 
 /// A netlink connection in the calling thread's network namespace.

@@ -222,6 +222,26 @@ fn iif_rule_of(message: &RuleMessage) -> Option<IifRule> {
     Some(IifRule { interface: interface?, table, ipv6: message.header.family == AddressFamily::Inet6, skip_default })
 }
 
+/// An interface as a user knows it: its name, and the network it belongs to when its name or
+/// owner tag (alias) tells.
+pub fn describe_interface(name: &str, alias: Option<&str>) -> String {
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    let owner = alias.and_then(|a| a.strip_prefix("netloom:")).and_then(|rest| rest.split_once(':'));
+    match owner {
+        Some((driver, ids)) => {
+            let network = ids.split(':').next().unwrap_or_default();
+            format!("interface {name} (loom-{driver} network {})", short(network))
+        }
+        None if name == "docker0" => "interface docker0 (Docker's default bridge network)".into(),
+        None => match name.strip_prefix("br-") {
+            Some(id) if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                format!("interface {name} (Docker bridge network {id})")
+            }
+            _ => format!("interface {name}"),
+        },
+    }
+}
+
 /// True when two networks share an address.
 pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     match (a, b) {
@@ -237,6 +257,20 @@ mod tests {
 
     fn net(text: &str) -> IpNetwork {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn interfaces_are_described_with_their_network() {
+        assert_eq!(
+            describe_interface("loome904e172e07", Some("netloom:bridge:e904e172e07e0123456789")),
+            "interface loome904e172e07 (loom-bridge network e904e172e07e)"
+        );
+        assert_eq!(describe_interface("lh0123", Some("netloom:host:abcdef:0123")), "interface lh0123 (loom-host network abcdef)");
+        assert_eq!(describe_interface("docker0", None), "interface docker0 (Docker's default bridge network)");
+        assert_eq!(describe_interface("br-0123456789ab", None), "interface br-0123456789ab (Docker bridge network 0123456789ab)");
+        assert_eq!(describe_interface("eth0", Some("uplink")), "interface eth0");
+        assert_eq!(describe_interface("br-lan", None), "interface br-lan");
+        assert_eq!(describe_interface("é", Some("netloom:é")), "interface é");
     }
 
     #[test]

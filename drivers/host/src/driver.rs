@@ -10,10 +10,11 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{mac, names, overlaps, Netlink};
+use netloom_dataplane::{describe_interface, mac, names, overlaps, Netlink};
 use netloom_firewall::Firewall;
 use netloom_plugin_api::addressing::{endpoint_address, pools, short_id};
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
+use netloom_plugin_api::siblings::{self, ClaimedSubnets};
 use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
@@ -106,16 +107,28 @@ impl HostDriver {
                 short_id(&other)
             )));
         }
+        for claim in siblings::sibling_claims().await {
+            let clash = claim.subnets.iter().find_map(|theirs| subnets.iter().find(|s| overlaps(s, theirs)).map(|s| (*s, *theirs)));
+            if let Some((ours, theirs)) = clash {
+                let detail = if claim.detail.is_empty() { String::new() } else { format!(" ({})", claim.detail) };
+                return Err(PluginError::new(format!(
+                    "subnet {ours} overlaps subnet {theirs} of {} network {}{detail} on this host; one subnet serves \
+                     one network per host: remove that network or choose another --subnet",
+                    claim.driver,
+                    short_id(&claim.network_id)
+                )));
+            }
+        }
         let routes = bounded("the kernel's route list", CALL_LIMIT, self.netlink.connected_routes()).await?;
         for route in routes {
             let Some(ours) = subnets.iter().find(|s| overlaps(s, &route.destination)) else { continue };
-            let interface = match self.netlink.link_by_index(route.ifindex).await {
-                Ok(Some(link)) => link.name,
-                _ => format!("interface #{}", route.ifindex),
+            let (name, interface) = match self.netlink.link_by_index(route.ifindex).await {
+                Ok(Some(l)) => (l.name.clone(), describe_interface(&l.name, l.alias.as_deref())),
+                _ => (format!("#{}", route.ifindex), format!("interface #{}", route.ifindex)),
             };
             return Err(PluginError::new(format!(
                 "subnet {ours} overlaps {} already routed on this host through {interface}; one subnet serves one \
-                 network per host: remove what uses {interface} or choose another --subnet",
+                 network per host: remove what uses {name} or choose another --subnet",
                 route.destination
             )));
         }
@@ -291,6 +304,15 @@ impl HostDriver {
 impl NetworkDriver for HostDriver {
     fn capabilities(&self) -> CapabilitiesResponse {
         CapabilitiesResponse { scope: Scope::Local, connectivity_scope: Scope::Local }
+    }
+
+    fn claimed_subnets(&self) -> Vec<ClaimedSubnets> {
+        let state = self.state();
+        state
+            .networks
+            .values()
+            .map(|n| ClaimedSubnets { driver: "loom-host".into(), network_id: n.id.clone(), detail: String::new(), subnets: n.subnets().collect() })
+            .collect()
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {

@@ -294,14 +294,14 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     let mut routed = network("n3", json!({}));
     routed["IPv4Data"] = json!([{"Pool": "10.20.5.0/24"}]);
     let err = client.call("NetworkDriver.CreateNetwork", &routed).await.unwrap_err().to_string();
-    assert!(err.contains("subnet 10.20.5.0/24 overlaps 10.20.0.0/16 already routed on this host through br-lan"), "{err}");
+    assert!(err.contains("subnet 10.20.5.0/24 overlaps 10.20.0.0/16 already routed on this host through interface br-lan; one subnet serves one network per host: remove what uses br-lan"), "{err}");
     ns.sh("ip -6 addr add fd00:20::1/64 dev br-lan nodad").unwrap();
     let mut routed6 = network("n4", json!({}));
     routed6["IPv4Data"] = json!([{"Pool": "10.30.0.0/24"}]);
     routed6["Options"]["com.docker.network.enable_ipv6"] = json!(true);
     routed6["IPv6Data"] = json!([{"Pool": "fd00:20::/64"}]);
     let err = client.call("NetworkDriver.CreateNetwork", &routed6).await.unwrap_err().to_string();
-    assert!(err.contains("subnet fd00:20::/64 overlaps fd00:20::/64 already routed on this host through br-lan"), "{err}");
+    assert!(err.contains("subnet fd00:20::/64 overlaps fd00:20::/64 already routed on this host through interface br-lan"), "{err}");
     routed6["IPv6Data"] = json!([{"Pool": "fd00:21::/64"}]);
     client.call("NetworkDriver.CreateNetwork", &routed6).await.expect("a free subnet is fine");
 }
@@ -368,4 +368,67 @@ async fn ports_without_a_host_address_are_published_on_both_families() {
     let _ = web.kill();
     let _ = web.wait();
     assert_eq!(answers, (true, true), "(IPv4, IPv6) answers from the LAN");
+}
+
+/// A driver binary serving `<dir>/<name>.sock` in `ns`, killed on drop.
+struct Served(std::process::Child);
+
+impl Served {
+    fn start(ns: &ScratchNetns, binary: &std::path::Path, dir: &std::path::Path, name: &str) -> Served {
+        let socket = dir.join(format!("{name}.sock"));
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = ns
+            .command(binary.to_str().unwrap())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join(format!("{name}-state")))
+            .args(["--firewall", "nftables"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{name} did not serve {}", socket.display());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Served(child)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn subnets_of_loom_bridge_networks_and_the_other_way_round_are_refused() {
+    let bridge_bin = std::path::Path::new(BIN).with_file_name("loom-bridge");
+    assert!(bridge_bin.exists(), "build loom-bridge first (cargo build --release --workspace --bins)");
+    let ns = ScratchNetns::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _host = Served::start(&ns, std::path::Path::new(BIN), dir.path(), "loom-host");
+    let _bridge = Served::start(&ns, &bridge_bin, dir.path(), "loom-bridge");
+    let mut host = PluginClient::connect(dir.path().join("loom-host.sock")).await.unwrap();
+    let mut bridge = PluginClient::connect(dir.path().join("loom-bridge.sock")).await.unwrap();
+    let with_pool = |id: &str, pool: &str| {
+        let mut net = network(id, json!({}));
+        net["IPv4Data"] = json!([{"Pool": pool}]);
+        net
+    };
+
+    // A loom-host network without containers has no route: loom-bridge learns of it from loom-host.
+    host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet1", "10.80.0.0/24")).await.unwrap();
+    let err = bridge.call("NetworkDriver.CreateNetwork", &with_pool("bridgenet1", "10.80.0.0/24")).await.unwrap_err().to_string();
+    assert!(err.contains("subnet 10.80.0.0/24 overlaps subnet 10.80.0.0/24 of loom-host network hostnet1 on this host"), "{err}");
+    bridge.call("NetworkDriver.CreateNetwork", &with_pool("bridgenet2", "10.81.0.0/24")).await.unwrap();
+    let err = host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet2", "10.81.0.0/25")).await.unwrap_err().to_string();
+    assert!(err.contains("overlaps subnet 10.81.0.0/24 of loom-bridge network bridgenet2 (bridge loombridgenet2)"), "{err}");
+    host.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "hostnet1"})).await.unwrap();
+    bridge.call("NetworkDriver.CreateNetwork", &with_pool("bridgenet1", "10.80.0.0/24")).await.expect("free once the other is gone");
+    // A driver that is down does not stop the others.
+    drop(_bridge);
+    host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet3", "10.82.0.0/24")).await.unwrap();
 }
