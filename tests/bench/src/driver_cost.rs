@@ -63,6 +63,8 @@ const KERNEL_ROUNDS: usize = 5;
 pub fn run(config: &Config, report: &mut Report) -> Result<()> {
     let cluster = Cluster::new("bndrv")?;
     let runtime = ops::runtime()?;
+    let default_backend = default_backend(&cluster)?;
+    eprintln!("[bench] driver: --firewall auto picks {default_backend} here");
     let mut results = Vec::new();
     for backend in BACKENDS {
         let started = Instant::now();
@@ -77,7 +79,8 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
         results.push(result);
     }
     for result in &results {
-        push_rows(report, result);
+        let label = if result.backend == default_backend { format!("{}, the default", result.backend) } else { result.backend.to_string() };
+        push_rows(report, result, &label);
     }
     report.charts.push(endpoints_chart(&results));
     report.charts.push(ports_chart(&results));
@@ -254,22 +257,33 @@ fn with_p99(op: &str, backend: &str, s: &Samples) -> String {
     format!("{op} p50 ({backend}; p99 {} ms)", fmt_num(s.p99()))
 }
 
-fn push_rows(report: &mut Report, r: &BackendResult) {
-    let b = r.backend;
+/// The backend loom-bridge's `--firewall auto` (its default) picks on a harness host, read back
+/// from the kernel: nftables when the driver made its `inet netloom` table.
+fn default_backend(cluster: &Cluster) -> Result<&'static str> {
+    let host = cluster.add_host(HostConfig::new("dauto", DockerVersion::V20).defer_docker())?;
+    host.start_plugin("loom-bridge", &["--log-level", "warn"])?;
+    let picked = if host.exec(&["nft", "list", "table", "inet", "netloom"]).is_ok() { "nftables" } else { "iptables" };
+    host.teardown();
+    Ok(picked)
+}
+
+/// `label` names the backend in the rows (and says which one is the default).
+fn push_rows(report: &mut Report, r: &BackendResult, label: &str) {
+    let b = label;
     report.push(Row::info("driver", with_p99("CreateNetwork", b, &r.create_network), r.create_network.median(), "ms"));
     report.push(Row::budget("driver", with_p99("CreateEndpoint+Join", b, &r.base.attach), r.base.attach.median(), "ms", 2.0));
     report.push(Row::info("driver", with_p99("Leave+DeleteEndpoint", b, &r.base.detach), r.base.detach.median(), "ms"));
     report.push(Row::info("driver", with_p99("ProgramExternalConnectivity (1 port)", b, &r.base.program), r.base.program.median(), "ms"));
     report.push(Row::info("driver", with_p99("RevokeExternalConnectivity (1 port)", b, &r.base.revoke), r.base.revoke.median(), "ms"));
     // The nftables backend must scale flat; iptables' figures are reported for comparison.
-    let target = if b == "nftables" { Target::AtMost(1.5) } else { Target::None };
+    let target = if r.backend == "nftables" { Target::AtMost(1.5) } else { Target::None };
     let endpoint_ops: [(&str, fn(&CycleSamples) -> &Samples); 2] = [("CreateEndpoint+Join", |c| &c.attach), ("Leave+DeleteEndpoint", |c| &c.detach)];
     for (op, pick) in endpoint_ops {
         push_scaling_row(report, &format!("{op} ({b})"), "endpoints", &r.endpoint_levels, pick, target);
     }
     push_scaling_row(report, &format!("ProgramExternalConnectivity ({b})"), "published ports", &r.port_levels, |c| &c.program, target);
     if let (Some((low, at_low)), Some((high, at_high))) = (r.kernel_levels.first(), r.kernel_levels.last()) {
-        let what = format!("kernel alone ({b} host): veth pair made and put on the bridge, mean at {high} endpoints");
+        let what = format!("kernel alone ({} host): veth pair made and put on the bridge, mean at {high} endpoints", r.backend);
         report.push(Row::vs("scaling", what, *at_high, "ms", format!("at {low}"), *at_low, Target::None));
     }
 }
