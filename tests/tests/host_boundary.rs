@@ -13,6 +13,7 @@
 //! - `--internal` loom-host and loom-macvlan networks have no way out.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -559,6 +560,11 @@ fn duplicate_subnet_scenario(c: &Cluster) -> Result<()> {
     h.start_plugin("loom-ipam", &[])?;
     h.start_plugin("loom-bridge", &[])?;
     h.start_plugin("loom-host", &[])?;
+    // Only root and its group may drive a plugin.
+    for p in h.plugins() {
+        let mode = fs::metadata(h.path_inside(&p.socket()))?.permissions().mode() & 0o777;
+        ensure!(mode == 0o660, "{} has mode {mode:o}, want 660", p.socket());
+    }
     let create = |driver: &str, subnet: &str, name: &str| {
         h.docker(&["network", "create", "-d", driver, "--ipam-driver", "loom-ipam", "--subnet", subnet, name])
             .with_context(|| format!("creating {driver} network {name} ({subnet})"))
