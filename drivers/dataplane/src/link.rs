@@ -194,6 +194,16 @@ impl Netlink {
         Ok((host, peer))
     }
 
+    /// The host end of a veth pair of ours, whose peer may already be in a container's
+    /// namespace; the pair is created when the host end does not exist.
+    pub async fn ensure_veth_host_end(&self, spec: &VethSpec<'_>) -> Result<Link> {
+        match self.link(spec.host_name).await? {
+            Some(existing) if existing.is_kind("veth") && existing.alias.as_deref() == Some(spec.owner) => Ok(existing),
+            Some(_) => bail!("{} already exists and is not this endpoint's veth", spec.host_name),
+            None => Ok(self.ensure_veth(spec).await?.0),
+        }
+    }
+
     async fn require(&self, name: &str) -> Result<Link> {
         self.link(name).await?.ok_or_else(|| anyhow!("link {name} vanished right after it was created"))
     }

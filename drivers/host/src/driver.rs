@@ -61,6 +61,15 @@ impl HostDriver {
     /// Loads the records and reconciles the kernel with them before the socket opens.
     pub async fn start(netlink: Netlink, firewall: Arc<dyn Firewall>, records: Records) -> Result<Self> {
         let mut state = State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
+        // Internal networks recorded before they got a routing table get one now.
+        let mut taken: Vec<u32> = state.networks.values().filter_map(|n| n.table).collect();
+        for net in state.networks.values_mut().filter(|n| n.internal && n.table.is_none()) {
+            let table = pick_table(&net.id, &taken);
+            taken.push(table);
+            net.table = Some(table);
+            records.put_network(net).await?;
+            info!(network = %short_id(&net.id), table, "internal network gets a routing table of its own");
+        }
         for ep in state.endpoints.values() {
             state.ports.insert(&ep.id, ep.ports.clone());
         }

@@ -29,7 +29,8 @@ pub fn enable_forwarding(net: &NetworkRecord) -> Result<()> {
 pub async fn ensure_endpoint(netlink: &Netlink, net: &NetworkRecord, ep: &EndpointRecord) -> Result<Link> {
     let owner = ep.owner();
     let spec = VethSpec { host_name: &ep.host_veth, peer_name: &ep.peer_veth, mtu: net.options.mtu, owner: &owner };
-    let (host, _) = netlink.ensure_veth(&spec).await?;
+    // At a restart the peer is usually inside its container: only the host end is checked.
+    let host = netlink.ensure_veth_host_end(&spec).await?;
     let name = host.name.as_str();
     // Containers of one subnet ARP for each other: the host answers with its own MAC and routes.
     sysctl::ensure_iface("net.ipv4.conf", name, "proxy_arp", "1")?;
@@ -89,6 +90,9 @@ pub async fn add_routes(netlink: &Netlink, host: &Link, net: &NetworkRecord, ep:
             netlink.ensure_unreachable_default(table).await?;
             for route in ep.host_routes() {
                 netlink.ensure_link_route_in(table, route, host).await?;
+                // An endpoint joined before its network had a table (an older version) has its
+                // route in the main table, where the LAN could use it.
+                netlink.delete_link_route(route, host).await?;
             }
             for rule in rules(table, ep).iter().chain(&host_rules(table)) {
                 netlink.ensure_iif_rule(rule, RULE_PRIORITY).await?;

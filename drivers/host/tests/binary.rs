@@ -432,3 +432,48 @@ async fn subnets_of_loom_bridge_networks_and_the_other_way_round_are_refused() {
     drop(_bridge);
     host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet3", "10.82.0.0/24")).await.unwrap();
 }
+
+#[tokio::test]
+async fn internal_networks_recorded_before_tables_are_moved_into_one() {
+    let ns = ScratchNetns::new().unwrap();
+    let container = ScratchNetns::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    let mut internal = network("ni", json!({}));
+    internal["Options"]["com.docker.network.internal"] = json!(true);
+    internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24"}]);
+    client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
+    client.call("NetworkDriver.CreateEndpoint", &endpoint("ni", "i1", "10.10.0.2/24")).await.unwrap();
+    client.call("NetworkDriver.Join", &json!({"NetworkID": "ni", "EndpointID": "i1", "Options": {}})).await.unwrap();
+    plug(&ns, &container, "lpi1", "10.10.0.2/24");
+    drop(client);
+    driver.kill();
+
+    // What an older version left: the record without a table, the route in the main table,
+    // no rules.
+    let state = dir.path().join("state");
+    let host_id = std::fs::read_to_string(state.join("host-id")).unwrap().trim().to_string();
+    let key = format!("host/{host_id}/networks/ni");
+    {
+        let store = netloom_ipam::store::open(None, &state, netloom_ipam::store::DEFAULT_PREFIX).await.unwrap();
+        let mut record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+        record.as_object_mut().unwrap().remove("table");
+        store.put(&key, serde_json::to_vec(&record).unwrap()).await.unwrap();
+    }
+    ns.sh("ip rule show | grep -o 'lookup [0-9][0-9]*' | head -1 | while read _ t; do ip rule del iif lhi1 lookup $t; ip -6 rule del iif lhi1 lookup $t; done; \
+           ip route add 10.10.0.2/32 dev lhi1 scope link proto static")
+        .unwrap();
+
+    driver = start(&ns, &dir);
+    let _client = connect(&driver).await;
+    let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap_or_default();
+    assert!(!routes(&ns).contains("10.10.0.2"), "the old main-table route stays: {}\n{log}", routes(&ns));
+    let rules = ns.sh("ip rule show; ip -6 rule show").unwrap();
+    assert_eq!(rules.matches("iif lhi1 lookup").count(), 2, "{rules}");
+    ns.sh("busybox ping -c 1 -W 2 10.10.0.2").expect("the host still reaches the container");
+    drop(driver);
+    let store = netloom_ipam::store::open(None, &state, netloom_ipam::store::DEFAULT_PREFIX).await.unwrap();
+    let record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+    assert!(record["table"].as_u64().is_some(), "the table is recorded: {record}");
+}
