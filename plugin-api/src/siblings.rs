@@ -88,3 +88,61 @@ async fn ask(path: &Path) -> anyhow::Result<Vec<ClaimedSubnets>> {
     let reply = client.call(METHOD, &Value::Null).await?;
     Ok(serde_json::from_value::<SubnetsResponse>(reply)?.networks)
 }
+
+/// Refuses `ours` when it overlaps a subnet of one of `own` (this driver's other networks) or of
+/// a network another netloom driver on this host holds; the error names that network.
+pub async fn refuse_overlap(ours: &[IpNetwork], own: Vec<ClaimedSubnets>) -> crate::PluginResult<()> {
+    if let Some(err) = overlap_error(ours, &own) {
+        return Err(err);
+    }
+    match overlap_error(ours, &sibling_claims().await) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn overlap_error(ours: &[IpNetwork], claims: &[ClaimedSubnets]) -> Option<crate::PluginError> {
+    claims.iter().find_map(|claim| {
+        let (mine, theirs) =
+            claim.subnets.iter().find_map(|theirs| ours.iter().find(|s| overlaps(s, theirs)).map(|s| (*s, *theirs)))?;
+        let detail = if claim.detail.is_empty() { String::new() } else { format!(" ({})", claim.detail) };
+        let network: String = claim.network_id.chars().take(12).collect();
+        Some(crate::PluginError::new(format!(
+            "subnet {mine} overlaps subnet {theirs} of {} network {network}{detail} on this host; one subnet serves \
+             one network per host: remove that network or choose another --subnet",
+            claim.driver
+        )))
+    })
+}
+
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    fn claim(driver: &str, id: &str, detail: &str, subnets: &[&str]) -> ClaimedSubnets {
+        ClaimedSubnets {
+            driver: driver.into(),
+            network_id: id.into(),
+            detail: detail.into(),
+            subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_overlapped_network_is_named() {
+        let ours: Vec<IpNetwork> = vec!["10.1.0.0/24".parse().unwrap()];
+        let claims = [
+            claim("loom-host", "aaaaaaaaaaaaaaaa", "", &["10.2.0.0/16", "fd00::/64"]),
+            claim("loom-bridge", "bbbbbbbbbbbbbbbbbb", "bridge web0", &["10.0.0.0/8"]),
+        ];
+        let err = overlap_error(&ours, &claims).expect("overlap").to_string();
+        assert!(err.contains("subnet 10.1.0.0/24 overlaps subnet 10.0.0.0/8 of loom-bridge network bbbbbbbbbbbb (bridge web0)"), "{err}");
+        assert!(overlap_error(&ours, &claims[..1]).is_none());
+        let v6: Vec<IpNetwork> = vec!["fd00::/48".parse().unwrap()];
+        assert!(overlap_error(&v6, &claims).unwrap().to_string().contains("of loom-host network aaaaaaaaaaaa on this host"));
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{describe_interface, mac, names, overlaps, sysctl, BridgeSpec, Netlink, VethSpec};
+use netloom_dataplane::{mac, names, sysctl, BridgeSpec, Netlink, VethSpec};
 use netloom_firewall::{Firewall, NetworkPolicy, PortMapping, Proto};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
@@ -77,53 +77,13 @@ impl BridgeDriver {
     /// has through another interface (a loom-host network, docker0, a LAN).
     async fn check_overlap(&self, record: &NetworkRecord) -> PluginResult<()> {
         let subnets = record.subnets();
-        let clash = {
-            let state = self.state();
-            state.networks.values().filter(|n| n.id != record.id).find_map(|other| {
-                other.subnets().into_iter().find_map(|theirs| {
-                    subnets.iter().find(|s| overlaps(s, &theirs)).map(|s| (*s, theirs, other.id.clone(), other.bridge.clone()))
-                })
-            })
-        };
-        if let Some((ours, theirs, other, bridge)) = clash {
-            return Err(PluginError::new(format!(
-                "subnet {ours} overlaps subnet {theirs} of loom-bridge network {} (bridge {bridge}) on this host; one \
-                 subnet serves one network per host: remove that network or choose another --subnet",
-                short(&other)
-            )));
-        }
-        for claim in siblings::sibling_claims().await {
-            let clash = claim.subnets.iter().find_map(|theirs| subnets.iter().find(|s| overlaps(s, theirs)).map(|s| (*s, *theirs)));
-            if let Some((ours, theirs)) = clash {
-                let detail = if claim.detail.is_empty() { String::new() } else { format!(" ({})", claim.detail) };
-                return Err(PluginError::new(format!(
-                    "subnet {ours} overlaps subnet {theirs} of {} network {}{detail} on this host; one subnet serves \
-                     one network per host: remove that network or choose another --subnet",
-                    claim.driver,
-                    short(&claim.network_id)
-                )));
-            }
-        }
-        let routes = bounded("the kernel's route list", CALL_LIMIT, self.netlink.connected_routes()).await?;
+        let others = self.claimed_subnets().into_iter().filter(|c| c.network_id != record.id).collect();
+        siblings::refuse_overlap(&subnets, others).await?;
         let owner = record.owner();
-        for route in routes {
-            let Some(ours) = subnets.iter().find(|s| overlaps(s, &route.destination)) else { continue };
-            let link = self.netlink.link_by_index(route.ifindex).await.ok().flatten();
-            if link.as_ref().is_some_and(|l| l.alias.as_deref() == Some(owner.as_str())) {
-                // This network's own bridge, left from an earlier attempt: ensure_network reuses it.
-                continue;
-            }
-            let (name, interface) = match link {
-                Some(l) => (l.name.clone(), describe_interface(&l.name, l.alias.as_deref())),
-                None => (format!("#{}", route.ifindex), format!("interface #{}", route.ifindex)),
-            };
-            return Err(PluginError::new(format!(
-                "subnet {ours} overlaps {} already routed on this host through {interface}; one subnet serves one \
-                 network per host: remove what uses {name} or choose another --subnet",
-                route.destination
-            )));
+        match bounded("the kernel's route list", CALL_LIMIT, self.netlink.route_overlap(&subnets, Some(&owner))).await? {
+            Some(why) => Err(PluginError::new(why)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn reconcile(&self, state: &mut State) {

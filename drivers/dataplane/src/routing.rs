@@ -45,6 +45,29 @@ impl Netlink {
         Ok(routes)
     }
 
+    /// Why `ours` cannot be used on this host: a message naming the interface that already has
+    /// a connected route overlapping one of them, or `None`. The interface whose alias is
+    /// `own_alias` (the network's own, left from an earlier attempt) does not count.
+    pub async fn route_overlap(&self, ours: &[IpNetwork], own_alias: Option<&str>) -> Result<Option<String>> {
+        for route in self.connected_routes().await? {
+            let Some(mine) = ours.iter().find(|s| overlaps(s, &route.destination)) else { continue };
+            let link = self.link_by_index(route.ifindex).await.ok().flatten();
+            if own_alias.is_some() && link.as_ref().is_some_and(|l| l.alias.as_deref() == own_alias) {
+                continue;
+            }
+            let (name, interface) = match link {
+                Some(l) => (l.name.clone(), describe_interface(&l.name, l.alias.as_deref())),
+                None => (format!("#{}", route.ifindex), format!("interface #{}", route.ifindex)),
+            };
+            return Ok(Some(format!(
+                "subnet {mine} overlaps {} already routed on this host through {interface}; one subnet serves one \
+                 network per host: remove what uses {name} or choose another --subnet",
+                route.destination
+            )));
+        }
+        Ok(None)
+    }
+
     /// Routes `destination` out of `link` in routing table `table`.
     pub async fn ensure_link_route_in(&self, table: u32, destination: IpNetwork, link: &Link) -> Result<()> {
         let message = link_route(table, destination, link.index)?;

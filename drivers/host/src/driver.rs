@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{describe_interface, mac, names, overlaps, Netlink};
+use netloom_dataplane::{mac, names, Netlink};
 use netloom_firewall::Firewall;
 use netloom_plugin_api::addressing::{endpoint_address, pools, short_id};
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
@@ -103,45 +103,12 @@ impl HostDriver {
     /// Refuses a subnet that overlaps another loom-host network's, or a route the host already
     /// has through some interface (a loom-bridge network, docker0, a LAN).
     async fn check_overlap(&self, network_id: &str, subnets: &[IpNetwork]) -> PluginResult<()> {
-        let clash = {
-            let state = self.state();
-            state.networks.values().filter(|n| n.id != network_id).find_map(|other| {
-                other.subnets().find_map(|theirs| subnets.iter().find(|s| overlaps(s, &theirs)).map(|s| (*s, theirs, other.id.clone())))
-            })
-        };
-        if let Some((ours, theirs, other)) = clash {
-            return Err(PluginError::new(format!(
-                "subnet {ours} overlaps subnet {theirs} of loom-host network {} on this host; one subnet serves one \
-                 network per host: remove that network or choose another --subnet",
-                short_id(&other)
-            )));
+        let others = self.claimed_subnets().into_iter().filter(|c| c.network_id != network_id).collect();
+        siblings::refuse_overlap(subnets, others).await?;
+        match bounded("the kernel's route list", CALL_LIMIT, self.netlink.route_overlap(subnets, None)).await? {
+            Some(why) => Err(PluginError::new(why)),
+            None => Ok(()),
         }
-        for claim in siblings::sibling_claims().await {
-            let clash = claim.subnets.iter().find_map(|theirs| subnets.iter().find(|s| overlaps(s, theirs)).map(|s| (*s, *theirs)));
-            if let Some((ours, theirs)) = clash {
-                let detail = if claim.detail.is_empty() { String::new() } else { format!(" ({})", claim.detail) };
-                return Err(PluginError::new(format!(
-                    "subnet {ours} overlaps subnet {theirs} of {} network {}{detail} on this host; one subnet serves \
-                     one network per host: remove that network or choose another --subnet",
-                    claim.driver,
-                    short_id(&claim.network_id)
-                )));
-            }
-        }
-        let routes = bounded("the kernel's route list", CALL_LIMIT, self.netlink.connected_routes()).await?;
-        for route in routes {
-            let Some(ours) = subnets.iter().find(|s| overlaps(s, &route.destination)) else { continue };
-            let (name, interface) = match self.netlink.link_by_index(route.ifindex).await {
-                Ok(Some(l)) => (l.name.clone(), describe_interface(&l.name, l.alias.as_deref())),
-                _ => (format!("#{}", route.ifindex), format!("interface #{}", route.ifindex)),
-            };
-            return Err(PluginError::new(format!(
-                "subnet {ours} overlaps {} already routed on this host through {interface}; one subnet serves one \
-                 network per host: remove what uses {name} or choose another --subnet",
-                route.destination
-            )));
-        }
-        Ok(())
     }
 
     async fn reconcile(&self, state: &State) {
