@@ -30,11 +30,11 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
 fn bridge_on(version: DockerVersion, cluster: &str, config: &Config, report: &mut Report) -> Result<()> {
     let c = Cluster::new(cluster)?;
     let h = c.add_host(HostConfig::new("h1", version).dockerd_args(&["--log-level=warn"]))?;
-    h.start_plugin("loom-bridge", &["--log-level", "warn"])?;
+    h.start_plugin_as("loom-bridge", "loom-bridge-ipt", &["--firewall", "iptables", "--log-level", "warn"])?;
     h.start_plugin_as("loom-bridge", "loom-bridge-nft", &["--firewall", "nftables", "--log-level", "warn"])?;
     let contenders = [
         Contender { driver: "bridge", network: "att-bridge" },
-        Contender { driver: "loom-bridge", network: "att-loom" },
+        Contender { driver: "loom-bridge-ipt", network: "att-loom" },
         Contender { driver: "loom-bridge-nft", network: "att-loomnft" },
     ];
     for (i, contender) in contenders.iter().enumerate() {
@@ -42,7 +42,7 @@ fn bridge_on(version: DockerVersion, cluster: &str, config: &Config, report: &mu
         h.docker(&["network", "create", "-d", contender.driver, "--subnet", &subnet, contender.network])?;
     }
     let samples = interleaved(&h, &contenders, config.attach_rounds(), &version.to_string())?;
-    push_pair(report, &format!("loom-bridge vs bridge ({version})"), "bridge", &samples[1], &samples[0]);
+    push_pair(report, &format!("loom-bridge --firewall iptables vs bridge ({version})"), "bridge", &samples[1], &samples[0]);
     push_pair(report, &format!("loom-bridge --firewall nftables vs bridge ({version})"), "bridge", &samples[2], &samples[0]);
     Ok(())
 }

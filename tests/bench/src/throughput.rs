@@ -20,9 +20,12 @@ use crate::stats::Samples;
 const UNIT: &str = "Gbit/s";
 const LOOM_BRIDGE_NET: &str = "tp-loom";
 const BUILTIN_BRIDGE_NET: &str = "tp-bridge";
+/// loom-bridge with the iptables backend (a second instance), next to the default (nftables).
+const LOOM_IPT_NET: &str = "tp-loom-ipt";
 /// Host ports at 127.0.0.1 the two bridge networks' servers are published on.
 const LOOM_PUBLISHED: u16 = 15201;
 const BUILTIN_PUBLISHED: u16 = 15202;
+const LOOM_IPT_PUBLISHED: u16 = 15203;
 /// The two ends of the bare veth pair: namespaces made inside the host.
 const BARE_CLIENT_NS: &str = "bare1";
 const BARE_SERVER_NS: &str = "bare2";
@@ -48,7 +51,9 @@ fn one_host(config: &Config, report: &mut Report) -> Result<()> {
     let c = Cluster::new("bntput")?;
     let h = c.add_host(HostConfig::new("h1", DockerVersion::V20).dockerd_args(&["--log-level=warn"]))?;
     h.start_plugin("loom-bridge", &["--log-level", "warn"])?;
+    h.start_plugin_as("loom-bridge", "loom-bridge-ipt", &["--firewall", "iptables", "--log-level", "warn"])?;
     h.docker(&["network", "create", "-d", "loom-bridge", "--subnet", "172.30.1.0/24", LOOM_BRIDGE_NET])?;
+    h.docker(&["network", "create", "-d", "loom-bridge-ipt", "--subnet", "172.30.3.0/24", LOOM_IPT_NET])?;
     h.docker(&["network", "create", "-d", "bridge", "--subnet", "172.30.2.0/24", BUILTIN_BRIDGE_NET])?;
     // iperf3 servers, kept running until the end of the measurement.
     let mut servers = Vec::new();
@@ -59,11 +64,16 @@ fn one_host(config: &Config, report: &mut Report) -> Result<()> {
         paths.push(path_c2c);
         paths.push(path_published);
     }
+    let (server, path_c2c, _) = bridge_paths(&h, LOOM_IPT_NET, LOOM_IPT_PUBLISHED)?;
+    servers.push(server);
+    paths.push(path_c2c);
     servers.push(bare_veth_pair(&h)?);
     paths.push(Path { name: "bare veth pair", host: &h, client: Netns::Named(BARE_CLIENT_NS.into()), target: BARE_SERVER_IP.into(), port: IPERF_PORT });
     let s = measure(config, &paths)?;
-    let (loom, loom_published, builtin, builtin_published, bare) = (&s[0], &s[1], &s[2], &s[3], &s[4]);
+    let (loom, loom_published, builtin, builtin_published, loom_ipt, bare) = (&s[0], &s[1], &s[2], &s[3], &s[4], &s[5]);
     let c2c = "TCP container to container";
+    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge nftables (default) vs iptables backend"), loom.median(), UNIT, "iptables", loom_ipt.median(), Target::None));
+    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge iptables backend vs bridge (Docker 20.10)"), loom_ipt.median(), UNIT, "bridge", builtin.median(), Target::None));
     report.push(Row::vs("throughput", format!("{c2c}, loom-bridge vs bridge (Docker 20.10)"), loom.median(), UNIT, "bridge", builtin.median(), Target::AtLeast(0.95)));
     report.push(Row::vs("throughput", format!("{c2c}, loom-bridge vs bare veth pair"), loom.median(), UNIT, "bare veth", bare.median(), Target::AtLeast(0.9)));
     report.push(Row::vs("throughput", format!("{c2c}, bridge (Docker 20.10) vs bare veth pair"), builtin.median(), UNIT, "bare veth", bare.median(), Target::None));
