@@ -65,6 +65,10 @@ impl PluginClient {
         if reply.status == 200 {
             return Ok(reply.body);
         }
-        Err(anyhow!("{method}: HTTP {}: {}", reply.status, reply.err().map(str::to_string).unwrap_or_else(|| reply.body.to_string())))
+        Err(anyhow!(
+            "{method}: HTTP {}: {}",
+            reply.status,
+            reply.err().map(str::to_string).unwrap_or_else(|| reply.body.to_string())
+        ))
     }
 }

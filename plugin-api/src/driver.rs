@@ -9,8 +9,8 @@ use crate::wire::ipam::{
 };
 use crate::wire::network::{
     AllocateNetworkRequest, AllocateNetworkResponse, CapabilitiesResponse, CreateEndpointRequest,
-    CreateEndpointResponse, CreateNetworkRequest, DiscoveryRequest, EndpointOperInfoResponse, EndpointRef,
-    JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest,
+    CreateEndpointResponse, CreateNetworkRequest, DiscoveryRequest, EndpointOperInfoResponse, EndpointRef, JoinRequest,
+    JoinResponse, NetworkRef, ProgramExternalConnectivityRequest,
 };
 
 /// `NetworkDriver.*`. Create and Join calls must be idempotent: dockerd may retry them.

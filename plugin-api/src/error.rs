@@ -19,20 +19,23 @@ impl PluginError {
 
     /// An unknown method: the only error answered with 404, which dockerd reads as "not implemented".
     pub fn unknown_method(method: &str) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            message: format!("this plugin does not implement {method}"),
-        }
+        Self { status: StatusCode::NOT_FOUND, message: format!("this plugin does not implement {method}") }
     }
 
     /// A request for a network the driver has no record of (created elsewhere, or state lost).
     pub fn unknown_network(driver: &str, id: &str) -> Self {
-        Self::new(format!("network {} is not known to {driver}; remove and recreate it", crate::addressing::short_id(id)))
+        Self::new(format!(
+            "network {} is not known to {driver}; remove and recreate it",
+            crate::addressing::short_id(id)
+        ))
     }
 
     /// A request for an endpoint the driver has no record of.
     pub fn unknown_endpoint(driver: &str, id: &str) -> Self {
-        Self::new(format!("endpoint {} is not known to {driver}; recreate the container", crate::addressing::short_id(id)))
+        Self::new(format!(
+            "endpoint {} is not known to {driver}; recreate the container",
+            crate::addressing::short_id(id)
+        ))
     }
 
     pub fn status(&self) -> StatusCode {

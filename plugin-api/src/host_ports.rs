@@ -219,7 +219,13 @@ impl PortTable {
                 );
             };
             for (host_ip, container_ip) in targets {
-                resolved.push(PublishedPort { proto: binding.proto, host_ip, host_port, container_ip, container_port: binding.port });
+                resolved.push(PublishedPort {
+                    proto: binding.proto,
+                    host_ip,
+                    host_port,
+                    container_ip,
+                    container_port: binding.port,
+                });
             }
         }
         Ok(resolved)
@@ -266,7 +272,14 @@ mod tests {
     fn single_port_and_range() {
         let table = PortTable::default();
         let ports = table
-            .resolve("e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80), binding(Protocol::Udp, "127.0.0.1", 5000, 5002, 53)], v4(C1), None, None, &all_free)
+            .resolve(
+                "e1",
+                &[binding(Protocol::Tcp, "", 8080, 8080, 80), binding(Protocol::Udp, "127.0.0.1", 5000, 5002, 53)],
+                v4(C1),
+                None,
+                None,
+                &all_free,
+            )
             .unwrap();
         assert_eq!(ports[0].describe(), "0.0.0.0:8080->80/tcp");
         assert_eq!(ports[1].host_ip, v4("127.0.0.1"));
@@ -276,15 +289,26 @@ mod tests {
     #[test]
     fn conflicts_are_refused_with_the_owner() {
         let mut table = PortTable::default();
-        let first = table.resolve("e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
+        let first =
+            table.resolve("e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
         table.insert("e1", first);
-        let err = table.resolve("e2", &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)], v4("172.20.0.3"), None, None, &all_free).unwrap_err();
+        let err = table
+            .resolve(
+                "e2",
+                &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)],
+                v4("172.20.0.3"),
+                None,
+                None,
+                &all_free,
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("already published for endpoint e1"), "{err}");
         // udp on the same number is fine, and so is the same endpoint asking again (idempotent).
         table.resolve("e2", &[binding(Protocol::Udp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
         table.resolve("e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
         // a range skips the taken port
-        let ports = table.resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), None, None, &all_free).unwrap();
+        let ports =
+            table.resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), None, None, &all_free).unwrap();
         assert_eq!(ports[0].host_port, 8081);
     }
 
@@ -294,7 +318,9 @@ mod tests {
         let busy = |_: Protocol, _: Option<IpAddr>, _: bool, port: u16| port != EPHEMERAL.0;
         let ports = table.resolve("e1", &[binding(Protocol::Tcp, "", 0, 0, 80)], v4(C1), None, None, &busy).unwrap();
         assert_eq!(ports[0].host_port, EPHEMERAL.0 + 1);
-        let err = table.resolve("e1", &[binding(Protocol::Tcp, "", 9000, 9000, 80)], v4(C1), None, None, &|_, _, _, _| false).unwrap_err();
+        let err = table
+            .resolve("e1", &[binding(Protocol::Tcp, "", 9000, 9000, 80)], v4(C1), None, None, &|_, _, _, _| false)
+            .unwrap_err();
         assert!(err.to_string().contains("a process on the host is listening"), "{err}");
     }
 
@@ -302,11 +328,20 @@ mod tests {
     fn v6_bindings_need_a_v6_container_and_default_host_ip_applies() {
         let table = PortTable::default();
         let ports = table
-            .resolve("e1", &[binding(Protocol::Tcp, "::", 8080, 8080, 80), binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None, Some(Ipv4Addr::LOCALHOST), &all_free)
+            .resolve(
+                "e1",
+                &[binding(Protocol::Tcp, "::", 8080, 8080, 80), binding(Protocol::Tcp, "", 8080, 8080, 80)],
+                v4(C1),
+                None,
+                Some(Ipv4Addr::LOCALHOST),
+                &all_free,
+            )
             .unwrap();
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].host_ip, v4("127.0.0.1"));
-        let err = table.resolve("e1", &[binding(Protocol::Tcp, "nonsense", 1, 1, 80)], v4(C1), None, None, &all_free).unwrap_err();
+        let err = table
+            .resolve("e1", &[binding(Protocol::Tcp, "nonsense", 1, 1, 80)], v4(C1), None, None, &all_free)
+            .unwrap_err();
         assert!(err.to_string().contains("not an IP address"));
     }
 
@@ -317,11 +352,14 @@ mod tests {
     #[test]
     fn unspecified_host_address_publishes_on_both_families_with_one_port() {
         let table = PortTable::default();
-        let ports = table.resolve("e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free).unwrap();
+        let ports = table
+            .resolve("e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free)
+            .unwrap();
         assert_eq!(described(&ports), ["0.0.0.0:8088->80/tcp=172.20.0.2", "[::]:8088->80/tcp=fd00:9::2"]);
         // -P: the same ephemeral port on both families, even when the first is taken on IPv6 only.
         let busy_v6 = |_: Protocol, _: Option<IpAddr>, v6: bool, port: u16| !(v6 && port == EPHEMERAL.0);
-        let ports = table.resolve("e1", &[binding(Protocol::Udp, "", 0, 0, 53)], v4(C1), v4(C6), None, &busy_v6).unwrap();
+        let ports =
+            table.resolve("e1", &[binding(Protocol::Udp, "", 0, 0, 53)], v4(C1), v4(C6), None, &busy_v6).unwrap();
         assert_eq!(described(&ports), ["0.0.0.0:49154->53/udp=172.20.0.2", "[::]:49154->53/udp=fd00:9::2"]);
     }
 
@@ -330,7 +368,8 @@ mod tests {
         let table = PortTable::default();
         for pair in [["0.0.0.0", "::"], ["", "::"], ["::", ""], ["", "0.0.0.0"]] {
             for (first, last) in [(8088, 8088), (0, 0), (8088, 8090)] {
-                let bindings: Vec<PortBinding> = pair.iter().map(|h| binding(Protocol::Tcp, h, first, last, 80)).collect();
+                let bindings: Vec<PortBinding> =
+                    pair.iter().map(|h| binding(Protocol::Tcp, h, first, last, 80)).collect();
                 let ports = table.resolve("e1", &bindings, v4(C1), v4(C6), None, &all_free).unwrap();
                 assert_eq!(ports.len(), 2, "{pair:?} {first}-{last}: {:?}", described(&ports));
                 assert_eq!(ports[0].host_port, ports[1].host_port, "{pair:?}");
@@ -339,7 +378,14 @@ mod tests {
         }
         // Two ports asked for separately stay two.
         let ports = table
-            .resolve("e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80), binding(Protocol::Tcp, "", 8089, 8089, 80)], v4(C1), None, None, &all_free)
+            .resolve(
+                "e1",
+                &[binding(Protocol::Tcp, "", 8088, 8088, 80), binding(Protocol::Tcp, "", 8089, 8089, 80)],
+                v4(C1),
+                None,
+                None,
+                &all_free,
+            )
             .unwrap();
         assert_eq!(ports.len(), 2);
     }
@@ -348,18 +394,46 @@ mod tests {
     fn host_addresses_pick_the_container_family() {
         let table = PortTable::default();
         let ports = table
-            .resolve("e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80), binding(Protocol::Tcp, "[2001:db8::8]", 8088, 8088, 80), binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free)
+            .resolve(
+                "e1",
+                &[
+                    binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80),
+                    binding(Protocol::Tcp, "[2001:db8::8]", 8088, 8088, 80),
+                    binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80),
+                ],
+                v4(C1),
+                v4(C6),
+                None,
+                &all_free,
+            )
             .unwrap();
         assert_eq!(
             described(&ports),
-            ["[2001:db8::7]:8088->80/tcp=fd00:9::2", "[2001:db8::8]:8088->80/tcp=fd00:9::2", "192.0.2.7:8088->80/tcp=172.20.0.2"]
+            [
+                "[2001:db8::7]:8088->80/tcp=fd00:9::2",
+                "[2001:db8::8]:8088->80/tcp=fd00:9::2",
+                "192.0.2.7:8088->80/tcp=172.20.0.2"
+            ]
         );
         // An IPv4-mapped IPv6 address is the IPv4 address.
-        let ports = table.resolve("e1", &[binding(Protocol::Tcp, "::ffff:192.0.2.7", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free).unwrap();
+        let ports = table
+            .resolve(
+                "e1",
+                &[binding(Protocol::Tcp, "::ffff:192.0.2.7", 8088, 8088, 80)],
+                v4(C1),
+                v4(C6),
+                None,
+                &all_free,
+            )
+            .unwrap();
         assert_eq!(described(&ports), ["192.0.2.7:8088->80/tcp=172.20.0.2"]);
-        let err = table.resolve("e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80)], v4(C1), None, None, &all_free).unwrap_err();
+        let err = table
+            .resolve("e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80)], v4(C1), None, None, &all_free)
+            .unwrap_err();
         assert!(err.to_string().contains("no IPv6 address on this network; create the network with --ipv6"), "{err}");
-        let err = table.resolve("e1", &[binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], None, v4(C6), None, &all_free).unwrap_err();
+        let err = table
+            .resolve("e1", &[binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], None, v4(C6), None, &all_free)
+            .unwrap_err();
         assert!(err.to_string().contains("no IPv4 address"), "{err}");
     }
 
@@ -367,26 +441,62 @@ mod tests {
     fn ipv6_loopback_is_refused_with_the_reason() {
         let table = PortTable::default();
         for host in ["::1", "[::1]"] {
-            let err = table.resolve("e1", &[binding(Protocol::Tcp, host, 8089, 8089, 80)], v4(C1), v4(C6), None, &all_free).unwrap_err();
+            let err = table
+                .resolve("e1", &[binding(Protocol::Tcp, host, 8089, 8089, 80)], v4(C1), v4(C6), None, &all_free)
+                .unwrap_err();
             let err = err.to_string();
-            assert!(err.contains("on [::1]") && err.contains("route_localnet") && err.contains("-p 127.0.0.1:8089:80"), "{err}");
+            assert!(
+                err.contains("on [::1]") && err.contains("route_localnet") && err.contains("-p 127.0.0.1:8089:80"),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn conflicts_are_per_family() {
         let mut table = PortTable::default();
-        let v6_only = table.resolve("e1", &[binding(Protocol::Tcp, "::", 8080, 8080, 80)], v4(C1), v4(C6), None, &all_free).unwrap();
+        let v6_only = table
+            .resolve("e1", &[binding(Protocol::Tcp, "::", 8080, 8080, 80)], v4(C1), v4(C6), None, &all_free)
+            .unwrap();
         assert_eq!(described(&v6_only), ["[::]:8080->80/tcp=fd00:9::2"]);
         table.insert("e1", v6_only);
         // IPv4 on the same port is free; IPv6 (wildcard or one address) is not; "" needs both.
-        table.resolve("e2", &[binding(Protocol::Tcp, "0.0.0.0", 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"), None, &all_free).unwrap();
-        table.resolve("e2", &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"), None, &all_free).unwrap();
+        table
+            .resolve(
+                "e2",
+                &[binding(Protocol::Tcp, "0.0.0.0", 8080, 8080, 80)],
+                v4("172.20.0.3"),
+                v4("fd00:9::3"),
+                None,
+                &all_free,
+            )
+            .unwrap();
+        table
+            .resolve(
+                "e2",
+                &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)],
+                v4("172.20.0.3"),
+                v4("fd00:9::3"),
+                None,
+                &all_free,
+            )
+            .unwrap();
         for host in ["::", "2001:db8::1", ""] {
-            let err = table.resolve("e2", &[binding(Protocol::Tcp, host, 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"), None, &all_free).unwrap_err();
+            let err = table
+                .resolve(
+                    "e2",
+                    &[binding(Protocol::Tcp, host, 8080, 8080, 80)],
+                    v4("172.20.0.3"),
+                    v4("fd00:9::3"),
+                    None,
+                    &all_free,
+                )
+                .unwrap_err();
             assert!(err.to_string().contains("already published for endpoint e1"), "{host}: {err}");
         }
         // A v4-only container asking for "" only needs IPv4.
-        table.resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4("172.20.0.4"), None, None, &all_free).unwrap();
+        table
+            .resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4("172.20.0.4"), None, None, &all_free)
+            .unwrap();
     }
 }

@@ -50,7 +50,13 @@ impl Drop for Turn {
 impl KeyedLocks {
     /// Waits (at most `limit`) for `key`'s turn. `what` names the resource for the error message
     /// ("network 0123456789ab"), `doing` the request taking it ("Join of endpoint …").
-    pub async fn take(&self, key: &str, what: &str, doing: impl Into<String>, limit: Duration) -> Result<Turn, PluginError> {
+    pub async fn take(
+        &self,
+        key: &str,
+        what: &str,
+        doing: impl Into<String>,
+        limit: Duration,
+    ) -> Result<Turn, PluginError> {
         let entry = {
             let mut entries = lock(&self.entries);
             entries.retain(|_, e| e.strong_count() > 0);
@@ -123,7 +129,11 @@ mod tests {
         drop(other);
         // The same network times out, naming the network and the holder.
         let err = locks.take("n1", "network n1", "Leave", Duration::from_millis(50)).await.err().unwrap();
-        assert!(err.message().contains("timed out after 50 ms waiting for network n1, held by Join of endpoint e1 for "), "{}", err.message());
+        assert!(
+            err.message().contains("timed out after 50 ms waiting for network n1, held by Join of endpoint e1 for "),
+            "{}",
+            err.message()
+        );
         drop(first);
         locks.take("n1", "network n1", "Leave", Duration::from_millis(50)).await.unwrap();
         assert!(lock(&locks.entries).values().all(|e| e.strong_count() == 0));

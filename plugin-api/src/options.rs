@@ -52,10 +52,13 @@ mod tests {
         assert!(parse_bool("k", "yes").unwrap_err().to_string().contains("k=\"yes\" is not a boolean"));
         assert_eq!(parse_mtu("0").unwrap(), None);
         assert_eq!(parse_mtu("1400").unwrap(), Some(1400));
-        for (bad, why) in [("big", "not a number"), ("-1", "not a number"), ("20", "out of range"), ("70000", "out of range")] {
+        for (bad, why) in
+            [("big", "not a number"), ("-1", "not a number"), ("20", "out of range"), ("70000", "out of range")]
+        {
             assert!(parse_mtu(bad).unwrap_err().to_string().contains(why), "{bad}");
         }
-        let generic: BTreeMap<String, String> = [("a".to_string(), String::new()), ("zz".to_string(), String::new())].into();
+        let generic: BTreeMap<String, String> =
+            [("a".to_string(), String::new()), ("zz".to_string(), String::new())].into();
         let err = reject_unknown(&generic, &["a", "b"], "loom-x").unwrap_err().to_string();
         assert_eq!(err, "unknown option(s) zz; loom-x understands a, b");
     }

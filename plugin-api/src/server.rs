@@ -84,8 +84,16 @@ impl Plugin {
                 (StatusCode::OK, value)
             }
             Err(err) => {
-                warn!(method, network = ids.network, endpoint = ids.endpoint, pool = ids.pool, elapsed_us,
-                      status = err.status().as_u16(), error = err.message(), "failed");
+                warn!(
+                    method,
+                    network = ids.network,
+                    endpoint = ids.endpoint,
+                    pool = ids.pool,
+                    elapsed_us,
+                    status = err.status().as_u16(),
+                    error = err.message(),
+                    "failed"
+                );
                 (err.status(), json!({ "Err": err.message() }))
             }
         }
@@ -94,9 +102,7 @@ impl Plugin {
     async fn dispatch(&self, method: &str, body: &[u8]) -> PluginResult<Value> {
         let (subsystem, _) = method.split_once('.').unwrap_or((method, ""));
         match subsystem {
-            "Plugin" if method == "Plugin.Activate" => {
-                reply(&ActivateResponse { implements: self.implements() })
-            }
+            "Plugin" if method == "Plugin.Activate" => reply(&ActivateResponse { implements: self.implements() }),
             "Netloom" if method == crate::siblings::METHOD => match &self.network {
                 Some(driver) => reply(&crate::siblings::SubnetsResponse { networks: driver.claimed_subnets() }),
                 None => Err(PluginError::unknown_method(method)),
@@ -178,18 +184,27 @@ impl RequestIds {
             return Self::default();
         };
         let short = |key: &str| map.get(key).and_then(Value::as_str).map(|s| s.chars().take(12).collect());
-        Self { network: short("NetworkID"), endpoint: short("EndpointID"), pool: map.get("PoolID").and_then(Value::as_str).map(String::from) }
+        Self {
+            network: short("NetworkID"),
+            endpoint: short("EndpointID"),
+            pool: map.get("PoolID").and_then(Value::as_str).map(String::from),
+        }
     }
 }
 
 async fn handle_http(plugin: Arc<Plugin>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method_name = req.uri().path().trim_start_matches('/').to_string();
     let (status, body) = if req.method() != Method::POST {
-        (StatusCode::METHOD_NOT_ALLOWED, json!({ "Err": format!("{} is not supported; plugin calls are POST", req.method()) }))
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({ "Err": format!("{} is not supported; plugin calls are POST", req.method()) }),
+        )
     } else {
         match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
             Ok(collected) => plugin.handle(&method_name, &collected.to_bytes()).await,
-            Err(e) => (StatusCode::BAD_REQUEST, json!({ "Err": format!("reading the {method_name} request failed: {e}") })),
+            Err(e) => {
+                (StatusCode::BAD_REQUEST, json!({ "Err": format!("reading the {method_name} request failed: {e}") }))
+            }
         }
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"Err\":\"encoding failed\"}".to_vec());

@@ -65,7 +65,9 @@ pub async fn claims_next_to(own: &Path, limit: Duration) -> Vec<ClaimedSubnets> 
     let siblings: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p != own)
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("loom-") && n.ends_with(".sock")))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("loom-") && n.ends_with(".sock"))
+        })
         .collect();
     let asked = siblings.iter().map(|path| async move {
         match tokio::time::timeout(limit, ask(path)).await {
@@ -140,9 +142,17 @@ mod overlap_tests {
             claim("loom-bridge", "bbbbbbbbbbbbbbbbbb", "bridge web0", &["10.0.0.0/8"]),
         ];
         let err = overlap_error(&ours, &claims).expect("overlap").to_string();
-        assert!(err.contains("subnet 10.1.0.0/24 overlaps subnet 10.0.0.0/8 of loom-bridge network bbbbbbbbbbbb (bridge web0)"), "{err}");
+        assert!(
+            err.contains(
+                "subnet 10.1.0.0/24 overlaps subnet 10.0.0.0/8 of loom-bridge network bbbbbbbbbbbb (bridge web0)"
+            ),
+            "{err}"
+        );
         assert!(overlap_error(&ours, &claims[..1]).is_none());
         let v6: Vec<IpNetwork> = vec!["fd00::/48".parse().unwrap()];
-        assert!(overlap_error(&v6, &claims).unwrap().to_string().contains("of loom-host network aaaaaaaaaaaa on this host"));
+        assert!(overlap_error(&v6, &claims)
+            .unwrap()
+            .to_string()
+            .contains("of loom-host network aaaaaaaaaaaa on this host"));
     }
 }

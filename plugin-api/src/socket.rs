@@ -25,10 +25,9 @@ pub fn prepare(path: &Path) -> Result<()> {
         bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!(
-            "another process is already serving {}; stop it first or choose another --socket",
-            path.display()
-        ),
+        Ok(_) => {
+            bail!("another process is already serving {}; stop it first or choose another --socket", path.display())
+        }
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || e.kind() == io::ErrorKind::NotFound => {
             fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
         }

@@ -64,7 +64,11 @@ impl IpamDriver for FixedIpam {
         }
     }
     async fn request_pool(&self, req: RequestPoolRequest) -> PluginResult<RequestPoolResponse> {
-        Ok(RequestPoolResponse { pool_id: format!("{}/{}", req.address_space, req.pool), pool: req.pool, data: Default::default() })
+        Ok(RequestPoolResponse {
+            pool_id: format!("{}/{}", req.address_space, req.pool),
+            pool: req.pool,
+            data: Default::default(),
+        })
     }
     async fn release_pool(&self, _req: ReleasePoolRequest) -> PluginResult<()> {
         Ok(())
@@ -133,7 +137,11 @@ async fn bad_requests_get_err_with_500() {
         ("NetworkDriver.CreateNetwork", r#"{"Options":{}}"#, "missing field `NetworkID`"),
         ("NetworkDriver.Join", r#"{"NetworkID":5,"EndpointID":"e"}"#, "invalid type"),
         ("NetworkDriver.CreateNetwork", r#"{"NetworkID":"refuse"}"#, "bad subnet 10.0.0.0/33"),
-        ("NetworkDriver.CreateNetwork", r#"{"NetworkID":"boom"}"#, "internal error in NetworkDriver.CreateNetwork: driver bug"),
+        (
+            "NetworkDriver.CreateNetwork",
+            r#"{"NetworkID":"boom"}"#,
+            "internal error in NetworkDriver.CreateNetwork: driver bug",
+        ),
     ];
     for (method, body, expected) in cases {
         let (status, value) = call(&plugin, method, body).await;
@@ -163,7 +171,9 @@ async fn optional_external_connectivity_defaults_to_success() {
 #[tokio::test]
 async fn join_reply_uses_docker_names_and_omits_empty_fields() {
     let plugin = network_plugin();
-    let (status, value) = call(&plugin, "NetworkDriver.Join", r#"{"NetworkID":"n","EndpointID":"e","SandboxKey":"/x","Options":null}"#).await;
+    let (status, value) =
+        call(&plugin, "NetworkDriver.Join", r#"{"NetworkID":"n","EndpointID":"e","SandboxKey":"/x","Options":null}"#)
+            .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value, json!({"InterfaceName": {"SrcName": "tmp1", "DstPrefix": "eth"}, "Gateway": "10.0.0.1"}));
 }
@@ -176,12 +186,24 @@ async fn ipam_calls_round_trip() {
         call(&plugin, "IpamDriver.GetCapabilities", "").await.1,
         json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})
     );
-    assert_eq!(call(&plugin, "IpamDriver.GetDefaultAddressSpaces", "").await.1["LocalDefaultAddressSpace"], "LocalDefault");
-    let (status, value) = call(&plugin, "IpamDriver.RequestPool", r#"{"AddressSpace":"LocalDefault","Pool":"10.0.0.0/24","SubPool":"","Options":null,"V6":false}"#).await;
+    assert_eq!(
+        call(&plugin, "IpamDriver.GetDefaultAddressSpaces", "").await.1["LocalDefaultAddressSpace"],
+        "LocalDefault"
+    );
+    let (status, value) = call(
+        &plugin,
+        "IpamDriver.RequestPool",
+        r#"{"AddressSpace":"LocalDefault","Pool":"10.0.0.0/24","SubPool":"","Options":null,"V6":false}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value["PoolID"], "LocalDefault/10.0.0.0/24");
-    let (_, value) = call(&plugin, "IpamDriver.RequestAddress",
-        r#"{"PoolID":"p","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#).await;
+    let (_, value) = call(
+        &plugin,
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"p","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#,
+    )
+    .await;
     assert_eq!(value["Address"], "10.0.0.1/24");
     let (status, value) = call(&plugin, "IpamDriver.ReleaseAddress", r#"{"PoolID":"p"}"#).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -201,6 +223,7 @@ fn port_bindings_decode() {
     assert_eq!(bindings[0].host_port, 5353);
     let none: serde_json::Map<String, Value> = serde_json::from_str(r#"{"com.docker.network.portmap":null}"#).unwrap();
     assert!(port_bindings(&none).unwrap().is_empty());
-    let bad: serde_json::Map<String, Value> = serde_json::from_str(r#"{"com.docker.network.portmap":[{"Proto":99,"Port":1}]}"#).unwrap();
+    let bad: serde_json::Map<String, Value> =
+        serde_json::from_str(r#"{"com.docker.network.portmap":[{"Proto":99,"Port":1}]}"#).unwrap();
     assert!(port_bindings(&bad).unwrap_err().contains("unsupported IP protocol number 99"));
 }

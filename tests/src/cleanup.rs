@@ -65,11 +65,7 @@ pub fn sweep() {
                 continue;
             };
             let dir = e.path();
-            let owner_alive = match fs::read_to_string(dir.join("owner"))
-                .ok()
-                .as_deref()
-                .and_then(parse_marker)
-            {
+            let owner_alive = match fs::read_to_string(dir.join("owner")).ok().as_deref().and_then(parse_marker) {
                 Some((pid, start)) => same_process_alive(pid, start),
                 // No owner file (yet): fall back to the pid in the name.
                 None => match rest.rsplit('-').next().and_then(|p| p.parse().ok()) {
@@ -82,11 +78,7 @@ pub fn sweep() {
             }
             eprintln!("[netloom-tests] sweep: removing stale {}", dir.display());
             for holder in holder_pid_files(&dir) {
-                if let Some((pid, start)) = fs::read_to_string(&holder)
-                    .ok()
-                    .as_deref()
-                    .and_then(parse_marker)
-                {
+                if let Some((pid, start)) = fs::read_to_string(&holder).ok().as_deref().and_then(parse_marker) {
                     if same_process_alive(pid, start) {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                         let _ = util::wait_until(
@@ -182,23 +174,15 @@ fn remove_cgroup_tree(path: &Path) {
         }
     }
     // Right after its last process died a cgroup may still be busy for a moment.
-    let res = util::wait_until(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        "cgroup removal",
-        || {
-            Ok(match fs::remove_dir(path) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(_) => false,
-            })
-        },
-    );
+    let res = util::wait_until(Duration::from_secs(5), Duration::from_millis(20), "cgroup removal", || {
+        Ok(match fs::remove_dir(path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(_) => false,
+        })
+    });
     if res.is_err() {
-        eprintln!(
-            "[netloom-tests] cleanup: cannot remove cgroup {}",
-            path.display()
-        );
+        eprintln!("[netloom-tests] cleanup: cannot remove cgroup {}", path.display());
     }
 }
 
@@ -217,23 +201,10 @@ impl RootNsSnapshot {
             ("ip -o link", &["ip", "-o", "link"]),
             ("ip -o addr", &["ip", "-o", "addr"]),
             ("ip route", &["ip", "route", "show", "table", "all"]),
-            (
-                "ip -6 route",
-                &["ip", "-6", "route", "show", "table", "all"],
-            ),
+            ("ip -6 route", &["ip", "-6", "route", "show", "table", "all"]),
             ("nft list ruleset", &["nft", "list", "ruleset"]),
-            (
-                "legacy iptables tables",
-                &["cat", "/proc/net/ip_tables_names"],
-            ),
-            (
-                "ip_forward",
-                &[
-                    "cat",
-                    "/proc/sys/net/ipv4/ip_forward",
-                    "/proc/sys/net/ipv6/conf/all/forwarding",
-                ],
-            ),
+            ("legacy iptables tables", &["cat", "/proc/net/ip_tables_names"]),
+            ("ip_forward", &["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"]),
         ];
         let mut parts = Vec::new();
         for (label, argv) in cmds {
@@ -249,9 +220,7 @@ impl RootNsSnapshot {
         let mut diffs = String::new();
         for ((label, before), (_, after)) in self.parts.iter().zip(&now.parts) {
             if before != after {
-                diffs.push_str(&format!(
-                    "--- {label} before:\n{before}--- {label} after:\n{after}"
-                ));
+                diffs.push_str(&format!("--- {label} before:\n{before}--- {label} after:\n{after}"));
             }
         }
         if !diffs.is_empty() {

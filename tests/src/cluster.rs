@@ -86,13 +86,7 @@ impl Cluster {
 
         let underlay = Netns::create(&format!("{NETNS_PREFIX}{pid}-{name}"))?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
-        underlay.ip(&[
-            "addr",
-            "add",
-            &format!("{}/{UNDERLAY_PREFIX_LEN}", Self::gateway()),
-            "dev",
-            "br0",
-        ])?;
+        underlay.ip(&["addr", "add", &format!("{}/{UNDERLAY_PREFIX_LEN}", Self::gateway()), "dev", "br0"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
         let underlay_node = Node::start(underlay.name(), &format!("{name}-underlay"), &dir)?;
         Ok(Cluster {
@@ -142,16 +136,8 @@ impl Cluster {
         if self.hosts().iter().any(|h| h.name() == name) {
             bail!("cluster {} already has a host {name}", self.name);
         }
-        let host = Host::create(
-            cfg,
-            &self.name,
-            &self.dir,
-            &self.underlay,
-            ip,
-            UNDERLAY_PREFIX_LEN,
-            Self::gateway(),
-        )
-        .with_context(|| format!("creating host {name} in cluster {}", self.name))?;
+        let host = Host::create(cfg, &self.name, &self.dir, &self.underlay, ip, UNDERLAY_PREFIX_LEN, Self::gateway())
+            .with_context(|| format!("creating host {name} in cluster {}", self.name))?;
         let host = Arc::new(host);
         self.lock_hosts().push(host.clone());
         Ok(host)
@@ -180,25 +166,14 @@ impl Cluster {
     pub fn add_hosts(&self, cfgs: Vec<HostConfig>) -> Result<Vec<Arc<Host>>> {
         let t0 = Instant::now();
         let results: Vec<Result<Arc<Host>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = cfgs
-                .into_iter()
-                .map(|cfg| s.spawn(move || self.add_host(cfg)))
-                .collect();
+            let handles: Vec<_> = cfgs.into_iter().map(|cfg| s.spawn(move || self.add_host(cfg))).collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("add_host panicked")))
-                })
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("add_host panicked"))))
                 .collect()
         });
         let hosts = results.into_iter().collect::<Result<Vec<_>>>()?;
-        eprintln!(
-            "[netloom-tests] {}: {} hosts up in {:.2}s",
-            self.name,
-            hosts.len(),
-            t0.elapsed().as_secs_f64()
-        );
+        eprintln!("[netloom-tests] {}: {} hosts up in {:.2}s", self.name, hosts.len(), t0.elapsed().as_secs_f64());
         Ok(hosts)
     }
 
@@ -219,9 +194,7 @@ impl Cluster {
     /// `underlay_ip()`), logging to `<scenario dir>/<name>.log`; the cluster kills it at drop.
     /// Returns its pid.
     pub fn spawn_underlay<S: AsRef<str>>(&self, name: &str, argv: &[S]) -> Result<i32> {
-        let p = self
-            .underlay_node
-            .spawn(name, argv, &[], &self.dir.join(format!("{name}.log")))?;
+        let p = self.underlay_node.spawn(name, argv, &[], &self.dir.join(format!("{name}.log")))?;
         let pid = p.pid();
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).push(p);
         Ok(pid)
@@ -237,20 +210,13 @@ impl Cluster {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for h in self.hosts() {
-            out.push_str(&format!(
-                "##### host {} ({}, {})\n",
-                h.name(),
-                h.docker_version(),
-                h.underlay_ip()
-            ));
+            out.push_str(&format!("##### host {} ({}, {})\n", h.name(), h.docker_version(), h.underlay_ip()));
             out.push_str(&h.log_tails(lines));
         }
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let p = e.path();
-                if p.extension().is_some_and(|x| x == "log")
-                    && fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false)
-                {
+                if p.extension().is_some_and(|x| x == "log") && fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false) {
                     out.push_str(&format!(
                         "===== {} (last {lines} lines) =====\n{}\n",
                         p.display(),
@@ -267,11 +233,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let failed = std::thread::panicking() || self.failed.load(Ordering::SeqCst);
         if failed {
-            eprintln!(
-                "[netloom-tests] scenario {} FAILED; logs:\n{}",
-                self.name,
-                self.log_tails(60)
-            );
+            eprintln!("[netloom-tests] scenario {} FAILED; logs:\n{}", self.name, self.log_tails(60));
         }
         let t0 = Instant::now();
         // Hosts in parallel: each teardown mostly waits for the kernel to empty a pid namespace.
@@ -290,22 +252,11 @@ impl Drop for Cluster {
         if failed || keep {
             // The kept dir holds only logs and plugin state: the big things (data roots) were on
             // the hosts' tmpfs. The next test process's sweep removes it.
-            eprintln!(
-                "[netloom-tests] scenario {}: logs kept in {}",
-                self.name,
-                self.dir.display()
-            );
+            eprintln!("[netloom-tests] scenario {}: logs kept in {}", self.name, self.dir.display());
         } else if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!(
-                "[netloom-tests] cleanup: cannot remove {}: {e}",
-                self.dir.display()
-            );
+            eprintln!("[netloom-tests] cleanup: cannot remove {}: {e}", self.dir.display());
         }
-        eprintln!(
-            "[netloom-tests] {}: teardown {:.2}s",
-            self.name,
-            t0.elapsed().as_secs_f64()
-        );
+        eprintln!("[netloom-tests] {}: teardown {:.2}s", self.name, t0.elapsed().as_secs_f64());
     }
 }
 

@@ -45,15 +45,7 @@ impl DockerVersion {
             DockerVersion::V20 => vec![PathBuf::from("/usr/sbin/dockerd")],
             DockerVersion::V26 => {
                 let d = Self::v26_dir();
-                [
-                    "usr/sbin/dockerd",
-                    "usr/bin/dockerd",
-                    "bin/dockerd",
-                    "dockerd",
-                ]
-                .iter()
-                .map(|p| d.join(p))
-                .collect()
+                ["usr/sbin/dockerd", "usr/bin/dockerd", "bin/dockerd", "dockerd"].iter().map(|p| d.join(p)).collect()
             }
         }
     }
@@ -68,39 +60,24 @@ impl DockerVersion {
         }
         let cands = self.candidates();
         let Some(bin) = cands.iter().find(|p| p.is_file()).cloned() else {
-            let looked = cands
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let looked = cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             return Err(match self {
                 DockerVersion::V26 => anyhow!(
                     "Docker 26's dockerd is missing (looked at {looked}). Run tests/fetch-docker26.sh \
                      first (as root; it fills ${{NETLOOM_CACHE:-/var/cache/netloom-tests}}/docker26)"
                 ),
                 DockerVersion::V20 => {
-                    anyhow!("Docker 20.10's dockerd is missing (looked at {looked}). Run tests/install-deps.sh (docker.io)")
+                    anyhow!(
+                        "Docker 20.10's dockerd is missing (looked at {looked}). Run tests/install-deps.sh (docker.io)"
+                    )
                 }
             });
         };
-        let out = util::run(
-            Command::new(&bin)
-                .arg("--version")
-                .env("PATH", self.path_env(&bin)),
-        )?;
+        let out = util::run(Command::new(&bin).arg("--version").env("PATH", self.path_env(&bin)))?;
         // "Docker version 20.10.24+dfsg1, build 5d6db84"
-        let version = out
-            .split_whitespace()
-            .nth(2)
-            .unwrap_or("")
-            .trim_end_matches(',');
+        let version = out.split_whitespace().nth(2).unwrap_or("").trim_end_matches(',');
         if !version.starts_with(&format!("{}.", self.label())) {
-            bail!(
-                "{} is Docker {version:?}, not {}: {}",
-                bin.display(),
-                self.label(),
-                out.trim()
-            );
+            bail!("{} is Docker {version:?}, not {}: {}", bin.display(), self.label(), out.trim());
         }
         checked.lock().unwrap().push((self, bin.clone()));
         Ok(bin)
@@ -109,25 +86,14 @@ impl DockerVersion {
     /// PATH for dockerd. For a fetched engine, its own directories come first so that it finds
     /// the helpers shipped with it (docker-proxy, docker-init, containerd if fetched too).
     pub fn path_env(self, dockerd: &Path) -> String {
-        let base = std::env::var("PATH").unwrap_or_else(|_| {
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-        });
+        let base = std::env::var("PATH")
+            .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         if self == DockerVersion::V20 {
             return base;
         }
         let root = Self::v26_dir();
-        let mut dirs: Vec<PathBuf> = dockerd
-            .parent()
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect();
-        for d in [
-            "usr/sbin",
-            "usr/bin",
-            "usr/libexec/docker",
-            "usr/lib/docker",
-            "bin",
-        ] {
+        let mut dirs: Vec<PathBuf> = dockerd.parent().into_iter().map(Path::to_path_buf).collect();
+        for d in ["usr/sbin", "usr/bin", "usr/libexec/docker", "usr/lib/docker", "bin"] {
             dirs.push(root.join(d));
         }
         let mut parts: Vec<String> = Vec::new();
@@ -151,8 +117,5 @@ impl std::fmt::Display for DockerVersion {
 /// The docker CLI: $NETLOOM_DOCKER_CLI, else `docker` from PATH. Any CLI from 20.10 on talks to
 /// both engines (it negotiates the API version).
 pub fn docker_cli() -> String {
-    std::env::var("NETLOOM_DOCKER_CLI")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "docker".into())
+    std::env::var("NETLOOM_DOCKER_CLI").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "docker".into())
 }

@@ -55,7 +55,8 @@ impl Etcd {
     }
 
     fn initial_cluster(&self) -> String {
-        let peers: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect();
+        let peers: Vec<String> =
+            self.members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect();
         peers.join(",")
     }
 
@@ -72,14 +73,34 @@ impl Etcd {
         let peer = format!("http://{}:{PEER_PORT}", member.ip);
         let data_dir = data_dir.display().to_string();
         let argv = [
-            "etcd", "--name", &member.name, "--data-dir", &data_dir,
-            "--listen-client-urls", &client, "--advertise-client-urls", &client,
-            "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer,
-            "--initial-cluster", &initial_cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", "netloom-test", "--heartbeat-interval", "50", "--election-timeout", "500",
-            "--log-level", "warn",
+            "etcd",
+            "--name",
+            &member.name,
+            "--data-dir",
+            &data_dir,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial_cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "netloom-test",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "warn",
         ];
-        let process = member.host.spawn(&member.name, &argv).with_context(|| format!("starting etcd member {}", member.name))?;
+        let process =
+            member.host.spawn(&member.name, &argv).with_context(|| format!("starting etcd member {}", member.name))?;
         member.process = Some(process);
         Ok(())
     }
@@ -98,7 +119,8 @@ impl Etcd {
         let endpoint = format!("http://{}:{CLIENT_PORT}", member.ip);
         let mut last = String::new();
         let ok = wait_until(limit, Duration::from_millis(100), "etcd health", || {
-            match member.host.exec(&["etcdctl", "--endpoints", &endpoint, "--command-timeout=1s", "endpoint", "health"]) {
+            match member.host.exec(&["etcdctl", "--endpoints", &endpoint, "--command-timeout=1s", "endpoint", "health"])
+            {
                 Ok(_) => Ok(true),
                 Err(e) => {
                     last = format!("{e:#}");

@@ -40,17 +40,11 @@ pub struct HostConfig {
 
 impl HostConfig {
     pub fn new(name: &str, docker: DockerVersion) -> HostConfig {
-        HostConfig {
-            name: name.to_owned(),
-            docker,
-            dockerd_args: Vec::new(),
-            start_docker: true,
-        }
+        HostConfig { name: name.to_owned(), docker, dockerd_args: Vec::new(), start_docker: true }
     }
 
     pub fn dockerd_args<S: AsRef<str>>(mut self, args: &[S]) -> HostConfig {
-        self.dockerd_args
-            .extend(args.iter().map(|a| a.as_ref().to_owned()));
+        self.dockerd_args.extend(args.iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -105,28 +99,13 @@ impl Host {
         // The veth is created in the underlay namespace with its peer put straight into the host's:
         // no end of it ever exists in the root namespace.
         let uplink = format!("u-{name}");
-        underlay.ip(&[
-            "link",
-            "add",
-            &uplink,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ])?;
+        underlay.ip(&["link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
         underlay.ip(&["link", "set", &uplink, "master", "br0", "up"])?;
         netns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
 
-        let node = Arc::new(Node::start(
-            netns.name(),
-            &format!("{cluster}-{name}"),
-            &dir,
-        )?);
+        let node = Arc::new(Node::start(netns.name(), &format!("{cluster}-{name}"), &dir)?);
         let host = Host {
             cgroup: format!("{CGROUP_PREFIX}{pid}-{cluster}-{name}"),
             cfg,
@@ -231,10 +210,7 @@ impl Host {
 
     fn dockerd_argv(&self, bin: &Path) -> Vec<String> {
         let mut argv: Vec<String> = vec![bin.display().to_string()];
-        argv.push(format!(
-            "--config-file={}",
-            self.dir.join("daemon.json").display()
-        ));
+        argv.push(format!("--config-file={}", self.dir.join("daemon.json").display()));
         // Data root and exec root live on the host's private tmpfs (/run): fast, and gone with the
         // host's mount namespace. The exec root is Docker's default one, /var/run/docker.
         argv.push("--data-root=/run/netloom/docker".into());
@@ -256,14 +232,8 @@ impl Host {
         if let (DockerVersion::V26, Some(dir)) = (self.cfg.docker, bin.parent()) {
             let root = DockerVersion::v26_dir();
             for (flag, cands) in [
-                (
-                    "--userland-proxy-path",
-                    [dir.join("docker-proxy"), root.join("usr/sbin/docker-proxy")],
-                ),
-                (
-                    "--init-path",
-                    [dir.join("docker-init"), root.join("usr/bin/docker-init")],
-                ),
+                ("--userland-proxy-path", [dir.join("docker-proxy"), root.join("usr/sbin/docker-proxy")]),
+                ("--init-path", [dir.join("docker-init"), root.join("usr/bin/docker-init")]),
             ] {
                 if let Some(p) = cands.iter().find(|p| p.is_file()).filter(|_| !given(flag)) {
                     argv.push(format!("{flag}={}", p.display()));
@@ -285,24 +255,14 @@ impl Host {
         let t0 = Instant::now();
         let argv = self.dockerd_argv(&bin);
         let env = [("PATH", self.cfg.docker.path_env(&bin))];
-        let mut proc = self
-            .node
-            .spawn("dockerd", &argv, &env, &self.dockerd_log())?;
+        let mut proc = self.node.spawn("dockerd", &argv, &env, &self.dockerd_log())?;
         let sock = self.docker_socket();
-        let res = util::wait_until(
-            DOCKERD_TIMEOUT,
-            Duration::from_millis(50),
-            "dockerd to answer",
-            || {
-                if !proc.is_running() {
-                    bail!("dockerd exited ({:?})", proc.try_exit());
-                }
-                Ok(sock.exists()
-                    && self
-                        .docker(&["version", "--format", "{{.Server.Version}}"])
-                        .is_ok())
-            },
-        );
+        let res = util::wait_until(DOCKERD_TIMEOUT, Duration::from_millis(50), "dockerd to answer", || {
+            if !proc.is_running() {
+                bail!("dockerd exited ({:?})", proc.try_exit());
+            }
+            Ok(sock.exists() && self.docker(&["version", "--format", "{{.Server.Version}}"]).is_ok())
+        });
         if let Err(e) = res {
             let _ = proc.kill();
             bail!(
@@ -318,8 +278,7 @@ impl Host {
         if !self.image_loaded.load(Ordering::SeqCst) {
             let t1 = Instant::now();
             let tar = image_tarball()?;
-            self.docker(&["load", "-q", "-i", &tar.display().to_string()])
-                .context("loading the busybox image")?;
+            self.docker(&["load", "-q", "-i", &tar.display().to_string()]).context("loading the busybox image")?;
             self.image_loaded.store(true, Ordering::SeqCst);
             eprintln!(
                 "[netloom-tests] {}: {} ready in {:.2}s, image load {:.2}s",
@@ -329,12 +288,7 @@ impl Host {
                 t1.elapsed().as_secs_f64()
             );
         } else {
-            eprintln!(
-                "[netloom-tests] {}: {} ready in {:.2}s",
-                self.hostname(),
-                self.cfg.docker,
-                t_up.as_secs_f64()
-            );
+            eprintln!("[netloom-tests] {}: {} ready in {:.2}s", self.hostname(), self.cfg.docker, t_up.as_secs_f64());
         }
         Ok(())
     }
@@ -374,16 +328,13 @@ impl Host {
         let mut argv = vec![docker_cli()];
         argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
         let mut cmd = timed(limit, &argv);
-        cmd.env(
-            "DOCKER_HOST",
-            format!("unix://{}", self.docker_socket().display()),
-        )
-        .env("DOCKER_CONFIG", self.dir.join("docker-cli"))
-        .env("DOCKER_CLI_HINTS", "false")
-        .env_remove("DOCKER_CONTEXT")
-        .env_remove("DOCKER_TLS_VERIFY")
-        .env_remove("DOCKER_CERT_PATH")
-        .env_remove("DOCKER_API_VERSION");
+        cmd.env("DOCKER_HOST", format!("unix://{}", self.docker_socket().display()))
+            .env("DOCKER_CONFIG", self.dir.join("docker-cli"))
+            .env("DOCKER_CLI_HINTS", "false")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("DOCKER_API_VERSION");
         cmd
     }
 
@@ -447,8 +398,7 @@ impl Host {
 
     /// Starts a long-lived process on the host (killed at teardown), logging to `<dir>/<name>.log`.
     pub fn spawn<S: AsRef<str>>(&self, name: &str, argv: &[S]) -> Result<NsProc> {
-        self.node
-            .spawn(name, argv, &[], &self.dir.join(format!("{name}.log")))
+        self.node.spawn(name, argv, &[], &self.dir.join(format!("{name}.log")))
     }
 
     /// Starts the plugin binary `binary` (from NETLOOM_BIN_DIR, default `<workspace>/target/release`)
@@ -458,23 +408,13 @@ impl Host {
     }
 
     /// Like `start_plugin`, with the socket (driver) name `name` instead of the binary's name.
-    pub fn start_plugin_as(
-        &self,
-        binary: &str,
-        name: &str,
-        extra_args: &[&str],
-    ) -> Result<Arc<Plugin>> {
+    pub fn start_plugin_as(&self, binary: &str, name: &str, extra_args: &[&str]) -> Result<Arc<Plugin>> {
         if lock(&self.plugins).iter().any(|p| p.name() == name) {
             bail!("host {} already has a plugin named {name}", self.name());
         }
         let t0 = Instant::now();
-        let plugin = Arc::new(Plugin::new(
-            name,
-            util::bin_dir().join(binary),
-            extra_args,
-            &self.dir,
-            self.node.clone(),
-        )?);
+        let plugin =
+            Arc::new(Plugin::new(name, util::bin_dir().join(binary), extra_args, &self.dir, self.node.clone())?);
         lock(&self.plugins).push(plugin.clone());
         plugin.start()?;
         eprintln!(
@@ -507,11 +447,7 @@ impl Host {
         }
         for log in logs {
             if fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false) {
-                out.push_str(&format!(
-                    "===== {} (last {lines} lines) =====\n{}\n",
-                    log.display(),
-                    tail(&log, lines)
-                ));
+                out.push_str(&format!("===== {} (last {lines} lines) =====\n{}\n", log.display(), tail(&log, lines)));
             }
         }
         out

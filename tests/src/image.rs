@@ -17,24 +17,19 @@ use crate::util::{self, cache_dir};
 pub const IMAGE: &str = "netloom/busybox:latest";
 
 fn busybox() -> PathBuf {
-    std::env::var_os("NETLOOM_BUSYBOX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/bin/busybox"))
+    std::env::var_os("NETLOOM_BUSYBOX").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/bin/busybox"))
 }
 
 /// The cached image archive for `docker load` (built on first use; keyed by the busybox binary's
 /// size and mtime).
 pub fn image_tarball() -> Result<PathBuf> {
     static CELL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CELL.get_or_init(|| build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    CELL.get_or_init(|| build().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
 fn build() -> Result<PathBuf> {
     let bb = busybox();
-    let meta = fs::metadata(&bb)
-        .with_context(|| format!("{} missing: install busybox-static", bb.display()))?;
+    let meta = fs::metadata(&bb).with_context(|| format!("{} missing: install busybox-static", bb.display()))?;
     let mtime = meta.modified()?.duration_since(UNIX_EPOCH)?.as_secs();
     let dir = cache_dir();
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -47,22 +42,14 @@ fn build() -> Result<PathBuf> {
     let tmp = dir.join(format!(".rootfs-build-{pid}"));
     let _ = fs::remove_dir_all(&tmp);
     let root = tmp.join("root");
-    for d in [
-        "bin", "etc", "proc", "sys", "dev", "root", "tmp", "var/tmp", "run",
-    ] {
+    for d in ["bin", "etc", "proc", "sys", "dev", "root", "tmp", "var/tmp", "run"] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     fs::copy(&bb, root.join("bin/busybox"))?;
     let list = util::run(Command::new(&bb).arg("--list"))?;
-    let applets: Vec<&str> = list
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && *a != "busybox")
-        .collect();
-    for needed in [
-        "sh", "ip", "ping", "nc", "wget", "sleep", "cat", "ifconfig", "route", "hostname",
-    ] {
+    let applets: Vec<&str> = list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox").collect();
+    for needed in ["sh", "ip", "ping", "nc", "wget", "sleep", "cat", "ifconfig", "route", "hostname"] {
         if !applets.contains(&needed) {
             bail!("{} has no `{needed}` applet", bb.display());
         }
@@ -70,10 +57,7 @@ fn build() -> Result<PathBuf> {
     for a in applets {
         symlink("busybox", root.join("bin").join(a))?;
     }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )?;
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
 
     // The layer, then a `docker save`-format archive around it: manifest.json, the image config
@@ -83,10 +67,7 @@ fn build() -> Result<PathBuf> {
     let layer = image.join("layer.tar");
     tar(&root, &layer, &["."])?;
     let sha = util::run(Command::new("sha256sum").arg(&layer))?;
-    let diff_id = format!(
-        "sha256:{}",
-        sha.split_whitespace().next().unwrap_or_default()
-    );
+    let diff_id = format!("sha256:{}", sha.split_whitespace().next().unwrap_or_default());
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -106,11 +87,7 @@ fn build() -> Result<PathBuf> {
     fs::write(image.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
 
     let part = dir.join(format!(".busybox-image-{pid}.tar"));
-    tar(
-        &image,
-        &part,
-        &["manifest.json", "config.json", "layer.tar"],
-    )?;
+    tar(&image, &part, &["manifest.json", "config.json", "layer.tar"])?;
     fs::rename(&part, &out)?; // atomic: concurrent builders just overwrite with the same bytes
     let _ = fs::remove_dir_all(&tmp);
     Ok(out)
@@ -119,14 +96,7 @@ fn build() -> Result<PathBuf> {
 fn tar(dir: &Path, out: &Path, members: &[&str]) -> Result<()> {
     util::run(
         Command::new("tar")
-            .args([
-                "--numeric-owner",
-                "--owner=0",
-                "--group=0",
-                "--mtime=@0",
-                "--sort=name",
-                "-C",
-            ])
+            .args(["--numeric-owner", "--owner=0", "--group=0", "--mtime=@0", "--sort=name", "-C"])
             .arg(dir)
             .arg("-cf")
             .arg(out)

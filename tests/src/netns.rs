@@ -14,9 +14,7 @@ impl Netns {
     /// `ip netns add <name>` and bring its loopback up.
     pub fn create(name: &str) -> Result<Netns> {
         util::run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Netns {
-            name: name.to_owned(),
-        };
+        let ns = Netns { name: name.to_owned() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }

@@ -74,11 +74,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
         cmd.pre_exec(|| set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
     }
     let (tx, rx) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, tx))
-        .expect("spawner thread gone");
+    spawner.lock().unwrap_or_else(|e| e.into_inner()).send((cmd, tx)).expect("spawner thread gone");
     rx.recv().expect("spawner thread gone")
 }
 
@@ -101,32 +97,13 @@ impl Node {
         let log = File::create(&holder_log)?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{netns}"))
-            .args([
-                "--",
-                "unshare",
-                "-m",
-                "-u",
-                "-p",
-                "-f",
-                "--kill-child",
-                "--propagation",
-                "private",
-            ])
-            .args([
-                "--mount-proc",
-                "--",
-                "sh",
-                "-c",
-                HOLDER_SCRIPT,
-                "netloom-holder",
-                hostname,
-            ])
+            .args(["--", "unshare", "-m", "-u", "-p", "-f", "--kill-child", "--propagation", "private"])
+            .args(["--mount-proc", "--", "sh", "-c", HOLDER_SCRIPT, "netloom-holder", hostname])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
         let desc = util::describe(&cmd);
-        let mut child =
-            spawn_tied_to_process(cmd).with_context(|| format!("cannot start `{desc}`"))?;
+        let mut child = spawn_tied_to_process(cmd).with_context(|| format!("cannot start `{desc}`"))?;
 
         // Wait (bounded) for the "ready" line; EOF means the script failed.
         let stdout = child.stdout.take().expect("piped");
@@ -140,30 +117,17 @@ impl Node {
         if line.trim() != "ready" {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "node holder for netns {netns} failed to start; holder.log:\n{}",
-                tail(&holder_log, 20)
-            );
+            bail!("node holder for netns {netns} failed to start; holder.log:\n{}", tail(&holder_log, 20));
         }
         let kids = children_of(child.id() as i32);
         let [init_pid] = kids[..] else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "expected exactly one child of unshare {}, found {kids:?}",
-                child.id()
-            );
+            bail!("expected exactly one child of unshare {}, found {kids:?}", child.id());
         };
-        let init_start =
-            start_time(init_pid).ok_or_else(|| anyhow!("holder {init_pid} vanished"))?;
+        let init_start = start_time(init_pid).ok_or_else(|| anyhow!("holder {init_pid} vanished"))?;
         fs::write(dir.join("holder.pid"), format!("{init_pid} {init_start}\n"))?;
-        Ok(Node {
-            hostname: hostname.to_owned(),
-            holder_log,
-            unshare: Mutex::new(Some(child)),
-            init_pid,
-            init_start,
-        })
+        Ok(Node { hostname: hostname.to_owned(), holder_log, unshare: Mutex::new(Some(child)), init_pid, init_start })
     }
 
     pub fn hostname(&self) -> &str {
@@ -209,19 +173,13 @@ impl Node {
     /// A path inside the node's mount namespace, reachable from outside through
     /// `/proc/<holder>/root` (e.g. /run/docker/plugins/x.sock, which is on the node's own tmpfs).
     pub fn path_inside(&self, path: &str) -> PathBuf {
-        PathBuf::from(format!(
-            "/proc/{}/root/{}",
-            self.init_pid,
-            path.trim_start_matches('/')
-        ))
+        PathBuf::from(format!("/proc/{}/root/{}", self.init_pid, path.trim_start_matches('/')))
     }
 
     /// `nsenter` into the node, ready for `argv`.
     fn nsenter(&self) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.init_pid.to_string())
-            .args(["-m", "-u", "-n", "-p", "--"]);
+        cmd.arg("-t").arg(self.init_pid.to_string()).args(["-m", "-u", "-n", "-p", "--"]);
         cmd
     }
 
@@ -242,13 +200,7 @@ impl Node {
     }
 
     /// Starts a long-lived process inside the node with stdout+stderr appended to `log`.
-    pub fn spawn<S: AsRef<str>>(
-        &self,
-        name: &str,
-        argv: &[S],
-        env: &[(&str, String)],
-        log: &Path,
-    ) -> Result<NsProc> {
+    pub fn spawn<S: AsRef<str>>(&self, name: &str, argv: &[S], env: &[(&str, String)], log: &Path) -> Result<NsProc> {
         if !self.is_alive() {
             bail!("node {} is not running", self.hostname);
         }
@@ -256,10 +208,7 @@ impl Node {
         writeln!(
             logf,
             "=== netloom-tests: starting {name}: {}",
-            argv.iter()
-                .map(|a| a.as_ref())
-                .collect::<Vec<_>>()
-                .join(" ")
+            argv.iter().map(|a| a.as_ref()).collect::<Vec<_>>().join(" ")
         )?;
         let mut cmd = self.nsenter();
         cmd.args(argv.iter().map(|a| a.as_ref()))
@@ -273,24 +222,17 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", util::describe(&cmd)))?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot start `{}`", util::describe(&cmd)))?;
         let nsenter_pid = child.id() as i32;
         // nsenter -p forks; the forked child (which then execs argv) is the real process.
         let mut pid = None;
-        let found = util::wait_until(
-            Duration::from_secs(10),
-            Duration::from_millis(2),
-            "nsenter's child",
-            || {
-                if let Some(&p) = children_of(nsenter_pid).first() {
-                    pid = Some(p);
-                    return Ok(true);
-                }
-                Ok(child.try_wait()?.is_some())
-            },
-        );
+        let found = util::wait_until(Duration::from_secs(10), Duration::from_millis(2), "nsenter's child", || {
+            if let Some(&p) = children_of(nsenter_pid).first() {
+                pid = Some(p);
+                return Ok(true);
+            }
+            Ok(child.try_wait()?.is_some())
+        });
         let Some(pid) = pid else {
             let _ = child.kill();
             let _ = child.wait();
@@ -318,11 +260,7 @@ impl Node {
             || Ok(child.try_wait()?.is_some()),
         );
         if let Err(e) = ok {
-            eprintln!(
-                "[netloom-tests] {}: {e:#}; holder.log:\n{}",
-                self.hostname,
-                tail(&self.holder_log, 10)
-            );
+            eprintln!("[netloom-tests] {}: {e:#}; holder.log:\n{}", self.hostname, tail(&self.holder_log, 10));
             let _ = child.kill();
             let _ = child.wait();
         }

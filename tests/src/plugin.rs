@@ -32,13 +32,7 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    pub(crate) fn new(
-        name: &str,
-        binary: PathBuf,
-        extra: &[&str],
-        host_dir: &Path,
-        node: Arc<Node>,
-    ) -> Result<Plugin> {
+    pub(crate) fn new(name: &str, binary: PathBuf, extra: &[&str], host_dir: &Path, node: Arc<Node>) -> Result<Plugin> {
         if !binary.is_file() {
             bail!(
                 "plugin binary {} is missing: run `cargo build --release --workspace --bins` first \
@@ -116,19 +110,12 @@ impl Plugin {
             if g.as_mut().is_some_and(|p| p.is_running()) {
                 return Ok(());
             }
-            let mut argv = vec![
-                self.binary.display().to_string(),
-                "--socket".into(),
-                self.socket(),
-            ];
+            let mut argv = vec![self.binary.display().to_string(), "--socket".into(), self.socket()];
             argv.push("--state-dir".into());
             argv.push(self.state_dir.display().to_string());
             argv.extend(self.args.iter().cloned());
             // Plain log lines in the log file (tracing-subscriber colours them unless NO_COLOR).
-            let env = [
-                ("RUST_BACKTRACE", "1".to_string()),
-                ("NO_COLOR", "1".to_string()),
-            ];
+            let env = [("RUST_BACKTRACE", "1".to_string()), ("NO_COLOR", "1".to_string())];
             *g = Some(self.node.spawn(&self.name, &argv, &env, &self.log)?);
         }
         self.wait_socket(SOCKET_TIMEOUT)?;
@@ -169,9 +156,7 @@ impl Plugin {
     /// SIGKILLed so the test can go on).
     pub fn sigterm(&self) -> Result<ExitStatus> {
         let mut g = self.lock();
-        let Some(p) = g.as_mut() else {
-            bail!("{} was never started", self.name)
-        };
+        let Some(p) = g.as_mut() else { bail!("{} was never started", self.name) };
         p.signal(Signal::SIGTERM)?;
         match p.wait_exit(Duration::from_secs(10)) {
             Some(st) => Ok(st),
@@ -185,9 +170,7 @@ impl Plugin {
     /// SIGKILL, like a crash: no chance to clean up.
     pub fn sigkill(&self) -> Result<ExitStatus> {
         let mut g = self.lock();
-        let Some(p) = g.as_mut() else {
-            bail!("{} was never started", self.name)
-        };
+        let Some(p) = g.as_mut() else { bail!("{} was never started", self.name) };
         p.kill()
     }
 

@@ -24,13 +24,7 @@ pub struct NsProc {
 
 impl NsProc {
     pub(crate) fn new(name: &str, log: &Path, nsenter: Child, pid: i32) -> NsProc {
-        NsProc {
-            name: name.to_owned(),
-            log: log.to_owned(),
-            nsenter,
-            pid,
-            exit: None,
-        }
+        NsProc { name: name.to_owned(), log: log.to_owned(), nsenter, pid, exit: None }
     }
 
     pub fn name(&self) -> &str {
@@ -93,10 +87,7 @@ impl NsProc {
         if let Some(st) = self.wait_exit(grace) {
             return Ok(st);
         }
-        eprintln!(
-            "[netloom-tests] {} did not exit {grace:?} after SIGTERM; sending SIGKILL",
-            self.name
-        );
+        eprintln!("[netloom-tests] {} did not exit {grace:?} after SIGTERM; sending SIGKILL", self.name);
         self.kill()
     }
 

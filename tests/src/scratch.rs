@@ -20,10 +20,8 @@ impl ScratchNetns {
     /// A namespace with only `lo` (up).
     pub fn new() -> Result<ScratchNetns> {
         require_root()?;
-        let holder = Command::new("unshare")
-            .args(["--net", "sleep", "3600"])
-            .spawn()
-            .context("starting unshare --net")?;
+        let holder =
+            Command::new("unshare").args(["--net", "sleep", "3600"]).spawn().context("starting unshare --net")?;
         let ns = ScratchNetns { holder };
         let root = std::fs::read_link("/proc/self/ns/net").ok();
         let deadline = Instant::now() + Duration::from_secs(5);

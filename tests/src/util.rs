@@ -25,9 +25,7 @@ pub fn describe(cmd: &Command) -> String {
 /// Wraps `argv` in coreutils `timeout` so that a hung command fails instead of hanging the test.
 pub fn timed<S: AsRef<OsStr>>(limit: Duration, argv: &[S]) -> Command {
     let mut cmd = Command::new("timeout");
-    cmd.arg("-k")
-        .arg("5")
-        .arg(format!("{}", limit.as_secs().max(1)));
+    cmd.arg("-k").arg("5").arg(format!("{}", limit.as_secs().max(1)));
     cmd.args(argv);
     cmd
 }
@@ -35,10 +33,8 @@ pub fn timed<S: AsRef<OsStr>>(limit: Duration, argv: &[S]) -> Command {
 /// Runs `cmd` to completion; Ok(stdout) on exit 0, otherwise an error carrying the command line,
 /// the exit status, stderr and stdout.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let out =
+        cmd.stdin(std::process::Stdio::null()).output().with_context(|| format!("cannot start `{}`", describe(cmd)))?;
     check_output(cmd, out)
 }
 
@@ -53,21 +49,11 @@ pub fn check_output(cmd: &Command, out: Output) -> Result<String> {
         Some(124) if cmd.get_program() == "timeout" => "timed out".to_string(),
         _ => out.status.to_string(),
     };
-    bail!(
-        "`{}` failed ({status})\nstderr: {}\nstdout: {}",
-        describe(cmd),
-        stderr.trim_end(),
-        stdout.trim_end()
-    )
+    bail!("`{}` failed ({status})\nstderr: {}\nstdout: {}", describe(cmd), stderr.trim_end(), stdout.trim_end())
 }
 
 /// Polls `f` every `every` until it returns Ok(true), it errors, or `limit` passes.
-pub fn wait_until(
-    limit: Duration,
-    every: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<bool>,
-) -> Result<()> {
+pub fn wait_until(limit: Duration, every: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
     loop {
         if f()? {
@@ -109,10 +95,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// True if `pid` exists and is the process that had `start` as start time (not a zombie).
 pub fn same_process_alive(pid: i32, start: u64) -> bool {
     match stat_fields(pid) {
-        Some(f) => {
-            f.first().map(String::as_str) != Some("Z")
-                && f.get(19).and_then(|s| s.parse().ok()) == Some(start)
-        }
+        Some(f) => f.first().map(String::as_str) != Some("Z") && f.get(19).and_then(|s| s.parse().ok()) == Some(start),
         None => false,
     }
 }
@@ -125,11 +108,7 @@ pub fn ppid_of(pid: i32) -> Option<i32> {
 /// Command line of a process, space-separated.
 pub fn cmdline(pid: i32) -> String {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw)
-        .split('\0')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    String::from_utf8_lossy(&raw).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// All pids in /proc.
@@ -137,9 +116,7 @@ pub fn all_pids() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-        .collect()
+    dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect()
 }
 
 /// Pids whose parent is `ppid` (the kernel here has no /proc/<pid>/task/<tid>/children).
@@ -171,10 +148,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// Where the plugin binaries are: $NETLOOM_BIN_DIR, else $CARGO_TARGET_DIR/release, else
@@ -185,12 +159,7 @@ pub fn bin_dir() -> PathBuf {
     }
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
         let d = PathBuf::from(d);
-        return if d.is_absolute() {
-            d
-        } else {
-            workspace_root().join(d)
-        }
-        .join("release");
+        return if d.is_absolute() { d } else { workspace_root().join(d) }.join("release");
     }
     workspace_root().join("target").join("release")
 }
@@ -199,9 +168,7 @@ pub fn bin_dir() -> PathBuf {
 pub fn check_name(kind: &str, name: &str, max: usize) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= max
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name.as_bytes()[0].is_ascii_lowercase();
     if !ok {
         bail!("{kind} name {name:?} must be 1-{max} chars of [a-z0-9], starting with a letter");

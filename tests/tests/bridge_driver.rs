@@ -38,13 +38,29 @@ fn bridge_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result
     let outside = Cluster::gateway().to_string();
 
     h1.docker(&[
-        "network", "create", "-d", "loom-bridge", "--subnet", "172.30.1.0/24",
-        "-o", "com.docker.network.bridge.name=lb-one", "-o", "com.docker.network.driver.mtu=1400", "n1",
+        "network",
+        "create",
+        "-d",
+        "loom-bridge",
+        "--subnet",
+        "172.30.1.0/24",
+        "-o",
+        "com.docker.network.bridge.name=lb-one",
+        "-o",
+        "com.docker.network.driver.mtu=1400",
+        "n1",
     ])?;
     h1.docker(&["network", "create", "-d", "loom-bridge", "--subnet", "172.30.2.0/24", "n2"])?;
     h1.docker(&[
-        "network", "create", "-d", "loom-bridge", "--subnet", "172.30.3.0/24",
-        "-o", "com.docker.network.bridge.enable_icc=false", "n3",
+        "network",
+        "create",
+        "-d",
+        "loom-bridge",
+        "--subnet",
+        "172.30.3.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "n3",
     ])?;
     h1.docker(&["network", "create", "-d", "loom-bridge", "--internal", "--subnet", "172.30.4.0/24", "n4"])?;
 
@@ -84,7 +100,10 @@ fn bridge_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result
     // A port already published is refused with a clear error.
     let mut clash = vec!["--network", "n2", "-p", "8080:80", IMAGE];
     clash.extend_from_slice(WEB);
-    let err = h1.docker(&[&["run", "-d", "--name", "clash"][..], &clash].concat()).err().context("a second -p 8080 was accepted")?;
+    let err = h1
+        .docker(&[&["run", "-d", "--name", "clash"][..], &clash].concat())
+        .err()
+        .context("a second -p 8080 was accepted")?;
     ensure!(format!("{err:#}").contains("8080"), "unclear conflict error: {err:#}");
     let _ = h1.docker(&["rm", "-f", "clash"]);
 
@@ -133,8 +152,16 @@ fn ipv6_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     let h = c.add_host(HostConfig::new("h1", docker))?;
     h.start_plugin("loom-bridge", &["--firewall", firewall])?;
     h.docker(&[
-        "network", "create", "-d", "loom-bridge", "--ipv6", "--subnet", "172.31.9.0/24",
-        "--subnet", "fd00:9::/64", "v6",
+        "network",
+        "create",
+        "-d",
+        "loom-bridge",
+        "--ipv6",
+        "--subnet",
+        "172.31.9.0/24",
+        "--subnet",
+        "fd00:9::/64",
+        "v6",
     ])?;
     run_container(&h, "x1", &["--network", "v6", IMAGE, "sleep", "600"])?;
     run_container(&h, "x2", &["--network", "v6", IMAGE, "sleep", "600"])?;

@@ -58,11 +58,14 @@ async fn network_cycle(client: &mut PluginClient, i: u32, create: bool) -> Resul
             }))
             .await?;
         client
-            .call("NetworkDriver.CreateEndpoint", &json!({
-                "NetworkID": net, "EndpointID": ep,
-                "Interface": {"Address": format!("10.{}.{b}.2/24", 100 + a), "AddressIPv6": "", "MacAddress": ""},
-                "Options": {}
-            }))
+            .call(
+                "NetworkDriver.CreateEndpoint",
+                &json!({
+                    "NetworkID": net, "EndpointID": ep,
+                    "Interface": {"Address": format!("10.{}.{b}.2/24", 100 + a), "AddressIPv6": "", "MacAddress": ""},
+                    "Options": {}
+                }),
+            )
             .await?;
         let ports = json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 20000 + i, "HostPortEnd": 20000 + i},
                            {"Proto": 17, "IP": "", "Port": 53, "HostIP": "127.0.0.1", "HostPort": 20000 + i, "HostPortEnd": 20000 + i}]);
@@ -71,7 +74,10 @@ async fn network_cycle(client: &mut PluginClient, i: u32, create: bool) -> Resul
             .call("NetworkDriver.Join", &json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x", "Options": options}))
             .await?;
         client
-            .call("NetworkDriver.ProgramExternalConnectivity", &json!({"NetworkID": net, "EndpointID": ep, "Options": options}))
+            .call(
+                "NetworkDriver.ProgramExternalConnectivity",
+                &json!({"NetworkID": net, "EndpointID": ep, "Options": options}),
+            )
             .await?;
     } else {
         for (method, body) in [

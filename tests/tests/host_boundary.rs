@@ -17,9 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{
-    ping_replies, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, NftCounters, IMAGE,
-};
+use netloom_tests::{ping_replies, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, NftCounters, IMAGE};
 
 /// The UDP tool of this crate (busybox has no UDP client or server).
 const PROBE: &str = env!("CARGO_BIN_EXE_netloom-probe");
@@ -81,7 +79,11 @@ const LOOPBACK_PROBES: &[(&str, &str)] = &[
 fn route_loopback_out(h: &Host, container: &str) -> Result<()> {
     h.container_exec(
         container,
-        &["sh", "-c", "ip addr del 127.0.0.1/8 dev lo && ip route add 127.0.0.0/8 $(ip route | sed -n 's/^default //p')"],
+        &[
+            "sh",
+            "-c",
+            "ip addr del 127.0.0.1/8 dev lo && ip route add 127.0.0.0/8 $(ip route | sed -n 's/^default //p')",
+        ],
     )
     .with_context(|| format!("routing 127/8 out of {container}"))?;
     Ok(())
@@ -112,7 +114,10 @@ fn loopback_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Resu
     let www = h.dir().join("www");
     fs::create_dir_all(&www)?;
     fs::write(www.join("secret"), format!("{SECRET}\n"))?;
-    let _service = h.spawn("loopback-service", &["busybox", "httpd", "-f", "-p", "127.0.0.1:9000", "-h", &www.display().to_string()])?;
+    let _service = h.spawn(
+        "loopback-service",
+        &["busybox", "httpd", "-f", "-p", "127.0.0.1:9000", "-h", &www.display().to_string()],
+    )?;
     expect_answer("the host's own 127.0.0.1:9000", SECRET, || host_get(&h, "http://127.0.0.1:9000/secret"))?;
 
     h.docker(&["network", "create", "-d", "loom-bridge", "--subnet", "172.26.1.0/24", "lb"])?;
@@ -126,15 +131,23 @@ fn loopback_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Resu
 
     // The allowed paths: the host's own 127.0.0.1, the LAN, hairpin and loom-host's ports.
     let allowed = |when: &str| -> Result<()> {
-        expect_answer(&format!("{when}: host to 127.0.0.1:8080"), "web", || host_get(&h, "http://127.0.0.1:8080/etc/hostname"))?;
-        expect_answer(&format!("{when}: host to 127.0.0.1:8082"), "local", || host_get(&h, "http://127.0.0.1:8082/etc/hostname"))?;
-        expect_answer(&format!("{when}: host to 127.0.0.1:8081"), "webh", || host_get(&h, "http://127.0.0.1:8081/etc/hostname"))?;
+        expect_answer(&format!("{when}: host to 127.0.0.1:8080"), "web", || {
+            host_get(&h, "http://127.0.0.1:8080/etc/hostname")
+        })?;
+        expect_answer(&format!("{when}: host to 127.0.0.1:8082"), "local", || {
+            host_get(&h, "http://127.0.0.1:8082/etc/hostname")
+        })?;
+        expect_answer(&format!("{when}: host to 127.0.0.1:8081"), "webh", || {
+            host_get(&h, "http://127.0.0.1:8081/etc/hostname")
+        })?;
         let lan_url = format!("http://{host_ip}:8080/etc/hostname");
         expect_answer(&format!("{when}: LAN to {lan_url}"), "web", || host_get(&lan, &lan_url))?;
         let lan_url = format!("http://{host_ip}:8081/etc/hostname");
         expect_answer(&format!("{when}: LAN to {lan_url}"), "webh", || host_get(&lan, &lan_url))?;
         let url = format!("http://{host_ip}:8080/etc/hostname");
-        expect_answer(&format!("{when}: the same network (hairpin) to {url}"), "web", || container_get(&h, "atkb", &url))?;
+        expect_answer(&format!("{when}: the same network (hairpin) to {url}"), "web", || {
+            container_get(&h, "atkb", &url)
+        })?;
         expect_answer(&format!("{when}: another network to {url}"), "web", || container_get(&h, "atkh", &url))?;
         Ok(())
     };
@@ -273,9 +286,20 @@ fn rx_packets(h: &Host, container: &str) -> Result<u64> {
 /// The probe tool as an unprivileged user: an attacker needs no capability for a UDP socket.
 fn unprivileged_send(to: &str, frame: &str) -> Vec<String> {
     let count = FRAMES.to_string();
-    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", PROBE, "udp-send", to, &count, frame]
-        .map(String::from)
-        .to_vec()
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        PROBE,
+        "udp-send",
+        to,
+        &count,
+        frame,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// With `ipv6_underlay` the hosts' tunnel endpoints are their IPv6 addresses; then only the LAN
@@ -283,7 +307,8 @@ fn unprivileged_send(to: &str, frame: &str) -> Vec<String> {
 /// IPv4 variant stands.
 fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()> {
     let store = underlay_etcd(c)?;
-    let hosts = c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
+    let hosts =
+        c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
     let (h1, h2) = (&hosts[0], &hosts[1]);
     let lan = c.add_neighbour("lan")?;
     if ipv6_underlay {
@@ -336,7 +361,10 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
     // (a) a LAN host that is no member of the overlay.
     lan.exec(&unprivileged_send(&target, &frame)).context("sending from the LAN neighbour")?;
     let seen = wait_count(&at_target, FRAMES)?;
-    ensure!(seen >= FRAMES, "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run");
+    ensure!(
+        seen >= FRAMES,
+        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let from_lan = delivered.get("crafted")?;
     step(c, &format!("LAN neighbour: {seen} datagrams reached h1, {from_lan} frames reached x1"));
@@ -346,9 +374,13 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
     for &container in container_attackers {
         let sent_before = at_member.get("crafted")?;
         let delivered_before = delivered.get("crafted")?;
-        h2.exec_in_container_netns(container, &unprivileged_send(&target, &frame)).with_context(|| format!("sending from {container}"))?;
+        h2.exec_in_container_netns(container, &unprivileged_send(&target, &frame))
+            .with_context(|| format!("sending from {container}"))?;
         let sent = wait_count(&at_member, sent_before + FRAMES)? - sent_before;
-        ensure!(sent >= FRAMES, "h2 saw only {sent} of {container}'s {FRAMES} crafted datagrams: the attack did not run");
+        ensure!(
+            sent >= FRAMES,
+            "h2 saw only {sent} of {container}'s {FRAMES} crafted datagrams: the attack did not run"
+        );
         std::thread::sleep(Duration::from_millis(300));
         let got = delivered.get("crafted")? - delivered_before;
         step(c, &format!("{container} on h2: {sent} datagrams left it, {got} frames reached x1"));
@@ -375,7 +407,10 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
     run(&h3, "z1", &["--network", "ov"], &["sleep", "600"])?;
     let z1 = inspect(&h3, "z1", "ov", "IPAddress")?;
     let (to_z1, from_z1) = (pings(h1, "x1", &z1)?, pings(&h3, "z1", &x1)?);
-    ensure!(to_z1 > 0 && from_z1 > 0, "h3, which just joined, is not accepted: x1 -> z1 {to_z1}/3 replies, z1 -> x1 {from_z1}/3");
+    ensure!(
+        to_z1 > 0 && from_z1 > 0,
+        "h3, which just joined, is not accepted: x1 -> z1 {to_z1}/3 replies, z1 -> x1 {from_z1}/3"
+    );
     step(c, "a host that joins is accepted at once");
     // The control for what follows: the same frames from h3 while it is a member get through
     // (a member host's root is trusted with the VNI).
@@ -385,7 +420,10 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
         Ok(delivered.get("crafted")? >= delivered_before + FRAMES)
     });
     let as_member = delivered.get("crafted")? - delivered_before;
-    ensure!(as_member >= FRAMES, "only {as_member} of {FRAMES} frames from member h3 reached x1: the probe does not work");
+    ensure!(
+        as_member >= FRAMES,
+        "only {as_member} of {FRAMES} frames from member h3 reached x1: the probe does not work"
+    );
     let overlay = h3.plugins().into_iter().find(|p| p.name() == "loom-overlay").context("no loom-overlay on h3")?;
     overlay.sigkill()?;
     let h3_vtep = vtep_of(&h3);
@@ -414,13 +452,36 @@ fn join_overlay(h: &Host, store: &str, vtep: &str, firewall: &str) -> Result<()>
     h.start_plugin(
         "loom-overlay",
         &[
-            "--scope", "local", "--store", store, "--advertise-addr", vtep, "--firewall", firewall,
-            "--lease-ttl", "3", "--dead-host-grace", "1", "--reconcile-interval", "1", "--log-level", "info,loom_overlay=debug",
+            "--scope",
+            "local",
+            "--store",
+            store,
+            "--advertise-addr",
+            vtep,
+            "--firewall",
+            firewall,
+            "--lease-ttl",
+            "3",
+            "--dead-host-grace",
+            "1",
+            "--reconcile-interval",
+            "1",
+            "--log-level",
+            "info,loom_overlay=debug",
         ],
     )?;
     h.docker(&[
-        "network", "create", "-d", "loom-overlay", "--ipam-driver", "loom-ipam", "--subnet", "10.88.0.0/24",
-        "-o", &format!("com.docker.network.driver.overlay.vxlanid_list={VNI}"), "ov",
+        "network",
+        "create",
+        "-d",
+        "loom-overlay",
+        "--ipam-driver",
+        "loom-ipam",
+        "--subnet",
+        "10.88.0.0/24",
+        "-o",
+        &format!("com.docker.network.driver.overlay.vxlanid_list={VNI}"),
+        "ov",
     ])?;
     Ok(())
 }
@@ -486,23 +547,31 @@ fn ipv6_publish_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> 
         run(&h, &web, &["--network", net, "-p", &tcp, "-p", &udp, "-p", &only_v6], WEB)?;
         // UDP echo in the container's namespace (the image has no UDP server).
         let pid = h.container_pid(&web)?.to_string();
-        let _echo = h.spawn(&format!("udp-echo-{net}"), &["nsenter", "-t", &pid, "-n", "--", PROBE, "udp-echo", "[::]:7"])?;
+        let _echo =
+            h.spawn(&format!("udp-echo-{net}"), &["nsenter", "-t", &pid, "-n", "--", PROBE, "udp-echo", "[::]:7"])?;
 
         let tcp_url = |addr: &str, port: u16| format!("http://{addr}:{port}/etc/hostname");
         let ask = |addr: &str| lan.exec(&[PROBE, "udp-ask", addr, "ping"]).ok().map(|s| s.trim().to_string());
         let v6_host = format!("[{v6}]");
         // IPv4 as before, then the host's IPv6 address, TCP and UDP.
-        expect_answer(&format!("{driver}: TCP {v4}:{port} from the LAN"), &web, || host_get(&lan, &tcp_url(&v4, port)))?;
+        expect_answer(&format!("{driver}: TCP {v4}:{port} from the LAN"), &web, || {
+            host_get(&lan, &tcp_url(&v4, port))
+        })?;
         expect_answer(&format!("{driver}: UDP {v4}:{port} from the LAN"), "ping", || ask(&format!("{v4}:{port}")))?;
-        expect_answer(&format!("{driver}: TCP [{v6}]:{port} from the LAN"), &web, || host_get(&lan, &tcp_url(&v6_host, port)))?;
+        expect_answer(&format!("{driver}: TCP [{v6}]:{port} from the LAN"), &web, || {
+            host_get(&lan, &tcp_url(&v6_host, port))
+        })?;
         expect_answer(&format!("{driver}: UDP [{v6}]:{port} from the LAN"), "ping", || ask(&format!("[{v6}]:{port}")))?;
         // -p [host IPv6]:P:80 answers there, and only there.
-        expect_answer(&format!("{driver}: TCP [{v6}]:{} from the LAN", port + 1), &web, || host_get(&lan, &tcp_url(&v6_host, port + 1)))?;
+        expect_answer(&format!("{driver}: TCP [{v6}]:{} from the LAN", port + 1), &web, || {
+            host_get(&lan, &tcp_url(&v6_host, port + 1))
+        })?;
         let v4_too = host_get(&lan, &tcp_url(&v4, port + 1));
         ensure!(v4_too.is_none(), "{driver}: -p [{v6}]:{}:80 also answers on {v4}: {v4_too:?}", port + 1);
         // The kernel cannot route ::1 to a container: such a port is refused, saying why.
         let loopback6 = format!("[::1]:{}:80", port + 2);
-        let refused = h.docker(&["run", "-d", "--name", "v6lo", "--network", net, "-p", &loopback6, IMAGE, "sleep", "600"]);
+        let refused =
+            h.docker(&["run", "-d", "--name", "v6lo", "--network", net, "-p", &loopback6, IMAGE, "sleep", "600"]);
         let _ = h.docker(&["rm", "-f", "v6lo"]);
         let err = format!("{:#}", refused.err().with_context(|| format!("{driver}: -p {loopback6} was accepted"))?);
         ensure!(err.contains("[::1]"), "{driver}: -p {loopback6} refused without naming [::1]: {err}");
@@ -537,10 +606,11 @@ fn links(h: &Host) -> Result<Vec<String>> {
 fn refused_overlap(h: &Host, driver: &str, subnet: &str, name: &str, other: &str) -> Result<()> {
     let other_id = network_id(h, other)?;
     let before = links(h)?;
-    let err = match h.docker(&["network", "create", "-d", driver, "--ipam-driver", "loom-ipam", "--subnet", subnet, name]) {
-        Ok(_) => bail!("{driver} network {name} with subnet {subnet} was created although network {other} has it"),
-        Err(e) => format!("{e:#}"),
-    };
+    let err =
+        match h.docker(&["network", "create", "-d", driver, "--ipam-driver", "loom-ipam", "--subnet", subnet, name]) {
+            Ok(_) => bail!("{driver} network {name} with subnet {subnet} was created although network {other} has it"),
+            Err(e) => format!("{e:#}"),
+        };
     let said = err.lines().find(|l| l.starts_with("stderr:")).unwrap_or(&err).to_string();
     ensure!(
         said.contains(other) || said.contains(&other_id[..12]),
@@ -572,7 +642,8 @@ fn duplicate_subnet_scenario(c: &Cluster) -> Result<()> {
 
     create("loom-bridge", "172.24.1.0/24", "b1")?;
     // Started without --firewall, the drivers use nftables (the default where the kernel has it).
-    h.exec(&["nft", "list", "table", "inet", "netloom"]).context("no nftables table of netloom's with the default backend")?;
+    h.exec(&["nft", "list", "table", "inet", "netloom"])
+        .context("no nftables table of netloom's with the default backend")?;
     // (Only the one compat rule that lets marked traffic past dockerd's FORWARD policy.)
     let iptables: Vec<String> = h
         .exec(&["iptables-save"])?
@@ -640,8 +711,11 @@ fn no_default_route(h: &Host, container: &str) -> Result<()> {
 
 /// An attacker with NET_ADMIN in its own namespace adds the way out the network did not give it.
 fn add_default_route(h: &Host, container: &str, via: &str) -> Result<()> {
-    h.container_exec(container, &["sh", "-c", &format!("ip route add default via {via} dev eth0 onlink || ip route add default dev eth0")])
-        .with_context(|| format!("adding a default route in {container}"))?;
+    h.container_exec(
+        container,
+        &["sh", "-c", &format!("ip route add default via {via} dev eth0 onlink || ip route add default dev eth0")],
+    )
+    .with_context(|| format!("adding a default route in {container}"))?;
     Ok(())
 }
 
@@ -683,11 +757,31 @@ fn internal_scenario(c: &Cluster) -> Result<()> {
     h.docker(&["network", "create", "-d", "loom-host", "--internal", "--subnet", "172.23.1.0/24", "lhi"])?;
     h.docker(&["network", "create", "-d", "loom-host", "--subnet", "172.23.2.0/24", "lho"])?;
     h.docker(&[
-        "network", "create", "-d", "loom-macvlan", "--internal", "-o", "parent=eth0", "--subnet", "10.249.0.0/24", "mvi",
+        "network",
+        "create",
+        "-d",
+        "loom-macvlan",
+        "--internal",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        "10.249.0.0/24",
+        "mvi",
     ])?;
     h.docker(&[
-        "network", "create", "-d", "loom-macvlan", "-o", "parent=eth0", "--subnet", "10.250.0.0/24",
-        "--gateway", &Cluster::gateway().to_string(), "--ip-range", "10.250.0.64/28", "mvo",
+        "network",
+        "create",
+        "-d",
+        "loom-macvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        "10.250.0.0/24",
+        "--gateway",
+        &Cluster::gateway().to_string(),
+        "--ip-range",
+        "10.250.0.64/28",
+        "mvo",
     ])?;
     let admin = ["--cap-add", "NET_ADMIN"];
     run(&h, "i1", &[&["--network", "lhi", "--ip", "172.23.1.11"][..], &admin[..]].concat(), &["sleep", "600"])?;
@@ -701,7 +795,10 @@ fn internal_scenario(c: &Cluster) -> Result<()> {
 
     // The paths that must exist: inside each internal network, and out of the open ones.
     ensure!(container_ping(&h, "i1", &i2)? > 0, "loom-host --internal: i1 cannot reach i2 on its own network");
-    ensure!(container_ping(&h, "n1", "10.249.0.12")? > 0, "loom-macvlan --internal: n1 cannot reach n2 on its own network");
+    ensure!(
+        container_ping(&h, "n1", "10.249.0.12")? > 0,
+        "loom-macvlan --internal: n1 cannot reach n2 on its own network"
+    );
     ensure!(container_ping(&h, "o1", &lan_ip)? > 0, "loom-host: o1 cannot reach the LAN neighbour");
     ensure!(host_ping(&lan, &o1)? > 0, "loom-host: the LAN neighbour cannot reach o1");
     ensure!(container_ping(&h, "m1", &lan_ip)? > 0, "loom-macvlan: m1 cannot reach the LAN neighbour");

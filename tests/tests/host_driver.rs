@@ -47,10 +47,28 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     let host_ip = h.underlay_ip().to_string();
     let outside = Cluster::gateway().to_string();
 
-    h.docker(&["network", "create", "-d", "loom-host", "--subnet", "172.28.1.0/24", "--ipv6", "--subnet", "fd00:28:1::/64", "lh"])?;
     h.docker(&[
-        "network", "create", "-d", "loom-host", "--subnet", "172.28.2.0/24",
-        "-o", "com.docker.network.bridge.enable_ip_masquerade=true", "lhm",
+        "network",
+        "create",
+        "-d",
+        "loom-host",
+        "--subnet",
+        "172.28.1.0/24",
+        "--ipv6",
+        "--subnet",
+        "fd00:28:1::/64",
+        "lh",
+    ])?;
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        "loom-host",
+        "--subnet",
+        "172.28.2.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_ip_masquerade=true",
+        "lhm",
     ])?;
     let c1 = run(&h, "c1", "lh")?;
     let c2 = run(&h, "c2", "lh")?;
@@ -75,7 +93,8 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     no_ping(&h, "c1", &outside).context("egress without masquerade")?;
 
     // IPv6: a /128 host route and fe80::1 as the gateway.
-    let c1_v6 = h.docker(&["inspect", "--format", "{{(index .NetworkSettings.Networks \"lh\").GlobalIPv6Address}}", "c1"])?;
+    let c1_v6 =
+        h.docker(&["inspect", "--format", "{{(index .NetworkSettings.Networks \"lh\").GlobalIPv6Address}}", "c1"])?;
     let c1_v6 = c1_v6.trim();
     ensure!(c1_v6.starts_with("fd00:28:1::"), "c1 has IPv6 address {c1_v6:?}");
     host_ping(&h, c1_v6, true).context("host to container over IPv6")?;
@@ -83,14 +102,38 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     ensure!(default6.contains("via fe80::1 dev eth0"), "c1's IPv6 default route: {default6:?}");
 
     // -p: DNAT on the host to the routed container, from outside, the host itself and a container.
-    h.docker(&["run", "-d", "--name", "web", "--hostname", "web", "--network", "lh", "-p", "8080:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/"])?;
+    h.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--hostname",
+        "web",
+        "--network",
+        "lh",
+        "-p",
+        "8080:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/",
+    ])?;
     let url = format!("http://{host_ip}:8080/etc/hostname");
     let wget = ["timeout", "5", "busybox", "wget", "-q", "-O-"];
     let from_outside = || fetch("outside", c.underlay_exec(&[&wget[..], &[url.as_str()]].concat()));
     ensure!(from_outside()? == "web", "from outside");
-    ensure!(fetch("the host", h.exec(&[&wget[..], &["http://127.0.0.1:8080/etc/hostname"]].concat()))? == "web", "from 127.0.0.1");
+    ensure!(
+        fetch("the host", h.exec(&[&wget[..], &["http://127.0.0.1:8080/etc/hostname"]].concat()))? == "web",
+        "from 127.0.0.1"
+    );
     ensure!(fetch("the host", h.exec(&[&wget[..], &[url.as_str()]].concat()))? == "web", "from the host's address");
-    ensure!(fetch("c1", h.container_exec("c1", &["timeout", "5", "wget", "-q", "-O-", &url]))? == "web", "from a container");
+    ensure!(
+        fetch("c1", h.container_exec("c1", &["timeout", "5", "wget", "-q", "-O-", &url]))? == "web",
+        "from a container"
+    );
 
     // Routes go with their endpoint.
     h.docker(&["rm", "-f", "c2"])?;

@@ -43,8 +43,21 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
     }
 
     // An explicit pool with a sub-range and a gateway; the same subnet on the second host is the same pool.
-    let create = ["network", "create", "-d", "loom-null", "--ipam-driver", "loom-ipam", "--subnet", "10.40.0.0/24",
-        "--ip-range", "10.40.0.128/25", "--gateway", "10.40.0.1", "n1"];
+    let create = [
+        "network",
+        "create",
+        "-d",
+        "loom-null",
+        "--ipam-driver",
+        "loom-ipam",
+        "--subnet",
+        "10.40.0.0/24",
+        "--ip-range",
+        "10.40.0.128/25",
+        "--gateway",
+        "10.40.0.1",
+        "n1",
+    ];
     h1.docker(&create).context("network create on h1")?;
     h2.docker(&create).context("the same network on h2")?;
     let gateway = h2.docker(&["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", "n1"])?;
@@ -59,7 +72,8 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
         ensure!(ip.starts_with("10.40.0.") && last >= 128, "{name} got {ip}, outside --ip-range");
         ensure!(seen.insert(ip.clone()), "{ip} handed out twice");
     }
-    let err = h2.docker(&["run", "-d", "--name", "dup", "--network", "n1", "--ip", "10.40.0.200", IMAGE, "sleep", "1"]).err();
+    let err =
+        h2.docker(&["run", "-d", "--name", "dup", "--network", "n1", "--ip", "10.40.0.200", IMAGE, "sleep", "1"]).err();
     ensure!(err.is_some(), "10.40.0.200 was handed out twice, across hosts");
     let _ = h2.docker(&["rm", "-f", "dup"]);
 
@@ -70,11 +84,24 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
     ensure!(d1 != d2 && !d1.is_empty(), "default pools {d1} and {d2}");
 
     // Exhaustion: a /29 has 8 addresses, less network, broadcast and gateway.
-    h1.docker(&["network", "create", "-d", "loom-null", "--ipam-driver", "loom-ipam", "--subnet", "10.41.0.0/29", "small"])?;
+    h1.docker(&[
+        "network",
+        "create",
+        "-d",
+        "loom-null",
+        "--ipam-driver",
+        "loom-ipam",
+        "--subnet",
+        "10.41.0.0/29",
+        "small",
+    ])?;
     for i in 0..5 {
         run_on(h1, &format!("s{i}"), "small", &[])?;
     }
-    let err = h1.docker(&["run", "-d", "--name", "s5", "--network", "small", IMAGE, "sleep", "1"]).err().context("a sixth address in a /29")?;
+    let err = h1
+        .docker(&["run", "-d", "--name", "s5", "--network", "small", IMAGE, "sleep", "1"])
+        .err()
+        .context("a sixth address in a /29")?;
     ensure!(format!("{err:#}").contains("pool 10.41.0.0/29 is exhausted"), "exhaustion error: {err:#}");
     let _ = h1.docker(&["rm", "-f", "s5"]);
 
@@ -102,8 +129,18 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
         h1.docker(&["network", "rm", net]).with_context(|| format!("removing {net}"))?;
     }
     h2.docker(&["network", "rm", "n1"])?;
-    h1.docker(&["network", "create", "-d", "loom-null", "--ipam-driver", "loom-ipam", "--subnet", "10.41.0.0/29", "small"])
-        .context("the /29 was not released")?;
+    h1.docker(&[
+        "network",
+        "create",
+        "-d",
+        "loom-null",
+        "--ipam-driver",
+        "loom-ipam",
+        "--subnet",
+        "10.41.0.0/29",
+        "small",
+    ])
+    .context("the /29 was not released")?;
     Ok(())
 }
 
@@ -119,7 +156,10 @@ fn ipam_docker26() {
 
 async fn request_pool(client: &mut PluginClient, subnet: &str) -> Result<String> {
     let reply = client
-        .call("IpamDriver.RequestPool", &json!({"AddressSpace": "GlobalDefault", "Pool": subnet, "SubPool": "", "Options": {}, "V6": false}))
+        .call(
+            "IpamDriver.RequestPool",
+            &json!({"AddressSpace": "GlobalDefault", "Pool": subnet, "SubPool": "", "Options": {}, "V6": false}),
+        )
         .await?;
     Ok(reply["PoolID"].as_str().context("no PoolID")?.to_string())
 }
@@ -128,7 +168,8 @@ async fn request_addresses(socket: std::path::PathBuf, pool: String, count: usiz
     let mut client = PluginClient::connect(&socket).await?;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let reply = client.call("IpamDriver.RequestAddress", &json!({"PoolID": pool, "Address": "", "Options": {}})).await?;
+        let reply =
+            client.call("IpamDriver.RequestAddress", &json!({"PoolID": pool, "Address": "", "Options": {}})).await?;
         out.push(reply["Address"].as_str().context("no Address")?.to_string());
     }
     Ok(out)
@@ -143,10 +184,8 @@ fn ipam_two_hosts_never_share_an_address() {
             HostConfig::new("h2", DockerVersion::V20).defer_docker(),
         ])?;
         let etcd = Etcd::on_hosts(c, &hosts[..1])?;
-        let sockets: Vec<_> = hosts
-            .iter()
-            .map(|h| Ok(h.path_inside(&start_ipam(h, &etcd.url())?.socket())))
-            .collect::<Result<_>>()?;
+        let sockets: Vec<_> =
+            hosts.iter().map(|h| Ok(h.path_inside(&start_ipam(h, &etcd.url())?.socket()))).collect::<Result<_>>()?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
         runtime.block_on(async {
             let mut pools = Vec::new();

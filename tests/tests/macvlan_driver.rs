@@ -57,11 +57,28 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     let router = Cluster::gateway().to_string();
 
     // One segment, the underlay: each host hands out its own part of it.
-    for (h, v4_range, v6_range) in [(h1, "10.250.0.64/28", "fd00:250::100/120"), (h2, "10.250.0.80/28", "fd00:250::200/120")] {
+    for (h, v4_range, v6_range) in
+        [(h1, "10.250.0.64/28", "fd00:250::100/120"), (h2, "10.250.0.80/28", "fd00:250::200/120")]
+    {
         h.docker(&[
-            "network", "create", "-d", "loom-macvlan", "-o", &format!("parent={}", h.underlay_iface()),
-            "--subnet", "10.250.0.0/24", "--gateway", &router, "--ip-range", v4_range,
-            "--ipv6", "--subnet", "fd00:250::/64", "--ip-range", v6_range, "mv",
+            "network",
+            "create",
+            "-d",
+            "loom-macvlan",
+            "-o",
+            &format!("parent={}", h.underlay_iface()),
+            "--subnet",
+            "10.250.0.0/24",
+            "--gateway",
+            &router,
+            "--ip-range",
+            v4_range,
+            "--ipv6",
+            "--subnet",
+            "fd00:250::/64",
+            "--ip-range",
+            v6_range,
+            "mv",
         ])
         .with_context(|| format!("network create on {}", h.name()))?;
     }
@@ -70,7 +87,10 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     run(h2, "b1", "mv", &[])?;
     let a1 = address(h1, "a1", "mv", "IPAddress")?;
     let b1 = address(h2, "b1", "mv", "IPAddress")?;
-    ensure!(a1.starts_with("10.250.0.6") && b1.starts_with("10.250.0.8"), "addresses outside the ranges: a1 {a1}, b1 {b1}");
+    ensure!(
+        a1.starts_with("10.250.0.6") && b1.starts_with("10.250.0.8"),
+        "addresses outside the ranges: a1 {a1}, b1 {b1}"
+    );
 
     ping(h1, "a1", &b1).context("across hosts")?;
     ping(h2, "b1", &a1).context("across hosts, the other way")?;
@@ -88,8 +108,19 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
 
     // Private mode: containers on one parent cannot talk, even on the same host.
     h1.docker(&[
-        "network", "create", "-d", "loom-macvlan", "-o", "parent=eth0", "-o", "macvlan_mode=private",
-        "-o", "com.docker.network.driver.mtu=1400", "--subnet", "10.251.0.0/24", "mvp",
+        "network",
+        "create",
+        "-d",
+        "loom-macvlan",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "macvlan_mode=private",
+        "-o",
+        "com.docker.network.driver.mtu=1400",
+        "--subnet",
+        "10.251.0.0/24",
+        "mvp",
     ])?;
     run(h1, "p1", "mvp", &["--ip", "10.251.0.11"])?;
     run(h1, "p2", "mvp", &["--ip", "10.251.0.12"])?;
@@ -108,7 +139,17 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     ensure!(!routes.contains("default"), "internal network gave i1 a default route:\n{routes}");
 
     // A parent that does not exist is named in the error, and nothing is left of the attempt.
-    let err = h1.docker(&["network", "create", "-d", "loom-macvlan", "-o", "parent=eth9", "--subnet", "10.253.0.0/24", "bad"]);
+    let err = h1.docker(&[
+        "network",
+        "create",
+        "-d",
+        "loom-macvlan",
+        "-o",
+        "parent=eth9",
+        "--subnet",
+        "10.253.0.0/24",
+        "bad",
+    ]);
     let text = format!("{:#}", err.err().context("a network on a missing parent was created")?);
     ensure!(text.contains("parent interface eth9 does not exist"), "unclear error: {text}");
 
@@ -152,7 +193,10 @@ fn kernel_vlan_support() -> Result<Option<String>> {
         return Ok(None);
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    ensure!(stderr.contains("Unknown device type") || stderr.contains("not supported"), "VLAN probe failed oddly: {stderr}");
+    ensure!(
+        stderr.contains("Unknown device type") || stderr.contains("not supported"),
+        "VLAN probe failed oddly: {stderr}"
+    );
     Ok(Some(stderr))
 }
 
@@ -166,7 +210,17 @@ fn macvlan_vlan_parent() {
         scenario("mvnovlan", |c| {
             let h = c.add_host(HostConfig::new("h1", DockerVersion::V26))?;
             h.start_plugin("loom-macvlan", &[])?;
-            let out = h.docker(&["network", "create", "-d", "loom-macvlan", "-o", "parent=eth0.50", "--subnet", "10.50.1.0/24", "v50"]);
+            let out = h.docker(&[
+                "network",
+                "create",
+                "-d",
+                "loom-macvlan",
+                "-o",
+                "parent=eth0.50",
+                "--subnet",
+                "10.50.1.0/24",
+                "v50",
+            ]);
             let err = match out {
                 Ok(_) => bail!("a VLAN parent was accepted on a kernel without 802.1q"),
                 Err(e) => format!("{e:#}"),
@@ -182,7 +236,17 @@ fn macvlan_vlan_parent() {
         let h = c.add_host(HostConfig::new("h1", DockerVersion::V26))?;
         h.start_plugin("loom-macvlan", &[])?;
         let create = |name: &str, parent: &str, subnet: &str| {
-            h.docker(&["network", "create", "-d", "loom-macvlan", "-o", &format!("parent={parent}"), "--subnet", subnet, name])
+            h.docker(&[
+                "network",
+                "create",
+                "-d",
+                "loom-macvlan",
+                "-o",
+                &format!("parent={parent}"),
+                "--subnet",
+                subnet,
+                name,
+            ])
         };
         create("v50a", "eth0.50", "10.50.1.0/24")?;
         create("v50b", "eth0.50", "10.50.2.0/24")?;

@@ -6,16 +6,11 @@
 //! Docker 26 starts it after dockerd. Needs `cargo build --release --workspace --bins` first.
 
 use anyhow::{ensure, Context, Result};
-use netloom_tests::{
-    own_netns, scenario, Cluster, DockerVersion, Host, HostConfig, RootNsSnapshot, IMAGE,
-};
+use netloom_tests::{own_netns, scenario, Cluster, DockerVersion, Host, HostConfig, RootNsSnapshot, IMAGE};
 
 /// Interface names from `ip -o link` output ("1: lo: <...>", "5: eth0@if6: <...>").
 fn link_names(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .collect()
+    out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n).to_owned()).collect()
 }
 
 fn no_gwbridge(h: &Host, container_links: &[String]) -> Result<()> {
@@ -24,15 +19,9 @@ fn no_gwbridge(h: &Host, container_links: &[String]) -> Result<()> {
         "container has a gwbridge leg: {container_links:?}"
     );
     let nets = h.docker(&["network", "ls", "--format", "{{.Name}}"])?;
-    ensure!(
-        !nets.lines().any(|n| n == "docker_gwbridge"),
-        "docker created docker_gwbridge: {nets}"
-    );
+    ensure!(!nets.lines().any(|n| n == "docker_gwbridge"), "docker created docker_gwbridge: {nets}");
     let host_links = link_names(&h.exec(&["ip", "-o", "link"])?);
-    ensure!(
-        !host_links.iter().any(|n| n == "docker_gwbridge"),
-        "host has docker_gwbridge: {host_links:?}"
-    );
+    ensure!(!host_links.iter().any(|n| n == "docker_gwbridge"), "host has docker_gwbridge: {host_links:?}");
     Ok(())
 }
 
@@ -50,65 +39,32 @@ fn null_network(c: &Cluster, docker: DockerVersion, plugin_first: bool) -> Resul
     };
     let plugin = &h.plugins()[0];
 
-    h.docker(&["network", "create", "-d", "loom-null", "nn"])
-        .context("network create")?;
+    h.docker(&["network", "create", "-d", "loom-null", "nn"]).context("network create")?;
     let driver = h.docker(&["network", "inspect", "--format", "{{.Driver}}", "nn"])?;
-    ensure!(
-        driver.trim() == "loom-null",
-        "network nn has driver {driver:?}"
-    );
+    ensure!(driver.trim() == "loom-null", "network nn has driver {driver:?}");
 
     // A one-shot container: only lo.
-    let out = h
-        .docker(&["run", "--rm", "--network", "nn", IMAGE, "ip", "-o", "link"])
-        .context("docker run on nn")?;
+    let out = h.docker(&["run", "--rm", "--network", "nn", IMAGE, "ip", "-o", "link"]).context("docker run on nn")?;
     let links = link_names(&out);
-    ensure!(
-        links == ["lo"],
-        "container on nn has interfaces {links:?}, want only lo:\n{out}"
-    );
+    ensure!(links == ["lo"], "container on nn has interfaces {links:?}, want only lo:\n{out}");
     no_gwbridge(&h, &links)?;
 
     // A long-running one, inspected from outside and from inside.
-    h.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "c1",
-        "--network",
-        "nn",
-        IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    h.docker(&["run", "-d", "--name", "c1", "--network", "nn", IMAGE, "sleep", "600"])?;
     let links = link_names(&h.container_exec("c1", &["ip", "-o", "link"])?);
     ensure!(links == ["lo"], "c1 has interfaces {links:?}");
     let addrs = h.container_exec("c1", &["ip", "-o", "addr"])?;
-    ensure!(
-        addrs.lines().all(|l| l.contains(" lo ")),
-        "c1 has addresses beyond lo:\n{addrs}"
-    );
-    let nets = h.docker(&[
-        "inspect",
-        "--format",
-        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
-        "c1",
-    ])?;
-    ensure!(
-        nets.split_whitespace().collect::<Vec<_>>() == ["nn"],
-        "c1 is attached to {nets:?}"
-    );
+    ensure!(addrs.lines().all(|l| l.contains(" lo ")), "c1 has addresses beyond lo:\n{addrs}");
+    let nets =
+        h.docker(&["inspect", "--format", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", "c1"])?;
+    ensure!(nets.split_whitespace().collect::<Vec<_>>() == ["nn"], "c1 is attached to {nets:?}");
     no_gwbridge(&h, &links)?;
     h.docker(&["rm", "-f", "c1"])?;
 
     h.docker(&["network", "rm", "nn"]).context("network rm")?;
     let nets = h.docker(&["network", "ls", "--format", "{{.Name}}"])?;
     ensure!(!nets.lines().any(|n| n == "nn"), "nn still listed: {nets}");
-    ensure!(
-        plugin.is_running(),
-        "loom-null exited: {:?}",
-        plugin.exit_status()
-    );
+    ensure!(plugin.is_running(), "loom-null exited: {:?}", plugin.exit_status());
     Ok(())
 }
 
@@ -147,10 +103,7 @@ fn null_driver_survives_plugin_restarts() {
         let st = p.sigkill()?;
         ensure!(!p.is_running() && !st.success(), "after SIGKILL: {st}");
         p.restart()?;
-        ensure!(
-            p.pid().is_some_and(|pid| pid != pid1),
-            "restart gave no new process"
-        );
+        ensure!(p.pid().is_some_and(|pid| pid != pid1), "restart gave no new process");
         let out = h
             .docker(&["run", "--rm", "--network", "nn", IMAGE, "ip", "-o", "link"])
             .context("run after crash + restart")?;
@@ -159,8 +112,7 @@ fn null_driver_survives_plugin_restarts() {
         let st = p.sigterm()?;
         ensure!(st.success(), "loom-null exit status after SIGTERM: {st}");
         p.restart()?;
-        h.docker(&["run", "--rm", "--network", "nn", IMAGE, "true"])
-            .context("run after graceful restart")?;
+        h.docker(&["run", "--rm", "--network", "nn", IMAGE, "true"]).context("run after graceful restart")?;
         h.docker(&["network", "rm", "nn"])?;
         Ok(())
     });

@@ -34,7 +34,11 @@ impl Etcd {
 
     /// Starts `members` etcd processes forming one cluster (with the v2 API Docker 20.10 uses).
     fn start(c: &Cluster, members: usize) -> Result<Etcd> {
-        let mut etcd = Etcd { names: (0..members).map(|i| format!("etcd{i}")).collect(), pids: vec![None; members], starts: vec![0; members] };
+        let mut etcd = Etcd {
+            names: (0..members).map(|i| format!("etcd{i}")).collect(),
+            pids: vec![None; members],
+            starts: vec![0; members],
+        };
         for i in 0..members {
             etcd.spawn(c, i)?;
         }
@@ -103,10 +107,13 @@ impl Etcd {
     /// Waits until the members still running agree on a leader (after one was stopped): writes
     /// in flight while a cluster loses its leader time out in etcd itself.
     fn wait_leader(&self, c: &Cluster) -> Result<()> {
-        let live: Vec<String> = (0..self.names.len()).filter(|i| self.pids[*i].is_some()).map(|i| Self::endpoint(c, i)).collect();
+        let live: Vec<String> =
+            (0..self.names.len()).filter(|i| self.pids[*i].is_some()).map(|i| Self::endpoint(c, i)).collect();
         let endpoints = live.join(",");
         wait_until(Duration::from_secs(20), Duration::from_millis(100), "an etcd leader", || {
-            let Ok(out) = c.underlay_exec(&["etcdctl", "--endpoints", &endpoints, "endpoint", "status", "--write-out", "json"]) else {
+            let Ok(out) =
+                c.underlay_exec(&["etcdctl", "--endpoints", &endpoints, "endpoint", "status", "--write-out", "json"])
+            else {
                 return Ok(false);
             };
             let status: serde_json::Value = serde_json::from_str(&out)?;
@@ -278,7 +285,8 @@ fn global_scenario(c: &Cluster) -> Result<()> {
     fetch(h1, "a2", &b2, "b2")?;
     fetch(h2, "b1", "a1", "a1").context("by name, through Docker's DNS")?;
     let url = format!("http://{}:8080/etc/hostname", h1.underlay_ip());
-    let got = h2.exec(&["timeout", "5", "busybox", "wget", "-q", "-O-", &url]).context("a1's published port from h2")?;
+    let got =
+        h2.exec(&["timeout", "5", "busybox", "wget", "-q", "-O-", &url]).context("a1's published port from h2")?;
     ensure!(got.trim() == "a1", "{url}: {got:?}");
     step(t0, "cross-host traffic");
 
@@ -340,11 +348,7 @@ fn global_scenario(c: &Cluster) -> Result<()> {
     for h in &hosts {
         eventually(&format!("{} to be clean", h.name()), || Ok(assert_clean_host(h).is_ok()))?;
     }
-    let keys: Vec<String> = etcd
-        .keys(c, 0, "/netloom/v1/")?
-        .into_iter()
-        .filter(|k| !k.contains("/hosts/"))
-        .collect();
+    let keys: Vec<String> = etcd.keys(c, 0, "/netloom/v1/")?.into_iter().filter(|k| !k.contains("/hosts/")).collect();
     ensure!(keys.is_empty(), "store keys left: {keys:#?}");
     for h in &hosts {
         let plugin = &h.plugins()[0];
@@ -395,7 +399,8 @@ fn local_scenario(c: &Cluster) -> Result<()> {
     let mut etcd = Etcd::start(c, 3)?;
     let store = etcd.url(c);
     step(t0, "3-node etcd up");
-    let hosts = c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
+    let hosts =
+        c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
     let (h1, h2) = (&hosts[0], &hosts[1]);
     // h1 forgets a host gone for more than a second, and checks every second.
     start_local_plugins(h1, &store, &["--lease-ttl", "3", "--dead-host-grace", "1", "--reconcile-interval", "1"])?;
@@ -406,8 +411,17 @@ fn local_scenario(c: &Cluster) -> Result<()> {
     // (created on both hosts at the same moment: one VNI).
     for h in [h1, h2] {
         h.docker(&[
-            "network", "create", "-d", "loom-overlay", "--ipam-driver", "loom-ipam", "--subnet", "10.93.0.0/24",
-            "-o", "com.docker.network.driver.overlay.vxlanid_list=5000", "lo1",
+            "network",
+            "create",
+            "-d",
+            "loom-overlay",
+            "--ipam-driver",
+            "loom-ipam",
+            "--subnet",
+            "10.93.0.0/24",
+            "-o",
+            "com.docker.network.driver.overlay.vxlanid_list=5000",
+            "lo1",
         ])?;
     }
     create_everywhere(&[h1, h2], &["--subnet", "10.94.0.0/24", "-o", "com.docker.network.driver.mtu=1400", "lo2"])?;
@@ -479,7 +493,14 @@ fn local_scenario(c: &Cluster) -> Result<()> {
     step(t0, "a dead host's entries removed");
     // After the grace, its records go from the store, and its network memberships.
     let members = |c: &Cluster| -> Result<Vec<String>> {
-        let out = c.underlay_exec(&["etcdctl", "--endpoints", &Etcd::endpoint(c, 1), "get", "--print-value-only", "/netloom/v1/overlay/networks/vni-5000"])?;
+        let out = c.underlay_exec(&[
+            "etcdctl",
+            "--endpoints",
+            &Etcd::endpoint(c, 1),
+            "get",
+            "--print-value-only",
+            "/netloom/v1/overlay/networks/vni-5000",
+        ])?;
         let value: serde_json::Value = serde_json::from_str(out.trim())?;
         Ok(value["members"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default())
     };
@@ -520,12 +541,16 @@ fn outage_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
     let mut etcd = Etcd::start(c, 1)?;
     let store = etcd.url(c);
-    let hosts = c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
+    let hosts =
+        c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
     let (h1, h2) = (&hosts[0], &hosts[1]);
     for h in &hosts {
         start_local_plugins(h, &store, &["--reconcile-interval", "2"])?;
     }
-    create_everywhere(&[h1, h2], &["--subnet", "10.95.0.0/24", "-o", "com.docker.network.driver.overlay.vxlanid_list=5100", "out"])?;
+    create_everywhere(
+        &[h1, h2],
+        &["--subnet", "10.95.0.0/24", "-o", "com.docker.network.driver.overlay.vxlanid_list=5100", "out"],
+    )?;
     web(h1, "x1", "out", &[])?;
     web(h2, "y1", "out", &[])?;
     web(h2, "y0", "out", &[])?;
@@ -552,7 +577,11 @@ fn outage_scenario(c: &Cluster) -> Result<()> {
         ping(h2, "y1", &x1)?;
         std::thread::sleep(Duration::from_millis(500));
     }
-    ensure!(fdb(h2, 5100)?.contains(&inspect(h1, "x1", "out", "MacAddress")?), "h2 lost x1's entry: {}", fdb(h2, 5100)?);
+    ensure!(
+        fdb(h2, 5100)?.contains(&inspect(h1, "x1", "out", "MacAddress")?),
+        "h2 lost x1's entry: {}",
+        fdb(h2, 5100)?
+    );
     step(t0, "etcd down: traffic kept across a driver restart");
 
     etcd.restart(c, 0)?;
@@ -565,17 +594,29 @@ fn outage_scenario(c: &Cluster) -> Result<()> {
     web(h1, "x2", "out", &[])?;
     ping(h2, "y1", &ip_of(h1, "x2", "out")?)?;
     match removed {
-        Ok(_) => eventually("y0's entries to go from h1 once etcd is back", || Ok(!neigh(h1, 5100)?.contains(&format!("{y0} "))))?,
+        Ok(_) => eventually("y0's entries to go from h1 once etcd is back", || {
+            Ok(!neigh(h1, 5100)?.contains(&format!("{y0} ")))
+        })?,
         Err(e) => eprintln!("[overlay] docker rm during the outage failed: {e:#}"),
     }
     step(t0, "new endpoints after the outage");
 
     // The reconciler repairs what a missed event (or a person) did to the kernel's tables.
-    in_overlay(h1, 5100, &["bridge", "fdb", "add", "02:42:de:ad:be:ef", "dev", "vxlan0", "dst", "10.250.0.99", "self", "permanent"])?;
-    in_overlay(h1, 5100, &["ip", "neigh", "add", "10.95.0.99", "lladdr", "02:42:de:ad:be:ef", "dev", "vxlan0", "nud", "permanent"])?;
+    in_overlay(
+        h1,
+        5100,
+        &["bridge", "fdb", "add", "02:42:de:ad:be:ef", "dev", "vxlan0", "dst", "10.250.0.99", "self", "permanent"],
+    )?;
+    in_overlay(
+        h1,
+        5100,
+        &["ip", "neigh", "add", "10.95.0.99", "lladdr", "02:42:de:ad:be:ef", "dev", "vxlan0", "nud", "permanent"],
+    )?;
     in_overlay(h1, 5100, &["ip", "neigh", "del", &y2, "dev", "vxlan0"])?;
     eventually("the reconciler to repair h1's tables", || {
-        Ok(!fdb(h1, 5100)?.contains("de:ad:be:ef") && !neigh(h1, 5100)?.contains("10.95.0.99") && neigh(h1, 5100)?.contains(&format!("{y2} ")))
+        Ok(!fdb(h1, 5100)?.contains("de:ad:be:ef")
+            && !neigh(h1, 5100)?.contains("10.95.0.99")
+            && neigh(h1, 5100)?.contains(&format!("{y2} ")))
     })?;
     step(t0, "stale entries removed, missing ones restored by the reconciler");
     in_overlay(h1, 5100, &["ip", "link", "del", "vxlan0"])?;
@@ -621,7 +662,8 @@ fn bad_input_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
     let etcd = Etcd::start(c, 1)?;
     let store = etcd.url(c);
-    let hosts = c.add_hosts(vec![HostConfig::new("hb", DockerVersion::V26), HostConfig::new("hg", DockerVersion::V26)])?;
+    let hosts =
+        c.add_hosts(vec![HostConfig::new("hb", DockerVersion::V26), HostConfig::new("hg", DockerVersion::V26)])?;
     let (hb, hg) = (&hosts[0], &hosts[1]);
 
     // Misconfigured drivers start (so that Docker hears why) and refuse every network.
@@ -629,8 +671,16 @@ fn bad_input_scenario(c: &Cluster) -> Result<()> {
     for (name, args, want) in [
         ("ovnostore", vec!["--advertise-addr", "eth0"], "needs a store shared by every host"),
         ("ovdead", vec!["--store", dead.as_str(), "--advertise-addr", "eth0"], "is unavailable"),
-        ("ovbadip", vec!["--store", store.as_str(), "--advertise-addr", "10.1.2.3"], "--advertise-addr 10.1.2.3 is not an address of this host"),
-        ("ovbadif", vec!["--store", store.as_str(), "--advertise-addr", "eth9"], "neither an IP address nor an interface"),
+        (
+            "ovbadip",
+            vec!["--store", store.as_str(), "--advertise-addr", "10.1.2.3"],
+            "--advertise-addr 10.1.2.3 is not an address of this host",
+        ),
+        (
+            "ovbadif",
+            vec!["--store", store.as_str(), "--advertise-addr", "eth9"],
+            "neither an IP address nor an interface",
+        ),
     ] {
         let netns_dir = format!("/run/{name}");
         let mut all = args.clone();
@@ -644,20 +694,62 @@ fn bad_input_scenario(c: &Cluster) -> Result<()> {
     start_local_plugins(hg, &store, &[])?;
     let vni = "com.docker.network.driver.overlay.vxlanid_list";
     for (args, want) in [
-        (vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=16777216")], "VNI 16777216 is out of range: VXLAN ids are 1-16777215"),
-        (vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=0")], "VNI 0 is out of range"),
+        (
+            vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=16777216")],
+            "VNI 16777216 is out of range: VXLAN ids are 1-16777215",
+        ),
+        (
+            vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=0")],
+            "VNI 0 is out of range",
+        ),
         (vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=x")], "not a number"),
-        (vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", "com.docker.network.driver.mtu=60"], "too small for the overlay"),
-        (vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", "com.docker.network.driver.mtu=1500"], "too large for the overlay"),
-        (vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", "colour=blue"], "unknown option(s) colour"),
+        (
+            vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", "com.docker.network.driver.mtu=60"],
+            "too small for the overlay",
+        ),
+        (
+            vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", "com.docker.network.driver.mtu=1500"],
+            "too large for the overlay",
+        ),
+        (
+            vec!["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", "colour=blue"],
+            "unknown option(s) colour",
+        ),
     ] {
         refused(hg, "loom-overlay", &args, want)?;
     }
     // A VNI, or a subnet, another network already has.
-    hg.docker(&["network", "create", "-d", "loom-overlay", "--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=6000"), "first"])?;
-    refused(hg, "loom-overlay", &["--ipam-driver", "loom-ipam", "--subnet", "10.98.0.0/24", "-o", &format!("{vni}=6000")], "VNI 6000 is already used by the overlay with subnet 10.97.0.0/24")?;
-    refused(hg, "loom-overlay", &["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=6001")], "subnet 10.97.0.0/24 is already the overlay vni-6000")?;
-    refused(hg, "loom-overlay", &["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24"], "this host already has Docker network")?;
+    hg.docker(&[
+        "network",
+        "create",
+        "-d",
+        "loom-overlay",
+        "--ipam-driver",
+        "loom-ipam",
+        "--subnet",
+        "10.97.0.0/24",
+        "-o",
+        &format!("{vni}=6000"),
+        "first",
+    ])?;
+    refused(
+        hg,
+        "loom-overlay",
+        &["--ipam-driver", "loom-ipam", "--subnet", "10.98.0.0/24", "-o", &format!("{vni}=6000")],
+        "VNI 6000 is already used by the overlay with subnet 10.97.0.0/24",
+    )?;
+    refused(
+        hg,
+        "loom-overlay",
+        &["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=6001")],
+        "subnet 10.97.0.0/24 is already the overlay vni-6000",
+    )?;
+    refused(
+        hg,
+        "loom-overlay",
+        &["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24"],
+        "this host already has Docker network",
+    )?;
     step(t0, "bad options refused");
 
     // Nothing of the refused networks is left: one namespace, one network record, one VNI.
@@ -688,7 +780,11 @@ fn overlay_bad_input() {
 /// The container's address on docker_gwbridge (its second interface).
 fn gwbridge_ip(h: &Host, container: &str) -> Result<String> {
     let out = h.container_exec(container, &["ip", "-4", "-o", "addr", "show", "eth1"])?;
-    let cidr = out.split_whitespace().skip_while(|w| *w != "inet").nth(1).with_context(|| format!("{container} eth1: {out}"))?;
+    let cidr = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .with_context(|| format!("{container} eth1: {out}"))?;
     Ok(cidr.split('/').next().unwrap_or_default().to_string())
 }
 
@@ -720,7 +816,9 @@ fn gateway_scenario(c: &Cluster) -> Result<()> {
     let url = format!("http://{}:8080/etc/hostname", h1.underlay_ip());
     let got = h2.exec(&["timeout", "5", "busybox", "wget", "-q", "-O-", &url]).context("published port from h2")?;
     ensure!(got.trim() == "w1", "{url} from h2: {got:?}");
-    let got = c.underlay_exec(&["timeout", "5", "busybox", "wget", "-q", "-O-", &url]).context("published port from the underlay")?;
+    let got = c
+        .underlay_exec(&["timeout", "5", "busybox", "wget", "-q", "-O-", &url])
+        .context("published port from the underlay")?;
     ensure!(got.trim() == "w1", "{url} from the underlay: {got:?}");
     step(t0, "published port");
 
@@ -762,7 +860,8 @@ fn race_scenario(c: &Cluster) -> Result<()> {
     let mut sockets = Vec::new();
     for h in &hosts {
         let vtep = h.underlay_ip().to_string();
-        let plugin = h.start_plugin("loom-overlay", &["--store", &store, "--advertise-addr", &vtep, "--log-level", LOG])?;
+        let plugin =
+            h.start_plugin("loom-overlay", &["--store", &store, "--advertise-addr", &vtep, "--log-level", LOG])?;
         sockets.push(h.path_inside(&plugin.socket()));
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

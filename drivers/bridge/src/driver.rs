@@ -10,17 +10,17 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, names, sysctl, BridgeSpec, Netlink, VethSpec};
 use netloom_firewall::{Firewall, NetworkPolicy, PortMapping, Proto};
+use netloom_plugin_api::addressing::{endpoint_address, pools, short_id as short, Pool};
+use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
+use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
+use netloom_plugin_api::options::IPV6_MIN_MTU;
+use netloom_plugin_api::siblings::{self, ClaimedSubnets};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
     EndpointRef, InterfaceName, IpamData, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest,
     Scope,
 };
-use netloom_plugin_api::addressing::{endpoint_address, pools, short_id as short, Pool};
-use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
-use netloom_plugin_api::options::IPV6_MIN_MTU;
 use netloom_plugin_api::wire::ports::{port_bindings, Protocol};
-use netloom_plugin_api::siblings::{self, ClaimedSubnets};
-use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
 use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
@@ -52,8 +52,10 @@ struct State {
 impl BridgeDriver {
     /// Loads the records and reconciles the kernel with them before the socket opens.
     pub async fn start(netlink: Netlink, firewall: Arc<dyn Firewall>, records: Records) -> Result<Self> {
-        let mut state = State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
-        let driver = Self { netlink, firewall, records, state: Mutex::new(State::default()), turns: KeyedLocks::default() };
+        let mut state =
+            State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
+        let driver =
+            Self { netlink, firewall, records, state: Mutex::new(State::default()), turns: KeyedLocks::default() };
         driver.reconcile(&mut state).await;
         *driver.state() = state;
         Ok(driver)
@@ -80,7 +82,8 @@ impl BridgeDriver {
         let others = self.claimed_subnets().into_iter().filter(|c| c.network_id != record.id).collect();
         siblings::refuse_overlap(&subnets, others).await?;
         let owner = record.owner();
-        match bounded("the kernel's route list", CALL_LIMIT, self.netlink.route_overlap(&subnets, Some(&owner))).await? {
+        match bounded("the kernel's route list", CALL_LIMIT, self.netlink.route_overlap(&subnets, Some(&owner))).await?
+        {
             Some(why) => Err(PluginError::new(why)),
             None => Ok(()),
         }
@@ -104,7 +107,9 @@ impl BridgeDriver {
                         warn!(endpoint = %ep.id, "could not re-attach endpoint: {e:#}");
                     }
                 }
-                Ok(None) => debug!(endpoint = %ep.id, "veth is gone (its container stopped); waiting for DeleteEndpoint"),
+                Ok(None) => {
+                    debug!(endpoint = %ep.id, "veth is gone (its container stopped); waiting for DeleteEndpoint")
+                }
                 Err(e) => warn!(endpoint = %ep.id, "{e:#}"),
             }
             if !ep.ports.is_empty() {
@@ -115,8 +120,12 @@ impl BridgeDriver {
             state.ports.insert(&ep.id, ep.ports.clone());
         }
         for net in state.networks.values() {
-            let live: Vec<String> =
-                state.endpoints.values().filter(|e| e.network_id == net.id && !e.ports.is_empty()).map(|e| e.id.clone()).collect();
+            let live: Vec<String> = state
+                .endpoints
+                .values()
+                .filter(|e| e.network_id == net.id && !e.ports.is_empty())
+                .map(|e| e.id.clone())
+                .collect();
             match self.firewall.retain_endpoints(&policy(net), &live).await {
                 Ok(0) => {}
                 Ok(n) => info!(network = %short(&net.id), removed = n, "withdrew ports of endpoints that are gone"),
@@ -176,10 +185,8 @@ impl BridgeDriver {
             sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
         }
         let owner = net.owner();
-        let bridge = self
-            .netlink
-            .ensure_bridge(&BridgeSpec { name: &net.bridge, mtu: net.options.mtu, owner: &owner })
-            .await?;
+        let bridge =
+            self.netlink.ensure_bridge(&BridgeSpec { name: &net.bridge, mtu: net.options.mtu, owner: &owner }).await?;
         if let Some(gateway) = net.gateway_v4.filter(|_| !net.options.inhibit_ipv4) {
             self.netlink.ensure_address(&bridge, gateway).await?;
         }
@@ -190,14 +197,16 @@ impl BridgeDriver {
             // Lets the host reach published ports at 127.0.0.1: DNAT'd loopback traffic is routed out the bridge.
             netloom_firewall::enable_route_localnet(&net.bridge)?;
         }
-        self.firewall_call(format!("policy of network {}", short(&net.id)), self.firewall.add_network(&policy(net))).await
+        self.firewall_call(format!("policy of network {}", short(&net.id)), self.firewall.add_network(&policy(net)))
+            .await
     }
 
     /// Removes a network's rules and bridge; keeps going past errors and reports them all.
     async fn teardown_network(&self, net: &NetworkRecord) -> Result<()> {
         let mut errors = Vec::new();
         let net_policy = policy(net);
-        let removed = self.firewall_call(format!("removing network {}", short(&net.id)), self.firewall.remove_network(&net_policy));
+        let removed = self
+            .firewall_call(format!("removing network {}", short(&net.id)), self.firewall.remove_network(&net_policy));
         if let Err(e) = removed.await {
             errors.push(format!("{e:#}"));
         }
@@ -218,8 +227,10 @@ impl BridgeDriver {
     }
 
     async fn attach_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
-        let bridge = self.netlink.link(&net.bridge).await?.ok_or_else(|| anyhow!("bridge {} is missing", net.bridge))?;
-        let host = self.netlink.link(&ep.host_veth).await?.ok_or_else(|| anyhow!("veth {} is missing", ep.host_veth))?;
+        let bridge =
+            self.netlink.link(&net.bridge).await?.ok_or_else(|| anyhow!("bridge {} is missing", net.bridge))?;
+        let host =
+            self.netlink.link(&ep.host_veth).await?.ok_or_else(|| anyhow!("veth {} is missing", ep.host_veth))?;
         self.netlink.attach(&host, &bridge).await?;
         self.netlink.configure_bridge_port(&host, true, !net.options.icc).await
     }
@@ -228,7 +239,12 @@ impl BridgeDriver {
     async fn ensure_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
         let owner = ep.owner();
         self.netlink
-            .ensure_veth(&VethSpec { host_name: &ep.host_veth, peer_name: &ep.peer_veth, mtu: net.options.mtu, owner: &owner })
+            .ensure_veth(&VethSpec {
+                host_name: &ep.host_veth,
+                peer_name: &ep.peer_veth,
+                mtu: net.options.mtu,
+                owner: &owner,
+            })
             .await?;
         self.attach_endpoint(net, ep).await
     }
@@ -237,7 +253,9 @@ impl BridgeDriver {
         let mut errors = Vec::new();
         if let (Some(net), false) = (net, ep.ports.is_empty()) {
             let what = format!("withdrawing ports of endpoint {}", short(&ep.id));
-            if let Err(e) = self.firewall_call(what, self.firewall.remove_ports(&policy(net), &ep.id, &mappings(&ep.ports))).await {
+            if let Err(e) =
+                self.firewall_call(what, self.firewall.remove_ports(&policy(net), &ep.id, &mappings(&ep.ports))).await
+            {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -275,7 +293,8 @@ impl NetworkDriver for BridgeDriver {
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let options = BridgeOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let (subnet_v4, gateway_v4) = single_pool(&req.ipv4_data, "IPv4")?;
-        let (subnet_v6, gateway_v6) = if req.options.enable_ipv6() { single_pool(&req.ipv6_data, "IPv6")? } else { (None, None) };
+        let (subnet_v6, gateway_v6) =
+            if req.options.enable_ipv6() { single_pool(&req.ipv6_data, "IPv6")? } else { (None, None) };
         if subnet_v6.is_some() && options.mtu.is_some_and(|mtu| mtu < IPV6_MIN_MTU) {
             return Err(PluginError::new(format!(
                 "com.docker.network.driver.mtu={} is below IPv6's minimum of {IPV6_MIN_MTU}",
@@ -283,7 +302,8 @@ impl NetworkDriver for BridgeDriver {
             )));
         }
         let doing = format!("CreateNetwork of {}", short(&req.network_id));
-        let _creating = self.turns.take(CREATING, "other loom-bridge network creations", doing.clone(), LOCK_WAIT).await?;
+        let _creating =
+            self.turns.take(CREATING, "other loom-bridge network creations", doing.clone(), LOCK_WAIT).await?;
         let _turn = self.turn(&req.network_id, doing).await?;
         let existing = self.state().networks.get(&req.network_id).cloned();
         if let Some(existing) = existing {
@@ -329,7 +349,8 @@ impl NetworkDriver for BridgeDriver {
                 debug!(network = %req.network_id, "unknown network; nothing to delete");
                 return Ok(());
             };
-            let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
+            let leftovers: Vec<EndpointRecord> =
+                state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
             (net, leftovers)
         };
         for ep in &leftovers {
@@ -350,7 +371,11 @@ impl NetworkDriver for BridgeDriver {
         let _turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short(&req.endpoint_id))).await?;
         let (net, existing) = {
             let state = self.state();
-            let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &req.network_id))?;
+            let net = state
+                .networks
+                .get(&req.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-bridge", &req.network_id))?;
             (net, state.endpoints.get(&req.endpoint_id).cloned())
         };
         let address_v4 = parse_address(&req.interface.address, net.subnet_v4, "IPv4")?;
@@ -375,7 +400,8 @@ impl NetworkDriver for BridgeDriver {
             let _ = self.records.delete_endpoint(&record.network_id, &record.id).await;
             return Err(e.into());
         }
-        let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
+        let interface =
+            (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
         self.state().endpoints.insert(record.id.clone(), record);
         Ok(CreateEndpointResponse { interface })
     }
@@ -401,8 +427,16 @@ impl NetworkDriver for BridgeDriver {
         let _turn = self.turn(&req.network_id, format!("Join of {}", short(&req.endpoint_id))).await?;
         let (net, ep) = {
             let state = self.state();
-            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
-            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
+            let ep = state
+                .endpoints
+                .get(&req.endpoint_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
+            let net = state
+                .networks
+                .get(&ep.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
             (net, ep)
         };
         if self.netlink.link(&ep.peer_veth).await?.is_none() {
@@ -411,7 +445,10 @@ impl NetworkDriver for BridgeDriver {
             self.ensure_endpoint(&net, &ep).await?;
         }
         Ok(JoinResponse {
-            interface_name: Some(InterfaceName { src_name: ep.peer_veth.clone(), dst_prefix: net.options.iface_prefix.clone() }),
+            interface_name: Some(InterfaceName {
+                src_name: ep.peer_veth.clone(),
+                dst_prefix: net.options.iface_prefix.clone(),
+            }),
             gateway: net.gateway_v4.map(|g| g.ip().to_string()).unwrap_or_default(),
             gateway_ipv6: net.gateway_v6.map(|g| g.ip().to_string()).unwrap_or_default(),
             ..JoinResponse::default()
@@ -425,13 +462,22 @@ impl NetworkDriver for BridgeDriver {
     async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
         let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
         debug!(endpoint = %short(&req.endpoint_id), ?bindings, "port bindings from Docker");
-        let _turn = self.turn(&req.network_id, format!("ProgramExternalConnectivity of {}", short(&req.endpoint_id))).await?;
+        let _turn =
+            self.turn(&req.network_id, format!("ProgramExternalConnectivity of {}", short(&req.endpoint_id))).await?;
         // Resolve and reserve the host ports in one go, so that a request on another network
         // cannot take the same ones while the firewall is being programmed.
         let (net, mut ep, ports) = {
             let mut state = self.state();
-            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
-            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
+            let ep = state
+                .endpoints
+                .get(&req.endpoint_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_endpoint("loom-bridge", &req.endpoint_id))?;
+            let net = state
+                .networks
+                .get(&ep.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-bridge", &ep.network_id))?;
             if net.internal && !bindings.is_empty() {
                 return Err(PluginError::new("an --internal network cannot publish ports"));
             }
@@ -474,7 +520,8 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn revoke_external_connectivity(&self, req: EndpointRef) -> PluginResult<()> {
-        let _turn = self.turn(&req.network_id, format!("RevokeExternalConnectivity of {}", short(&req.endpoint_id))).await?;
+        let _turn =
+            self.turn(&req.network_id, format!("RevokeExternalConnectivity of {}", short(&req.endpoint_id))).await?;
         let (net, mut ep) = {
             let state = self.state();
             let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
@@ -544,8 +591,6 @@ fn parse_address(text: &str, subnet: Option<IpNetwork>, family: &str) -> PluginR
     let pools: Vec<Pool> = subnet.map(|subnet| Pool { subnet, gateway: None }).into_iter().collect();
     endpoint_address(text, &pools, family)
 }
-
-
 
 fn mac_string(address: Option<IpNetwork>) -> String {
     let ipv4 = match address.map(|a| a.ip()) {

@@ -137,7 +137,10 @@ mod tests {
             (vec![(ENABLE_ICC, "yes")], "not a boolean"),
             (vec![(HOST_BINDING_IPV4, "::1")], "must be an IPv4"),
             (vec![(HOST_BINDING_IPV4, "localhost")], "not an IP"),
-            (vec![("com.docker.network.bridge.enable_icc_typo", "true")], "unknown option(s) com.docker.network.bridge.enable_icc_typo"),
+            (
+                vec![("com.docker.network.bridge.enable_icc_typo", "true")],
+                "unknown option(s) com.docker.network.bridge.enable_icc_typo",
+            ),
             (vec![(IFACE_PREFIX, "e-th")], "letters or digits"),
         ] {
             let err = format!("{:#}", opts(&pairs).unwrap_err());

@@ -1,7 +1,6 @@
 //! What loom-bridge persists: one record per network and per endpoint, written before a request
 //! is answered, so that a restarted driver can rebuild the kernel's side from them.
 
-
 use ipnetwork::IpNetwork;
 use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::host_ports::PublishedPort;

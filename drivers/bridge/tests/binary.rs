@@ -39,9 +39,18 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     client.call("NetworkDriver.CreateNetwork", &first).await.unwrap();
     client.call("NetworkDriver.CreateNetwork", &first).await.expect("the same network again is fine");
     for (second, expected) in [
-        (network("n2", "10.40.0.0/24", None, json!({})), "subnet 10.40.0.0/24 overlaps subnet 10.40.0.0/24 of loom-bridge network n1 (bridge web0)"),
-        (network("n2", "10.40.0.0/16", None, json!({})), "subnet 10.40.0.0/16 overlaps subnet 10.40.0.0/24 of loom-bridge network n1 (bridge web0)"),
-        (network("n2", "10.41.0.0/24", Some("fd00:40::/56"), json!({})), "subnet fd00:40::/56 overlaps subnet fd00:40::/64 of loom-bridge network n1"),
+        (
+            network("n2", "10.40.0.0/24", None, json!({})),
+            "subnet 10.40.0.0/24 overlaps subnet 10.40.0.0/24 of loom-bridge network n1 (bridge web0)",
+        ),
+        (
+            network("n2", "10.40.0.0/16", None, json!({})),
+            "subnet 10.40.0.0/16 overlaps subnet 10.40.0.0/24 of loom-bridge network n1 (bridge web0)",
+        ),
+        (
+            network("n2", "10.41.0.0/24", Some("fd00:40::/56"), json!({})),
+            "subnet fd00:40::/56 overlaps subnet fd00:40::/64 of loom-bridge network n1",
+        ),
     ] {
         let err = client.call("NetworkDriver.CreateNetwork", &second).await.unwrap_err().to_string();
         assert!(err.contains(expected) && err.contains("choose another --subnet"), "{err}");
@@ -61,11 +70,17 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     }
     let links = ns.links();
     assert_eq!(links, ["docker0", "lhc1", "lhc1p", "lo", "web0"], "nothing made for refused networks");
-    client.call("NetworkDriver.CreateNetwork", &network("n3", "10.51.0.0/24", None, json!({}))).await.expect("a free subnet");
+    client
+        .call("NetworkDriver.CreateNetwork", &network("n3", "10.51.0.0/24", None, json!({})))
+        .await
+        .expect("a free subnet");
     for id in ["n1", "n3"] {
         client.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": id})).await.unwrap();
     }
-    client.call("NetworkDriver.CreateNetwork", &network("n2", "10.40.0.0/24", None, json!({}))).await.expect("free again after removal");
+    client
+        .call("NetworkDriver.CreateNetwork", &network("n2", "10.40.0.0/24", None, json!({})))
+        .await
+        .expect("free again after removal");
 }
 
 /// `busybox httpd` answering `ok` on port 80 of every address in `ns`, until dropped.
@@ -74,7 +89,14 @@ struct Web(Child);
 impl Web {
     fn start(ns: &ScratchNetns, dir: &std::path::Path) -> Web {
         std::fs::write(dir.join("index.html"), "ok\n").unwrap();
-        let child = ns.command("busybox").args(["httpd", "-f", "-p", "80", "-h"]).arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = ns
+            .command("busybox")
+            .args(["httpd", "-f", "-p", "80", "-h"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         Web(child)
     }
 }
@@ -99,9 +121,13 @@ async fn publish_on_both_families(firewall: &str) {
     ns.sh(&format!("ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
                     ip addr add 192.0.2.1/24 dev up0 && ip addr add 2001:db8:1::1/64 dev up0 nodad && ip link set up0 up", lan.pid()))
         .unwrap();
-    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip addr add 2001:db8:1::2/64 dev lan0 nodad && ip link set lan0 up").unwrap();
+    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip addr add 2001:db8:1::2/64 dev lan0 nodad && ip link set lan0 up")
+        .unwrap();
 
-    client.call("NetworkDriver.CreateNetwork", &network("n6", "10.60.0.0/24", Some("fd00:60::/64"), json!({}))).await.unwrap();
+    client
+        .call("NetworkDriver.CreateNetwork", &network("n6", "10.60.0.0/24", Some("fd00:60::/64"), json!({})))
+        .await
+        .unwrap();
     let ep = json!({"NetworkID": "n6", "EndpointID": "e6", "Interface": {"Address": "10.60.0.2/24", "AddressIPv6": "fd00:60::2/64"}, "Options": {}});
     client.call("NetworkDriver.CreateEndpoint", &ep).await.unwrap();
     client.call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}})).await.unwrap();
@@ -119,7 +145,10 @@ async fn publish_on_both_families(firewall: &str) {
     client.call("NetworkDriver.ProgramExternalConnectivity", &program).await.unwrap();
     let mut answers = (0, 0);
     for _ in 0..20 {
-        answers = (fetch(&lan, "http://192.0.2.1:8088/").contains("ok") as u32, fetch(&lan, "http://[2001:db8:1::1]:8088/").contains("ok") as u32);
+        answers = (
+            fetch(&lan, "http://192.0.2.1:8088/").contains("ok") as u32,
+            fetch(&lan, "http://[2001:db8:1::1]:8088/").contains("ok") as u32,
+        );
         if answers == (1, 1) {
             break;
         }
@@ -128,14 +157,25 @@ async fn publish_on_both_families(firewall: &str) {
     if answers != (1, 1) {
         eprintln!("direct: {}", fetch(&ns, "http://10.60.0.2/"));
         eprintln!("{}", ns.sh("iptables-save; ip6tables-save; nft list ruleset; ip addr; ip route; ip -6 route; sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding").unwrap_or_default());
-        eprintln!("{}", container.sh("ip addr; ip route; ip -6 route; netstat -ltn 2>/dev/null || busybox netstat -ltn").unwrap_or_default());
+        eprintln!(
+            "{}",
+            container
+                .sh("ip addr; ip route; ip -6 route; netstat -ltn 2>/dev/null || busybox netstat -ltn")
+                .unwrap_or_default()
+        );
     }
     assert_eq!(answers, (1, 1), "{firewall}: (IPv4, IPv6) answers from the LAN");
 
     // Revoke takes both away; a restart of the driver brings both back after a new Program.
-    client.call("NetworkDriver.RevokeExternalConnectivity", &json!({"NetworkID": "n6", "EndpointID": "e6"})).await.unwrap();
+    client
+        .call("NetworkDriver.RevokeExternalConnectivity", &json!({"NetworkID": "n6", "EndpointID": "e6"}))
+        .await
+        .unwrap();
     assert!(!fetch(&lan, "http://192.0.2.1:8088/").contains("ok"), "{firewall}: IPv4 still published after Revoke");
-    assert!(!fetch(&lan, "http://[2001:db8:1::1]:8088/").contains("ok"), "{firewall}: IPv6 still published after Revoke");
+    assert!(
+        !fetch(&lan, "http://[2001:db8:1::1]:8088/").contains("ok"),
+        "{firewall}: IPv6 still published after Revoke"
+    );
     client.call("NetworkDriver.ProgramExternalConnectivity", &program).await.unwrap();
     drop(client);
     let mut driver = driver;

@@ -60,7 +60,8 @@ pub fn fdb_entry_of(msg: &NeighbourMessage) -> Option<FdbEntry> {
 pub fn learned_mac_of(msg: &NeighbourMessage) -> Option<[u8; 6]> {
     let of_bridge = msg.attributes.iter().any(|attr| matches!(attr, NeighbourAttribute::Controller(_)));
     let state = u16::from(msg.header.state);
-    let learned = of_bridge && !msg.header.flags.contains(NeighbourFlags::Own) && state & (NUD_PERMANENT | NUD_NOARP) == 0;
+    let learned =
+        of_bridge && !msg.header.flags.contains(NeighbourFlags::Own) && state & (NUD_PERMANENT | NUD_NOARP) == 0;
     if !learned {
         return None;
     }
@@ -139,7 +140,11 @@ impl Netlink {
         if let Some(port) = entry.port {
             request.message_mut().attributes.push(NeighbourAttribute::Port(port));
         }
-        request.execute().await.map_err(|e| anyhow!(e)).with_context(|| format!("adding FDB entry {entry} on {}", link.name))
+        request
+            .execute()
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("adding FDB entry {entry} on {}", link.name))
     }
 
     /// The MACs a bridge learned behind its port `port` (dynamic `master` entries).
@@ -153,7 +158,8 @@ impl Netlink {
             .try_collect()
             .await
             .with_context(|| format!("listing FDB entries of {}", port.name))?;
-        let mut macs: Vec<[u8; 6]> = messages.iter().filter(|m| m.header.ifindex == port.index).filter_map(learned_mac_of).collect();
+        let mut macs: Vec<[u8; 6]> =
+            messages.iter().filter(|m| m.header.ifindex == port.index).filter_map(learned_mac_of).collect();
         macs.sort();
         macs.dedup();
         Ok(macs)
@@ -170,8 +176,9 @@ impl Netlink {
         match self.handle().neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if is_errno(&e, ENOENT) => Ok(false),
-            Err(e) => Err(anyhow!(e))
-                .with_context(|| format!("removing the learned FDB entry {} from {}", mac::format(mac_addr), port.name)),
+            Err(e) => Err(anyhow!(e)).with_context(|| {
+                format!("removing the learned FDB entry {} from {}", mac::format(mac_addr), port.name)
+            }),
         }
     }
 
@@ -186,7 +193,8 @@ impl Netlink {
         match self.handle().neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if is_errno(&e, ENOENT) => Ok(false),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("removing FDB entry {} from {}", mac::format(mac_addr), link.name)),
+            Err(e) => Err(anyhow!(e))
+                .with_context(|| format!("removing FDB entry {} from {}", mac::format(mac_addr), link.name)),
         }
     }
 }
@@ -208,7 +216,8 @@ mod tests {
     fn reads_self_permanent_entries_only() {
         let mac_attr = NeighbourAttribute::LinkLayerAddress(vec![2, 0x42, 10, 0, 0, 5]);
         let dst = NeighbourAttribute::Destination(NeighbourAddress::Other(vec![10, 250, 0, 2]));
-        let entry = fdb_entry_of(&message(NeighbourFlags::Own, NeighbourState::Permanent, vec![mac_attr.clone(), dst.clone()]));
+        let entry =
+            fdb_entry_of(&message(NeighbourFlags::Own, NeighbourState::Permanent, vec![mac_attr.clone(), dst.clone()]));
         assert_eq!(
             entry,
             Some(FdbEntry { mac: [2, 0x42, 10, 0, 0, 5], dst: "10.250.0.2".parse().unwrap(), port: None })
@@ -217,14 +226,28 @@ mod tests {
         let iproute2 = message(NeighbourFlags::Own, NeighbourState::Other(0xc0), vec![mac_attr.clone(), dst.clone()]);
         assert_eq!(fdb_entry_of(&iproute2).map(|e| e.mac), Some([2, 0x42, 10, 0, 0, 5]));
         // Learned by the bridge (master), or not permanent, or without a destination: not ours.
-        assert_eq!(fdb_entry_of(&message(NeighbourFlags::Controller, NeighbourState::Permanent, vec![mac_attr.clone(), dst.clone()])), None);
-        assert_eq!(fdb_entry_of(&message(NeighbourFlags::Own, NeighbourState::Reachable, vec![mac_attr.clone(), dst])), None);
-        assert_eq!(fdb_entry_of(&message(NeighbourFlags::Own, NeighbourState::Permanent, vec![mac_attr.clone()])), None);
+        assert_eq!(
+            fdb_entry_of(&message(
+                NeighbourFlags::Controller,
+                NeighbourState::Permanent,
+                vec![mac_attr.clone(), dst.clone()]
+            )),
+            None
+        );
+        assert_eq!(
+            fdb_entry_of(&message(NeighbourFlags::Own, NeighbourState::Reachable, vec![mac_attr.clone(), dst])),
+            None
+        );
+        assert_eq!(
+            fdb_entry_of(&message(NeighbourFlags::Own, NeighbourState::Permanent, vec![mac_attr.clone()])),
+            None
+        );
     }
 
     #[test]
     fn learned_entries() {
-        let attrs = vec![NeighbourAttribute::LinkLayerAddress(vec![2, 0x42, 10, 0, 0, 5]), NeighbourAttribute::Controller(4)];
+        let attrs =
+            vec![NeighbourAttribute::LinkLayerAddress(vec![2, 0x42, 10, 0, 0, 5]), NeighbourAttribute::Controller(4)];
         let learned = message(NeighbourFlags::empty(), NeighbourState::Reachable, attrs.clone());
         assert_eq!(learned_mac_of(&learned), Some([2, 0x42, 10, 0, 0, 5]));
         // The port's own address (permanent), static entries and the link's own are not learned.

@@ -24,14 +24,14 @@ mod vxlan;
 use anyhow::{Context, Result};
 use rtnetlink::Handle;
 
+pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
 pub use link::*;
 pub use macvlan::{macvlan_message, MacVlanMode, MacvlanSpec};
-pub use vlan::{vlan_message, VlanSpec, VLAN_IDS};
-pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
 pub use neigh::{neighbour_entry_of, NeighbourEntry};
 pub use netns::Netns;
-pub use supervise::supervise;
 pub use routing::{connected_route_of, describe_interface, overlaps, ConnectedRoute, IifRule};
+pub use supervise::supervise;
+pub use vlan::{vlan_message, VlanSpec, VLAN_IDS};
 pub use vxlan::{vxlan_info_of, vxlan_message, VxlanInfo, VxlanSpec};
 
 /// A netlink connection in the calling thread's network namespace.

@@ -122,7 +122,11 @@ impl Netlink {
         let link = match self.link(spec.name).await? {
             Some(existing) => {
                 if !existing.is_kind("bridge") {
-                    bail!("{} already exists and is a {} link, not a bridge", spec.name, existing.kind.as_deref().unwrap_or("physical"));
+                    bail!(
+                        "{} already exists and is a {} link, not a bridge",
+                        spec.name,
+                        existing.kind.as_deref().unwrap_or("physical")
+                    );
                 }
                 if existing.alias.as_deref() != Some(spec.owner) {
                     bail!(

@@ -30,7 +30,8 @@ pub fn for_endpoint(ipv4: Option<Ipv4Addr>) -> [u8; 6] {
 /// recomputed over every port at each attach and detach.
 pub fn for_bridge(owner: &str) -> [u8; 6] {
     // FNV-1a: stable across builds and platforms, unlike the std hasher.
-    let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let hash =
+        owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     let b = hash.to_be_bytes();
     // 0x06: locally administered unicast, and never the 02:42 prefix of endpoint addresses.
     [0x06, b[1], b[2], b[3], b[4], b[5]]

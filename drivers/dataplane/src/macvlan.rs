@@ -46,12 +46,18 @@ impl Netlink {
         }
         match self.handle().link().add(macvlan_message(spec)).execute().await {
             Ok(()) => {}
-            Err(e) if unsupported_kind(&e) => bail!("creating macvlan {}: this kernel has no macvlan support (CONFIG_MACVLAN)", spec.name),
+            Err(e) if unsupported_kind(&e) => {
+                bail!("creating macvlan {}: this kernel has no macvlan support (CONFIG_MACVLAN)", spec.name)
+            }
             Err(e) => {
-                return Err(anyhow!(e)).with_context(|| format!("creating macvlan {} on link #{}", spec.name, spec.parent_index))
+                return Err(anyhow!(e))
+                    .with_context(|| format!("creating macvlan {} on link #{}", spec.name, spec.parent_index))
             }
         }
-        let link = self.link(spec.name).await?.ok_or_else(|| anyhow!("macvlan {} vanished right after it was created", spec.name))?;
+        let link = self
+            .link(spec.name)
+            .await?
+            .ok_or_else(|| anyhow!("macvlan {} vanished right after it was created", spec.name))?;
         self.set_alias(&link, spec.owner).await?;
         self.link(spec.name).await?.ok_or_else(|| anyhow!("macvlan {} vanished right after it was created", spec.name))
     }

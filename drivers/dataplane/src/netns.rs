@@ -187,7 +187,12 @@ impl Netlink {
     /// bridge is), `spec.peer_name` here (where Docker picks it up). Both ends get the MTU; the
     /// owner tag goes on the peer, so a leftover pair can be found from here. Nothing is left
     /// behind on failure. `ns_netlink` is a connection inside `ns`.
-    pub async fn create_veth_across(&self, spec: &VethSpec<'_>, ns: &Netns, ns_netlink: &Netlink) -> Result<(Link, Link)> {
+    pub async fn create_veth_across(
+        &self,
+        spec: &VethSpec<'_>,
+        ns: &Netns,
+        ns_netlink: &Netlink,
+    ) -> Result<(Link, Link)> {
         names::validate(spec.host_name)?;
         names::validate(spec.peer_name)?;
         let file = ns.file()?;
@@ -204,12 +209,15 @@ impl Netlink {
                 spec.peer_name
             ),
             Err(e) => {
-                return Err(anyhow!(e)).with_context(|| format!("creating veth pair {} / {}", spec.host_name, spec.peer_name))
+                return Err(anyhow!(e))
+                    .with_context(|| format!("creating veth pair {} / {}", spec.host_name, spec.peer_name))
             }
         }
         let result = async {
-            let mut peer = self.link(spec.peer_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.peer_name))?;
-            let inner = ns_netlink.link(spec.host_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.host_name))?;
+            let mut peer =
+                self.link(spec.peer_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.peer_name))?;
+            let inner =
+                ns_netlink.link(spec.host_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.host_name))?;
             if let Some(mtu) = spec.mtu {
                 if peer.mtu != mtu {
                     self.set_mtu(&peer, mtu).await?;
@@ -218,7 +226,8 @@ impl Netlink {
             self.set_alias(&peer, spec.owner).await?;
             ns_netlink.set_alias(&inner, spec.owner).await?;
             peer = self.link(spec.peer_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.peer_name))?;
-            let inner = ns_netlink.link(spec.host_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.host_name))?;
+            let inner =
+                ns_netlink.link(spec.host_name).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.host_name))?;
             Ok((inner, peer))
         }
         .await;

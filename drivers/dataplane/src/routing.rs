@@ -37,9 +37,16 @@ impl Netlink {
     /// routes to containers, …), IPv4 and IPv6; default, link-local and multicast routes left out.
     pub async fn connected_routes(&self) -> Result<Vec<ConnectedRoute>> {
         let mut routes = Vec::new();
-        for message in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
-            let dump: Vec<RouteMessage> =
-                self.handle().route().get(message).execute().try_collect().await.context("listing the host's routes")?;
+        for message in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()]
+        {
+            let dump: Vec<RouteMessage> = self
+                .handle()
+                .route()
+                .get(message)
+                .execute()
+                .try_collect()
+                .await
+                .context("listing the host's routes")?;
             routes.extend(dump.iter().filter_map(connected_route_of));
         }
         Ok(routes)
@@ -74,7 +81,9 @@ impl Netlink {
         match self.handle().route().add(message).replace().execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, EEXIST) => Ok(()),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("routing {destination} to {} in table {table}", link.name)),
+            Err(e) => {
+                Err(anyhow!(e)).with_context(|| format!("routing {destination} to {} in table {table}", link.name))
+            }
         }
     }
 
@@ -83,9 +92,8 @@ impl Netlink {
         match self.handle().route().del(message).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, ESRCH) => Ok(()),
-            Err(e) => {
-                Err(anyhow!(e)).with_context(|| format!("removing route {destination} from {} in table {table}", link.name))
-            }
+            Err(e) => Err(anyhow!(e))
+                .with_context(|| format!("removing route {destination} from {} in table {table}", link.name)),
         }
     }
 
@@ -106,7 +114,10 @@ impl Netlink {
             match self.handle().route().add(message).replace().execute().await {
                 Ok(()) => {}
                 Err(e) if is_errno(&e, EEXIST) => {}
-                Err(e) => return Err(anyhow!(e)).with_context(|| format!("adding an unreachable default route to table {table}")),
+                Err(e) => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("adding an unreachable default route to table {table}"))
+                }
             }
         }
         Ok(())
@@ -114,7 +125,8 @@ impl Netlink {
 
     /// Removes every route of table `table` (both families).
     pub async fn flush_table(&self, table: u32) -> Result<()> {
-        for message in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
+        for message in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()]
+        {
             let dump: Vec<RouteMessage> =
                 self.handle().route().get(message).execute().try_collect().await.context("listing routes")?;
             for route in dump.into_iter().filter(|r| table_of(r) == table) {
@@ -131,7 +143,8 @@ impl Netlink {
     /// Adds `iif <rule.interface> lookup <rule.table> [suppress_prefixlength 0]` at `priority` (before the main table's
     /// 32766); safe to repeat.
     pub async fn ensure_iif_rule(&self, rule: &IifRule, priority: u32) -> Result<()> {
-        let add = self.handle().rule().add().input_interface(rule.interface.clone()).table_id(rule.table).priority(priority);
+        let add =
+            self.handle().rule().add().input_interface(rule.interface.clone()).table_id(rule.table).priority(priority);
         let result = if rule.ipv6 {
             let mut add = add.v6().action(RuleAction::ToTable);
             if rule.skip_default {
@@ -148,7 +161,9 @@ impl Netlink {
         match result {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, EEXIST) => Ok(()),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("adding rule iif {} lookup {}", rule.interface, rule.table)),
+            Err(e) => {
+                Err(anyhow!(e)).with_context(|| format!("adding rule iif {} lookup {}", rule.interface, rule.table))
+            }
         }
     }
 
@@ -173,7 +188,8 @@ impl Netlink {
                 Ok(()) => {}
                 Err(e) if is_errno(&e, ENOENT) || is_errno(&e, ESRCH) => {}
                 Err(e) => {
-                    return Err(anyhow!(e)).with_context(|| format!("removing rule iif {} lookup {}", rule.interface, rule.table))
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("removing rule iif {} lookup {}", rule.interface, rule.table))
                 }
             }
         }
@@ -288,9 +304,15 @@ mod tests {
             describe_interface("loome904e172e07", Some("netloom:bridge:e904e172e07e0123456789")),
             "interface loome904e172e07 (loom-bridge network e904e172e07e)"
         );
-        assert_eq!(describe_interface("lh0123", Some("netloom:host:abcdef:0123")), "interface lh0123 (loom-host network abcdef)");
+        assert_eq!(
+            describe_interface("lh0123", Some("netloom:host:abcdef:0123")),
+            "interface lh0123 (loom-host network abcdef)"
+        );
         assert_eq!(describe_interface("docker0", None), "interface docker0 (Docker's default bridge network)");
-        assert_eq!(describe_interface("br-0123456789ab", None), "interface br-0123456789ab (Docker bridge network 0123456789ab)");
+        assert_eq!(
+            describe_interface("br-0123456789ab", None),
+            "interface br-0123456789ab (Docker bridge network 0123456789ab)"
+        );
         assert_eq!(describe_interface("eth0", Some("uplink")), "interface eth0");
         assert_eq!(describe_interface("br-lan", None), "interface br-lan");
         assert_eq!(describe_interface("é", Some("netloom:é")), "interface é");
@@ -310,7 +332,10 @@ mod tests {
 
     fn route(dest: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
         let dest = net(dest);
-        let mut builder = RouteMessageBuilder::<IpAddr>::new().destination_prefix(dest.ip(), dest.prefix()).unwrap().output_interface(oif);
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dest.ip(), dest.prefix())
+            .unwrap()
+            .output_interface(oif);
         if let Some(g) = gateway {
             builder = builder.gateway(g.parse().unwrap()).unwrap();
         }

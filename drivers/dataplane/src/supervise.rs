@@ -42,7 +42,13 @@ impl Netlink {
                 *shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = handle;
             }
         };
-        tokio::spawn(supervise("netlink connection", connection, move || wanted.strong_count() > 0, reconnect, install));
+        tokio::spawn(supervise(
+            "netlink connection",
+            connection,
+            move || wanted.strong_count() > 0,
+            reconnect,
+            install,
+        ));
         Netlink { handle: shared }
     }
 }

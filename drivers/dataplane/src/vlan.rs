@@ -46,11 +46,17 @@ impl Netlink {
                     ),
                     Err(e) => {
                         return Err(anyhow!(e)).with_context(|| {
-                            format!("creating VLAN sub-interface {} (id {} on {})", spec.name, spec.id, spec.parent.name)
+                            format!(
+                                "creating VLAN sub-interface {} (id {} on {})",
+                                spec.name, spec.id, spec.parent.name
+                            )
                         })
                     }
                 }
-                let link = self.link(spec.name).await?.ok_or_else(|| anyhow!("{} vanished right after it was created", spec.name))?;
+                let link = self
+                    .link(spec.name)
+                    .await?
+                    .ok_or_else(|| anyhow!("{} vanished right after it was created", spec.name))?;
                 self.set_alias(&link, spec.owner).await?;
                 link
             }
@@ -66,7 +72,16 @@ mod tests {
     use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo};
 
     fn parent() -> Link {
-        Link { index: 3, name: "eth0".into(), kind: None, mtu: 1500, mac: vec![], controller: None, up: true, alias: None }
+        Link {
+            index: 3,
+            name: "eth0".into(),
+            kind: None,
+            mtu: 1500,
+            mac: vec![],
+            controller: None,
+            up: true,
+            alias: None,
+        }
     }
 
     #[test]
@@ -93,7 +108,8 @@ mod tests {
         runtime.block_on(async {
             let nl = Netlink::connect().unwrap();
             for id in [0, 4095] {
-                let err = nl.ensure_vlan(&VlanSpec { name: "eth0.x", parent: &parent, id, owner: "o" }).await.unwrap_err();
+                let err =
+                    nl.ensure_vlan(&VlanSpec { name: "eth0.x", parent: &parent, id, owner: "o" }).await.unwrap_err();
                 assert!(err.to_string().contains("out of range; use 1 to 4094"), "{err}");
             }
         });

@@ -171,7 +171,10 @@ impl Netlink {
                 })
             }
         }
-        let link = target_nl.link(spec.name).await?.ok_or_else(|| anyhow!("VXLAN link {} vanished right after it was created", spec.name))?;
+        let link = target_nl
+            .link(spec.name)
+            .await?
+            .ok_or_else(|| anyhow!("VXLAN link {} vanished right after it was created", spec.name))?;
         target_nl.set_alias(&link, spec.owner).await?;
         target_nl.set_up(&link).await?;
         target_nl.link(spec.name).await?.ok_or_else(|| anyhow!("VXLAN link {} vanished", spec.name))
@@ -202,7 +205,9 @@ mod tests {
         assert!(msg.attributes.contains(&LinkAttribute::Mtu(1450)));
         let info = vxlan_info_of(&msg).expect("VXLAN data");
         assert!(info.matches(&spec()), "{info:?}");
-        let LinkAttribute::LinkInfo(infos) = msg.attributes.iter().find(|a| matches!(a, LinkAttribute::LinkInfo(_))).unwrap() else {
+        let LinkAttribute::LinkInfo(infos) =
+            msg.attributes.iter().find(|a| matches!(a, LinkAttribute::LinkInfo(_))).unwrap()
+        else {
             unreachable!()
         };
         let data = infos.iter().find_map(|i| match i {

@@ -80,7 +80,8 @@ fn veth_pair_on_a_bridge() {
         // The bridge keeps its own address when a port with a lower one joins (the kernel
         // would otherwise take the port's).
         assert_eq!(bridge.mac, netloom_dataplane::mac::for_bridge("o"));
-        let lowered = std::process::Command::new("ip").args(["link", "set", "vl-a", "address", "02:00:00:00:00:01"]).status();
+        let lowered =
+            std::process::Command::new("ip").args(["link", "set", "vl-a", "address", "02:00:00:00:00:01"]).status();
         assert!(lowered.unwrap().success());
         nl.attach(&host, &bridge).await.unwrap();
         nl.configure_bridge_port(&host, true, true).await.unwrap();
@@ -101,7 +102,8 @@ fn veth_pair_on_a_bridge() {
 fn link_routes_come_and_go() {
     in_new_netns(|| async {
         let nl = Netlink::connect().unwrap();
-        let (host, _) = nl.ensure_veth(&VethSpec { host_name: "vr0", peer_name: "vr1", mtu: None, owner: "o" }).await.unwrap();
+        let (host, _) =
+            nl.ensure_veth(&VethSpec { host_name: "vr0", peer_name: "vr1", mtu: None, owner: "o" }).await.unwrap();
         nl.set_up(&host).await.unwrap();
         let dst: IpNetwork = "10.78.0.5/32".parse().unwrap();
         nl.ensure_link_route(dst, &host).await.unwrap();
@@ -128,7 +130,10 @@ fn sysctls_apply_to_the_namespace() {
 fn macvlan_on_a_parent_is_created_once_and_reused() {
     in_new_netns(|| async {
         let nl = Netlink::connect().unwrap();
-        let (parent, _) = nl.ensure_veth(&VethSpec { host_name: "mvp0", peer_name: "mvp1", mtu: Some(1450), owner: "o" }).await.unwrap();
+        let (parent, _) = nl
+            .ensure_veth(&VethSpec { host_name: "mvp0", peer_name: "mvp1", mtu: Some(1450), owner: "o" })
+            .await
+            .unwrap();
         let mac = mac::for_endpoint(Some("10.79.0.5".parse().unwrap()));
         let spec = MacvlanSpec {
             name: "mv-a",
@@ -146,7 +151,8 @@ fn macvlan_on_a_parent_is_created_once_and_reused() {
 
         let err = nl.ensure_macvlan(&MacvlanSpec { owner: "other", ..spec.clone() }).await.unwrap_err().to_string();
         assert!(err.contains("mv-a already exists and is not this endpoint's macvlan"), "{err}");
-        let err = nl.ensure_macvlan(&MacvlanSpec { name: "mv-big", mtu: Some(9000), ..spec.clone() }).await.unwrap_err();
+        let err =
+            nl.ensure_macvlan(&MacvlanSpec { name: "mv-big", mtu: Some(9000), ..spec.clone() }).await.unwrap_err();
         assert!(format!("{err:#}").contains("creating macvlan mv-big"), "{err:#}");
         assert!(nl.link("mv-big").await.unwrap().is_none(), "nothing half-made");
 
@@ -161,7 +167,8 @@ fn macvlan_on_a_parent_is_created_once_and_reused() {
 fn vlan_sub_interface_or_a_clear_unsupported_error() {
     in_new_netns(|| async {
         let nl = Netlink::connect().unwrap();
-        let (parent, _) = nl.ensure_veth(&VethSpec { host_name: "vlp0", peer_name: "vlp1", mtu: None, owner: "o" }).await.unwrap();
+        let (parent, _) =
+            nl.ensure_veth(&VethSpec { host_name: "vlp0", peer_name: "vlp1", mtu: None, owner: "o" }).await.unwrap();
         let spec = VlanSpec { name: "vlp0.50", parent: &parent, id: 50, owner: "netloom:test:n1" };
         match nl.ensure_vlan(&spec).await {
             Err(e) if e.to_string().contains("no 802.1q VLAN support") => {

@@ -17,8 +17,14 @@ where
         use nix::sched::CloneFlags;
         nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare");
         // Mounts made by the test stay in its mount namespace.
-        nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>)
-            .expect("making / private");
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("making / private");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(test());
     })
@@ -32,7 +38,10 @@ fn ip(text: &str) -> IpAddr {
 
 /// A link with `address`, to be the tunnel endpoint (a veth: this kernel may have no dummy links).
 async fn underlay(address: &str) {
-    let status = std::process::Command::new("ip").args(["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]).status().unwrap();
+    let status = std::process::Command::new("ip")
+        .args(["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"])
+        .status()
+        .unwrap();
     assert!(status.success());
     for args in [vec!["addr", "add", address, "dev", "ul0"], vec!["link", "set", "ul0", "up"]] {
         assert!(std::process::Command::new("ip").args(&args).status().unwrap().success());
@@ -40,7 +49,15 @@ async fn underlay(address: &str) {
 }
 
 fn spec(vni: u32) -> VxlanSpec<'static> {
-    VxlanSpec { name: "vx-t", vni, local: ip("10.99.0.1"), port: 4789, mtu: Some(1450), proxy_arp: true, owner: "netloom:test:n1" }
+    VxlanSpec {
+        name: "vx-t",
+        vni,
+        local: ip("10.99.0.1"),
+        port: 4789,
+        mtu: Some(1450),
+        proxy_arp: true,
+        owner: "netloom:test:n1",
+    }
 }
 
 #[test]
@@ -77,7 +94,10 @@ fn vxlan_link_is_created_reused_and_replaced() {
         nl.attach(&replaced, &bridge).await.unwrap();
         nl.configure_bridge_port(&replaced, true, false).await.unwrap();
         nl.set_port_isolated(&replaced, true).await.unwrap();
-        let detail = String::from_utf8(std::process::Command::new("ip").args(["-d", "link", "show", "vx-t"]).output().unwrap().stdout).unwrap();
+        let detail = String::from_utf8(
+            std::process::Command::new("ip").args(["-d", "link", "show", "vx-t"]).output().unwrap().stdout,
+        )
+        .unwrap();
         assert!(detail.contains("hairpin on") && detail.contains("isolated on"), "{detail}");
 
         assert!(nl.delete_link("vx-t").await.unwrap());

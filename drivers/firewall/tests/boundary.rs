@@ -95,10 +95,8 @@ fn loopback_attack(kind: BackendKind) {
     let (a2, p2) = (a.clone(), ports.to_vec());
     fw.call(move |fw| Box::pin(async move { fw.add_ports(&a2, EP1, &p2).await })).expect("add_ports");
 
-    let _servers = [
-        Server::start_on(host, "127.0.0.1", 9999, "loopback-service"),
-        Server::start(lab.c("c1"), 80, "c1"),
-    ];
+    let _servers =
+        [Server::start_on(host, "127.0.0.1", 9999, "loopback-service"), Server::start(lab.c("c1"), 80, "c1")];
     let udp_service = UdpCounter::start(host, "127.0.0.1:9998");
     let (c1, client) = (lab.c("c1"), &lab.client);
 
@@ -160,7 +158,10 @@ fn loopback_attack(kind: BackendKind) {
     };
     let unguarded = probes(&[(c1, "127.0.0.1:9999"), (c1, "127.0.0.1:8081")]);
     let leaked = counter(host, "leaked");
-    eprintln!("[loopback {kind}] without the guard: {leaked} packets left with a 127/8 source, answer {:?}", unguarded[0]);
+    eprintln!(
+        "[loopback {kind}] without the guard: {leaked} packets left with a 127/8 source, answer {:?}",
+        unguarded[0]
+    );
     assert!(
         leaked > 0 && answered_by(&unguarded[0], "loopback-service"),
         "without the guard the attack got nothing either; the test proves nothing"
@@ -317,8 +318,12 @@ fn iptables_upgrade_replaces_the_old_prerouting_jump() {
     let fw = Fw::open(host, BackendKind::Iptables);
     let a = network_a();
     fw.call(move |fw| Box::pin(async move { fw.add_network(&a).await })).expect("add_network");
-    let jumps: Vec<String> =
-        host.sh("iptables -w -t nat -S PREROUTING").lines().filter(|l| l.contains("LOOM-DNAT")).map(String::from).collect();
+    let jumps: Vec<String> = host
+        .sh("iptables -w -t nat -S PREROUTING")
+        .lines()
+        .filter(|l| l.contains("LOOM-DNAT"))
+        .map(String::from)
+        .collect();
     assert_eq!(jumps.len(), 1, "{jumps:?}");
     assert!(jumps[0].contains("! -d 127.0.0.0/8"), "{jumps:?}");
     let guards = host.sh("iptables -w -t raw -S PREROUTING; ip6tables -w -t raw -S PREROUTING");

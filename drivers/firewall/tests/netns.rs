@@ -370,7 +370,8 @@ fn batch(kind: BackendKind) {
 
     let mut stale = nets.clone();
     stale[1].bridge = "loomOld".into();
-    let install = |nets: Vec<NetworkPolicy>| fw.call(move |fw| Box::pin(async move { fw.add_networks(&nets).await })).unwrap();
+    let install =
+        |nets: Vec<NetworkPolicy>| fw.call(move |fw| Box::pin(async move { fw.add_networks(&nets).await })).unwrap();
     install(stale);
     install(nets.clone());
     assert_eq!(rules(), one_by_one, "a batch install differs from one by one");

@@ -14,8 +14,8 @@ use netloom_dataplane::{mac, names, Netlink};
 use netloom_firewall::Firewall;
 use netloom_plugin_api::addressing::{endpoint_address, pools, short_id};
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
-use netloom_plugin_api::siblings::{self, ClaimedSubnets};
 use netloom_plugin_api::locks::{bounded, lock, KeyedLocks, Turn, CALL_LIMIT, LOCK_WAIT};
+use netloom_plugin_api::siblings::{self, ClaimedSubnets};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
     EndpointRef, InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, RouteType,
@@ -60,7 +60,8 @@ struct State {
 impl HostDriver {
     /// Loads the records and reconciles the kernel with them before the socket opens.
     pub async fn start(netlink: Netlink, firewall: Arc<dyn Firewall>, records: Records) -> Result<Self> {
-        let mut state = State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
+        let mut state =
+            State { networks: records.networks().await?, endpoints: records.endpoints().await?, ..State::default() };
         // Internal networks recorded before they got a routing table get one now.
         let mut taken: Vec<u32> = state.networks.values().filter_map(|n| n.table).collect();
         for net in state.networks.values_mut().filter(|n| n.internal && n.table.is_none()) {
@@ -122,7 +123,9 @@ impl HostDriver {
         for ep in state.endpoints.values() {
             match state.networks.get(&ep.network_id) {
                 Some(net) => known.push((net, ep)),
-                None => warn!(endpoint = %short_id(&ep.id), "endpoint of an unknown network; it goes when Docker deletes it"),
+                None => {
+                    warn!(endpoint = %short_id(&ep.id), "endpoint of an unknown network; it goes when Docker deletes it")
+                }
             }
         }
         // Endpoints are independent: their netlink round trips overlap.
@@ -258,7 +261,10 @@ impl HostDriver {
     async fn teardown_endpoint(&self, net: Option<&NetworkRecord>, ep: &EndpointRecord) -> Result<()> {
         let mut errors = Vec::new();
         let policy_id = policy::id(ep);
-        let removed = self.firewall_call(format!("removing endpoint {}", short_id(&ep.id)), self.firewall.remove_network_by_id(&policy_id));
+        let removed = self.firewall_call(
+            format!("removing endpoint {}", short_id(&ep.id)),
+            self.firewall.remove_network_by_id(&policy_id),
+        );
         if let Err(e) = removed.await {
             errors.push(format!("{e:#}"));
         }
@@ -287,7 +293,12 @@ impl NetworkDriver for HostDriver {
         state
             .networks
             .values()
-            .map(|n| ClaimedSubnets { driver: "loom-host".into(), network_id: n.id.clone(), detail: String::new(), subnets: n.subnets().collect() })
+            .map(|n| ClaimedSubnets {
+                driver: "loom-host".into(),
+                network_id: n.id.clone(),
+                detail: String::new(),
+                subnets: n.subnets().collect(),
+            })
             .collect()
     }
 
@@ -296,7 +307,8 @@ impl NetworkDriver for HostDriver {
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;
         let pools_v6 = if req.options.enable_ipv6() { pools(&req.ipv6_data, "IPv6")? } else { Vec::new() };
         let doing = format!("CreateNetwork of {}", short_id(&req.network_id));
-        let _creating = self.turns.take(CREATING, "other loom-host network creations", doing.clone(), self.lock_wait).await?;
+        let _creating =
+            self.turns.take(CREATING, "other loom-host network creations", doing.clone(), self.lock_wait).await?;
         let _turn = self.turn(&req.network_id, doing).await?;
         let existing = self.state().networks.get(&req.network_id).cloned();
         if let Some(existing) = existing {
@@ -325,7 +337,8 @@ impl NetworkDriver for HostDriver {
                 debug!(network = %req.network_id, "unknown network; nothing to delete");
                 return Ok(());
             };
-            let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
+            let leftovers: Vec<EndpointRecord> =
+                state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
             (net, leftovers)
         };
         for ep in &leftovers {
@@ -348,13 +361,19 @@ impl NetworkDriver for HostDriver {
         let _turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
         let (net, existing) = {
             let state = self.state();
-            let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &req.network_id))?;
+            let net = state
+                .networks
+                .get(&req.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-host", &req.network_id))?;
             (net, state.endpoints.get(&req.endpoint_id).cloned())
         };
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
         let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
         if address_v4.is_none() && address_v6.is_none() {
-            return Err(PluginError::new("loom-host routes container addresses, but Docker assigned this endpoint none"));
+            return Err(PluginError::new(
+                "loom-host routes container addresses, but Docker assigned this endpoint none",
+            ));
         }
         let mac_given = !req.interface.mac_address.is_empty();
         let record = match existing {
@@ -366,7 +385,11 @@ impl NetworkDriver for HostDriver {
                 peer_veth: names::derived("lp", &req.endpoint_id),
                 address_v4,
                 address_v6,
-                mac: if mac_given { req.interface.mac_address.clone() } else { mac::format(&mac::for_endpoint(ipv4(address_v4))) },
+                mac: if mac_given {
+                    req.interface.mac_address.clone()
+                } else {
+                    mac::format(&mac::for_endpoint(ipv4(address_v4)))
+                },
                 joined: false,
                 ports: Vec::new(),
             },
@@ -377,7 +400,8 @@ impl NetworkDriver for HostDriver {
             let _ = self.records.delete_endpoint(&record.network_id, &record.id).await;
             return Err(e.into());
         }
-        let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
+        let interface =
+            (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
         self.state().endpoints.insert(record.id.clone(), record);
         Ok(CreateEndpointResponse { interface })
     }
@@ -410,7 +434,11 @@ impl NetworkDriver for HostDriver {
         ep.joined = true;
         self.records.put_endpoint(&ep).await?;
         plumbing::add_routes(&self.netlink, &host, &net, &ep).await?;
-        self.firewall_call(format!("policy of endpoint {}", short_id(&ep.id)), self.firewall.add_network(&policy::of(&net, &ep))).await?;
+        self.firewall_call(
+            format!("policy of endpoint {}", short_id(&ep.id)),
+            self.firewall.add_network(&policy::of(&net, &ep)),
+        )
+        .await?;
         info!(endpoint = %short_id(&ep.id), veth = %ep.host_veth, routes = ?ep.host_routes(), table = ?net.table, "joined");
         let gateways = !net.internal;
         let response = JoinResponse {
@@ -419,11 +447,18 @@ impl NetworkDriver for HostDriver {
             gateway_ipv6: if gateways && ep.address_v6.is_some() { GATEWAY_V6.to_string() } else { String::new() },
             // The gateways are on-link: Docker installs these before the default routes (an
             // IPv6 sandbox may not have its fe80::/64 route yet when the gateway is set).
-            static_routes: [(ep.address_v4.is_some(), format!("{GATEWAY_V4}/32")), (ep.address_v6.is_some(), format!("{GATEWAY_V6}/128"))]
-                .into_iter()
-                .filter(|(wanted, _)| *wanted)
-                .map(|(_, destination)| StaticRoute { destination, route_type: RouteType::Connected, next_hop: String::new() })
-                .collect(),
+            static_routes: [
+                (ep.address_v4.is_some(), format!("{GATEWAY_V4}/32")),
+                (ep.address_v6.is_some(), format!("{GATEWAY_V6}/128")),
+            ]
+            .into_iter()
+            .filter(|(wanted, _)| *wanted)
+            .map(|(_, destination)| StaticRoute {
+                destination,
+                route_type: RouteType::Connected,
+                next_hop: String::new(),
+            })
+            .collect(),
             // An internal network has no gateway, and must not get docker_gwbridge's either.
             disable_gateway_service: net.internal,
         };
@@ -441,8 +476,11 @@ impl NetworkDriver for HostDriver {
             (state.networks.get(&ep.network_id).cloned(), ep)
         };
         // Removing the endpoint's policy withdraws its published ports too.
-        self.firewall_call(format!("removing endpoint {}", short_id(&ep.id)), self.firewall.remove_network_by_id(&policy::id(&ep)))
-            .await?;
+        self.firewall_call(
+            format!("removing endpoint {}", short_id(&ep.id)),
+            self.firewall.remove_network_by_id(&policy::id(&ep)),
+        )
+        .await?;
         plumbing::remove_routes(&self.netlink, net.as_ref(), &ep).await?;
         ep.joined = false;
         ep.ports.clear();
@@ -457,19 +495,36 @@ impl NetworkDriver for HostDriver {
     async fn program_external_connectivity(&self, req: ProgramExternalConnectivityRequest) -> PluginResult<()> {
         let bindings = port_bindings(&req.options).map_err(PluginError::new)?;
         debug!(endpoint = %short_id(&req.endpoint_id), ?bindings, "port bindings from Docker");
-        let _turn = self.turn(&req.network_id, format!("ProgramExternalConnectivity of {}", short_id(&req.endpoint_id))).await?;
+        let _turn = self
+            .turn(&req.network_id, format!("ProgramExternalConnectivity of {}", short_id(&req.endpoint_id)))
+            .await?;
         // Resolve and reserve the host ports in one go, so that a request on another network
         // cannot take the same ones while the firewall is being programmed.
         let (net, mut ep, ports) = {
             let mut state = self.state();
-            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
-            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
+            let ep = state
+                .endpoints
+                .get(&req.endpoint_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_endpoint("loom-host", &req.endpoint_id))?;
+            let net = state
+                .networks
+                .get(&ep.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
             if net.internal && !bindings.is_empty() {
                 return Err(PluginError::new("an --internal network cannot publish ports"));
             }
             let ports = state
                 .ports
-                .resolve(&ep.id, &bindings, ep.address_v4.map(|a| a.ip()), ep.address_v6.map(|a| a.ip()), None, &host_port_is_free)
+                .resolve(
+                    &ep.id,
+                    &bindings,
+                    ep.address_v4.map(|a| a.ip()),
+                    ep.address_v6.map(|a| a.ip()),
+                    None,
+                    &host_port_is_free,
+                )
                 .map_err(PluginError::from)?;
             state.ports.insert(&ep.id, ports.clone());
             (net, ep, ports)
@@ -478,10 +533,18 @@ impl NetworkDriver for HostDriver {
         let stale: Vec<PublishedPort> = ep.ports.iter().filter(|p| !ports.contains(p)).cloned().collect();
         let applied = async {
             if !stale.is_empty() {
-                self.firewall_call(format!("withdrawing ports of endpoint {}", short_id(&ep.id)), self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&stale))).await?;
+                self.firewall_call(
+                    format!("withdrawing ports of endpoint {}", short_id(&ep.id)),
+                    self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&stale)),
+                )
+                .await?;
             }
             if !ports.is_empty() {
-                self.firewall_call(format!("publishing ports of endpoint {}", short_id(&ep.id)), self.firewall.add_ports(&policy, &ep.id, &policy::mappings(&ports))).await?;
+                self.firewall_call(
+                    format!("publishing ports of endpoint {}", short_id(&ep.id)),
+                    self.firewall.add_ports(&policy, &ep.id, &policy::mappings(&ports)),
+                )
+                .await?;
             }
             let mut updated = ep.clone();
             updated.ports = ports.clone();
@@ -500,7 +563,8 @@ impl NetworkDriver for HostDriver {
     }
 
     async fn revoke_external_connectivity(&self, req: EndpointRef) -> PluginResult<()> {
-        let _turn = self.turn(&req.network_id, format!("RevokeExternalConnectivity of {}", short_id(&req.endpoint_id))).await?;
+        let _turn =
+            self.turn(&req.network_id, format!("RevokeExternalConnectivity of {}", short_id(&req.endpoint_id))).await?;
         let (net, mut ep) = {
             let state = self.state();
             let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
@@ -513,7 +577,11 @@ impl NetworkDriver for HostDriver {
         }
         if let Some(net) = net {
             let policy = policy::of(&net, &ep);
-            self.firewall_call(format!("withdrawing ports of endpoint {}", short_id(&ep.id)), self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&ep.ports))).await?;
+            self.firewall_call(
+                format!("withdrawing ports of endpoint {}", short_id(&ep.id)),
+                self.firewall.remove_ports(&policy, &ep.id, &policy::mappings(&ep.ports)),
+            )
+            .await?;
         }
         ep.ports.clear();
         self.records.put_endpoint(&ep).await?;
@@ -527,8 +595,16 @@ impl NetworkDriver for HostDriver {
 impl HostDriver {
     fn endpoint_and_network(&self, endpoint_id: &str) -> PluginResult<(NetworkRecord, EndpointRecord)> {
         let state = self.state();
-        let ep = state.endpoints.get(endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-host", endpoint_id))?;
-        let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
+        let ep = state
+            .endpoints
+            .get(endpoint_id)
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_endpoint("loom-host", endpoint_id))?;
+        let net = state
+            .networks
+            .get(&ep.network_id)
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_network("loom-host", &ep.network_id))?;
         Ok((net, ep))
     }
 }

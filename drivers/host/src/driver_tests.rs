@@ -67,7 +67,9 @@ fn request<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 }
 
 fn network(id: &str, pool: &str) -> CreateNetworkRequest {
-    request(json!({"NetworkID": id, "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"Pool": pool}], "IPv6Data": []}))
+    request(
+        json!({"NetworkID": id, "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"Pool": pool}], "IPv6Data": []}),
+    )
 }
 
 fn endpoint(net: &str, ep: &str, address: &str) -> CreateEndpointRequest {
@@ -80,10 +82,12 @@ fn a_stuck_network_holds_up_only_itself() {
         Box::pin(async {
             let dir = tempfile::tempdir().unwrap();
             let embedded = netloom_ipam::store::open_with(None, dir.path(), StoreOptions::default()).await.unwrap();
-            let store = Arc::new(HeldStore { inner: embedded, stuck: "endpoints/slow/".into(), release: Notify::new() });
+            let store =
+                Arc::new(HeldStore { inner: embedded, stuck: "endpoints/slow/".into(), release: Notify::new() });
             let netlink = Netlink::connect().unwrap();
             let firewall = netloom_firewall::open(netloom_firewall::BackendKind::Nftables).await.unwrap();
-            let mut driver = HostDriver::start(netlink, firewall, Records::new(store.clone(), "host", "h1")).await.unwrap();
+            let mut driver =
+                HostDriver::start(netlink, firewall, Records::new(store.clone(), "host", "h1")).await.unwrap();
             driver.lock_wait = Duration::from_millis(300);
             let driver = Arc::new(driver);
             driver.create_network(network("slow", "10.70.0.0/24")).await.unwrap();
@@ -99,15 +103,22 @@ fn a_stuck_network_holds_up_only_itself() {
             let started = Instant::now();
             driver.create_endpoint(endpoint("fast", "f1", "10.71.0.2/24")).await.unwrap();
             driver.create_network(network("third", "10.72.0.0/24")).await.unwrap();
-            assert!(started.elapsed() < Duration::from_millis(250), "waited {:?} behind the stuck network", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_millis(250),
+                "waited {:?} behind the stuck network",
+                started.elapsed()
+            );
 
             // The stuck network's next request gives up in bounded time, saying why.
             let started = Instant::now();
-            let err = driver.delete_endpoint(request(json!({"NetworkID": "slow", "EndpointID": "s1"}))).await.unwrap_err();
+            let err =
+                driver.delete_endpoint(request(json!({"NetworkID": "slow", "EndpointID": "s1"}))).await.unwrap_err();
             assert!(started.elapsed() < Duration::from_secs(2));
             let message = err.message();
             assert!(
-                message.contains("timed out after 300 ms waiting for loom-host network slow, held by CreateEndpoint of s1"),
+                message.contains(
+                    "timed out after 300 ms waiting for loom-host network slow, held by CreateEndpoint of s1"
+                ),
                 "{message}"
             );
 
@@ -115,7 +126,10 @@ fn a_stuck_network_holds_up_only_itself() {
             store.release.notify_one();
             stuck.await.unwrap().unwrap();
             store.release.notify_one();
-            driver.create_endpoint(endpoint("slow", "s2", "10.70.0.3/24")).await.unwrap_or_else(|e| panic!("{}", e.message()));
+            driver
+                .create_endpoint(endpoint("slow", "s2", "10.70.0.3/24"))
+                .await
+                .unwrap_or_else(|e| panic!("{}", e.message()));
         })
     });
 }

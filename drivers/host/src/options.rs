@@ -60,7 +60,10 @@ mod tests {
             (vec![(ENABLE_IP_MASQUERADE, "yes")], "enable_ip_masquerade=\"yes\" is not a boolean"),
             (vec![(MTU, "9x")], "not a number"),
             (vec![(MTU, "30")], "out of range"),
-            (vec![("com.docker.network.bridge.name", "br0")], "unknown option(s) com.docker.network.bridge.name; loom-host understands"),
+            (
+                vec![("com.docker.network.bridge.name", "br0")],
+                "unknown option(s) com.docker.network.bridge.name; loom-host understands",
+            ),
         ] {
             let err = format!("{:#}", opts(&pairs).unwrap_err());
             assert!(err.contains(expected), "{pairs:?}: {err}");

@@ -2,7 +2,6 @@
 //! endpoint, written before a request is answered, so that a restarted driver can restore routes
 //! and tell its own leftovers apart.
 
-
 use ipnetwork::IpNetwork;
 use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::Pool;
@@ -127,7 +126,8 @@ mod tests {
 
     #[test]
     fn records_without_a_table_still_load() {
-        let old = r#"{"id":"n","options":{"masquerade":false,"mtu":null},"pools_v4":[],"pools_v6":[],"internal":false}"#;
+        let old =
+            r#"{"id":"n","options":{"masquerade":false,"mtu":null},"pools_v4":[],"pools_v6":[],"internal":false}"#;
         let record: NetworkRecord = serde_json::from_str(old).unwrap();
         assert_eq!(record.table, None);
     }

@@ -48,16 +48,33 @@ async fn bad_requests_are_refused() {
     let caps = client.call("NetworkDriver.GetCapabilities", &Value::Null).await.unwrap();
     assert_eq!(caps, json!({"Scope": "local", "ConnectivityScope": "local"}));
     for (method, body, expected) in [
-        ("NetworkDriver.CreateNetwork", network("n", json!({"parent": "eth0"})), "unknown option(s) parent; loom-host understands"),
-        ("NetworkDriver.CreateNetwork", network("n", json!({"com.docker.network.bridge.enable_ip_masquerade": "maybe"})), "is not a boolean"),
-        ("NetworkDriver.CreateEndpoint", endpoint("nope", "e", "10.9.0.2/24"), "network nope is not known to loom-host"),
-        ("NetworkDriver.Join", json!({"NetworkID": "n", "EndpointID": "nope", "Options": {}}), "endpoint nope is not known"),
+        (
+            "NetworkDriver.CreateNetwork",
+            network("n", json!({"parent": "eth0"})),
+            "unknown option(s) parent; loom-host understands",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            network("n", json!({"com.docker.network.bridge.enable_ip_masquerade": "maybe"})),
+            "is not a boolean",
+        ),
+        (
+            "NetworkDriver.CreateEndpoint",
+            endpoint("nope", "e", "10.9.0.2/24"),
+            "network nope is not known to loom-host",
+        ),
+        (
+            "NetworkDriver.Join",
+            json!({"NetworkID": "n", "EndpointID": "nope", "Options": {}}),
+            "endpoint nope is not known",
+        ),
     ] {
         let err = client.call(method, &body).await.expect_err(method).to_string();
         assert!(err.contains(expected), "{method}: {err}");
     }
     client.call("NetworkDriver.CreateNetwork", &network("n", json!({}))).await.unwrap();
-    let err = client.call("NetworkDriver.CreateEndpoint", &endpoint("n", "e", "10.8.0.2/24")).await.unwrap_err().to_string();
+    let err =
+        client.call("NetworkDriver.CreateEndpoint", &endpoint("n", "e", "10.8.0.2/24")).await.unwrap_err().to_string();
     assert!(err.contains("address 10.8.0.2 is outside the network's subnets 10.9.0.0/24"), "{err}");
     assert_eq!(ns.links(), ["lo"], "nothing made for refused requests");
 }
@@ -70,22 +87,34 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
     let mut driver = start(&ns, &dir);
     let mut client = connect(&driver).await;
 
-    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({"com.docker.network.driver.mtu": "1400"}))).await.unwrap();
+    client
+        .call("NetworkDriver.CreateNetwork", &network("n1", json!({"com.docker.network.driver.mtu": "1400"})))
+        .await
+        .unwrap();
     let created = client.call("NetworkDriver.CreateEndpoint", &endpoint("n1", "e1", "10.9.0.5/24")).await.unwrap();
     assert_eq!(created, json!({"Interface": {"MacAddress": "02:42:0a:09:00:05"}}));
-    let host_end = ns.sh("ip -o addr show lhe1; cat /proc/sys/net/ipv4/conf/lhe1/proxy_arp /proc/sys/net/ipv4/ip_forward").unwrap();
+    let host_end = ns
+        .sh("ip -o addr show lhe1; cat /proc/sys/net/ipv4/conf/lhe1/proxy_arp /proc/sys/net/ipv4/ip_forward")
+        .unwrap();
     for want in ["inet 169.254.1.1/32", "\n1\n1\n"] {
         assert!(host_end.contains(want), "{want:?} missing: {host_end}");
     }
     assert!(!routes(&ns).contains("10.9.0.5"), "no route before Join");
 
-    let joined = client.call("NetworkDriver.Join", &json!({"NetworkID": "n1", "EndpointID": "e1", "SandboxKey": "x", "Options": {}})).await.unwrap();
+    let joined = client
+        .call("NetworkDriver.Join", &json!({"NetworkID": "n1", "EndpointID": "e1", "SandboxKey": "x", "Options": {}}))
+        .await
+        .unwrap();
     assert_eq!(
         joined,
         json!({"InterfaceName": {"SrcName": "lpe1", "DstPrefix": "eth"}, "Gateway": "169.254.1.1",
                "StaticRoutes": [{"Destination": "169.254.1.1/32", "RouteType": 1}]})
     );
-    assert!(routes(&ns).lines().any(|r| r.starts_with("10.9.0.5 dev lhe1 ") && r.contains("scope link")), "{}", routes(&ns));
+    assert!(
+        routes(&ns).lines().any(|r| r.starts_with("10.9.0.5 dev lhe1 ") && r.contains("scope link")),
+        "{}",
+        routes(&ns)
+    );
     assert!(firewall_rules(&ns).contains("-i lhe1 ! -o lhe1"), "forwarding accepted: {}", firewall_rules(&ns));
 
     // What Docker does with that answer, by hand: the container reaches the host and back.
@@ -112,8 +141,13 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
     let mut clash = program.clone();
     clash["EndpointID"] = json!("e2");
     let err = client.call("NetworkDriver.ProgramExternalConnectivity", &clash).await.unwrap_err().to_string();
-    assert!(err.contains("cannot publish port 53/udp on 0.0.0.0:5353: it is already published for endpoint e1"), "{err}");
-    for (method, body) in [("NetworkDriver.Leave", ep_ref("n1", "e2")), ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e2"))] {
+    assert!(
+        err.contains("cannot publish port 53/udp on 0.0.0.0:5353: it is already published for endpoint e1"),
+        "{err}"
+    );
+    for (method, body) in
+        [("NetworkDriver.Leave", ep_ref("n1", "e2")), ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e2"))]
+    {
         client.call(method, &body).await.unwrap();
     }
 
@@ -135,7 +169,9 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
     client.call("NetworkDriver.Leave", &ep_ref("n1", "e1")).await.unwrap();
     assert!(!routes(&ns).contains("10.9.0.5"), "route left after Leave: {}", routes(&ns));
     assert_eq!(firewall_rules(&ns), "", "firewall policy left after Leave");
-    container.sh(&format!("ip link set eth0 down && ip link set eth0 name lpe1 && ip link set lpe1 netns {}", ns.pid())).unwrap();
+    container
+        .sh(&format!("ip link set eth0 down && ip link set eth0 name lpe1 && ip link set lpe1 netns {}", ns.pid()))
+        .unwrap();
     for (method, body) in [
         ("NetworkDriver.Leave", ep_ref("n1", "e1")),
         ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
@@ -160,13 +196,18 @@ async fn ipv6_endpoints_get_a_link_local_gateway_and_internal_networks_none() {
     client.call("NetworkDriver.CreateNetwork", &net).await.unwrap();
     let ep = json!({"NetworkID": "n6", "EndpointID": "e6", "Interface": {"Address": "10.9.0.6/24", "AddressIPv6": "fd00:9::6/64"}, "Options": {}});
     client.call("NetworkDriver.CreateEndpoint", &ep).await.unwrap();
-    let joined = client.call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}})).await.unwrap();
+    let joined = client
+        .call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}}))
+        .await
+        .unwrap();
     assert_eq!(
         joined,
         json!({"InterfaceName": {"SrcName": "lpe6", "DstPrefix": "eth"}, "Gateway": "169.254.1.1", "GatewayIPv6": "fe80::1",
                "StaticRoutes": [{"Destination": "169.254.1.1/32", "RouteType": 1}, {"Destination": "fe80::1/128", "RouteType": 1}]})
     );
-    let host_end = ns.sh("ip -o -6 addr show lhe6; ip -6 route show dev lhe6; cat /proc/sys/net/ipv6/conf/lhe6/accept_dad").unwrap();
+    let host_end = ns
+        .sh("ip -o -6 addr show lhe6; ip -6 route show dev lhe6; cat /proc/sys/net/ipv6/conf/lhe6/accept_dad")
+        .unwrap();
     for want in ["inet6 fe80::1/64", "fd00:9::6 ", "\n0\n"] {
         assert!(host_end.contains(want), "{want:?} missing: {host_end}");
     }
@@ -176,7 +217,10 @@ async fn ipv6_endpoints_get_a_link_local_gateway_and_internal_networks_none() {
     internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]);
     client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
     client.call("NetworkDriver.CreateEndpoint", &endpoint("ni", "ei", "10.10.0.2/24")).await.unwrap();
-    let joined = client.call("NetworkDriver.Join", &json!({"NetworkID": "ni", "EndpointID": "ei", "Options": {}})).await.unwrap();
+    let joined = client
+        .call("NetworkDriver.Join", &json!({"NetworkID": "ni", "EndpointID": "ei", "Options": {}}))
+        .await
+        .unwrap();
     assert_eq!(
         joined,
         json!({"InterfaceName": {"SrcName": "lpei", "DstPrefix": "eth"}, "DisableGatewayService": true,
@@ -209,21 +253,33 @@ fn answered(from: &ScratchNetns, to: &str, count: u32) -> u32 {
 #[tokio::test]
 async fn internal_networks_route_only_among_their_own_endpoints() {
     let ns = ScratchNetns::new().unwrap();
-    let (c1, c2, c3, lan) = (ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap());
+    let (c1, c2, c3, lan) = (
+        ScratchNetns::new().unwrap(),
+        ScratchNetns::new().unwrap(),
+        ScratchNetns::new().unwrap(),
+        ScratchNetns::new().unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut driver = start(&ns, &dir);
     let mut client = connect(&driver).await;
     // A LAN neighbour of the host, which routes the container subnets to it.
-    ns.sh(&format!("ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
-                    ip addr add 192.0.2.1/24 dev up0 && ip link set up0 up", lan.pid())).unwrap();
-    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip link set lan0 up && ip route add 10.0.0.0/8 via 192.0.2.1").unwrap();
+    ns.sh(&format!(
+        "ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
+                    ip addr add 192.0.2.1/24 dev up0 && ip link set up0 up",
+        lan.pid()
+    ))
+    .unwrap();
+    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip link set lan0 up && ip route add 10.0.0.0/8 via 192.0.2.1")
+        .unwrap();
 
     let mut internal = network("ni", json!({}));
     internal["Options"]["com.docker.network.internal"] = json!(true);
     internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]);
     client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
     client.call("NetworkDriver.CreateNetwork", &network("nx", json!({}))).await.unwrap();
-    for (net, ep, address, container) in [("ni", "i1", "10.10.0.2/24", &c1), ("ni", "i2", "10.10.0.3/24", &c2), ("nx", "x1", "10.9.0.2/24", &c3)] {
+    for (net, ep, address, container) in
+        [("ni", "i1", "10.10.0.2/24", &c1), ("ni", "i2", "10.10.0.3/24", &c2), ("nx", "x1", "10.9.0.2/24", &c3)]
+    {
         client.call("NetworkDriver.CreateEndpoint", &endpoint(net, ep, address)).await.unwrap();
         client.call("NetworkDriver.Join", &json!({"NetworkID": net, "EndpointID": ep, "Options": {}})).await.unwrap();
         plug(&ns, container, &format!("lp{ep}"), address);
@@ -271,7 +327,12 @@ async fn internal_networks_route_only_among_their_own_endpoints() {
     }
     client.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "ni"})).await.unwrap();
     let tables = ns.sh("ip route show table all | grep -c unreachable || true").unwrap();
-    assert_eq!(tables.trim(), "0", "the internal network's table is left: {}", ns.sh("ip route show table all").unwrap());
+    assert_eq!(
+        tables.trim(),
+        "0",
+        "the internal network's table is left: {}",
+        ns.sh("ip route show table all").unwrap()
+    );
     let rules = ns.sh("ip rule show; ip -6 rule show").unwrap();
     assert!(!rules.contains("iif lo"), "the host's rules for the table are left: {rules}");
 }
@@ -283,7 +344,10 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     let driver = start(&ns, &dir);
     let mut client = connect(&driver).await;
     client.call("NetworkDriver.CreateNetwork", &network("n1", json!({}))).await.unwrap();
-    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({}))).await.expect("the same network again is fine");
+    client
+        .call("NetworkDriver.CreateNetwork", &network("n1", json!({})))
+        .await
+        .expect("the same network again is fine");
     let mut inner = network("n2", json!({}));
     inner["IPv4Data"] = json!([{"Pool": "10.9.0.128/25"}]);
     let err = client.call("NetworkDriver.CreateNetwork", &inner).await.unwrap_err().to_string();
@@ -301,7 +365,10 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     routed6["Options"]["com.docker.network.enable_ipv6"] = json!(true);
     routed6["IPv6Data"] = json!([{"Pool": "fd00:20::/64"}]);
     let err = client.call("NetworkDriver.CreateNetwork", &routed6).await.unwrap_err().to_string();
-    assert!(err.contains("subnet fd00:20::/64 overlaps fd00:20::/64 already routed on this host through interface br-lan"), "{err}");
+    assert!(
+        err.contains("subnet fd00:20::/64 overlaps fd00:20::/64 already routed on this host through interface br-lan"),
+        "{err}"
+    );
     routed6["IPv6Data"] = json!([{"Pool": "fd00:21::/64"}]);
     client.call("NetworkDriver.CreateNetwork", &routed6).await.expect("a free subnet is fine");
 }
@@ -324,12 +391,23 @@ async fn ports_without_a_host_address_are_published_on_both_families() {
             [{"Proto": 6, "IP": "", "Port": 80, "HostIP": host_ip, "HostPort": 8088, "HostPortEnd": 8088}]}})
     };
     let dnat = |ns: &ScratchNetns| {
-        ns.sh("iptables-save -t nat; ip6tables-save -t nat").unwrap().lines().filter(|l| l.contains("-j DNAT")).map(String::from).collect::<Vec<_>>()
+        ns.sh("iptables-save -t nat; ip6tables-save -t nat")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("-j DNAT"))
+            .map(String::from)
+            .collect::<Vec<_>>()
     };
     client.call("NetworkDriver.ProgramExternalConnectivity", &program("")).await.unwrap();
     let rules = dnat(&ns);
-    assert!(rules.iter().any(|l| l.contains("--dport 8088") && l.contains("--to-destination 10.9.0.6:80")), "{rules:#?}");
-    assert!(rules.iter().any(|l| l.contains("--dport 8088") && l.contains("--to-destination [fd00:9::6]:80")), "{rules:#?}");
+    assert!(
+        rules.iter().any(|l| l.contains("--dport 8088") && l.contains("--to-destination 10.9.0.6:80")),
+        "{rules:#?}"
+    );
+    assert!(
+        rules.iter().any(|l| l.contains("--dport 8088") && l.contains("--to-destination [fd00:9::6]:80")),
+        "{rules:#?}"
+    );
     assert_eq!(rules.len(), 2, "{rules:#?}");
     let err = client.call("NetworkDriver.ProgramExternalConnectivity", &program("::1")).await.unwrap_err().to_string();
     assert!(err.contains("on [::1]") && err.contains("publish on 127.0.0.1"), "{err}");
@@ -345,7 +423,8 @@ async fn ports_without_a_host_address_are_published_on_both_families() {
     ns.sh(&format!("ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
                     ip addr add 192.0.2.1/24 dev up0 && ip addr add 2001:db8:1::1/64 dev up0 nodad && ip link set up0 up", lan.pid()))
         .unwrap();
-    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip addr add 2001:db8:1::2/64 dev lan0 nodad && ip link set lan0 up").unwrap();
+    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip addr add 2001:db8:1::2/64 dev lan0 nodad && ip link set lan0 up")
+        .unwrap();
     ns.sh(&format!("ip link set lpe6 netns {}", container.pid())).unwrap();
     container
         .sh("ip link set lpe6 name eth0 && sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip addr add 10.9.0.6/24 dev eth0 && \
@@ -354,9 +433,11 @@ async fn ports_without_a_host_address_are_published_on_both_families() {
         .unwrap();
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("index.html"), "ok\n").unwrap();
-    let mut web = container.command("busybox").args(["httpd", "-f", "-p", "80", "-h"]).arg(site.path()).spawn().unwrap();
+    let mut web =
+        container.command("busybox").args(["httpd", "-f", "-p", "80", "-h"]).arg(site.path()).spawn().unwrap();
     client.call("NetworkDriver.ProgramExternalConnectivity", &program("")).await.unwrap();
-    let fetch = |url: &str| lan.sh(&format!("timeout 3 busybox wget -q -O - '{url}' 2>&1 || true")).unwrap().contains("ok");
+    let fetch =
+        |url: &str| lan.sh(&format!("timeout 3 busybox wget -q -O - '{url}' 2>&1 || true")).unwrap().contains("ok");
     let mut answers = (false, false);
     for _ in 0..20 {
         answers = (fetch("http://192.0.2.1:8088/"), fetch("http://[2001:db8:1::1]:8088/"));
@@ -421,13 +502,27 @@ async fn subnets_of_loom_bridge_networks_and_the_other_way_round_are_refused() {
 
     // A loom-host network without containers has no route: loom-bridge learns of it from loom-host.
     host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet1", "10.80.0.0/24")).await.unwrap();
-    let err = bridge.call("NetworkDriver.CreateNetwork", &with_pool("bridgenet1", "10.80.0.0/24")).await.unwrap_err().to_string();
-    assert!(err.contains("subnet 10.80.0.0/24 overlaps subnet 10.80.0.0/24 of loom-host network hostnet1 on this host"), "{err}");
+    let err = bridge
+        .call("NetworkDriver.CreateNetwork", &with_pool("bridgenet1", "10.80.0.0/24"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("subnet 10.80.0.0/24 overlaps subnet 10.80.0.0/24 of loom-host network hostnet1 on this host"),
+        "{err}"
+    );
     bridge.call("NetworkDriver.CreateNetwork", &with_pool("bridgenet2", "10.81.0.0/24")).await.unwrap();
-    let err = host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet2", "10.81.0.0/25")).await.unwrap_err().to_string();
-    assert!(err.contains("overlaps subnet 10.81.0.0/24 of loom-bridge network bridgenet2 (bridge loombridgenet2)"), "{err}");
+    let err =
+        host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet2", "10.81.0.0/25")).await.unwrap_err().to_string();
+    assert!(
+        err.contains("overlaps subnet 10.81.0.0/24 of loom-bridge network bridgenet2 (bridge loombridgenet2)"),
+        "{err}"
+    );
     host.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "hostnet1"})).await.unwrap();
-    bridge.call("NetworkDriver.CreateNetwork", &with_pool("bridgenet1", "10.80.0.0/24")).await.expect("free once the other is gone");
+    bridge
+        .call("NetworkDriver.CreateNetwork", &with_pool("bridgenet1", "10.80.0.0/24"))
+        .await
+        .expect("free once the other is gone");
     // A driver that is down does not stop the others.
     drop(_bridge);
     host.call("NetworkDriver.CreateNetwork", &with_pool("hostnet3", "10.82.0.0/24")).await.unwrap();

@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, names, MacvlanSpec, Netlink};
 use netloom_plugin_api::addressing::{endpoint_address, pool_of, pools, short_id, Pool};
+use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
     EndpointRef, InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, Scope,
 };
 use netloom_plugin_api::wire::ports::port_bindings;
-use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
 use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
@@ -92,7 +92,10 @@ impl MacvlanDriver {
             Ok(links) => {
                 for link in links {
                     let Some(alias) = link.alias.as_deref() else { continue };
-                    if alias.starts_with(OWNER_PREFIX) && !owners.contains(alias) && !parents.contains(link.name.as_str()) {
+                    if alias.starts_with(OWNER_PREFIX)
+                        && !owners.contains(alias)
+                        && !parents.contains(link.name.as_str())
+                    {
                         info!(link = %link.name, owner = alias, "removing leftover link");
                         if let Err(e) = self.netlink.delete_link(&link.name).await {
                             warn!("{e:#}");
@@ -157,7 +160,15 @@ impl NetworkDriver for MacvlanDriver {
         let parent = parent::plan(&self.netlink, &options, &req.network_id).await.map_err(PluginError::from)?;
         let other_refs: Vec<&NetworkRecord> = others.iter().collect();
         parent::check_sharing(options.mode, &parent, &other_refs).map_err(PluginError::from)?;
-        let record = NetworkRecord { id: req.network_id.clone(), parent, mode: options.mode, mtu: options.mtu, pools_v4, pools_v6, internal };
+        let record = NetworkRecord {
+            id: req.network_id.clone(),
+            parent,
+            mode: options.mode,
+            mtu: options.mtu,
+            pools_v4,
+            pools_v6,
+            internal,
+        };
         self.records.put_network(&record).await?;
         if let Err(e) = parent::ensure(&self.netlink, &record).await {
             if let Err(cleanup) = parent::release(&self.netlink, &record, &other_refs).await {
@@ -181,7 +192,8 @@ impl NetworkDriver for MacvlanDriver {
                 debug!(network = %req.network_id, "unknown network; nothing to delete");
                 return Ok(());
             };
-            let leftovers: Vec<EndpointRecord> = state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
+            let leftovers: Vec<EndpointRecord> =
+                state.endpoints.values().filter(|e| e.network_id == net.id).cloned().collect();
             (net, leftovers, state.others(&req.network_id))
         };
         for ep in &leftovers {
@@ -197,10 +209,15 @@ impl NetworkDriver for MacvlanDriver {
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let _turn = self.network_turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let _turn =
+            self.network_turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
         let (net, existing) = {
             let state = self.state();
-            let net = state.networks.get(&req.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-macvlan", &req.network_id))?;
+            let net = state
+                .networks
+                .get(&req.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-macvlan", &req.network_id))?;
             (net, state.endpoints.get(&req.endpoint_id).cloned())
         };
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
@@ -217,17 +234,23 @@ impl NetworkDriver for MacvlanDriver {
                 link: names::derived("mv", &req.endpoint_id),
                 address_v4,
                 address_v6,
-                mac: if mac_given { req.interface.mac_address.clone() } else { mac::format(&mac::for_endpoint(ipv4(address_v4))) },
+                mac: if mac_given {
+                    req.interface.mac_address.clone()
+                } else {
+                    mac::format(&mac::for_endpoint(ipv4(address_v4)))
+                },
             },
         };
         self.records.put_endpoint(&record).await?;
-        let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
+        let interface =
+            (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
         self.state().endpoints.insert(record.id.clone(), record);
         Ok(CreateEndpointResponse { interface })
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let _turn = self.network_turn(&req.network_id, format!("DeleteEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let _turn =
+            self.network_turn(&req.network_id, format!("DeleteEndpoint of {}", short_id(&req.endpoint_id))).await?;
         let Some(ep) = self.state().endpoints.get(&req.endpoint_id).cloned() else {
             return Ok(());
         };
@@ -241,8 +264,16 @@ impl NetworkDriver for MacvlanDriver {
         let _turn = self.network_turn(&req.network_id, format!("Join of {}", short_id(&req.endpoint_id))).await?;
         let (net, ep) = {
             let state = self.state();
-            let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-macvlan", &req.endpoint_id))?;
-            let net = state.networks.get(&ep.network_id).cloned().ok_or_else(|| PluginError::unknown_network("loom-macvlan", &ep.network_id))?;
+            let ep = state
+                .endpoints
+                .get(&req.endpoint_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_endpoint("loom-macvlan", &req.endpoint_id))?;
+            let net = state
+                .networks
+                .get(&ep.network_id)
+                .cloned()
+                .ok_or_else(|| PluginError::unknown_network("loom-macvlan", &ep.network_id))?;
             (net, ep)
         };
         if net.internal && !matches!(net.parent, Parent::Isolated { .. }) {
@@ -310,4 +341,3 @@ fn ipv4(address: Option<IpNetwork>) -> Option<std::net::Ipv4Addr> {
         _ => None,
     }
 }
-

@@ -125,7 +125,9 @@ mod tests {
         assert_eq!(o.parent.unwrap().vlan, Some(("bond0".into(), 4094)));
         assert_eq!(o.mode.kernel(), MacVlanMode::Passthrough);
         assert_eq!(opts(&[(PARENT, "br.lan")]).unwrap().parent.unwrap().vlan, None, "not a VLAN name");
-        for (text, mode) in [("bridge", MacVlanMode::Bridge), ("vepa", MacVlanMode::Vepa), ("private", MacVlanMode::Private)] {
+        for (text, mode) in
+            [("bridge", MacVlanMode::Bridge), ("vepa", MacVlanMode::Vepa), ("private", MacVlanMode::Private)]
+        {
             assert_eq!(opts(&[(MODE, text)]).unwrap().mode.kernel(), mode);
         }
     }
@@ -141,7 +143,10 @@ mod tests {
             (vec![(PARENT, "eth0:1")], "':'"),
             (vec![(MODE, "l2")], "macvlan_mode=\"l2\" is not a macvlan mode"),
             (vec![(MTU, "huge")], "not a number"),
-            (vec![("ipvlan_mode", "l2")], "unknown option(s) ipvlan_mode; loom-macvlan understands parent, macvlan_mode"),
+            (
+                vec![("ipvlan_mode", "l2")],
+                "unknown option(s) ipvlan_mode; loom-macvlan understands parent, macvlan_mode",
+            ),
         ] {
             let err = format!("{:#}", opts(&pairs).unwrap_err());
             assert!(err.contains(expected), "{pairs:?}: {err}");

@@ -18,7 +18,10 @@ fn ours(link: &Link) -> bool {
 /// otherwise refuse later, before anything is made.
 pub async fn plan(netlink: &Netlink, options: &MacvlanOptions, network_id: &str) -> Result<Parent> {
     let Some(wanted) = &options.parent else {
-        return Ok(Parent::Isolated { name: names::derived("dm-", network_id), peer: names::derived("dp-", network_id) });
+        return Ok(Parent::Isolated {
+            name: names::derived("dm-", network_id),
+            peer: names::derived("dp-", network_id),
+        });
     };
     let name = wanted.name.clone();
     if let Some(link) = netlink.link(&name).await? {
@@ -34,10 +37,9 @@ pub async fn plan(netlink: &Netlink, options: &MacvlanOptions, network_id: &str)
     let Some((base, id)) = &wanted.vlan else {
         bail!("parent interface {name} does not exist on this host; check `ip link` or use parent=IFACE.VLAN");
     };
-    let base_link = netlink
-        .link(base)
-        .await?
-        .ok_or_else(|| anyhow!("interface {base} (base of the VLAN sub-interface {name}) does not exist on this host"))?;
+    let base_link = netlink.link(base).await?.ok_or_else(|| {
+        anyhow!("interface {base} (base of the VLAN sub-interface {name}) does not exist on this host")
+    })?;
     check_usable(&base_link, "VLAN base interface")?;
     check_mtu(options.mtu, &base_link)?;
     Ok(Parent::Vlan { name, base: base.clone(), id: *id })
@@ -92,14 +94,16 @@ pub async fn ensure(netlink: &Netlink, net: &NetworkRecord) -> Result<Link> {
                 }
                 return Ok(link);
             }
-            let base = netlink.link(base).await?.ok_or_else(|| anyhow!("interface {base} (base of {name}) does not exist"))?;
+            let base =
+                netlink.link(base).await?.ok_or_else(|| anyhow!("interface {base} (base of {name}) does not exist"))?;
             let link = netlink.ensure_vlan(&VlanSpec { name, parent: &base, id: *id, owner: &owner }).await?;
             info!(network = %short_id(&net.id), link = %name, "VLAN sub-interface created");
             Ok(link)
         }
         Parent::Isolated { name, peer } => {
-            let (host, peer) =
-                netlink.ensure_veth(&VethSpec { host_name: name, peer_name: peer, mtu: net.mtu, owner: &owner }).await?;
+            let (host, peer) = netlink
+                .ensure_veth(&VethSpec { host_name: name, peer_name: peer, mtu: net.mtu, owner: &owner })
+                .await?;
             netlink.set_up(&peer).await?;
             netlink.set_up(&host).await?;
             netlink.link(name).await?.ok_or_else(|| anyhow!("isolated parent {name} vanished"))

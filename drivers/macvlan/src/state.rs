@@ -2,7 +2,6 @@
 //! per endpoint, written before a request is answered, so that a restarted driver can rebuild the
 //! kernel's side and tell its own leftovers apart.
 
-
 use ipnetwork::IpNetwork;
 use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::Pool;

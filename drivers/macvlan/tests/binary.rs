@@ -48,7 +48,8 @@ async fn err_of(client: &mut PluginClient, method: &str, body: &Value) -> String
 #[tokio::test]
 async fn bad_options_and_parents_are_refused_with_nothing_made() {
     let ns = netns();
-    ns.sh("ip link add q0 type veth peer name q1 && ip link add link p0 name mvx type macvlan && ip link set mvx up").unwrap();
+    ns.sh("ip link add q0 type veth peer name q1 && ip link add link p0 name mvx type macvlan && ip link set mvx up")
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let driver = start(&ns, &dir);
     let mut client = connect(&driver).await;
@@ -65,7 +66,10 @@ async fn bad_options_and_parents_are_refused_with_nothing_made() {
         (json!({"parent": "p0.50"}), "no 802.1q VLAN support"),
         (json!({"parent": "p0", "macvlan_mode": "l3"}), "macvlan_mode=\"l3\" is not a macvlan mode"),
         (json!({"parent": "p0", "vlan": "5"}), "unknown option(s) vlan"),
-        (json!({"parent": "p0", "com.docker.network.driver.mtu": "9000"}), "larger than the MTU 1500 of parent interface p0"),
+        (
+            json!({"parent": "p0", "com.docker.network.driver.mtu": "9000"}),
+            "larger than the MTU 1500 of parent interface p0",
+        ),
         (json!({"parent": "lo"}), "loopback"),
     ] {
         let vlan_case = options["parent"] == "p0.50";
@@ -83,7 +87,12 @@ async fn bad_options_and_parents_are_refused_with_nothing_made() {
     }
     // Nothing was recorded either: the same id now works, and a passthru network wants p0 alone.
     client.call("NetworkDriver.CreateNetwork", &network("bad", json!({"parent": "p0"}), false)).await.unwrap();
-    let err = err_of(&mut client, "NetworkDriver.CreateNetwork", &network("pt", json!({"parent": "p0", "macvlan_mode": "passthru"}), false)).await;
+    let err = err_of(
+        &mut client,
+        "NetworkDriver.CreateNetwork",
+        &network("pt", json!({"parent": "p0", "macvlan_mode": "passthru"}), false),
+    )
+    .await;
     assert!(err.contains("parent interface p0 is already used by network bad"), "{err}");
     let err = err_of(&mut client, "NetworkDriver.CreateEndpoint", &endpoint("bad", "e1", "10.7.0.2/24")).await;
     assert!(err.contains("address 10.7.0.2 is outside the network's subnets 10.9.0.0/24"), "{err}");
@@ -96,8 +105,21 @@ async fn endpoint_links_come_and_go_and_survive_a_crash() {
     let mut driver = start(&ns, &dir);
     let mut client = connect(&driver).await;
 
-    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({"parent": "p0", "macvlan_mode": "private", "com.docker.network.driver.mtu": "1400"}), false)).await.unwrap();
-    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({"parent": "p0"}), false)).await.expect("idempotent");
+    client
+        .call(
+            "NetworkDriver.CreateNetwork",
+            &network(
+                "n1",
+                json!({"parent": "p0", "macvlan_mode": "private", "com.docker.network.driver.mtu": "1400"}),
+                false,
+            ),
+        )
+        .await
+        .unwrap();
+    client
+        .call("NetworkDriver.CreateNetwork", &network("n1", json!({"parent": "p0"}), false))
+        .await
+        .expect("idempotent");
     client.call("NetworkDriver.CreateNetwork", &network("n2", json!({}), true)).await.unwrap();
     assert!(ns.links().contains(&"dm-n2".to_string()), "isolated parent: {:?}", ns.links());
 
@@ -123,14 +145,20 @@ async fn endpoint_links_come_and_go_and_survive_a_crash() {
     // docker_gwbridge either.
     client.call("NetworkDriver.CreateEndpoint", &endpoint("n2", "e2", "10.9.0.6/24")).await.unwrap();
     let joined = client.call("NetworkDriver.Join", &join("n2", "e2")).await.unwrap();
-    assert_eq!(joined, json!({"InterfaceName": {"SrcName": "mve2", "DstPrefix": "eth"}, "DisableGatewayService": true}));
+    assert_eq!(
+        joined,
+        json!({"InterfaceName": {"SrcName": "mve2", "DstPrefix": "eth"}, "DisableGatewayService": true})
+    );
     assert!(ns.sh("ip -o link show mve2").unwrap().contains("mve2@dm-n2"));
     // An internal network never sits on a real segment: like Docker's macvlan, it ignores
     // parent= and gets an isolated parent of its own.
     client.call("NetworkDriver.CreateNetwork", &network("n3", json!({"parent": "p0"}), true)).await.unwrap();
     client.call("NetworkDriver.CreateEndpoint", &endpoint("n3", "e3", "10.9.0.7/24")).await.unwrap();
     let joined = client.call("NetworkDriver.Join", &join("n3", "e3")).await.unwrap();
-    assert_eq!(joined, json!({"InterfaceName": {"SrcName": "mve3", "DstPrefix": "eth"}, "DisableGatewayService": true}));
+    assert_eq!(
+        joined,
+        json!({"InterfaceName": {"SrcName": "mve3", "DstPrefix": "eth"}, "DisableGatewayService": true})
+    );
     let link = ns.sh("ip -o link show mve3").unwrap();
     assert!(link.contains("mve3@dm-n3"), "internal endpoint on the user's parent: {link}");
     for (method, body) in [

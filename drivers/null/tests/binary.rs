@@ -20,9 +20,12 @@ struct Driver {
 impl Driver {
     fn start(socket: &Path, state: &Path) -> Self {
         let child = Command::new(BIN)
-            .arg("--socket").arg(socket)
-            .arg("--state-dir").arg(state)
-            .arg("--log-level").arg("debug")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--log-level")
+            .arg("debug")
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning loom-null");
@@ -54,8 +57,10 @@ impl Drop for Driver {
 
 fn run_to_exit(socket: &Path, state: &Path) -> Output {
     let mut child = Command::new(BIN)
-        .arg("--socket").arg(socket)
-        .arg("--state-dir").arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -86,8 +91,18 @@ async fn protocol_errors_come_back_as_err() {
         ("NetworkDriver.CreateNetwork", "", 500, "empty"),
         ("NetworkDriver.Teleport", "{}", 404, "does not implement NetworkDriver.Teleport"),
         ("IpamDriver.RequestPool", "{}", 404, "does not implement"),
-        ("NetworkDriver.CreateEndpoint", "{\"NetworkID\":\"nope\",\"EndpointID\":\"e\"}", 500, "not known to loom-null"),
-        ("NetworkDriver.CreateNetwork", "{\"NetworkID\":\"n\",\"Options\":{\"com.docker.network.generic\":{\"mtu\":\"9000\"}}}", 500, "takes no driver options, but got: mtu"),
+        (
+            "NetworkDriver.CreateEndpoint",
+            "{\"NetworkID\":\"nope\",\"EndpointID\":\"e\"}",
+            500,
+            "not known to loom-null",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            "{\"NetworkID\":\"n\",\"Options\":{\"com.docker.network.generic\":{\"mtu\":\"9000\"}}}",
+            500,
+            "takes no driver options, but got: mtu",
+        ),
     ] {
         let reply = client.call_raw(method, body).await.unwrap();
         assert_eq!(reply.status, status, "{method} {body}: {reply:?}");
@@ -110,7 +125,8 @@ async fn state_survives_sigkill_and_sigterm_removes_the_socket() {
         let network = json!({"NetworkID": "net1", "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"Pool": "172.18.0.0/16"}], "IPv6Data": []});
         client.call("NetworkDriver.CreateNetwork", &network).await.unwrap();
         client.call("NetworkDriver.CreateNetwork", &network).await.expect("CreateNetwork is idempotent");
-        let endpoint = json!({"NetworkID": "net1", "EndpointID": "ep1", "Interface": {"Address": "172.18.0.2/16"}, "Options": {}});
+        let endpoint =
+            json!({"NetworkID": "net1", "EndpointID": "ep1", "Interface": {"Address": "172.18.0.2/16"}, "Options": {}});
         assert_eq!(client.call("NetworkDriver.CreateEndpoint", &endpoint).await.unwrap(), json!({}));
     }
     assert!(!driver.signal(Signal::SIGKILL).success());
@@ -118,7 +134,8 @@ async fn state_survives_sigkill_and_sigterm_removes_the_socket() {
 
     let mut driver = Driver::start(&socket, &state);
     let mut client = driver.client().await;
-    let join = json!({"NetworkID": "net1", "EndpointID": "ep1", "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
+    let join =
+        json!({"NetworkID": "net1", "EndpointID": "ep1", "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
     let reply = client.call("NetworkDriver.Join", &join).await.expect("the endpoint survived the restart");
     assert_eq!(reply, json!({"DisableGatewayService": true}), "no interface and no docker_gwbridge");
     let err = client.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "net1"})).await.unwrap_err().to_string();

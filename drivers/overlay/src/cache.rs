@@ -88,7 +88,10 @@ impl Cache {
             if newer(have, kv.revision) {
                 match records::decode::<PeerRecord>(&kv.key, &kv.value) {
                     Ok(peer) => {
-                        self.peers.entry(network.to_string()).or_default().insert(endpoint.to_string(), (peer, kv.revision));
+                        self.peers
+                            .entry(network.to_string())
+                            .or_default()
+                            .insert(endpoint.to_string(), (peer, kv.revision));
                         affected.networks.insert(network.to_string());
                     }
                     Err(e) => warn!("{e:#}"),
@@ -152,7 +155,8 @@ mod tests {
     #[test]
     fn events_update_the_copy() {
         let mut cache = Cache::default();
-        let host = HostRecord { vtep: "10.250.0.1".parse().unwrap(), port: 4789, pid: 1, version: "t".into(), started_at: 0 };
+        let host =
+            HostRecord { vtep: "10.250.0.1".parse().unwrap(), port: 4789, pid: 1, version: "t".into(), started_at: 0 };
         let affected = cache.apply(&WatchEvent::Put(kv("overlay/hosts/h1", records::encode(&host), 3)));
         assert!(affected.all);
         assert!(!cache.apply(&WatchEvent::Put(kv("overlay/hosts/h1", records::encode(&host), 4))).all, "no change");

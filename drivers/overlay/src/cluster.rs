@@ -94,7 +94,8 @@ impl Shared {
         let owner = vni_owner(&key);
         let vni = self.take_vni(req.vni, &owner).await?;
         let config = req.config(key.clone(), Mode::Global, vni);
-        let txn = Txn::new().when(Condition::Absent(network_key(&key))).put(network_key(&key), records::encode(&config));
+        let txn =
+            Txn::new().when(Condition::Absent(network_key(&key))).put(network_key(&key), records::encode(&config));
         match self.store.txn(txn).await {
             Ok(TxnOutcome::Committed(revision)) => {
                 info!(network = %records::short(&key), vni, "network recorded");
@@ -102,7 +103,9 @@ impl Shared {
             }
             Ok(TxnOutcome::Conflict) => match self.read(&key).await? {
                 Some(existing) => Ok(existing),
-                None => bail!("network {} changed in the store while it was being created; try again", records::short(&key)),
+                None => {
+                    bail!("network {} changed in the store while it was being created; try again", records::short(&key))
+                }
             },
             Err(e) => {
                 self.release_quietly(vni).await;
@@ -169,7 +172,8 @@ impl Shared {
             let vni = self.take_vni(req.vni, &owner).await?;
             let key = local_network_key(vni);
             let config = req.config(key.clone(), Mode::Local, vni);
-            let mut txn = Txn::new().when(Condition::Absent(network_key(&key))).put(network_key(&key), records::encode(&config));
+            let mut txn =
+                Txn::new().when(Condition::Absent(network_key(&key))).put(network_key(&key), records::encode(&config));
             for subnet in &subnets {
                 txn = txn.when(Condition::Absent(subnet_index_key(subnet))).put(subnet_index_key(subnet), key.clone());
             }
@@ -240,16 +244,22 @@ impl Shared {
                 }
                 let mut updated = current;
                 updated.members.insert(host.to_string(), docker_id.to_string());
-                let txn = Txn::new().when(Condition::Revision(network_key(key), revision)).put(network_key(key), records::encode(&updated));
+                let txn = Txn::new()
+                    .when(Condition::Revision(network_key(key), revision))
+                    .put(network_key(key), records::encode(&updated));
                 self.store.txn(txn).await?;
             }
             None => {
                 let _ = self.ipam.reserve_vni(config.vni, &vni_owner(key)).await;
                 let mut restored = config.clone();
                 restored.members.insert(host.to_string(), docker_id.to_string());
-                let mut txn = Txn::new().when(Condition::Absent(network_key(key))).put(network_key(key), records::encode(&restored));
+                let mut txn = Txn::new()
+                    .when(Condition::Absent(network_key(key)))
+                    .put(network_key(key), records::encode(&restored));
                 for subnet in config.subnets() {
-                    txn = txn.when(Condition::Absent(subnet_index_key(&subnet))).put(subnet_index_key(&subnet), key.clone());
+                    txn = txn
+                        .when(Condition::Absent(subnet_index_key(&subnet)))
+                        .put(subnet_index_key(&subnet), key.clone());
                 }
                 if self.store.txn(txn).await?.committed() {
                     warn!(network = %key, "network record was missing from the store; written back");
@@ -263,7 +273,9 @@ impl Shared {
         match wanted {
             Some(vni) => match self.ipam.reserve_vni(vni, owner).await {
                 Ok(()) => Ok(vni),
-                Err(IpamError::InUse(detail)) => Err(anyhow!("VNI {vni} is already used by another network ({detail})")),
+                Err(IpamError::InUse(detail)) => {
+                    Err(anyhow!("VNI {vni} is already used by another network ({detail})"))
+                }
                 Err(e) => Err(e.into()),
             },
             None => Ok(self.ipam.allocate_vni(owner).await?),

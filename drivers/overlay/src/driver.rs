@@ -17,11 +17,11 @@ use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, names, Netlink, Netns};
 use netloom_ipam::store::{self, DriverRecords, StoreOptions};
 use netloom_ipam::{Ipam, IpamConfig};
+use netloom_plugin_api::addressing::{endpoint_address, Pool};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
     EndpointRef, InterfaceName, JoinRequest, JoinResponse, NetworkRef, Scope,
 };
-use netloom_plugin_api::addressing::{endpoint_address, Pool};
 use netloom_plugin_api::wire::ports::port_bindings;
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult, Settings};
 use tokio::sync::Mutex;
@@ -122,7 +122,8 @@ impl Overlay {
         if let Err(problem) = &shared {
             error!("{problem}");
         }
-        let netns_dir = config.netns_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/run/netloom/{}/netns", settings.name)));
+        let netns_dir =
+            config.netns_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/run/netloom/{}/netns", settings.name)));
         let fabric = Fabric::new(Netlink::connect()?, netns_dir, config.port);
         let gateway = match config.firewall {
             Some(kind) => match Gateway::open(kind).await {
@@ -141,8 +142,7 @@ impl Overlay {
                 None
             }
         };
-        let overlay =
-            Arc::new(Overlay {
+        let overlay = Arc::new(Overlay {
             config,
             host,
             shared,
@@ -195,7 +195,9 @@ impl Overlay {
             return Ok(underlay.clone());
         }
         let advertise = self.config.advertise.as_deref().unwrap_or("");
-        let resolved = underlay::resolve(self.fabric.netlink(), advertise).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
+        let resolved = underlay::resolve(self.fabric.netlink(), advertise)
+            .await
+            .map_err(|e| PluginError::new(format!("{e:#}")))?;
         info!(vtep = %resolved.vtep, iface = %resolved.iface, mtu = resolved.mtu, port = self.config.port, "tunnel endpoint");
         if let Ok(shared) = &self.shared {
             let record = HostRecord {
@@ -235,7 +237,9 @@ impl Overlay {
                         }
                     }
                 }
-                Ok(false) => debug!(endpoint = %short(&ep.id), "veth is gone (its container went); waiting for DeleteEndpoint"),
+                Ok(false) => {
+                    debug!(endpoint = %short(&ep.id), "veth is gone (its container went); waiting for DeleteEndpoint")
+                }
                 Err(e) => warn!(endpoint = %short(&ep.id), "{e:#}"),
             }
         }
@@ -249,7 +253,8 @@ impl Overlay {
     }
 
     async fn remove_leftovers(&self, state: &State) {
-        let owners: BTreeMap<String, ()> = state.endpoints.values().map(|e| (endpoint_owner(&e.network, &e.id), ())).collect();
+        let owners: BTreeMap<String, ()> =
+            state.endpoints.values().map(|e| (endpoint_owner(&e.network, &e.id), ())).collect();
         self.fabric.remove_leftover_links(&owners).await;
         for dp in state.dataplanes.values() {
             self.fabric.remove_leftover_ports(dp, &owners).await;
@@ -259,7 +264,9 @@ impl Overlay {
                 for ns in list {
                     let name = ns.name();
                     let Some(vni) = Fabric::vni_of_netns(&name) else { continue };
-                    if !state.dataplanes.values().any(|dp| dp.vni == vni) && !state.networks.values().any(|n| n.config.vni == vni) {
+                    if !state.dataplanes.values().any(|dp| dp.vni == vni)
+                        && !state.networks.values().any(|n| n.config.vni == vni)
+                    {
                         info!(netns = %name, "removing leftover network namespace");
                         if let Err(e) = self.fabric.teardown_network(vni, None).await {
                             warn!("{e:#}");
@@ -272,7 +279,11 @@ impl Overlay {
     }
 
     /// The network's kernel objects on this host, made if missing.
-    pub(crate) async fn ensure_dataplane(&self, state: &mut State, config: &records::NetworkConfig) -> PluginResult<()> {
+    pub(crate) async fn ensure_dataplane(
+        &self,
+        state: &mut State,
+        config: &records::NetworkConfig,
+    ) -> PluginResult<()> {
         if let Some(dp) = state.dataplanes.get(&config.key) {
             if dp.vni == config.vni {
                 return Ok(());
@@ -286,7 +297,8 @@ impl Overlay {
                 config.mtu, config.mtu + crate::options::VXLAN_OVERHEAD, underlay.iface, underlay.mtu
             );
         }
-        let dp = self.fabric.ensure_network(config, underlay.vtep).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
+        let dp =
+            self.fabric.ensure_network(config, underlay.vtep).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
         state.dataplanes.insert(config.key.clone(), dp);
         crate::sync::sync_network(self, state, &config.key).await;
         Ok(())
@@ -390,7 +402,9 @@ async fn open_shared(settings: &Settings, config: &Config, host: &str) -> Result
     };
     let options = StoreOptions { lease_ttl: config.lease_ttl, ..StoreOptions::default() };
     let store = store::open_with(Some(url), &settings.state_dir, options).await.map_err(|e| format!("--store: {e}"))?;
-    let ipam = Ipam::new(store.clone(), host, IpamConfig::default()).await.map_err(|e| format!("starting the VNI allocator: {e}"))?;
+    let ipam = Ipam::new(store.clone(), host, IpamConfig::default())
+        .await
+        .map_err(|e| format!("starting the VNI allocator: {e}"))?;
     Ok(Shared { store, ipam })
 }
 
@@ -440,7 +454,10 @@ impl NetworkDriver for Driver {
         let Some(ep) = state.endpoints.get(&req.endpoint_id).cloned() else {
             return Ok(());
         };
-        ov.fabric.teardown_endpoint(state.dataplanes.get(&ep.network), &ep).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
+        ov.fabric
+            .teardown_endpoint(state.dataplanes.get(&ep.network), &ep)
+            .await
+            .map_err(|e| PluginError::new(format!("{e:#}")))?;
         ov.delete_endpoint_record(&ep).await?;
         state.endpoints.remove(&ep.id);
         ov.unpublish(&mut state, &ep).await;
@@ -450,10 +467,18 @@ impl NetworkDriver for Driver {
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
         let ov = &self.0;
         let mut state = ov.state.lock().await;
-        let ep = state.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| PluginError::unknown_endpoint("loom-overlay", &req.endpoint_id))?;
-        let net = state.network_by_key(&ep.network).cloned().ok_or_else(|| PluginError::unknown_network("loom-overlay", &ep.docker_network))?;
+        let ep = state
+            .endpoints
+            .get(&req.endpoint_id)
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_endpoint("loom-overlay", &req.endpoint_id))?;
+        let net = state
+            .network_by_key(&ep.network)
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_network("loom-overlay", &ep.docker_network))?;
         ov.ensure_dataplane(&mut state, &net.config).await?;
-        let dp = state.dataplanes.get(&ep.network).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
+        let dp =
+            state.dataplanes.get(&ep.network).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
         if ov.fabric.netlink().link(&ep.container_veth).await.map_err(PluginError::from)?.is_none()
             && !ov.fabric.endpoint_alive(dp, &ep).await.map_err(PluginError::from)?
         {
@@ -627,7 +652,8 @@ impl Driver {
         };
         ov.ensure_dataplane(&mut state, &config).await?;
         ov.put_endpoint(&record).await?;
-        let dp = state.dataplanes.get(&config.key).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
+        let dp =
+            state.dataplanes.get(&config.key).ok_or_else(|| PluginError::new("the network's dataplane vanished"))?;
         if let Err(e) = ov.fabric.ensure_endpoint(dp, &config, &record).await {
             let _ = ov.fabric.teardown_endpoint(Some(dp), &record).await;
             let _ = ov.delete_endpoint_record(&record).await;
@@ -636,11 +662,11 @@ impl Driver {
         ov.publish(&mut state, &record).await;
         state.endpoints.insert(record.id.clone(), record.clone());
         crate::sync::sync_network(ov, &state, &config.key).await;
-        let interface = (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
+        let interface =
+            (!mac_given).then(|| EndpointInterface { mac_address: record.mac.clone(), ..Default::default() });
         debug!(endpoint = %short(&record.id), mac = %record.mac, veth = %record.container_veth, "endpoint ready");
         Ok(CreateEndpointResponse { interface })
     }
-
 }
 
 /// After Join, Docker gives the container its docker_gwbridge leg: once it is there, loom-overlay
@@ -722,4 +748,3 @@ fn private_error(err: anyhow::Error) -> PluginError {
 fn store_error(err: anyhow::Error) -> PluginError {
     PluginError::new(format!("{err:#}"))
 }
-

@@ -84,7 +84,11 @@ impl Fabric {
         let netlink = Netlink::connect_in(&netns)?;
         // The namespace's bridge only switches: keep br_netfilter (loaded by dockerd) out of it.
         let _ = netns.run(|| {
-            for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
+            for key in [
+                "net.bridge.bridge-nf-call-iptables",
+                "net.bridge.bridge-nf-call-ip6tables",
+                "net.bridge.bridge-nf-call-arptables",
+            ] {
                 let _ = netloom_dataplane::sysctl::ensure(key, "0");
             }
             Ok(())
@@ -157,7 +161,12 @@ impl Fabric {
                 if outer.is_some_and(|o| o.alias.as_deref() == Some(owner.as_str())) {
                     self.netlink.delete_link(&ep.container_veth).await?;
                 }
-                let spec = VethSpec { host_name: &ep.bridge_veth, peer_name: &ep.container_veth, mtu: Some(config.mtu), owner: &owner };
+                let spec = VethSpec {
+                    host_name: &ep.bridge_veth,
+                    peer_name: &ep.container_veth,
+                    mtu: Some(config.mtu),
+                    owner: &owner,
+                };
                 // Docker gives the container end the endpoint's MAC when it moves it.
                 let (inner, _) = self.netlink.create_veth_across(&spec, &dp.netns, &dp.netlink).await?;
                 inner

@@ -166,13 +166,16 @@ mod tests {
                 binding(Protocol::Tcp, "", 8080, 8080, 80),
                 binding(Protocol::Udp, "10.250.0.1", 5353, 0, 53),
                 binding(Protocol::Tcp, "0.0.0.0", 8443, 8443, 443),
-                binding(Protocol::Tcp, "", 0, 0, 81),          // -P: Docker picks the port
-                binding(Protocol::Tcp, "", 9000, 9010, 82),    // a range: Docker picks one
+                binding(Protocol::Tcp, "", 0, 0, 81), // -P: Docker picks the port
+                binding(Protocol::Tcp, "", 9000, 9010, 82), // a range: Docker picks one
                 binding(Protocol::Tcp, "::1", 8081, 8081, 83), // another family
             ],
             ip,
         );
         let text: Vec<String> = got.iter().map(ToString::to_string).collect();
-        assert_eq!(text, vec!["*:8080/tcp -> 172.18.0.3:80", "10.250.0.1:5353/udp -> 172.18.0.3:53", "*:8443/tcp -> 172.18.0.3:443"]);
+        assert_eq!(
+            text,
+            vec!["*:8080/tcp -> 172.18.0.3:80", "10.250.0.1:5353/udp -> 172.18.0.3:53", "*:8443/tcp -> 172.18.0.3:443"]
+        );
     }
 }

@@ -84,7 +84,9 @@ impl VxlanGuard {
             Ok(()) => {
                 if programmed.as_ref() != Some(&want) {
                     match &want {
-                        Guard::On(peers) => info!(port = self.port, peers = ?peers, "VXLAN accepted only from member hosts"),
+                        Guard::On(peers) => {
+                            info!(port = self.port, peers = ?peers, "VXLAN accepted only from member hosts")
+                        }
                         Guard::Off => info!(port = self.port, "no overlay network here; VXLAN guard removed"),
                     }
                 }

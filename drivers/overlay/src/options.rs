@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn options() {
         assert_eq!(opts(&[]).unwrap(), OverlayOptions::default());
-        assert_eq!(opts(&[(VXLANID_LIST, "5000"), (MTU, "1400")]).unwrap(), OverlayOptions { vni: Some(5000), mtu: Some(1400) });
+        assert_eq!(
+            opts(&[(VXLANID_LIST, "5000"), (MTU, "1400")]).unwrap(),
+            OverlayOptions { vni: Some(5000), mtu: Some(1400) }
+        );
         assert_eq!(opts(&[(MTU, "0")]).unwrap().mtu, None);
         assert_eq!(opts(&[(VXLANID_LIST, " 4096 ,")]).unwrap().vni, Some(4096));
         for (pairs, text) in [

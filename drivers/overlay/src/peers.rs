@@ -56,7 +56,10 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.fdb_set.is_empty() && self.fdb_remove.is_empty() && self.neighbour_set.is_empty() && self.neighbour_remove.is_empty()
+        self.fdb_set.is_empty()
+            && self.fdb_remove.is_empty()
+            && self.neighbour_set.is_empty()
+            && self.neighbour_remove.is_empty()
     }
 }
 

@@ -240,7 +240,8 @@ pub async fn sync_network(ov: &Overlay, state: &State, key: &str) {
         return;
     }
     let Some(dp) = state.dataplanes.get(key) else { return };
-    let want = peers::desired(&state.cache.peers_of(key), |h| state.cache.hosts.contains_key(h), &ov.host, ov.config.port);
+    let want =
+        peers::desired(&state.cache.peers_of(key), |h| state.cache.hosts.contains_key(h), &ov.host, ov.config.port);
     let (fdb, neighbours) = match ov.fabric.kernel_entries(dp).await {
         Ok(entries) => entries,
         Err(e) => {
@@ -254,8 +255,12 @@ pub async fn sync_network(ov: &Overlay, state: &State, key: &str) {
             warn!("{e:#}");
         }
     }
-    let local_macs: Vec<[u8; 6]> =
-        state.endpoints.values().filter(|e| e.network == key).filter_map(|e| netloom_dataplane::mac::parse(&e.mac).ok()).collect();
+    let local_macs: Vec<[u8; 6]> = state
+        .endpoints
+        .values()
+        .filter(|e| e.network == key)
+        .filter_map(|e| netloom_dataplane::mac::parse(&e.mac).ok())
+        .collect();
     if let Err(e) = ov.fabric.forget_moved_here(dp, &local_macs).await {
         warn!("{e:#}");
     }
@@ -392,8 +397,13 @@ async fn forget_dead_hosts(ov: &Overlay, state: &mut State) {
         }
         // Local-scope networks it was a member of: the last member out deletes them (a host
         // that comes back writes its membership again).
-        let memberships: Vec<String> =
-            state.cache.networks.values().filter(|(c, _)| c.members.contains_key(host)).map(|(c, _)| c.key.clone()).collect();
+        let memberships: Vec<String> = state
+            .cache
+            .networks
+            .values()
+            .filter(|(c, _)| c.members.contains_key(host))
+            .map(|(c, _)| c.key.clone())
+            .collect();
         for key in memberships {
             match shared.leave_local(&key, host).await {
                 Ok(()) => info!(host = %host, network = %key, "host gone for good removed from the network"),

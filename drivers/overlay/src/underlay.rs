@@ -44,10 +44,9 @@ pub async fn resolve(netlink: &Netlink, advertise: &str) -> Result<Underlay> {
         );
     };
     let addresses = netlink.addresses(link).await?;
-    let pick = addresses
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addresses.iter().find(|a| matches!(a.ip(), IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80)));
+    let pick = addresses.iter().find(|a| a.is_ipv4()).or_else(|| {
+        addresses.iter().find(|a| matches!(a.ip(), IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80))
+    });
     match pick {
         Some(address) => Ok(Underlay { vtep: address.ip(), iface: link.name.clone(), mtu: link.mtu }),
         None => bail!("--advertise-addr {advertise}: the interface has no IP address to use as the tunnel endpoint"),

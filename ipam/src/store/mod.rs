@@ -7,8 +7,8 @@
 //! write on the condition that none of them changed.
 
 mod embedded;
-mod records;
 mod etcd;
+mod records;
 mod url;
 
 pub mod consul;

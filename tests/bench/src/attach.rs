@@ -42,8 +42,20 @@ fn bridge_on(version: DockerVersion, cluster: &str, config: &Config, report: &mu
         h.docker(&["network", "create", "-d", contender.driver, "--subnet", &subnet, contender.network])?;
     }
     let samples = interleaved(&h, &contenders, config.attach_rounds(), &version.to_string())?;
-    push_pair(report, &format!("loom-bridge --firewall iptables vs bridge ({version})"), "bridge", &samples[1], &samples[0]);
-    push_pair(report, &format!("loom-bridge --firewall nftables vs bridge ({version})"), "bridge", &samples[2], &samples[0]);
+    push_pair(
+        report,
+        &format!("loom-bridge --firewall iptables vs bridge ({version})"),
+        "bridge",
+        &samples[1],
+        &samples[0],
+    );
+    push_pair(
+        report,
+        &format!("loom-bridge --firewall nftables vs bridge ({version})"),
+        "bridge",
+        &samples[2],
+        &samples[0],
+    );
     Ok(())
 }
 
@@ -65,7 +77,10 @@ fn overlay(config: &Config, report: &mut Report) -> Result<()> {
 /// `rounds` timed runs per contender after the warm-up, in alternating order; samples in the
 /// contenders' order.
 fn interleaved(h: &Host, contenders: &[Contender], rounds: usize, label: &str) -> Result<Vec<Samples>> {
-    eprintln!("[bench] attach on {label}: {WARMUP_ROUNDS} warm-up + {rounds} timed rounds of {} drivers", contenders.len());
+    eprintln!(
+        "[bench] attach on {label}: {WARMUP_ROUNDS} warm-up + {rounds} timed rounds of {} drivers",
+        contenders.len()
+    );
     for round in 0..WARMUP_ROUNDS {
         for i in round_order(round, contenders.len()) {
             timed_run(h, contenders[i].network)?;
@@ -78,7 +93,12 @@ fn interleaved(h: &Host, contenders: &[Contender], rounds: usize, label: &str) -
         }
     }
     for (contender, s) in contenders.iter().zip(&samples) {
-        eprintln!("[bench] attach on {label}: {:<16} p50 {:.1} ms, p95 {:.1} ms", contender.driver, s.median(), s.p95());
+        eprintln!(
+            "[bench] attach on {label}: {:<16} p50 {:.1} ms, p95 {:.1} ms",
+            contender.driver,
+            s.median(),
+            s.p95()
+        );
     }
     Ok(samples)
 }
@@ -92,6 +112,22 @@ fn timed_run(h: &Host, network: &str) -> Result<f64> {
 }
 
 fn push_pair(report: &mut Report, versus: &str, anchor_name: &str, netloom: &Samples, builtin: &Samples) {
-    report.push(Row::vs("attach", format!("docker run -d p50, {versus}"), netloom.median(), "ms", anchor_name, builtin.median(), TARGET));
-    report.push(Row::vs("attach", format!("docker run -d p95, {versus}"), netloom.p95(), "ms", anchor_name, builtin.p95(), TARGET));
+    report.push(Row::vs(
+        "attach",
+        format!("docker run -d p50, {versus}"),
+        netloom.median(),
+        "ms",
+        anchor_name,
+        builtin.median(),
+        TARGET,
+    ));
+    report.push(Row::vs(
+        "attach",
+        format!("docker run -d p95, {versus}"),
+        netloom.p95(),
+        "ms",
+        anchor_name,
+        builtin.p95(),
+        TARGET,
+    ));
 }

@@ -7,7 +7,10 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 /// Where the bench script installs a font (Debian's fonts-dejavu-core); text needs one.
-const FONTS: [&str; 2] = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf"];
+const FONTS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
 
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -50,9 +53,11 @@ impl Chart {
     /// Writes `<dir>/<stem>.svg` and `<dir>/<stem>.png`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let svg = dir.join(format!("{}.svg", self.file_stem));
-        self.draw(SVGBackend::new(&svg, (900, 560)).into_drawing_area()).with_context(|| format!("drawing {}", svg.display()))?;
+        self.draw(SVGBackend::new(&svg, (900, 560)).into_drawing_area())
+            .with_context(|| format!("drawing {}", svg.display()))?;
         let png = dir.join(format!("{}.png", self.file_stem));
-        self.draw(BitMapBackend::new(&png, (900, 560)).into_drawing_area()).with_context(|| format!("drawing {}", png.display()))
+        self.draw(BitMapBackend::new(&png, (900, 560)).into_drawing_area())
+            .with_context(|| format!("drawing {}", png.display()))
     }
 
     fn bounds(&self) -> (f64, f64, f64) {
@@ -93,7 +98,8 @@ impl Chart {
             .map_err(err)?;
         for (i, series) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let points: Vec<(f64, f64)> = series.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+            let points: Vec<(f64, f64)> =
+                series.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(err)?

@@ -90,7 +90,11 @@ pub fn received_bits_per_second(json: &str) -> Result<f64> {
 /// The order of the contenders in one round of an interleaved measurement: forward on even
 /// rounds, backward on odd ones, so that no contender always runs right after the same other one.
 pub fn round_order(round: usize, n: usize) -> Vec<usize> {
-    if round % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() }
+    if round % 2 == 0 {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
 }
 
 /// Starts etcd in the cluster's underlay (listening on `underlay_ip():2379`, v2 API on for
@@ -124,13 +128,20 @@ pub fn start_underlay_etcd(c: &Cluster) -> Result<String> {
 /// loom-overlay on the same store: the built-in overlay and loom-overlay side by side.
 pub fn overlay_hosts(c: &Cluster) -> Result<Vec<Arc<Host>>> {
     let store = start_underlay_etcd(c)?;
-    let dockerd_args = [format!("--cluster-store={store}"), "--cluster-advertise=eth0:2376".to_string(), "--log-level=warn".to_string()];
+    let dockerd_args = [
+        format!("--cluster-store={store}"),
+        "--cluster-advertise=eth0:2376".to_string(),
+        "--log-level=warn".to_string(),
+    ];
     let hosts = c.add_hosts(vec![
         HostConfig::new("h1", DockerVersion::V20).dockerd_args(&dockerd_args),
         HostConfig::new("h2", DockerVersion::V20).dockerd_args(&dockerd_args),
     ])?;
     for h in &hosts {
-        h.start_plugin("loom-overlay", &["--scope", "global", "--store", &store, "--advertise-addr", "eth0", "--log-level", "warn"])?;
+        h.start_plugin(
+            "loom-overlay",
+            &["--scope", "global", "--store", &store, "--advertise-addr", "eth0", "--log-level", "warn"],
+        )?;
     }
     Ok(hosts)
 }
@@ -156,7 +167,8 @@ mod tests {
 
     #[test]
     fn iperf3_errors_are_reported() {
-        let json = r#"{"start": {}, "intervals": [], "end": {}, "error": "unable to connect to server: Connection refused"}"#;
+        let json =
+            r#"{"start": {}, "intervals": [], "end": {}, "error": "unable to connect to server: Connection refused"}"#;
         let err = received_bits_per_second(json).unwrap_err().to_string();
         assert!(err.contains("Connection refused"), "{err}");
         assert!(received_bits_per_second("iperf3: error").is_err());

@@ -68,7 +68,8 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
     let mut results = Vec::new();
     for backend in BACKENDS {
         let started = Instant::now();
-        let host = cluster.add_host(HostConfig::new(&format!("d{}", &backend[..3]), DockerVersion::V20).defer_docker())?;
+        let host =
+            cluster.add_host(HostConfig::new(&format!("d{}", &backend[..3]), DockerVersion::V20).defer_docker())?;
         let plugin = host.start_plugin("loom-bridge", &["--firewall", backend, "--log-level", "warn"])?;
         let socket = host.path_inside(&plugin.socket());
         let result = runtime
@@ -79,7 +80,11 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
         results.push(result);
     }
     for result in &results {
-        let label = if result.backend == default_backend { format!("{}, the default", result.backend) } else { result.backend.to_string() };
+        let label = if result.backend == default_backend {
+            format!("{}, the default", result.backend)
+        } else {
+            result.backend.to_string()
+        };
         push_rows(report, result, &label);
     }
     report.charts.push(endpoints_chart(&results));
@@ -97,10 +102,14 @@ async fn measure_backend(config: &Config, backend: &'static str, socket: &Path, 
     let mut endpoint_levels = Vec::new();
     let mut kernel_levels = Vec::new();
     for level in config.scale_levels() {
-        endpoints.grow_endpoints(&mut client, level).await.with_context(|| format!("adding endpoints up to {level}"))?;
+        endpoints
+            .grow_endpoints(&mut client, level)
+            .await
+            .with_context(|| format!("adding endpoints up to {level}"))?;
         let cycles = timed.cycles(&mut client, &endpoints.net, endpoints.subnet, samples).await;
         endpoint_levels.push((level, cycles.with_context(|| format!("{level} endpoints"))?));
-        kernel_levels.push((level, kernel_attach_ms(host).with_context(|| format!("kernel alone at {level} endpoints"))?));
+        kernel_levels
+            .push((level, kernel_attach_ms(host).with_context(|| format!("kernel alone at {level} endpoints"))?));
         eprintln!("[bench] driver: {backend}, {level} endpoints measured");
     }
     endpoints.remove(&mut client).await?;
@@ -143,7 +152,12 @@ async fn time_create_network(client: &mut PluginClient, samples: usize) -> Resul
     let mut out = Samples::new();
     for i in 0..WARMUP + samples {
         let id = hex_id(KIND_NETWORK, 0x100 + i as u32);
-        let request = ops::create_network_on(&id, &format!("172.{}.{}.0/24", 16 + i / 256, i % 256), &format!("172.{}.{}.1/24", 16 + i / 256, i % 256), json!({}));
+        let request = ops::create_network_on(
+            &id,
+            &format!("172.{}.{}.0/24", 16 + i / 256, i % 256),
+            &format!("172.{}.{}.1/24", 16 + i / 256, i % 256),
+            json!({}),
+        );
         let start = Instant::now();
         client.call("NetworkDriver.CreateNetwork", &request).await.with_context(|| format!("network #{i}"))?;
         if i >= WARMUP {
@@ -162,7 +176,13 @@ struct TimedEndpoints {
 
 impl TimedEndpoints {
     /// `WARMUP + samples` cycles of attach, program one port, revoke, detach; all four timed.
-    async fn cycles(&mut self, client: &mut PluginClient, net: &str, subnet: Subnet16, samples: usize) -> Result<CycleSamples> {
+    async fn cycles(
+        &mut self,
+        client: &mut PluginClient,
+        net: &str,
+        subnet: Subnet16,
+        samples: usize,
+    ) -> Result<CycleSamples> {
         let mut out = CycleSamples::default();
         let port_map = ops::tcp_port_map([TIMED_PORT]);
         for i in 0..WARMUP + samples {
@@ -172,7 +192,9 @@ impl TimedEndpoints {
             let ep = Endpoint { net, id: &id, address: &address };
             let keep = i >= WARMUP;
             timed(keep, &mut out.attach, ops::attach(client, &ep, &json!([]))).await.context("CreateEndpoint+Join")?;
-            timed(keep, &mut out.program, ops::program(client, &ep, &port_map)).await.context("ProgramExternalConnectivity")?;
+            timed(keep, &mut out.program, ops::program(client, &ep, &port_map))
+                .await
+                .context("ProgramExternalConnectivity")?;
             timed(keep, &mut out.revoke, ops::revoke(client, &ep)).await.context("RevokeExternalConnectivity")?;
             timed(keep, &mut out.detach, ops::detach(client, &ep)).await.context("Leave+DeleteEndpoint")?;
         }
@@ -203,7 +225,10 @@ struct ScalingNetwork {
 impl ScalingNetwork {
     async fn create(client: &mut PluginClient, n: u32, subnet: Subnet16) -> Result<ScalingNetwork> {
         let net = hex_id(KIND_NETWORK, n);
-        client.call("NetworkDriver.CreateNetwork", &ops::create_network(&net, subnet, json!({}))).await.context("creating the scaling network")?;
+        client
+            .call("NetworkDriver.CreateNetwork", &ops::create_network(&net, subnet, json!({})))
+            .await
+            .context("creating the scaling network")?;
         Ok(ScalingNetwork { index: n, net, subnet, background: Vec::new(), ports: 0 })
     }
 
@@ -248,7 +273,10 @@ impl ScalingNetwork {
             }
             ops::detach(client, &ep).await.context("removing a background endpoint")?;
         }
-        client.call("NetworkDriver.DeleteNetwork", &ops::network_ref(&self.net)).await.context("removing the scaling network")?;
+        client
+            .call("NetworkDriver.DeleteNetwork", &ops::network_ref(&self.net))
+            .await
+            .context("removing the scaling network")?;
         Ok(())
     }
 }
@@ -271,19 +299,46 @@ fn default_backend(cluster: &Cluster) -> Result<&'static str> {
 fn push_rows(report: &mut Report, r: &BackendResult, label: &str) {
     let b = label;
     report.push(Row::info("driver", with_p99("CreateNetwork", b, &r.create_network), r.create_network.median(), "ms"));
-    report.push(Row::budget("driver", with_p99("CreateEndpoint+Join", b, &r.base.attach), r.base.attach.median(), "ms", 2.0));
+    report.push(Row::budget(
+        "driver",
+        with_p99("CreateEndpoint+Join", b, &r.base.attach),
+        r.base.attach.median(),
+        "ms",
+        2.0,
+    ));
     report.push(Row::info("driver", with_p99("Leave+DeleteEndpoint", b, &r.base.detach), r.base.detach.median(), "ms"));
-    report.push(Row::info("driver", with_p99("ProgramExternalConnectivity (1 port)", b, &r.base.program), r.base.program.median(), "ms"));
-    report.push(Row::info("driver", with_p99("RevokeExternalConnectivity (1 port)", b, &r.base.revoke), r.base.revoke.median(), "ms"));
+    report.push(Row::info(
+        "driver",
+        with_p99("ProgramExternalConnectivity (1 port)", b, &r.base.program),
+        r.base.program.median(),
+        "ms",
+    ));
+    report.push(Row::info(
+        "driver",
+        with_p99("RevokeExternalConnectivity (1 port)", b, &r.base.revoke),
+        r.base.revoke.median(),
+        "ms",
+    ));
     // The nftables backend must scale flat; iptables' figures are reported for comparison.
     let target = if r.backend == "nftables" { Target::AtMost(1.5) } else { Target::None };
-    let endpoint_ops: [(&str, fn(&CycleSamples) -> &Samples); 2] = [("CreateEndpoint+Join", |c| &c.attach), ("Leave+DeleteEndpoint", |c| &c.detach)];
+    let endpoint_ops: [(&str, fn(&CycleSamples) -> &Samples); 2] =
+        [("CreateEndpoint+Join", |c| &c.attach), ("Leave+DeleteEndpoint", |c| &c.detach)];
     for (op, pick) in endpoint_ops {
         push_scaling_row(report, &format!("{op} ({b})"), "endpoints", &r.endpoint_levels, pick, target);
     }
-    push_scaling_row(report, &format!("ProgramExternalConnectivity ({b})"), "published ports", &r.port_levels, |c| &c.program, target);
+    push_scaling_row(
+        report,
+        &format!("ProgramExternalConnectivity ({b})"),
+        "published ports",
+        &r.port_levels,
+        |c| &c.program,
+        target,
+    );
     if let (Some((low, at_low)), Some((high, at_high))) = (r.kernel_levels.first(), r.kernel_levels.last()) {
-        let what = format!("kernel alone ({} host): veth pair made and put on the bridge, mean at {high} endpoints", r.backend);
+        let what = format!(
+            "kernel alone ({} host): veth pair made and put on the bridge, mean at {high} endpoints",
+            r.backend
+        );
         report.push(Row::vs("scaling", what, *at_high, "ms", format!("at {low}"), *at_low, Target::None));
     }
 }
@@ -300,7 +355,15 @@ fn push_scaling_row(
     let (Some((low, at_low)), Some((high, at_high))) = (levels.first(), levels.last()) else { return };
     let (p50_low, p50_high) = (fmt_num(pick(at_low).median()), fmt_num(pick(at_high).median()));
     let label = format!("{what} p99 at {high} {unit_of_level} (p50 {p50_low} -> {p50_high} ms)");
-    report.push(Row::vs("scaling", label, pick(at_high).p99(), "ms", format!("p99 at {low}"), pick(at_low).p99(), target));
+    report.push(Row::vs(
+        "scaling",
+        label,
+        pick(at_high).p99(),
+        "ms",
+        format!("p99 at {low}"),
+        pick(at_low).p99(),
+        target,
+    ));
 }
 
 fn series(name: String, levels: &[(usize, CycleSamples)], pick: fn(&CycleSamples) -> &Samples) -> Series {

@@ -53,7 +53,15 @@ fn macvlan_parent() -> Value {
 }
 
 const DRIVERS: [DriverUnderTest; 7] = [
-    DriverUnderTest { label: "loom-null", binary: "loom-null", host: "fnull", args: &[], setup: None, shared_store: false, load: Load::Endpoints { generic: no_options } },
+    DriverUnderTest {
+        label: "loom-null",
+        binary: "loom-null",
+        host: "fnull",
+        args: &[],
+        setup: None,
+        shared_store: false,
+        load: Load::Endpoints { generic: no_options },
+    },
     DriverUnderTest {
         label: "loom-bridge (iptables)",
         binary: "loom-bridge",
@@ -82,7 +90,15 @@ const DRIVERS: [DriverUnderTest; 7] = [
         shared_store: false,
         load: Load::Endpoints { generic: macvlan_parent },
     },
-    DriverUnderTest { label: "loom-host", binary: "loom-host", host: "fhost", args: &[], setup: None, shared_store: false, load: Load::Endpoints { generic: no_options } },
+    DriverUnderTest {
+        label: "loom-host",
+        binary: "loom-host",
+        host: "fhost",
+        args: &[],
+        setup: None,
+        shared_store: false,
+        load: Load::Endpoints { generic: no_options },
+    },
     DriverUnderTest {
         label: "loom-overlay",
         binary: "loom-overlay",
@@ -92,7 +108,15 @@ const DRIVERS: [DriverUnderTest; 7] = [
         shared_store: true,
         load: Load::Endpoints { generic: no_options },
     },
-    DriverUnderTest { label: "loom-ipam", binary: "loom-ipam", host: "fipam", args: &[], setup: None, shared_store: false, load: Load::Addresses },
+    DriverUnderTest {
+        label: "loom-ipam",
+        binary: "loom-ipam",
+        host: "fipam",
+        args: &[],
+        setup: None,
+        shared_store: false,
+        load: Load::Addresses,
+    },
 ];
 
 struct Figures {
@@ -112,7 +136,8 @@ pub fn run(config: &Config, report: &mut Report) -> Result<()> {
     for driver in &DRIVERS {
         let started = Instant::now();
         let host = cluster.add_host(HostConfig::new(driver.host, DockerVersion::V20).defer_docker())?;
-        let outcome = with_store(&cluster, driver).and_then(|(store_args, _etcd)| measure(&host, &runtime, driver, &store_args, count));
+        let outcome = with_store(&cluster, driver)
+            .and_then(|(store_args, _etcd)| measure(&host, &runtime, driver, &store_args, count));
         for h in cluster.hosts() {
             h.teardown();
         }
@@ -138,12 +163,19 @@ fn with_store(cluster: &Cluster, driver: &DriverUnderTest) -> Result<(Vec<String
     if !driver.shared_store {
         return Ok((Vec::new(), None));
     }
-    let store_host = cluster.add_host(HostConfig::new(&format!("{}s", driver.host), DockerVersion::V20).defer_docker())?;
+    let store_host =
+        cluster.add_host(HostConfig::new(&format!("{}s", driver.host), DockerVersion::V20).defer_docker())?;
     let etcd = Etcd::on_hosts(cluster, &[store_host]).context("starting etcd")?;
     Ok((vec!["--store".into(), etcd.url()], Some(etcd)))
 }
 
-fn measure(host: &Host, runtime: &tokio::runtime::Runtime, driver: &DriverUnderTest, extra_args: &[String], count: usize) -> Result<Figures> {
+fn measure(
+    host: &Host,
+    runtime: &tokio::runtime::Runtime,
+    driver: &DriverUnderTest,
+    extra_args: &[String],
+    count: usize,
+) -> Result<Figures> {
     if let Some(script) = driver.setup {
         host.sh(script).context("setting up the host")?;
     }
@@ -157,7 +189,12 @@ fn measure(host: &Host, runtime: &tokio::runtime::Runtime, driver: &DriverUnderT
         }
         ready.push_duration(ready_after(&plugin)?);
     }
-    eprintln!("[bench] footprint: {} socket ready after {:.1} ms (median of {STARTS}), max {:.1} ms", driver.label, ready.median(), ready.max());
+    eprintln!(
+        "[bench] footprint: {} socket ready after {:.1} ms (median of {STARTS}), max {:.1} ms",
+        driver.label,
+        ready.median(),
+        ready.max()
+    );
     std::thread::sleep(IDLE);
     let rss_idle_mb = rss_mb(&plugin)?;
 
@@ -203,9 +240,13 @@ async fn load(socket: &std::path::Path, load: Load, count: usize) -> Result<()> 
         }
         Load::Addresses => {
             let pool = client.call("IpamDriver.RequestPool", &ops::request_pool(&SUBNET.pool())).await?;
-            let pool_id = pool["PoolID"].as_str().ok_or_else(|| anyhow!("RequestPool answered without PoolID: {pool}"))?;
+            let pool_id =
+                pool["PoolID"].as_str().ok_or_else(|| anyhow!("RequestPool answered without PoolID: {pool}"))?;
             for i in 0..count {
-                client.call("IpamDriver.RequestAddress", &ops::request_address(pool_id)).await.with_context(|| format!("address #{i}"))?;
+                client
+                    .call("IpamDriver.RequestAddress", &ops::request_address(pool_id))
+                    .await
+                    .with_context(|| format!("address #{i}"))?;
             }
         }
     }
@@ -230,7 +271,11 @@ fn vm_rss_kib(status: &str) -> Option<f64> {
 fn reconciled_elapsed_ms(log: &str) -> Option<f64> {
     let line = log.lines().filter(|l| l.contains("reconciled")).last()?;
     let after = &line[line.find("elapsed_ms")? + "elapsed_ms".len()..];
-    let digits: String = after.trim_start_matches(['=', '"', ':', ' ']).chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let digits: String = after
+        .trim_start_matches(['=', '"', ':', ' '])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     digits.parse().ok()
 }
 
@@ -240,13 +285,31 @@ fn push_rows(report: &mut Report, driver: &DriverUnderTest, count: usize, f: &Fi
         Load::Endpoints { .. } => "endpoints",
         Load::Addresses => "addresses",
     };
-    report.push(Row::budget("footprint", format!("{label} socket ready after start (median of {STARTS})"), f.ready.median(), "ms", READY_BUDGET_MS));
+    report.push(Row::budget(
+        "footprint",
+        format!("{label} socket ready after start (median of {STARTS})"),
+        f.ready.median(),
+        "ms",
+        READY_BUDGET_MS,
+    ));
     report.push(Row::budget("footprint", format!("{label} RSS idle"), f.rss_idle_mb, "MB", RSS_IDLE_BUDGET_MB));
-    report.push(Row::budget("footprint", format!("{label} RSS with {count} {objects}"), f.rss_loaded_mb, "MB", RSS_LOADED_BUDGET_MB));
+    report.push(Row::budget(
+        "footprint",
+        format!("{label} RSS with {count} {objects}"),
+        f.rss_loaded_mb,
+        "MB",
+        RSS_LOADED_BUDGET_MB,
+    ));
     let restart = format!("{label} restart with {count} {objects}: socket ready");
     report.push(Row::budget("footprint", restart, f.restart_ready_ms, "ms", RECONCILE_BUDGET_MS));
     if let Some(ms) = f.reconcile_logged_ms {
-        report.push(Row::budget("footprint", format!("{label} reconcile of {count} {objects} (driver log)"), ms, "ms", RECONCILE_BUDGET_MS));
+        report.push(Row::budget(
+            "footprint",
+            format!("{label} reconcile of {count} {objects} (driver log)"),
+            ms,
+            "ms",
+            RECONCILE_BUDGET_MS,
+        ));
     }
 }
 
@@ -263,9 +326,11 @@ mod tests {
 
     #[test]
     fn reconcile_time_comes_from_text_and_json_logs() {
-        let text = "2024-01-01T00:00:00Z  INFO loom_bridge::driver: reconciled networks=1 endpoints=1000 elapsed_ms=412\n";
+        let text =
+            "2024-01-01T00:00:00Z  INFO loom_bridge::driver: reconciled networks=1 endpoints=1000 elapsed_ms=412\n";
         assert_eq!(reconciled_elapsed_ms(text), Some(412.0));
-        let json = r#"{"timestamp":"x","level":"INFO","networks":1,"endpoints":1000,"elapsed_ms":87,"message":"reconciled"}"#;
+        let json =
+            r#"{"timestamp":"x","level":"INFO","networks":1,"endpoints":1000,"elapsed_ms":87,"message":"reconciled"}"#;
         assert_eq!(reconciled_elapsed_ms(json), Some(87.0));
     }
 

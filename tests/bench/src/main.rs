@@ -81,6 +81,11 @@ fn run(args: &Args) -> Result<bool> {
     }
     println!();
     print!("{}", report.to_text());
-    println!("\nwritten: {} and {} chart(s) (SVG, PNG) in {}", md_path.display(), report.charts.len(), args.out.display());
+    println!(
+        "\nwritten: {} and {} chart(s) (SVG, PNG) in {}",
+        md_path.display(),
+        report.charts.len(),
+        args.out.display()
+    );
     Ok(all_ran)
 }

@@ -46,7 +46,15 @@ pub struct Row {
 
 impl Row {
     /// A figure compared with a reference measured in the same run.
-    pub fn vs(section: &'static str, what: impl Into<String>, value: f64, unit: &'static str, anchor_name: impl Into<String>, anchor: f64, target: Target) -> Row {
+    pub fn vs(
+        section: &'static str,
+        what: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        anchor_name: impl Into<String>,
+        anchor: f64,
+        target: Target,
+    ) -> Row {
         Row { section, what: what.into(), value, unit, anchor_name: anchor_name.into(), anchor, target }
     }
 
@@ -121,7 +129,11 @@ impl Report {
                     r.section.to_string(),
                     r.what.clone(),
                     format!("{} {}", fmt_num(r.value), r.unit),
-                    if r.anchor.is_finite() { format!("{} {} ({})", fmt_num(r.anchor), r.unit, r.anchor_name) } else { "-".into() },
+                    if r.anchor.is_finite() {
+                        format!("{} {} ({})", fmt_num(r.anchor), r.unit, r.anchor_name)
+                    } else {
+                        "-".into()
+                    },
                     fmt_num(r.ratio()),
                     r.target.label(),
                     r.verdict().to_string(),

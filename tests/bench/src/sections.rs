@@ -38,32 +38,56 @@ pub struct Config {
 impl Config {
     /// `docker run -d` per driver in the attach section (interleaved A B A B).
     pub fn attach_rounds(&self) -> usize {
-        if self.quick { 6 } else { 40 }
+        if self.quick {
+            6
+        } else {
+            40
+        }
     }
 
     /// Existing endpoints (or published ports) at which the driver-side costs are measured.
     pub fn scale_levels(&self) -> Vec<usize> {
-        if self.quick { vec![10, 100] } else { vec![10, 100, 500, 1000] }
+        if self.quick {
+            vec![10, 100]
+        } else {
+            vec![10, 100, 500, 1000]
+        }
     }
 
     /// Timed requests per operation and level (enough that one scheduling hiccup does not make
     /// the p99).
     pub fn samples(&self) -> usize {
-        if self.quick { 20 } else { 300 }
+        if self.quick {
+            20
+        } else {
+            300
+        }
     }
 
     /// iperf3 runs per path (median taken) and seconds per run.
     pub fn iperf_rounds(&self) -> usize {
-        if self.quick { 1 } else { 5 }
+        if self.quick {
+            1
+        } else {
+            5
+        }
     }
 
     pub fn iperf_seconds(&self) -> u32 {
-        if self.quick { 2 } else { 4 }
+        if self.quick {
+            2
+        } else {
+            4
+        }
     }
 
     /// Endpoints for the "RSS with many endpoints" and reconcile figures.
     pub fn footprint_endpoints(&self) -> usize {
-        if self.quick { 100 } else { 1000 }
+        if self.quick {
+            100
+        } else {
+            1000
+        }
     }
 }
 
@@ -72,7 +96,13 @@ pub fn machine_facts(config: &Config) -> Vec<String> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
     let kernel = read("/proc/sys/kernel/osrelease");
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let cpu_model = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim().to_string();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(netloom_tests::bin_dir())

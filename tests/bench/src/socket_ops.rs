@@ -164,7 +164,10 @@ mod tests {
         assert_eq!(net["IPv4Data"][0]["Gateway"], "10.7.0.1/16");
         assert_eq!(net["Options"]["com.docker.network.generic"]["parent"], "p0");
         let ports = tcp_port_map([8080, 8081]);
-        assert_eq!(ports[1], json!({"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8081, "HostPortEnd": 8081}));
+        assert_eq!(
+            ports[1],
+            json!({"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8081, "HostPortEnd": 8081})
+        );
         let j = join("n", "e", &ports);
         assert_eq!(j["Options"]["com.docker.network.portmap"], ports);
         assert_eq!(program_external("n", "e", &ports)["Options"], j["Options"]);

@@ -10,8 +10,8 @@ use anyhow::Result;
 use netloom_tests::{Cluster, DockerVersion, Host, HostConfig, NsProc, IMAGE};
 
 use crate::docker_util::{
-    container_ip, create_overlay_networks, iperf3_gbits, overlay_hosts, round_order, spawn_iperf3_server, Netns, BUILTIN_OVERLAY,
-    IPERF_PORT, LOOM_OVERLAY,
+    container_ip, create_overlay_networks, iperf3_gbits, overlay_hosts, round_order, spawn_iperf3_server, Netns,
+    BUILTIN_OVERLAY, IPERF_PORT, LOOM_OVERLAY,
 };
 use crate::report::{Report, Row, Target};
 use crate::sections::Config;
@@ -68,15 +68,61 @@ fn one_host(config: &Config, report: &mut Report) -> Result<()> {
     servers.push(server);
     paths.push(path_c2c);
     servers.push(bare_veth_pair(&h)?);
-    paths.push(Path { name: "bare veth pair", host: &h, client: Netns::Named(BARE_CLIENT_NS.into()), target: BARE_SERVER_IP.into(), port: IPERF_PORT });
+    paths.push(Path {
+        name: "bare veth pair",
+        host: &h,
+        client: Netns::Named(BARE_CLIENT_NS.into()),
+        target: BARE_SERVER_IP.into(),
+        port: IPERF_PORT,
+    });
     let s = measure(config, &paths)?;
     let (loom, loom_published, builtin, builtin_published, loom_ipt, bare) = (&s[0], &s[1], &s[2], &s[3], &s[4], &s[5]);
     let c2c = "TCP container to container";
-    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge nftables (default) vs iptables backend"), loom.median(), UNIT, "iptables", loom_ipt.median(), Target::None));
-    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge iptables backend vs bridge (Docker 20.10)"), loom_ipt.median(), UNIT, "bridge", builtin.median(), Target::None));
-    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge vs bridge (Docker 20.10)"), loom.median(), UNIT, "bridge", builtin.median(), Target::AtLeast(0.95)));
-    report.push(Row::vs("throughput", format!("{c2c}, loom-bridge vs bare veth pair"), loom.median(), UNIT, "bare veth", bare.median(), Target::AtLeast(0.9)));
-    report.push(Row::vs("throughput", format!("{c2c}, bridge (Docker 20.10) vs bare veth pair"), builtin.median(), UNIT, "bare veth", bare.median(), Target::None));
+    report.push(Row::vs(
+        "throughput",
+        format!("{c2c}, loom-bridge nftables (default) vs iptables backend"),
+        loom.median(),
+        UNIT,
+        "iptables",
+        loom_ipt.median(),
+        Target::None,
+    ));
+    report.push(Row::vs(
+        "throughput",
+        format!("{c2c}, loom-bridge iptables backend vs bridge (Docker 20.10)"),
+        loom_ipt.median(),
+        UNIT,
+        "bridge",
+        builtin.median(),
+        Target::None,
+    ));
+    report.push(Row::vs(
+        "throughput",
+        format!("{c2c}, loom-bridge vs bridge (Docker 20.10)"),
+        loom.median(),
+        UNIT,
+        "bridge",
+        builtin.median(),
+        Target::AtLeast(0.95),
+    ));
+    report.push(Row::vs(
+        "throughput",
+        format!("{c2c}, loom-bridge vs bare veth pair"),
+        loom.median(),
+        UNIT,
+        "bare veth",
+        bare.median(),
+        Target::AtLeast(0.9),
+    ));
+    report.push(Row::vs(
+        "throughput",
+        format!("{c2c}, bridge (Docker 20.10) vs bare veth pair"),
+        builtin.median(),
+        UNIT,
+        "bare veth",
+        bare.median(),
+        Target::None,
+    ));
     report.push(Row::vs(
         "throughput",
         "TCP to a port published at 127.0.0.1, loom-bridge vs bridge (docker-proxy, Docker 20.10)",
@@ -97,9 +143,16 @@ fn bridge_paths<'a>(h: &'a Host, network: &'static str, published: u16) -> Resul
     h.docker(&["run", "-d", "--name", &server, "--network", network, "-p", &publish, IMAGE, "sleep", "3600"])?;
     h.docker(&["run", "-d", "--name", &client, "--network", network, IMAGE, "sleep", "3600"])?;
     let iperf = spawn_iperf3_server(h, &format!("iperf-{network}"), &Netns::of_container(h, &server)?, IPERF_PORT)?;
-    let c2c = Path { name: network, host: h, client: Netns::of_container(h, &client)?, target: container_ip(h, &server, network)?, port: IPERF_PORT };
+    let c2c = Path {
+        name: network,
+        host: h,
+        client: Netns::of_container(h, &client)?,
+        target: container_ip(h, &server, network)?,
+        port: IPERF_PORT,
+    };
     let name = if network == LOOM_BRIDGE_NET { "loom-bridge published port" } else { "bridge published port" };
-    let at_localhost = Path { name, host: h, client: Netns::Host, target: Ipv4Addr::LOCALHOST.to_string(), port: published };
+    let at_localhost =
+        Path { name, host: h, client: Netns::Host, target: Ipv4Addr::LOCALHOST.to_string(), port: published };
     Ok((iperf, c2c, at_localhost))
 }
 
@@ -127,20 +180,61 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
     create_overlay_networks(h1)?;
     // iperf3 servers, kept running until the end of the measurement.
     let mut servers = vec![spawn_iperf3_server(h2, "iperf-underlay", &Netns::Host, UNDERLAY_PORT)?];
-    let mut paths = vec![Path { name: "underlay", host: h1, client: Netns::Host, target: h2.underlay_ip().to_string(), port: UNDERLAY_PORT }];
+    let mut paths = vec![Path {
+        name: "underlay",
+        host: h1,
+        client: Netns::Host,
+        target: h2.underlay_ip().to_string(),
+        port: UNDERLAY_PORT,
+    }];
     for network in [BUILTIN_OVERLAY, LOOM_OVERLAY] {
         let (server, client) = (format!("srv-{network}"), format!("cli-{network}"));
         h2.docker(&["run", "-d", "--name", &server, "--network", network, IMAGE, "sleep", "3600"])?;
         h1.docker(&["run", "-d", "--name", &client, "--network", network, IMAGE, "sleep", "3600"])?;
-        servers.push(spawn_iperf3_server(h2, &format!("iperf-{network}"), &Netns::of_container(h2, &server)?, IPERF_PORT)?);
-        paths.push(Path { name: network, host: h1, client: Netns::of_container(h1, &client)?, target: container_ip(h2, &server, network)?, port: IPERF_PORT });
+        servers.push(spawn_iperf3_server(
+            h2,
+            &format!("iperf-{network}"),
+            &Netns::of_container(h2, &server)?,
+            IPERF_PORT,
+        )?);
+        paths.push(Path {
+            name: network,
+            host: h1,
+            client: Netns::of_container(h1, &client)?,
+            target: container_ip(h2, &server, network)?,
+            port: IPERF_PORT,
+        });
     }
     let s = measure(config, &paths)?;
     let (underlay, builtin, loom) = (&s[0], &s[1], &s[2]);
     let what = "TCP cross-host";
-    report.push(Row::vs("throughput", format!("{what}, loom-overlay vs overlay (Docker 20.10)"), loom.median(), UNIT, "overlay", builtin.median(), Target::AtLeast(0.95)));
-    report.push(Row::vs("throughput", format!("{what}, loom-overlay vs bare underlay"), loom.median(), UNIT, "underlay", underlay.median(), Target::AtLeast(0.9)));
-    report.push(Row::vs("throughput", format!("{what}, overlay (Docker 20.10) vs bare underlay"), builtin.median(), UNIT, "underlay", underlay.median(), Target::None));
+    report.push(Row::vs(
+        "throughput",
+        format!("{what}, loom-overlay vs overlay (Docker 20.10)"),
+        loom.median(),
+        UNIT,
+        "overlay",
+        builtin.median(),
+        Target::AtLeast(0.95),
+    ));
+    report.push(Row::vs(
+        "throughput",
+        format!("{what}, loom-overlay vs bare underlay"),
+        loom.median(),
+        UNIT,
+        "underlay",
+        underlay.median(),
+        Target::AtLeast(0.9),
+    ));
+    report.push(Row::vs(
+        "throughput",
+        format!("{what}, overlay (Docker 20.10) vs bare underlay"),
+        builtin.median(),
+        UNIT,
+        "underlay",
+        underlay.median(),
+        Target::None,
+    ));
     Ok(())
 }
 
@@ -152,7 +246,12 @@ fn measure(config: &Config, paths: &[Path]) -> Result<Vec<Samples>> {
         for i in round_order(round, paths.len()) {
             let p = &paths[i];
             let gbits = iperf3_gbits(p.host, &p.client, &p.target, p.port, config.iperf_seconds())?;
-            eprintln!("[bench] throughput round {}/{}: {:<28} {gbits:.2} {UNIT}", round + 1, config.iperf_rounds(), p.name);
+            eprintln!(
+                "[bench] throughput round {}/{}: {:<28} {gbits:.2} {UNIT}",
+                round + 1,
+                config.iperf_rounds(),
+                p.name
+            );
             samples[i].push(gbits);
         }
     }

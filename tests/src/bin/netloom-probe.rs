@@ -15,12 +15,14 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let res = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["udp-send", addr, count, hex] => send(addr, count, hex),
-        ["udp-echo", addr] => echo(addr),
-        ["udp-ask", addr, text] => ask(addr, text),
-        _ => Err("usage: netloom-probe udp-send ADDR:PORT COUNT HEX | udp-echo ADDR:PORT | udp-ask ADDR:PORT TEXT".into()),
-    };
+    let res =
+        match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["udp-send", addr, count, hex] => send(addr, count, hex),
+            ["udp-echo", addr] => echo(addr),
+            ["udp-ask", addr, text] => ask(addr, text),
+            _ => Err("usage: netloom-probe udp-send ADDR:PORT COUNT HEX | udp-echo ADDR:PORT | udp-ask ADDR:PORT TEXT"
+                .into()),
+        };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

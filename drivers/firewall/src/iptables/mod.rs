@@ -145,7 +145,10 @@ impl Inner {
             self.families().into_iter().flat_map(|(_, ipt)| [(ipt, "filter"), (ipt, "nat")]).collect();
         let listings: Vec<Result<Vec<ListedRule>>> = std::thread::scope(|s| {
             let running: Vec<_> = tables.iter().map(|&(ipt, table)| s.spawn(move || self.listed(ipt, table))).collect();
-            running.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("listing iptables rules panicked")))).collect()
+            running
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("listing iptables rules panicked"))))
+                .collect()
         });
         let mut all = Vec::new();
         for listing in listings {
@@ -185,7 +188,8 @@ fn is_vxlan(rule: &ListedRule) -> bool {
 
 fn delete_listed(ipt: &Xtables, table: &str, rule: &ListedRule) -> Result<()> {
     debug!(cmd = ipt.cmd, table, chain = %rule.chain, spec = %rule.spec, "deleting");
-    ipt.delete(table, &rule.chain, &rule.spec).map_err(ipt_err(format!("{} -t {table} -D {} {}", ipt.cmd, rule.chain, rule.spec)))
+    ipt.delete(table, &rule.chain, &rule.spec)
+        .map_err(ipt_err(format!("{} -t {table} -D {} {}", ipt.cmd, rule.chain, rule.spec)))
 }
 
 fn same_rule(listed: &ListedRule, rule: &IptRule) -> bool {
@@ -288,7 +292,8 @@ fn ensure_skeleton_in(ipt: &Xtables, table: &str, chains: &[String], listed: &[L
     for old in listed.iter().filter(|r| r.comment.as_deref() == Some(tag::IPT_BASE)) {
         if !wanted.contains(&(old.chain.as_str(), rules::normalized(&old.spec))) {
             debug!(cmd = ipt.cmd, table, chain = %old.chain, spec = %old.spec, "replacing an outdated skeleton rule");
-            ipt.delete(table, &old.chain, &old.spec).map_err(ipt_err(format!("{} -t {table} -D {} {}", ipt.cmd, old.chain, old.spec)))?;
+            ipt.delete(table, &old.chain, &old.spec)
+                .map_err(ipt_err(format!("{} -t {table} -D {} {}", ipt.cmd, old.chain, old.spec)))?;
         }
     }
     Ok(())
@@ -349,8 +354,12 @@ impl Inner {
             };
             // The tables are listed side by side (one process each); then changed one by one.
             let listings: Vec<Result<(Vec<String>, Vec<ListedRule>)>> = std::thread::scope(|s| {
-                let running: Vec<_> = SKELETON_TABLES.iter().map(|&t| s.spawn(move || listed_with_chains(ipt, t))).collect();
-                running.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("listing iptables rules panicked")))).collect()
+                let running: Vec<_> =
+                    SKELETON_TABLES.iter().map(|&t| s.spawn(move || listed_with_chains(ipt, t))).collect();
+                running
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("listing iptables rules panicked"))))
+                    .collect()
             });
             for (table, listing) in SKELETON_TABLES.into_iter().zip(listings) {
                 let (chains, listed) = listing?;
@@ -369,7 +378,13 @@ impl Inner {
     /// Makes each network's rules in `table` (by comment, ports aside) exactly its `wanted`:
     /// adds the missing ones, then deletes those of an earlier policy (a changed option or
     /// bridge).
-    fn sync_networks(&self, ipt: &Xtables, table: &str, listed: &[ListedRule], wanted: &[(String, Vec<IptRule>)]) -> Result<()> {
+    fn sync_networks(
+        &self,
+        ipt: &Xtables,
+        table: &str,
+        listed: &[ListedRule],
+        wanted: &[(String, Vec<IptRule>)],
+    ) -> Result<()> {
         let ids: BTreeSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
         let mut listed_by_net: BTreeMap<&str, Vec<&ListedRule>> = BTreeMap::new();
         for rule in listed {
@@ -455,7 +470,9 @@ impl Firewall for IptablesFirewall {
         net.validate()?;
         let id = net.network_id.clone();
         let nets = vec![net.clone()];
-        self.run(move |inner| inner.install(&nets)).await.with_context(|| format!("installing iptables rules of network {id}"))
+        self.run(move |inner| inner.install(&nets))
+            .await
+            .with_context(|| format!("installing iptables rules of network {id}"))
     }
 
     async fn add_networks(&self, nets: &[NetworkPolicy]) -> Result<()> {
@@ -464,7 +481,9 @@ impl Firewall for IptablesFirewall {
         }
         let nets = nets.to_vec();
         let count = nets.len();
-        self.run(move |inner| inner.install(&nets)).await.with_context(|| format!("installing iptables rules of {count} networks"))
+        self.run(move |inner| inner.install(&nets))
+            .await
+            .with_context(|| format!("installing iptables rules of {count} networks"))
     }
 
     async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {

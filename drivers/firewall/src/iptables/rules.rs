@@ -382,19 +382,34 @@ mod tests {
         );
         let v6 = render(&skeleton(true));
         assert_eq!(v6[0], "-t raw -I PREROUTING 1 ! -i lo -d ::1/128 -m comment --comment netloom:base -j DROP");
-        assert_eq!(v6[5], "-t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT");
+        assert_eq!(
+            v6[5],
+            "-t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -m comment --comment netloom:base -j LOOM-DNAT"
+        );
     }
 
     #[test]
     fn vxlan_guard_golden_and_parse_back() {
         let r = vxlan_rules(4789, &["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]);
         let c = "-m comment --comment netloom:vxlan";
-        assert_eq!(r.jump.render(), format!("-t raw -I PREROUTING 1 -p udp -m udp --dport 4789 -m addrtype --dst-type LOCAL {c} -j LOOM-VXLAN"));
-        assert_eq!(render(&r.peers), [format!("-t raw -I LOOM-VXLAN 1 -s 192.0.2.1/32 {c} -j RETURN"), format!("-t raw -I LOOM-VXLAN 1 -s 2001:db8::1/128 {c} -j RETURN")]);
+        assert_eq!(
+            r.jump.render(),
+            format!("-t raw -I PREROUTING 1 -p udp -m udp --dport 4789 -m addrtype --dst-type LOCAL {c} -j LOOM-VXLAN")
+        );
+        assert_eq!(
+            render(&r.peers),
+            [
+                format!("-t raw -I LOOM-VXLAN 1 -s 192.0.2.1/32 {c} -j RETURN"),
+                format!("-t raw -I LOOM-VXLAN 1 -s 2001:db8::1/128 {c} -j RETURN")
+            ]
+        );
         assert_eq!(r.drop.render(), format!("-t raw -A LOOM-VXLAN {c} -j DROP"));
         assert_eq!(r.forward.render(), format!("-t mangle -I FORWARD 1 -p udp -m udp --dport 4789 {c} -j DROP"));
         // As `iptables -S` prints them back.
-        assert_eq!(parse_vxlan_peer("-s 192.0.2.1/32 -m comment --comment netloom:vxlan -j RETURN"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            parse_vxlan_peer("-s 192.0.2.1/32 -m comment --comment netloom:vxlan -j RETURN"),
+            Some("192.0.2.1".parse().unwrap())
+        );
         assert_eq!(parse_vxlan_peer("-m comment --comment netloom:vxlan -j DROP"), None);
     }
 

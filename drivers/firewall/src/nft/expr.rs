@@ -312,7 +312,10 @@ mod tests {
             conds: vec![Cond::UdpDport(4789), Cond::FibDaddrLocal, Cond::SaddrNotIn { set: "vxlan_peers4", v6: false }],
             action: Action::Drop,
         };
-        assert_eq!(names(&r), ["meta", "cmp", "payload", "cmp", "fib", "cmp", "meta", "cmp", "payload", "lookup", "immediate"]);
+        assert_eq!(
+            names(&r),
+            ["meta", "cmp", "payload", "cmp", "fib", "cmp", "meta", "cmp", "payload", "lookup", "immediate"]
+        );
         let lookup = compile(&r).into_iter().find(|e| e.name.to_str().unwrap() == "lookup").unwrap();
         assert!(lookup.u32s.contains(&(sys::NFTNL_EXPR_LOOKUP_FLAGS, 1)), "an inverted lookup");
         let port = compile(&r).into_iter().nth(3).unwrap();

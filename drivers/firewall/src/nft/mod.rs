@@ -509,7 +509,11 @@ impl Firewall for NftFirewall {
                 let tx = vxlan_guard_tx(sock, port, &peers).map_err(nl_context("reading the VXLAN peer sets"))?;
                 match apply(sock, tx) {
                     Ok(()) => return Ok(()),
-                    Err(e) if matches!(e.errno(), Some(n) if n == libc_enoent() || n == libc_eexist()) && attempt < 2 => continue,
+                    Err(e)
+                        if matches!(e.errno(), Some(n) if n == libc_enoent() || n == libc_eexist()) && attempt < 2 =>
+                    {
+                        continue
+                    }
                     Err(e) => return Err(anyhow!("{e}")),
                 }
             }
@@ -525,7 +529,8 @@ impl Firewall for NftFirewall {
                 sock.chains().map_err(nl_context("listing chains"))?.into_iter().map(|c| c.name).collect();
             let build = |with_sets: bool| {
                 let mut tx = Tx::new();
-                for c in [layout::CHAIN_VXLAN_IN, layout::CHAIN_VXLAN_FWD].into_iter().filter(|c| existing.contains(*c)) {
+                for c in [layout::CHAIN_VXLAN_IN, layout::CHAIN_VXLAN_FWD].into_iter().filter(|c| existing.contains(*c))
+                {
                     tx.add(&netlink::FlushChain::new(c), MsgType::Del, format!("flush chain {c}"));
                     tx.add(&netlink::ChainMsg::new(c), MsgType::Del, format!("delete chain {c}"));
                 }

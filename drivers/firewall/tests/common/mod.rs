@@ -328,7 +328,8 @@ impl Drop for UdpCounter {
 /// Sends `n` UDP datagrams from a namespace (from `from`, or any address) to `to`.
 pub fn send_udp(ns: &Ns, from: Option<&str>, to: &str, n: usize) {
     let to: SocketAddr = to.parse().expect("socket address");
-    let from = from.map(str::to_string).unwrap_or_else(|| if to.is_ipv6() { "[::]:0".into() } else { "0.0.0.0:0".into() });
+    let from =
+        from.map(str::to_string).unwrap_or_else(|| if to.is_ipv6() { "[::]:0".into() } else { "0.0.0.0:0".into() });
     ns.run(move || {
         let s = std::net::UdpSocket::bind(from.as_str()).expect("bind sender");
         for i in 0..n {
