@@ -6,6 +6,9 @@ source "$(dirname "$0")/prelude.sh"
 require_root "the scenarios create network namespaces and start dockerd"
 
 tests/install-deps.sh
+# Habits before the long part, failing fast: formatting (rustfmt.toml), clippy with warnings as errors.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --release -- -D warnings
 tests/fetch-docker26.sh
 cargo build --release --workspace --bins
 # The dockerd scenarios mostly wait on the kernel and dockerd, so run more of them than there are

@@ -156,6 +156,6 @@ mod tests {
         };
         let (x_min, x_max, y_max) = chart.bounds();
         assert_eq!((x_min, x_max), (10.0, 500.0));
-        assert!(y_max >= 4.0 && y_max < 5.0);
+        assert!((4.0..5.0).contains(&y_max));
     }
 }

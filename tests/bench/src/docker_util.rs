@@ -90,7 +90,7 @@ pub fn received_bits_per_second(json: &str) -> Result<f64> {
 /// The order of the contenders in one round of an interleaved measurement: forward on even
 /// rounds, backward on odd ones, so that no contender always runs right after the same other one.
 pub fn round_order(round: usize, n: usize) -> Vec<usize> {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         (0..n).collect()
     } else {
         (0..n).rev().collect()

@@ -32,6 +32,9 @@ const KIND_TIMED: u16 = 0x0e;
 
 const BACKENDS: [&str; 2] = ["nftables", "iptables"];
 
+/// Picks one op's samples out of a cycle's.
+type Pick = fn(&CycleSamples) -> &Samples;
+
 /// The timings of the endpoint cycle, one sample per op and cycle.
 #[derive(Default)]
 struct CycleSamples {
@@ -321,7 +324,7 @@ fn push_rows(report: &mut Report, r: &BackendResult, label: &str) {
     ));
     // The nftables backend must scale flat; iptables' figures are reported for comparison.
     let target = if r.backend == "nftables" { Target::AtMost(1.5) } else { Target::None };
-    let endpoint_ops: [(&str, fn(&CycleSamples) -> &Samples); 2] =
+    let endpoint_ops: [(&str, Pick); 2] =
         [("CreateEndpoint+Join", |c| &c.attach), ("Leave+DeleteEndpoint", |c| &c.detach)];
     for (op, pick) in endpoint_ops {
         push_scaling_row(report, &format!("{op} ({b})"), "endpoints", &r.endpoint_levels, pick, target);
@@ -441,7 +444,7 @@ mod tests {
     #[test]
     fn rows_name_backend_and_p99() {
         let mut s = Samples::new();
-        s.push(3.14159);
+        s.push(3.14271);
         assert_eq!(with_p99("CreateNetwork", "nftables", &s), "CreateNetwork p50 (nftables; p99 3.14 ms)");
     }
 }

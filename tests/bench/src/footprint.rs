@@ -269,7 +269,7 @@ fn vm_rss_kib(status: &str) -> Option<f64> {
 /// `elapsed_ms` of the last "reconciled" line in a driver's log, text or JSON format (the
 /// harness runs drivers with NO_COLOR).
 fn reconciled_elapsed_ms(log: &str) -> Option<f64> {
-    let line = log.lines().filter(|l| l.contains("reconciled")).last()?;
+    let line = log.lines().rev().find(|l| l.contains("reconciled"))?;
     let after = &line[line.find("elapsed_ms")? + "elapsed_ms".len()..];
     let digits: String = after
         .trim_start_matches(['=', '"', ':', ' '])
