@@ -12,33 +12,11 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{probes, rules_of, send_udp, snapshot, Fw, Lab, Ns, Server, UdpCounter};
-use netloom_firewall::{BackendKind, NetworkPolicy, PortMapping, Proto};
-
-const NET_A: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
-const EP1: &str = "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1";
+use common::{policy, probes, rules_of, send_udp, snapshot, tcp, Fw, Lab, Ns, Server, UdpCounter, EP1, NET_A};
+use netloom_firewall::{BackendKind, NetworkPolicy};
 
 fn network_a() -> NetworkPolicy {
-    NetworkPolicy {
-        network_id: NET_A.into(),
-        bridge: "loomA".into(),
-        subnets: vec!["198.18.1.0/24".parse().unwrap()],
-        masquerade: true,
-        snat_source: None,
-        icc: true,
-        internal: false,
-        isolate: true,
-    }
-}
-
-fn tcp(host_ip: Option<&str>, host_port: u16, container: &str, container_port: u16) -> PortMapping {
-    PortMapping {
-        proto: Proto::Tcp,
-        host_ip: host_ip.map(|h| h.parse::<IpAddr>().unwrap()),
-        host_port,
-        container_ip: container.parse().unwrap(),
-        container_port,
-    }
+    policy(NET_A, "loomA", "198.18.1.0/24")
 }
 
 fn answered_by(got: &Option<String>, server: &str) -> bool {

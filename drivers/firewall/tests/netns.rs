@@ -8,40 +8,13 @@
 
 mod common;
 
-use std::net::IpAddr;
+use common::{policy, probes, rules_of, snapshot, tcp, Fw, Lab, Server, EP1, NET_A};
+use netloom_firewall::{BackendKind, FirewallError, NetworkPolicy, PortMapping};
 
-use common::{probes, rules_of, snapshot, Fw, Lab, Server};
-use netloom_firewall::{BackendKind, FirewallError, NetworkPolicy, PortMapping, Proto};
-
-const NET_A: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
 const NET_B: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 const NET_C: &str = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
 const NET_Z: &str = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0";
-const EP1: &str = "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1";
 const EP2: &str = "e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2";
-
-fn policy(id: &str, bridge: &str, subnet: &str) -> NetworkPolicy {
-    NetworkPolicy {
-        network_id: id.into(),
-        bridge: bridge.into(),
-        subnets: vec![subnet.parse().unwrap()],
-        masquerade: true,
-        snat_source: None,
-        icc: true,
-        internal: false,
-        isolate: true,
-    }
-}
-
-fn tcp(host_ip: Option<&str>, host_port: u16, container: &str, container_port: u16) -> PortMapping {
-    PortMapping {
-        proto: Proto::Tcp,
-        host_ip: host_ip.map(|h| h.parse::<IpAddr>().unwrap()),
-        host_port,
-        container_ip: container.parse().unwrap(),
-        container_port,
-    }
-}
 
 /// The lab with networks A, B and internal C as the bridge driver would have them, next to
 /// Docker's rules (a real dockerd, or the same rules written by hand).

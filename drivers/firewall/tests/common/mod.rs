@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netloom_firewall::{BackendKind, Firewall};
+use netloom_firewall::{BackendKind, Firewall, NetworkPolicy, PortMapping, Proto};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -510,4 +510,31 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+pub const NET_A: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
+pub const EP1: &str = "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1";
+
+/// An isolated network with masquerade and icc, as loom-bridge makes by default.
+pub fn policy(id: &str, bridge: &str, subnet: &str) -> NetworkPolicy {
+    NetworkPolicy {
+        network_id: id.into(),
+        bridge: bridge.into(),
+        subnets: vec![subnet.parse().unwrap()],
+        masquerade: true,
+        snat_source: None,
+        icc: true,
+        internal: false,
+        isolate: true,
+    }
+}
+
+pub fn tcp(host_ip: Option<&str>, host_port: u16, container: &str, container_port: u16) -> PortMapping {
+    PortMapping {
+        proto: Proto::Tcp,
+        host_ip: host_ip.map(|h| h.parse::<std::net::IpAddr>().unwrap()),
+        host_port,
+        container_ip: container.parse().unwrap(),
+        container_port,
+    }
 }
