@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::error::PluginError;
+/// Kept here too, where the drivers have always found it.
+pub use crate::ids::short_id;
 use crate::wire::network::IpamData;
 
 /// One pool of a network.
@@ -65,15 +67,6 @@ pub fn pool_of(pools: &[Pool], ip: IpAddr) -> Option<&Pool> {
     pools.iter().find(|p| p.subnet.contains(ip))
 }
 
-/// The first 12 characters of a Docker id, as `docker` shows them (whole characters: an id
-/// that is not hex never makes this panic).
-pub fn short_id(id: &str) -> &str {
-    match id.char_indices().nth(12) {
-        Some((end, _)) => &id[..end],
-        None => id,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,18 +83,6 @@ mod tests {
         assert_eq!(endpoint_address("10.2.0.9/24", &parsed, "IPv4").unwrap(), Some("10.2.0.9/24".parse().unwrap()));
         assert_eq!(endpoint_address("", &parsed, "IPv4").unwrap(), None);
         assert_eq!(pool_of(&parsed, "10.2.0.9".parse().unwrap()), Some(&parsed[1]));
-        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
-    }
-
-    #[test]
-    fn short_ids_of_odd_ids() {
-        assert_eq!(short_id(""), "");
-        assert_eq!(short_id("abc"), "abc");
-        assert_eq!(short_id("0123456789ab"), "0123456789ab");
-        // 11 ASCII bytes then a 2-byte character: byte 12 is inside it.
-        assert_eq!(short_id("0123456789aé-rest"), "0123456789aé");
-        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
-        assert_eq!(short_id("🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀"), "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀");
     }
 
     #[test]

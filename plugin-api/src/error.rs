@@ -2,6 +2,8 @@ use std::fmt;
 
 use hyper::StatusCode;
 
+use crate::ids::short_id;
+
 /// An error answered to dockerd as `{"Err": message}` with an HTTP error status.
 ///
 /// Messages reach `docker` users verbatim (prefixed by the method name), so they say what was
@@ -24,18 +26,12 @@ impl PluginError {
 
     /// A request for a network the driver has no record of (created elsewhere, or state lost).
     pub fn unknown_network(driver: &str, id: &str) -> Self {
-        Self::new(format!(
-            "network {} is not known to {driver}; remove and recreate it",
-            crate::addressing::short_id(id)
-        ))
+        Self::new(format!("network {} is not known to {driver}; remove and recreate it", short_id(id)))
     }
 
     /// A request for an endpoint the driver has no record of.
     pub fn unknown_endpoint(driver: &str, id: &str) -> Self {
-        Self::new(format!(
-            "endpoint {} is not known to {driver}; recreate the container",
-            crate::addressing::short_id(id)
-        ))
+        Self::new(format!("endpoint {} is not known to {driver}; recreate the container", short_id(id)))
     }
 
     pub fn status(&self) -> StatusCode {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::addressing::short_id as short;
+use crate::ids::short_id as short;
 use crate::wire::ports::{PortBinding, Protocol};
 
 /// Docker's default range for `-P` and `-p 0:…`.

@@ -7,6 +7,7 @@ pub mod client;
 pub mod driver;
 pub mod error;
 pub mod host_ports;
+pub mod ids;
 pub mod locks;
 pub mod options;
 pub mod server;

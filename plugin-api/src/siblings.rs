@@ -16,6 +16,7 @@ use serde_json::Value;
 use tracing::debug;
 
 use crate::client::PluginClient;
+use crate::error::{PluginError, PluginResult};
 
 pub const METHOD: &str = "Netloom.Subnets";
 
@@ -93,7 +94,7 @@ async fn ask(path: &Path) -> anyhow::Result<Vec<ClaimedSubnets>> {
 
 /// Refuses `ours` when it overlaps a subnet of one of `own` (this driver's other networks) or of
 /// a network another netloom driver on this host holds; the error names that network.
-pub async fn refuse_overlap(ours: &[IpNetwork], own: Vec<ClaimedSubnets>) -> crate::PluginResult<()> {
+pub async fn refuse_overlap(ours: &[IpNetwork], own: Vec<ClaimedSubnets>) -> PluginResult<()> {
     if let Some(err) = overlap_error(ours, &own) {
         return Err(err);
     }
@@ -103,13 +104,13 @@ pub async fn refuse_overlap(ours: &[IpNetwork], own: Vec<ClaimedSubnets>) -> cra
     }
 }
 
-fn overlap_error(ours: &[IpNetwork], claims: &[ClaimedSubnets]) -> Option<crate::PluginError> {
+fn overlap_error(ours: &[IpNetwork], claims: &[ClaimedSubnets]) -> Option<PluginError> {
     claims.iter().find_map(|claim| {
         let (mine, theirs) =
             claim.subnets.iter().find_map(|theirs| ours.iter().find(|s| overlaps(s, theirs)).map(|s| (*s, *theirs)))?;
         let detail = if claim.detail.is_empty() { String::new() } else { format!(" ({})", claim.detail) };
         let network: String = claim.network_id.chars().take(12).collect();
-        Some(crate::PluginError::new(format!(
+        Some(PluginError::new(format!(
             "subnet {mine} overlaps subnet {theirs} of {} network {network}{detail} on this host; one subnet serves \
              one network per host: remove that network or choose another --subnet",
             claim.driver

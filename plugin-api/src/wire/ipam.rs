@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::null_as_default;
+use super::json::null_as_default;
 
 /// The RequestAddress option that marks the gateway request.
 pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";

@@ -4,27 +4,15 @@
 //! so that a request missing them is rejected, and Go's `null` maps and slices decode as empty.
 
 pub mod ipam;
+mod json;
 pub mod network;
 pub mod ports;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// `POST /Plugin.Activate` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ActivateResponse {
     #[serde(rename = "Implements")]
     pub implements: Vec<String>,
-}
-
-/// Decodes a JSON `null` as the type's default (Go encodes nil maps and slices as `null`).
-pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
-
-pub(crate) fn is_false(value: &bool) -> bool {
-    !*value
 }

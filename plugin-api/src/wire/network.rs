@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{is_false, null_as_default};
+use super::json::{is_false, null_as_default};
 
 /// Option keys Docker puts in the top level of CreateNetwork's `Options`.
 pub mod option_keys {
