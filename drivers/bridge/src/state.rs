@@ -2,7 +2,7 @@
 //! is answered, so that a restarted driver can rebuild the kernel's side from them.
 
 use ipnetwork::IpNetwork;
-use netloom_ipam::store::DriverRecords;
+use netloom_driver_kit::{Endpoint, Network};
 use netloom_plugin_api::host_ports::PublishedPort;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,7 @@ impl NetworkRecord {
 
     /// The tag on every link and rule of this network.
     pub fn owner(&self) -> String {
-        format!("netloom:bridge:{}", self.id)
+        format!("{OWNER_PREFIX}{}", self.id)
     }
 }
 
@@ -47,12 +47,12 @@ pub struct EndpointRecord {
 
 impl EndpointRecord {
     pub fn owner(&self) -> String {
-        format!("netloom:bridge:{}:{}", self.network_id, self.id)
+        format!("{OWNER_PREFIX}{}:{}", self.network_id, self.id)
     }
 }
 
-/// This host's records under `bridge/<host-id>/` in the store.
-pub type Records = DriverRecords<NetworkRecord, EndpointRecord>;
+/// Prefix of every owner tag (link alias) of this driver.
+pub const OWNER_PREFIX: &str = "netloom:bridge:";
 
 impl netloom_ipam::store::NetworkRecord for NetworkRecord {
     fn network_id(&self) -> &str {
@@ -66,5 +66,26 @@ impl netloom_ipam::store::EndpointRecord for EndpointRecord {
     }
     fn endpoint_id(&self) -> &str {
         &self.id
+    }
+}
+
+impl Network for NetworkRecord {
+    fn internal(&self) -> bool {
+        self.internal
+    }
+}
+
+impl Endpoint for EndpointRecord {
+    fn address_v4(&self) -> Option<IpNetwork> {
+        self.address_v4
+    }
+    fn address_v6(&self) -> Option<IpNetwork> {
+        self.address_v6
+    }
+    fn ports(&self) -> &[PublishedPort] {
+        &self.ports
+    }
+    fn set_ports(&mut self, ports: Vec<PublishedPort>) {
+        self.ports = ports;
     }
 }

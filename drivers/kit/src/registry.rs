@@ -1,0 +1,285 @@
+//! A driver's networks and endpoints: persisted per host before a request is answered, kept in
+//! maps for lookups, and one turn per network so that requests on one network run one at a time
+//! while other networks go on.
+//!
+//! The maps sit behind a plain mutex held only while reading or updating them, never across a
+//! kernel, firewall or store call; the turns are what requests hold across those calls.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Result;
+use netloom_ipam::store::DriverRecords;
+use netloom_plugin_api::addressing::short_id;
+use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
+use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
+use netloom_plugin_api::wire::ports::PortBinding;
+use netloom_plugin_api::{PluginError, PluginResult};
+use tracing::{debug, warn};
+
+use crate::record::{Endpoint, Network};
+
+/// The key every CreateNetwork takes besides its network's: name and overlap checks see
+/// finished networks.
+const CREATING: &str = "\0create-network";
+
+pub struct Maps<N, E> {
+    pub networks: BTreeMap<String, N>,
+    pub endpoints: BTreeMap<String, E>,
+    /// Host ports published by this driver's endpoints.
+    pub ports: PortTable,
+}
+
+impl<N, E> Default for Maps<N, E> {
+    fn default() -> Self {
+        Self { networks: BTreeMap::new(), endpoints: BTreeMap::new(), ports: PortTable::default() }
+    }
+}
+
+/// A copy of the networks and endpoints, for work that awaits (restore at start-up).
+pub struct Snapshot<N, E> {
+    pub networks: BTreeMap<String, N>,
+    pub endpoints: BTreeMap<String, E>,
+}
+
+impl<N: Network, E: Endpoint> Snapshot<N, E> {
+    /// The endpoints whose network is known, with it; the others are logged (they go when Docker
+    /// deletes them).
+    pub fn known_endpoints(&self) -> Vec<(&N, &E)> {
+        let mut known = Vec::new();
+        for ep in self.endpoints.values() {
+            match self.networks.get(ep.network_id()) {
+                Some(net) => known.push((net, ep)),
+                None => warn!(
+                    endpoint = %short_id(ep.endpoint_id()),
+                    "endpoint of an unknown network; it will be removed when Docker deletes it"
+                ),
+            }
+        }
+        known
+    }
+}
+
+pub struct Registry<N, E> {
+    /// The driver's name in messages, e.g. `loom-bridge`.
+    driver: &'static str,
+    records: DriverRecords<N, E>,
+    maps: Mutex<Maps<N, E>>,
+    turns: KeyedLocks,
+    /// How long a request waits for its network's turn.
+    pub lock_wait: Duration,
+}
+
+impl<N: Network, E: Endpoint> Registry<N, E> {
+    /// Reads the driver's records from the store.
+    pub async fn load(driver: &'static str, records: DriverRecords<N, E>) -> Result<Self> {
+        let mut maps =
+            Maps { networks: records.networks().await?, endpoints: records.endpoints().await?, ..Maps::default() };
+        for ep in maps.endpoints.values() {
+            maps.ports.insert(ep.endpoint_id(), ep.ports().to_vec());
+        }
+        Ok(Self { driver, records, maps: Mutex::new(maps), turns: KeyedLocks::default(), lock_wait: LOCK_WAIT })
+    }
+
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    /// The maps, for reads and updates that the methods below do not cover; never hold the guard
+    /// across an `.await`.
+    pub fn maps(&self) -> MutexGuard<'_, Maps<N, E>> {
+        lock(&self.maps)
+    }
+
+    pub fn snapshot(&self) -> Snapshot<N, E> {
+        let maps = self.maps();
+        Snapshot { networks: maps.networks.clone(), endpoints: maps.endpoints.clone() }
+    }
+
+    /// Waits for `network_id`'s turn (bounded; the error names the network and the holder).
+    pub async fn turn(&self, network_id: &str, doing: String) -> PluginResult<Turn> {
+        let what = format!("{} network {}", self.driver, short_id(network_id));
+        self.turns.take(network_id, &what, doing, self.lock_wait).await
+    }
+
+    /// The turn every network creation takes before its network's.
+    pub async fn creation_turn(&self, doing: String) -> PluginResult<Turn> {
+        self.turn_on(CREATING, &format!("other {} network creations", self.driver), doing).await
+    }
+
+    /// Waits for the turn of a key of the driver's own; `what` names it in the error.
+    pub async fn turn_on(&self, key: &str, what: &str, doing: String) -> PluginResult<Turn> {
+        self.turns.take(key, what, doing, self.lock_wait).await
+    }
+
+    pub fn find_network(&self, network_id: &str) -> Option<N> {
+        self.maps().networks.get(network_id).cloned()
+    }
+
+    /// The network, or the error telling the user it is unknown.
+    pub fn network(&self, network_id: &str) -> PluginResult<N> {
+        self.find_network(network_id).ok_or_else(|| PluginError::unknown_network(self.driver, network_id))
+    }
+
+    /// The network (which must be known) and the endpoint if it already exists (a retried request).
+    pub fn network_and_endpoint(&self, network_id: &str, endpoint_id: &str) -> PluginResult<(N, Option<E>)> {
+        let maps = self.maps();
+        let net = maps
+            .networks
+            .get(network_id)
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_network(self.driver, network_id))?;
+        Ok((net, maps.endpoints.get(endpoint_id).cloned()))
+    }
+
+    /// The endpoint and its network, both of which must be known.
+    pub fn endpoint_and_network(&self, endpoint_id: &str) -> PluginResult<(N, E)> {
+        let maps = self.maps();
+        let ep = maps
+            .endpoints
+            .get(endpoint_id)
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_endpoint(self.driver, endpoint_id))?;
+        let net = maps
+            .networks
+            .get(ep.network_id())
+            .cloned()
+            .ok_or_else(|| PluginError::unknown_network(self.driver, ep.network_id()))?;
+        Ok((net, ep))
+    }
+
+    /// The endpoint, if known, with its network if that is known too (teardown works without it).
+    pub fn endpoint_with_network(&self, endpoint_id: &str) -> Option<(Option<N>, E)> {
+        let maps = self.maps();
+        let ep = maps.endpoints.get(endpoint_id).cloned()?;
+        Some((maps.networks.get(ep.network_id()).cloned(), ep))
+    }
+
+    /// What DeleteNetwork removes: the network, if known, with its endpoints (those Docker did
+    /// not delete before the network). An unknown network is not an error: Docker retries.
+    pub fn network_to_delete(&self, network_id: &str) -> Option<(N, Vec<E>)> {
+        let maps = self.maps();
+        let Some(net) = maps.networks.get(network_id).cloned() else {
+            debug!(network = %network_id, "unknown network; nothing to delete");
+            return None;
+        };
+        let endpoints = maps.endpoints.values().filter(|e| e.network_id() == network_id).cloned().collect();
+        Some((net, endpoints))
+    }
+
+    /// Records a new network, makes it with `ensure` and, when that fails, undoes it with
+    /// `rollback` and forgets the record. The network is visible to other requests only once made.
+    pub async fn create_network(
+        &self,
+        record: &N,
+        ensure: impl Future<Output = Result<()>>,
+        rollback: impl Future<Output = Result<()>>,
+    ) -> PluginResult<()> {
+        self.records.put_network(record).await?;
+        if let Err(e) = ensure.await {
+            if let Err(cleanup) = rollback.await {
+                warn!("rolling back network {}: {cleanup:#}", short_id(record.network_id()));
+            }
+            let _ = self.records.delete_network(record.network_id()).await;
+            return Err(e.into());
+        }
+        self.maps().networks.insert(record.network_id().to_string(), record.clone());
+        Ok(())
+    }
+
+    /// Stores the network record, then updates the map.
+    pub async fn put_network(&self, record: N) -> Result<()> {
+        self.records.put_network(&record).await?;
+        self.maps().networks.insert(record.network_id().to_string(), record);
+        Ok(())
+    }
+
+    /// Forgets the network: its record first, then the map.
+    pub async fn remove_network(&self, network_id: &str) -> Result<()> {
+        self.records.delete_network(network_id).await?;
+        self.maps().networks.remove(network_id);
+        Ok(())
+    }
+
+    /// Records a new (or retried) endpoint, makes it with `ensure` and, when that fails, undoes
+    /// it with `rollback` and forgets the record.
+    pub async fn create_endpoint(
+        &self,
+        record: &E,
+        ensure: impl Future<Output = Result<()>>,
+        rollback: impl Future<Output = Result<()>>,
+    ) -> PluginResult<()> {
+        self.records.put_endpoint(record).await?;
+        if let Err(e) = ensure.await {
+            let _ = rollback.await;
+            let _ = self.records.delete_endpoint(record.network_id(), record.endpoint_id()).await;
+            return Err(e.into());
+        }
+        self.maps().endpoints.insert(record.endpoint_id().to_string(), record.clone());
+        Ok(())
+    }
+
+    /// Stores the endpoint record, then updates the maps (its published ports included).
+    pub async fn put_endpoint(&self, record: E) -> Result<()> {
+        self.records.put_endpoint(&record).await?;
+        let mut maps = self.maps();
+        maps.ports.insert(record.endpoint_id(), record.ports().to_vec());
+        maps.endpoints.insert(record.endpoint_id().to_string(), record);
+        Ok(())
+    }
+
+    /// Forgets the endpoint: its record first, then the maps.
+    pub async fn remove_endpoint(&self, record: &E) -> Result<()> {
+        self.records.delete_endpoint(record.network_id(), record.endpoint_id()).await?;
+        let mut maps = self.maps();
+        maps.endpoints.remove(record.endpoint_id());
+        maps.ports.remove(record.endpoint_id());
+        Ok(())
+    }
+
+    /// Tears down and forgets each endpoint in turn, stopping at the first failure (the request
+    /// fails and Docker retries it).
+    pub async fn remove_endpoints<F, Fut>(&self, endpoints: Vec<E>, teardown: F) -> Result<()>
+    where
+        F: Fn(E) -> Fut,
+        Fut: Future<Output = Result<E>>,
+    {
+        for ep in endpoints {
+            let ep = teardown(ep).await?;
+            self.remove_endpoint(&ep).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves Docker's port bindings for the endpoint and reserves the host ports in one go, so
+    /// that a request on another network cannot take the same ones while the firewall is being
+    /// programmed. Returns the network, the endpoint as recorded and its new ports.
+    pub fn reserve_ports(
+        &self,
+        endpoint_id: &str,
+        bindings: &[PortBinding],
+        default_host_ipv4: impl Fn(&N) -> Option<Ipv4Addr>,
+    ) -> PluginResult<(N, E, Vec<PublishedPort>)> {
+        let (net, ep) = self.endpoint_and_network(endpoint_id)?;
+        if net.internal() && !bindings.is_empty() {
+            return Err(PluginError::new("an --internal network cannot publish ports"));
+        }
+        let mut maps = self.maps();
+        let ports = maps
+            .ports
+            .resolve(
+                endpoint_id,
+                bindings,
+                ep.address_v4().map(|a| a.ip()),
+                ep.address_v6().map(|a| a.ip()),
+                default_host_ipv4(&net),
+                &host_port_is_free,
+            )
+            .map_err(PluginError::from)?;
+        maps.ports.insert(endpoint_id, ports.clone());
+        Ok((net, ep, ports))
+    }
+}
