@@ -1,25 +1,11 @@
-//! The dataplane against the real kernel, each test in a network namespace of its own (made by
-//! unshare(2) on the test's thread, so it disappears with the thread).
+//! The dataplane against the real kernel, each test in network and mount namespaces of its own
+//! (made by unshare(2) on the test's thread, so they disappear with the thread).
 
-use std::future::Future;
+mod common;
 
+use common::in_new_netns;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, sysctl, BridgeSpec, MacVlanMode, MacvlanSpec, Netlink, VethSpec, VlanSpec};
-
-fn in_new_netns<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    assert!(nix::unistd::geteuid().is_root(), "dataplane tests need root (network namespaces)");
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(test());
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
 
 #[test]
 fn bridge_is_created_once_and_reused() {

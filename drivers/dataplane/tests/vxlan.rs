@@ -2,35 +2,12 @@
 //! the real kernel. Each test runs on a thread with a network namespace and a private mount
 //! namespace of its own (unshare(2)), so namespaces and bind mounts disappear with the thread.
 
-use std::future::Future;
+mod common;
+
 use std::net::IpAddr;
 
+use common::in_new_netns;
 use netloom_dataplane::{BridgeSpec, FdbEntry, NeighbourEntry, Netlink, Netns, VethSpec, VxlanSpec};
-
-fn in_new_netns<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    assert!(nix::unistd::geteuid().is_root(), "dataplane tests need root (network namespaces)");
-    std::thread::spawn(move || {
-        use nix::sched::CloneFlags;
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare");
-        // Mounts made by the test stay in its mount namespace.
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .expect("making / private");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(test());
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
