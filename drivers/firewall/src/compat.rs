@@ -1,13 +1,17 @@
 //! The one iptables rule the nftables backend needs: accept, in iptables' filter FORWARD, the
-//! packets its own forward chain accepted (they carry [`crate::FORWARD_MARK`]). See the crate doc.
+//! packets its own forward chain accepted (they carry [`FORWARD_MARK`]). See the crate doc.
 
 use anyhow::{anyhow, Result};
 use tracing::{debug, warn};
 
 use crate::tag;
 
+/// Mark bit set by the nftables backend on forwarded packets it accepts; the compat rule in
+/// iptables' FORWARD accepts packets carrying it.
+pub const FORWARD_MARK: u32 = 0x1000_0000;
+
 fn spec() -> String {
-    let m = crate::FORWARD_MARK;
+    let m = FORWARD_MARK;
     format!("-m mark --mark {m:#x}/{m:#x} -m comment --comment {} -j ACCEPT", tag::IPT_COMPAT)
 }
 

@@ -116,127 +116,23 @@
 //! for a normal process; a test that enters another namespace should build its runtime on the
 //! thread that entered it (see `tests/common`).
 
+mod backend;
 mod compat;
+mod error;
+mod firewall;
 mod iptables;
 mod model;
 mod nft;
 mod tag;
 
-use std::net::IpAddr;
-use std::sync::Arc;
-
 use anyhow::Result;
-use async_trait::async_trait;
 
-pub use model::{BackendChoice, BackendKind, NetworkPolicy, PortMapping, Proto};
+pub use backend::{open, sweep_other_backend};
+pub use compat::FORWARD_MARK;
+pub use error::FirewallError;
+pub use firewall::Firewall;
+pub use model::{BackendChoice, BackendKind, NetworkPolicy, PortMapping, Proto, Swept, VXLAN_GUARD_OWNER};
 pub use tag::owner_tag;
-
-/// Mark bit set by the nftables backend on forwarded packets it accepts; the compat rule in
-/// iptables' FORWARD accepts packets carrying it.
-pub const FORWARD_MARK: u32 = 0x1000_0000;
-
-/// Errors callers may want to tell apart (returned inside `anyhow::Error`; use `downcast_ref`).
-#[derive(Debug, thiserror::Error)]
-pub enum FirewallError {
-    /// The host address/port is already published to another destination.
-    #[error("{0} is already published to another container")]
-    PortInUse(String),
-    /// The policy or mapping cannot be expressed (bad interface name, mixed families, …).
-    #[error("invalid firewall request: {0}")]
-    Invalid(String),
-}
-
-/// Opens the backend in the calling thread's network namespace (the nftables netlink socket and
-/// the iptables processes stay in that namespace). Installs the loopback guard (see the crate
-/// doc) right away.
-pub async fn open(kind: BackendKind) -> Result<Arc<dyn Firewall>> {
-    Ok(match kind {
-        BackendKind::Iptables => Arc::new(iptables::IptablesFirewall::open().await?),
-        BackendKind::Nftables => Arc::new(nft::NftFirewall::open().await?),
-    })
-}
-
-#[async_trait]
-pub trait Firewall: Send + Sync {
-    fn kind(&self) -> BackendKind;
-
-    /// Installs the network's policy (and the shared skeleton on first use). Idempotent: calling
-    /// it again with the same policy changes nothing; with a changed policy it replaces the
-    /// network's rules (published ports stay).
-    async fn add_network(&self, net: &NetworkPolicy) -> Result<()>;
-
-    /// [`Firewall::add_network`] for many networks at once (a driver restoring its state at
-    /// start-up): a backend whose per-call cost grows with the ruleset does it in one pass.
-    /// All-or-nothing is not promised: on an error, some of the policies may be installed.
-    async fn add_networks(&self, nets: &[NetworkPolicy]) -> Result<()> {
-        for net in nets {
-            self.add_network(net).await?;
-        }
-        Ok(())
-    }
-
-    /// Removes everything the network owns, published ports included. Idempotent.
-    async fn remove_network(&self, net: &NetworkPolicy) -> Result<()> {
-        self.remove_network_by_id(&net.network_id).await
-    }
-
-    /// Same as [`Firewall::remove_network`] from the network id alone (for leftovers found by
-    /// [`Firewall::owned_networks`] whose policy is no longer known).
-    async fn remove_network_by_id(&self, network_id: &str) -> Result<()>;
-
-    /// Publishes ports of one endpoint (on `net`, which must have been added for the ports to
-    /// be reachable). Idempotent; all-or-nothing per call (nftables: one transaction; iptables:
-    /// rules added by a failing call are deleted again). A host address/port published to
-    /// another destination fails with [`FirewallError::PortInUse`].
-    async fn add_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()>;
-
-    /// Withdraws ports of one endpoint. Idempotent (absent mappings are fine).
-    async fn remove_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()>;
-
-    /// Withdraws the published ports of `net` whose endpoint is not in `live_endpoint_ids`
-    /// (ports left by endpoints that vanished while the driver was down); returns how many.
-    async fn retain_endpoints(&self, net: &NetworkPolicy, live_endpoint_ids: &[String]) -> Result<usize>;
-
-    /// Full ids of the networks that have rules installed, read from the kernel.
-    async fn owned_networks(&self) -> Result<Vec<String>>;
-
-    /// Accepts VXLAN (UDP `port`, addressed to this host) only from `peers` (the member hosts'
-    /// tunnel endpoints, IPv4 and IPv6); drops it from anyone else, and drops forwarded
-    /// (container-originated) traffic to UDP `port` so no container can borrow its host's VTEP.
-    /// Replaces the previous peer set atomically (nftables: one batch; no window where a member
-    /// is dropped). Idempotent.
-    async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()>;
-
-    /// Removes the VXLAN guard entirely. Idempotent.
-    async fn remove_vxlan_guard(&self) -> Result<()>;
-
-    /// Removes everything netloom installed in this network namespace.
-    async fn remove_all(&self) -> Result<()>;
-}
-
-impl BackendKind {
-    /// nftables where this kernel has nf_tables (probed over netlink in the calling thread's
-    /// network namespace), else iptables, saying why in one log line.
-    pub fn detect() -> BackendKind {
-        match nft::probe() {
-            Ok(()) => BackendKind::Nftables,
-            Err(why) => {
-                tracing::warn!("nf_tables is not usable here ({why}); using the iptables firewall backend");
-                BackendKind::Iptables
-            }
-        }
-    }
-}
-
-impl BackendChoice {
-    /// The backend to open: the one asked for, or [`BackendKind::detect`] for `auto`.
-    pub fn resolve(self) -> BackendKind {
-        match self {
-            BackendChoice::Auto => BackendKind::detect(),
-            BackendChoice::Fixed(kind) => kind,
-        }
-    }
-}
 
 /// Sets `net.ipv4.conf.<bridge>.route_localnet=1`, which lets packets from 127.0.0.0/8 that were
 /// DNATed to a container leave through the bridge (published ports reachable on the host's
@@ -248,13 +144,4 @@ pub fn enable_route_localnet(bridge: &str) -> Result<()> {
         return Ok(());
     }
     std::fs::write(&path, "1").map_err(|e| anyhow::anyhow!("setting {path}=1: {e}"))
-}
-
-/// The address family of `ip` as iptables/nftables name it, for messages.
-pub(crate) fn family_name(ip: &IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
 
-use crate::FirewallError;
+use crate::error::FirewallError;
 
 /// Which backend [`crate::open`] builds; parses from and prints as `iptables` / `nftables`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +34,33 @@ impl fmt::Display for BackendKind {
             BackendKind::Nftables => "nftables",
         })
     }
+}
+
+impl BackendKind {
+    /// The backend a switch away from this one leaves behind.
+    pub fn other(self) -> BackendKind {
+        match self {
+            BackendKind::Iptables => BackendKind::Nftables,
+            BackendKind::Nftables => BackendKind::Iptables,
+        }
+    }
+}
+
+/// The owner id [`crate::sweep_other_backend`] asks about for the VXLAN guard, which carries no
+/// network id: loom-overlay's, named like the ids drivers give their own policies
+/// (`<driver>.<name>`).
+pub const VXLAN_GUARD_OWNER: &str = "loom-overlay.vxlan-guard";
+
+/// What [`crate::sweep_other_backend`] found in the backend not in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Owners whose rules were removed.
+    pub removed: Vec<String>,
+    /// Owners whose rules stay: another netloom driver's, still in use.
+    pub kept: Vec<String>,
+    /// The shared skeleton (loopback guard, netloom's chains, the `inet netloom` table) went too,
+    /// since no owner was left in that backend.
+    pub skeleton: bool,
 }
 
 /// What a driver's `--firewall` flag says: `auto` (the default: nftables where the kernel has
@@ -177,8 +204,8 @@ impl PortMapping {
             if host_ip.is_ipv4() != self.container_ip.is_ipv4() {
                 return Err(FirewallError::Invalid(format!(
                     "mapping {self} mixes an {} host address with an {} container address",
-                    crate::family_name(&host_ip),
-                    crate::family_name(&self.container_ip)
+                    family_name(&host_ip),
+                    family_name(&self.container_ip)
                 )));
             }
             if host_ip.is_unspecified() {
@@ -249,6 +276,15 @@ impl NetworkPolicy {
 
     pub(crate) fn has_v6(&self) -> bool {
         self.subnets.iter().any(|s| s.is_ipv6())
+    }
+}
+
+/// The address family of `ip` as iptables/nftables name it, for messages.
+pub(crate) fn family_name(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
     }
 }
 

@@ -5,6 +5,7 @@
 //! Rules are found again by their `netloom:…` comments, so nothing is kept in memory.
 
 mod rules;
+mod sweep;
 mod xtables;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,12 +16,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use tracing::{debug, warn};
 
+use crate::error::FirewallError;
+use crate::firewall::Firewall;
+use crate::model::BackendKind;
 use crate::model::{NetworkPolicy, PortMapping};
 use crate::tag::{self, IptOwner};
-use crate::{BackendKind, Firewall, FirewallError};
 use rules::{IptRule, ListedRule, Position};
 
 use rules::parse_listed;
+pub(crate) use sweep::sweep;
 pub(crate) use xtables::Xtables;
 
 pub struct IptablesFirewall {
@@ -64,9 +68,7 @@ impl IptablesFirewall {
             // The loopback guard goes in at once, whether or not a network ever comes.
             let (v4, v6) = std::thread::scope(|s| {
                 let v6 = s.spawn(|| {
-                    let h = handle(true)
-                        .ok()
-                        .filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false))?;
+                    let h = usable_v6()?;
                     if let Err(e) = ensure_table_skeleton(&h, "raw") {
                         warn!("installing the IPv6 loopback guard: {e:#}");
                     }
@@ -98,7 +100,22 @@ impl IptablesFirewall {
     }
 }
 
+/// The IPv6 handle when `ip6tables` runs and has a filter table here.
+fn usable_v6() -> Option<Xtables> {
+    handle(true).ok().filter(|h| h.execute("filter", "-S FORWARD").map(|o| o.status.success()).unwrap_or(false))
+}
+
 impl Inner {
+    /// The usable families with nothing installed (a sweep must not leave a loopback guard
+    /// behind); `None` where `iptables` does not run.
+    fn unguarded() -> Option<Inner> {
+        let (v4, v6) = std::thread::scope(|s| {
+            let v6 = s.spawn(usable_v6);
+            (handle(false).ok(), v6.join().unwrap_or(None))
+        });
+        Some(Inner { v4: v4?, v6, lock: Mutex::new(()) })
+    }
+
     fn family(&self, v6: bool) -> Result<&Xtables> {
         if v6 {
             self.v6.as_ref().ok_or_else(|| anyhow!("ip6tables is not usable here"))
@@ -138,11 +155,11 @@ impl Inner {
         Ok(self.listed_with_chains(ipt, table)?.1)
     }
 
-    /// Every rule of filter and nat in every usable family. The listings run side by side: this
-    /// is on every driver's start-up path (leftover check), one iptables process each.
-    fn listed_everywhere(&self) -> Result<Vec<ListedRule>> {
+    /// Every rule of `tables` in every usable family. The listings run side by side: this is on
+    /// every driver's start-up path (leftover check, sweep), one iptables process each.
+    fn listed_everywhere(&self, tables: &[&'static str]) -> Result<Vec<ListedRule>> {
         let tables: Vec<(&Xtables, &str)> =
-            self.families().into_iter().flat_map(|(_, ipt)| [(ipt, "filter"), (ipt, "nat")]).collect();
+            self.families().into_iter().flat_map(|(_, ipt)| tables.iter().map(move |t| (ipt, *t))).collect();
         let listings: Vec<Result<Vec<ListedRule>>> = std::thread::scope(|s| {
             let running: Vec<_> = tables.iter().map(|&(ipt, table)| s.spawn(move || self.listed(ipt, table))).collect();
             running
@@ -165,6 +182,10 @@ impl Inner {
 
 /// The tables netloom's skeleton has rules in.
 const SKELETON_TABLES: [&str; 3] = ["raw", "filter", "nat"];
+/// The tables networks and published ports have rules in.
+const NETWORK_TABLES: [&str; 2] = ["filter", "nat"];
+/// Every table netloom has rules in (the VXLAN guard's too).
+const ALL_TABLES: [&str; 4] = ["raw", "mangle", "filter", "nat"];
 
 /// The chains (`-N`/`-P` lines) and rules of a table.
 fn listed_with_chains(ipt: &Xtables, table: &str) -> Result<(Vec<String>, Vec<ListedRule>)> {
@@ -313,25 +334,57 @@ fn add_rule(ipt: &Xtables, rule: &IptRule) -> Result<()> {
 }
 
 impl Inner {
-    fn remove_where(&self, tables: &[&str], pred: impl Fn(&IptOwner) -> bool) -> Result<()> {
+    /// Deletes the rules of `tables` whose owner `pred` picks; returns how many.
+    fn remove_where(&self, tables: &[&str], pred: impl Fn(&IptOwner) -> bool) -> Result<usize> {
         let mut errors = Vec::new();
+        let mut removed = 0;
         for (_, ipt) in self.families() {
             for &table in tables {
                 for rule in self.listed(ipt, table)? {
                     let owner = rule.comment.as_deref().and_then(tag::parse_ipt_comment);
                     if owner.as_ref().is_some_and(&pred) {
-                        if let Err(e) = self.delete(ipt, table, &rule.chain, &rules::delete_spec(&rule)) {
-                            errors.push(format!("{e:#}"));
+                        match self.delete(ipt, table, &rule.chain, &rules::delete_spec(&rule)) {
+                            Ok(()) => removed += 1,
+                            Err(e) => errors.push(format!("{e:#}")),
                         }
                     }
                 }
             }
         }
         if errors.is_empty() {
-            Ok(())
+            Ok(removed)
         } else {
             bail!("{}", errors.join("; "))
         }
+    }
+
+    fn remove_vxlan_chains(&self) -> Result<()> {
+        for (_, ipt) in self.families() {
+            remove_vxlan_chain(ipt)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and deletes netloom's own chains (their jumps must be gone already).
+    fn remove_chains(&self) -> Result<()> {
+        self.remove_vxlan_chains()?;
+        for (_, ipt) in self.families() {
+            for table in NETWORK_TABLES {
+                let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
+                let ours: Vec<&str> = rules::CHAINS
+                    .iter()
+                    .filter(|(t, c)| *t == table && existing.iter().any(|e| e == c))
+                    .map(|(_, c)| *c)
+                    .collect();
+                for chain in &ours {
+                    ipt.flush_chain(table, chain).map_err(ipt_err(format!("{} -t {table} -F {chain}", ipt.cmd)))?;
+                }
+                for chain in &ours {
+                    ipt.delete_chain(table, chain).map_err(ipt_err(format!("{} -t {table} -X {chain}", ipt.cmd)))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Installs the policies of `nets` in both families. Each table is listed once per family
@@ -489,10 +542,12 @@ impl Firewall for IptablesFirewall {
     async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {
         let id = network_id.to_string();
         self.run(move |inner| {
-            inner.remove_where(&["filter", "nat"], |o| match o {
-                IptOwner::Network(n) | IptOwner::Port { network_id: n, .. } => *n == id,
-                _ => false,
-            })
+            inner
+                .remove_where(&NETWORK_TABLES, |o| match o {
+                    IptOwner::Network(n) | IptOwner::Port { network_id: n, .. } => *n == id,
+                    _ => false,
+                })
+                .map(|_| ())
         })
         .await
         .with_context(|| format!("removing iptables rules of network {network_id}"))
@@ -604,7 +659,7 @@ impl Firewall for IptablesFirewall {
     async fn owned_networks(&self) -> Result<Vec<String>> {
         self.run(|inner| {
             let mut ids = BTreeSet::new();
-            for rule in inner.listed_everywhere()? {
+            for rule in inner.listed_everywhere(&NETWORK_TABLES)? {
                 match rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
                     Some(IptOwner::Network(id)) | Some(IptOwner::Port { network_id: id, .. }) => {
                         ids.insert(id.to_string());
@@ -646,26 +701,8 @@ impl Firewall for IptablesFirewall {
 
     async fn remove_all(&self) -> Result<()> {
         self.run(|inner| {
-            inner.remove_where(&["raw", "mangle", "filter", "nat"], |o| !matches!(o, IptOwner::Compat))?;
-            for (_, ipt) in inner.families() {
-                remove_vxlan_chain(ipt)?;
-                for table in ["filter", "nat"] {
-                    let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
-                    for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
-                        if existing.iter().any(|c| c == chain) {
-                            ipt.flush_chain(table, chain)
-                                .map_err(ipt_err(format!("{} -t {table} -F {chain}", ipt.cmd)))?;
-                        }
-                    }
-                    for (_, chain) in rules::CHAINS.iter().filter(|(t, _)| *t == table) {
-                        if existing.iter().any(|c| c == chain) {
-                            ipt.delete_chain(table, chain)
-                                .map_err(ipt_err(format!("{} -t {table} -X {chain}", ipt.cmd)))?;
-                        }
-                    }
-                }
-            }
-            Ok(())
+            inner.remove_where(&ALL_TABLES, |o| !matches!(o, IptOwner::Compat))?;
+            inner.remove_chains()
         })
         .await
         .context("removing netloom's iptables rules")

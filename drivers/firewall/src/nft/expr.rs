@@ -244,7 +244,11 @@ fn action(a: &Action) -> Vec<RawExpr> {
     match a {
         Action::MarkAccept => vec![
             meta(libc::NFT_META_MARK, REG_1),
-            bitwise(REG_1, (!crate::FORWARD_MARK).to_ne_bytes().to_vec(), crate::FORWARD_MARK.to_ne_bytes().to_vec()),
+            bitwise(
+                REG_1,
+                (!crate::compat::FORWARD_MARK).to_ne_bytes().to_vec(),
+                crate::compat::FORWARD_MARK.to_ne_bytes().to_vec(),
+            ),
             meta_set(libc::NFT_META_MARK, REG_1),
             verdict(libc::NF_ACCEPT, None),
         ],

@@ -361,7 +361,7 @@ pub(crate) enum Cond {
 /// A verdict or statement ending a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// Accept, and set [`crate::FORWARD_MARK`] for iptables' FORWARD.
+    /// Accept, and set [`crate::compat::FORWARD_MARK`] for iptables' FORWARD.
     MarkAccept,
     Drop,
     Return,
@@ -512,7 +512,7 @@ impl fmt::Display for Cond {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::MarkAccept => write!(f, "meta mark set meta mark | {:#x} accept", crate::FORWARD_MARK),
+            Action::MarkAccept => write!(f, "meta mark set meta mark | {:#x} accept", crate::compat::FORWARD_MARK),
             Action::Drop => f.write_str("drop"),
             Action::Return => f.write_str("return"),
             Action::Jump(c) => write!(f, "jump {c}"),

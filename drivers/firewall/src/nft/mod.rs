@@ -12,6 +12,7 @@
 mod expr;
 mod layout;
 mod netlink;
+mod sweep;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -19,14 +20,18 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
+use nftnl::nftnl_sys::libc;
 use nftnl::{Batch, MsgType, ProtoFamily};
 use tracing::debug;
 
+use crate::error::FirewallError;
+use crate::firewall::Firewall;
+use crate::model::BackendKind;
 use crate::model::{check_id, NetworkPolicy, PortMapping};
 use crate::tag::{self, owner_tag};
-use crate::{BackendKind, Firewall, FirewallError};
 use layout::{NetChains, NftRule, PortMap, PORT_MAPS, SET_BRIDGES, TABLE};
 use netlink::{ElemData, NewElem, NlError, SetMsg, Socket};
+pub(crate) use sweep::sweep;
 
 pub struct NftFirewall {
     sock: Arc<Mutex<Socket>>,
@@ -342,7 +347,7 @@ impl Firewall for NftFirewall {
             }
             debug!(network = %net.network_id, bridge = %net.bridge, "nft: adding network");
             apply(sock, tx).map_err(|e| {
-                if e.errno() == Some(libc_eexist()) {
+                if e.errno() == Some(libc::EEXIST) {
                     anyhow!("bridge {} is already used by another network's rules ({e})", net.bridge)
                 } else {
                     anyhow!("{e}")
@@ -355,24 +360,9 @@ impl Firewall for NftFirewall {
 
     async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {
         let network_tag = owner_tag(network_id);
-        self.run(move |sock| {
-            // Read, then delete what was read; a concurrent change in between makes the batch
-            // fail (ENOENT), and reading again converges.
-            for attempt in 0..3 {
-                let Some(batch) = network_removal(sock, &network_tag).map_err(nl_context("reading the ruleset"))?
-                else {
-                    return Ok(());
-                };
-                match apply(sock, batch) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.errno() == Some(libc_enoent()) && attempt < 2 => continue,
-                    Err(e) => return Err(anyhow!("{e}")),
-                }
-            }
-            Ok(())
-        })
-        .await
-        .with_context(|| format!("removing nftables rules of network {network_id}"))
+        self.run(move |sock| remove_network_tag(sock, &network_tag))
+            .await
+            .with_context(|| format!("removing nftables rules of network {network_id}"))
     }
 
     async fn add_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()> {
@@ -399,7 +389,7 @@ impl Firewall for NftFirewall {
             batch_port_elems(&mut tx, &port_elems(&refs), Some(&comment), MsgType::Add);
             match apply(sock, tx) {
                 Ok(()) => Ok(()),
-                Err(e) if e.errno() == Some(libc_eexist()) => {
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
                     // Name the mapping that clashes.
                     for m in &ports {
                         let (k, d) = layout::port_elem(m);
@@ -509,9 +499,7 @@ impl Firewall for NftFirewall {
                 let tx = vxlan_guard_tx(sock, port, &peers).map_err(nl_context("reading the VXLAN peer sets"))?;
                 match apply(sock, tx) {
                     Ok(()) => return Ok(()),
-                    Err(e)
-                        if matches!(e.errno(), Some(n) if n == libc_enoent() || n == libc_eexist()) && attempt < 2 =>
-                    {
+                    Err(e) if matches!(e.errno(), Some(n) if n == libc::ENOENT || n == libc::EEXIST) && attempt < 2 => {
                         continue
                     }
                     Err(e) => return Err(anyhow!("{e}")),
@@ -524,59 +512,69 @@ impl Firewall for NftFirewall {
     }
 
     async fn remove_vxlan_guard(&self) -> Result<()> {
-        self.run(|sock| {
-            let existing: BTreeSet<String> =
-                sock.chains().map_err(nl_context("listing chains"))?.into_iter().map(|c| c.name).collect();
-            let build = |with_sets: bool| {
-                let mut tx = Tx::new();
-                for c in [layout::CHAIN_VXLAN_IN, layout::CHAIN_VXLAN_FWD].into_iter().filter(|c| existing.contains(*c))
-                {
-                    tx.add(&netlink::FlushChain::new(c), MsgType::Del, format!("flush chain {c}"));
-                    tx.add(&netlink::ChainMsg::new(c), MsgType::Del, format!("delete chain {c}"));
-                }
-                if with_sets {
-                    for set in [layout::SET_VXLAN4, layout::SET_VXLAN6] {
-                        tx.add(&SetMsg::named(set), MsgType::Del, format!("delete set {set}"));
-                    }
-                }
-                tx
-            };
-            match apply(sock, build(true)) {
-                Ok(()) => Ok(()),
-                // The sets were not there (nor, then, the table or the guard).
-                Err(e) if e.errno() == Some(libc_enoent()) => {
-                    let tx = build(false);
-                    if tx.is_empty() {
-                        return Ok(());
-                    }
-                    apply(sock, tx).map_err(|e| anyhow!("{e}"))
-                }
-                Err(e) => Err(anyhow!("{e}")),
-            }
-        })
-        .await
-        .context("removing the VXLAN guard (nftables)")
+        self.run(remove_vxlan_guard).await.context("removing the VXLAN guard (nftables)")
     }
 
     async fn remove_all(&self) -> Result<()> {
-        self.run(|sock| {
-            let mut tx = Tx::new();
-            tx.add(&table(), MsgType::Del, format!("delete table inet {TABLE}"));
-            match apply(sock, tx) {
-                Ok(()) => {}
-                Err(e) if e.errno() == Some(libc_enoent()) => {}
-                Err(e) => return Err(anyhow!("deleting table inet {TABLE}: {e}")),
-            }
-            crate::compat::remove()
-        })
-        .await
+        self.run(remove_table).await
     }
 }
 
-fn libc_eexist() -> i32 {
-    nftnl::nftnl_sys::libc::EEXIST
+/// Removes everything of the network with this tag (chains, verdict-map and port elements).
+fn remove_network_tag(sock: &mut Socket, network_tag: &str) -> Result<()> {
+    // Read, then delete what was read; a concurrent change in between makes the batch fail
+    // (ENOENT), and reading again converges.
+    for attempt in 0..3 {
+        let Some(batch) = network_removal(sock, network_tag).map_err(nl_context("reading the ruleset"))? else {
+            return Ok(());
+        };
+        match apply(sock, batch) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.errno() == Some(libc::ENOENT) && attempt < 2 => continue,
+            Err(e) => return Err(anyhow!("{e}")),
+        }
+    }
+    Ok(())
 }
 
-fn libc_enoent() -> i32 {
-    nftnl::nftnl_sys::libc::ENOENT
+fn remove_vxlan_guard(sock: &mut Socket) -> Result<()> {
+    let existing: BTreeSet<String> =
+        sock.chains().map_err(nl_context("listing chains"))?.into_iter().map(|c| c.name).collect();
+    let build = |with_sets: bool| {
+        let mut tx = Tx::new();
+        for c in [layout::CHAIN_VXLAN_IN, layout::CHAIN_VXLAN_FWD].into_iter().filter(|c| existing.contains(*c)) {
+            tx.add(&netlink::FlushChain::new(c), MsgType::Del, format!("flush chain {c}"));
+            tx.add(&netlink::ChainMsg::new(c), MsgType::Del, format!("delete chain {c}"));
+        }
+        if with_sets {
+            for set in [layout::SET_VXLAN4, layout::SET_VXLAN6] {
+                tx.add(&SetMsg::named(set), MsgType::Del, format!("delete set {set}"));
+            }
+        }
+        tx
+    };
+    match apply(sock, build(true)) {
+        Ok(()) => Ok(()),
+        // The sets were not there (nor, then, the table or the guard).
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            let tx = build(false);
+            if tx.is_empty() {
+                return Ok(());
+            }
+            apply(sock, tx).map_err(|e| anyhow!("{e}"))
+        }
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// Deletes `inet netloom` and the compat rule that lets its accepted packets through iptables.
+fn remove_table(sock: &mut Socket) -> Result<()> {
+    let mut tx = Tx::new();
+    tx.add(&table(), MsgType::Del, format!("delete table inet {TABLE}"));
+    match apply(sock, tx) {
+        Ok(()) => {}
+        Err(e) if e.errno() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(anyhow!("deleting table inet {TABLE}: {e}")),
+    }
+    crate::compat::remove()
 }
