@@ -1,4 +1,4 @@
-use crate::store::StoreError;
+use netloom_store::StoreError;
 
 /// Every message names the object and says what to do where that isn't obvious; none of these
 /// errors leaves anything changed in the store.

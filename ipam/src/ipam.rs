@@ -12,7 +12,7 @@ use crate::alloc::defaults::{self, DefaultPool};
 use crate::alloc::poolid::validate_space;
 use crate::alloc::{keys, records};
 use crate::error::{IpamError, IpamResult};
-use crate::store::Store;
+use netloom_store::Store;
 
 /// RequestAddress option naming the kind of request; Docker sets it for the gateway.
 pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";

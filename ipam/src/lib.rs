@@ -19,7 +19,6 @@ pub mod alloc;
 pub mod driver;
 pub mod error;
 mod ipam;
-pub mod store;
 
 pub use alloc::defaults::DefaultPool;
 pub use alloc::{AddressGrant, AddressInfo, Leftover, PoolGrant, PoolInfo, Reclaimed, VniInfo};
@@ -28,4 +27,6 @@ pub use ipam::{
     validate_host_id, Ipam, IpamConfig, GATEWAY_ADDRESS_TYPE, GLOBAL_DEFAULT_SPACE, LOCAL_DEFAULT_SPACE,
     MAC_ADDRESS_OPTION, OWNER_OPTION, REQUEST_ADDRESS_TYPE, VNI_MAX,
 };
-pub use store::{Store, StoreError, StoreOptions};
+/// The store the IPAM allocates in: its own crate, re-exported for callers that name it here.
+pub use netloom_store as store;
+pub use netloom_store::{Store, StoreError, StoreOptions};

@@ -19,7 +19,7 @@ use super::pools::{dynamic_bounds, parse_pool_id};
 use super::records::{self, decode_opt, Kind, OwnerRecord, PoolRecord};
 use crate::error::{IpamError, IpamResult};
 use crate::ipam::{backoff, Ipam, GATEWAY_ADDRESS_TYPE, MAC_ADDRESS_OPTION, OWNER_OPTION, REQUEST_ADDRESS_TYPE};
-use crate::store::{Condition, Revision, Txn};
+use netloom_store::{Condition, Revision, Txn};
 
 /// An assigned address with its pool's prefix length; displays as `10.1.2.3/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use super::bitmap::{split, Chunk, CHUNK_BITS};
 use super::keys;
 use crate::error::{IpamError, IpamResult};
-use crate::store::{Condition, KeyValue, Revision, Store, Txn, TxnOutcome};
+use netloom_store::{Condition, KeyValue, Revision, Store, Txn, TxnOutcome};
 
 /// More entries than this and the cache starts over (128 bytes of bitmap each).
 const CACHE_LIMIT: usize = 4096;

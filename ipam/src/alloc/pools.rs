@@ -16,7 +16,7 @@ use super::poolid::{validate_space, PoolId};
 use super::records::{self, decode_opt, PoolRecord, SpaceIndex};
 use crate::error::{IpamError, IpamResult};
 use crate::ipam::{backoff, Ipam};
-use crate::store::{Condition, KeyValue, Revision, Txn};
+use netloom_store::{Condition, KeyValue, Revision, Txn};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolGrant {

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IpamError;
-use crate::store::{KeyValue, Revision};
+use netloom_store::{KeyValue, Revision};
 
 /// `ipam/spaces/<space>`: every pool of one address space. Pool creation and deletion rewrite it
 /// conditionally, which makes "no two pools overlap" atomic across hosts.

@@ -9,7 +9,7 @@ use super::keys;
 use super::records::{self, decode_opt, Kind, OwnerRecord};
 use crate::error::{IpamError, IpamResult};
 use crate::ipam::{backoff, Ipam, VNI_MAX};
-use crate::store::{Condition, Txn};
+use netloom_store::{Condition, Txn};
 
 const VNI_CURSOR: &str = "\0vni";
 

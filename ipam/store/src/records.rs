@@ -8,10 +8,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::Store;
+use crate::kv::{Store, StoreResult};
 
 pub trait NetworkRecord: Serialize + DeserializeOwned {
     fn network_id(&self) -> &str;
@@ -22,14 +23,50 @@ pub trait EndpointRecord: Serialize + DeserializeOwned {
     fn endpoint_id(&self) -> &str;
 }
 
+/// All [`DriverRecords`] needs of a store, so that a driver with nothing to share across hosts
+/// can keep its records without a database: [`FileRecords`](crate::FileRecords), or any
+/// [`Store`].
+#[async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Every key starting with `prefix` and its value, in key order.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<()>;
+
+    /// Returns whether the key existed.
+    async fn delete(&self, key: &str) -> StoreResult<bool>;
+}
+
+/// A [`Store`] seen as a [`RecordStore`].
+struct InStore(Arc<dyn Store>);
+
+#[async_trait]
+impl RecordStore for InStore {
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        Ok(self.0.list(prefix).await?.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
+        self.0.put(key, value).await.map(|_| ())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        self.0.delete(key).await
+    }
+}
+
 pub struct DriverRecords<N, E> {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RecordStore>,
     prefix: String,
     _records: PhantomData<fn() -> (N, E)>,
 }
 
 impl<N: NetworkRecord, E: EndpointRecord> DriverRecords<N, E> {
     pub fn new(store: Arc<dyn Store>, driver: &str, host_id: &str) -> Self {
+        Self::with_store(Arc::new(InStore(store)), driver, host_id)
+    }
+
+    pub fn with_store(store: Arc<dyn RecordStore>, driver: &str, host_id: &str) -> Self {
         Self { store, prefix: format!("{driver}/{host_id}/"), _records: PhantomData }
     }
 
@@ -54,9 +91,10 @@ impl<N: NetworkRecord, E: EndpointRecord> DriverRecords<N, E> {
     }
 
     async fn load<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
-        let kvs = self.store.list(prefix).await.with_context(|| format!("reading {prefix} from the store"))?;
-        kvs.iter()
-            .map(|kv| serde_json::from_slice(&kv.value).with_context(|| format!("decoding stored {}", kv.key)))
+        let records = self.store.list(prefix).await.with_context(|| format!("reading {prefix} from the store"))?;
+        records
+            .iter()
+            .map(|(key, value)| serde_json::from_slice(value).with_context(|| format!("decoding stored {key}")))
             .collect()
     }
 

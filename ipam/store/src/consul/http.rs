@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::store::{StoreError, StoreResult};
+use crate::kv::{StoreError, StoreResult};
 
 pub const BACKEND: &str = "consul";
 

@@ -5,19 +5,19 @@
 //! half a transaction behind. Revisions come from a counter stored in the same file; watches are
 //! served in-process from a broadcast channel fed after each commit.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
-use super::{
-    Condition, KeySpace, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome,
-    WatchEvent, WatchStream,
+use crate::keyspace::KeySpace;
+use crate::kv::{
+    Condition, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
+    WatchStream,
 };
+use crate::watch::{self, WatchSource};
 
 /// Full key → (revision, value).
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -239,13 +239,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
-        let state = WatchState {
-            rx: self.inner.events.subscribe(),
-            prefix: prefix.to_string(),
-            pending: VecDeque::new(),
-            done: false,
-        };
-        Ok(futures::stream::unfold(state, WatchState::next).boxed())
+        Ok(watch::stream(Commits { rx: self.inner.events.subscribe(), prefix: prefix.to_string() }))
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
@@ -254,37 +248,24 @@ impl Store for EmbeddedStore {
     }
 }
 
-struct WatchState {
+/// The commits after the watch started, as they are sent to the broadcast channel.
+struct Commits {
     rx: broadcast::Receiver<Arc<Vec<WatchEvent>>>,
     prefix: String,
-    pending: VecDeque<WatchEvent>,
-    done: bool,
 }
 
-impl WatchState {
-    async fn next(mut self) -> Option<(StoreResult<WatchEvent>, Self)> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Some((Ok(event), self));
+#[async_trait]
+impl WatchSource for Commits {
+    async fn next_batch(&mut self) -> StoreResult<Option<Vec<WatchEvent>>> {
+        match self.rx.recv().await {
+            Ok(batch) => {
+                Ok(Some(batch.iter().filter(|e| e.key().starts_with(self.prefix.as_str())).cloned().collect()))
             }
-            if self.done {
-                return None;
-            }
-            match self.rx.recv().await {
-                Ok(batch) => {
-                    let prefix = &self.prefix;
-                    self.pending.extend(batch.iter().filter(|e| e.key().starts_with(prefix.as_str())).cloned());
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    self.done = true;
-                    let err = StoreError::WatchEnded {
-                        prefix: self.prefix.clone(),
-                        detail: format!("the watcher fell {missed} commits behind"),
-                    };
-                    return Some((Err(err), self));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => Err(StoreError::WatchEnded {
+                prefix: self.prefix.clone(),
+                detail: format!("the watcher fell {missed} commits behind"),
+            }),
+            Err(broadcast::error::RecvError::Closed) => Ok(None),
         }
     }
 }

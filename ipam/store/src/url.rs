@@ -1,6 +1,6 @@
 //! `--store` URLs: `etcd://h1:2379,h2:2379` and `consul://host:8500`.
 
-use super::StoreError;
+use crate::kv::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
@@ -38,6 +38,15 @@ impl StoreUrl {
             "etcd" => StoreUrl::Etcd(endpoints),
             _ => StoreUrl::Consul(endpoints),
         })
+    }
+
+    /// The backend (and cargo feature) that serves this URL.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreUrl::Embedded => "embedded",
+            StoreUrl::Etcd(_) => "etcd",
+            StoreUrl::Consul(_) => "consul",
+        }
     }
 }
 

@@ -1,28 +1,14 @@
-//! A small key-value store interface shared by every host, with three backends: the embedded redb
-//! file (one host), etcd v3 and Consul.
+//! The key-value interface every backend implements, and the types it speaks.
 //!
 //! Keys given to a [`Store`] are relative: the store puts its prefix (default `/netloom/v1/`) in
 //! front of every key it writes and strips it from every key it returns, so callers never see it.
 //! Every read-modify-write goes through [`Store::txn`]: read the keys with their revisions, then
 //! write on the condition that none of them changed.
 
-mod embedded;
-mod etcd;
-mod records;
-mod url;
-
-pub mod consul;
-
-use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-
-pub use self::records::{DriverRecords, EndpointRecord, NetworkRecord};
-pub use self::url::StoreUrl;
 
 /// The prefix every netloom key lives under; `v1` is the layout version in KEYS.md.
 pub const DEFAULT_PREFIX: &str = "/netloom/v1/";
@@ -145,6 +131,13 @@ pub enum StoreError {
     Protocol { backend: &'static str, endpoints: String, detail: String },
     #[error("watch on {prefix:?} ended: {detail}; list again and re-watch")]
     WatchEnded { prefix: String, detail: String },
+    /// The URL is fine, but its backend was left out of this build (a cargo feature).
+    #[error("{what} needs the {backend} backend, which this binary was built without; use another --store or build netloom-store with its `{backend}` feature")]
+    NotBuilt { what: String, backend: &'static str },
+    #[error("invalid record key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("records in {path}: {detail}")]
+    Files { path: String, detail: String },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -199,158 +192,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// Opens the store named by `url`: `None` is the embedded store in `<state_dir>/store.redb`,
-/// `etcd://h1:2379,h2:2379` or `consul://host:8500` a shared one.
-pub async fn open(url: Option<&str>, state_dir: &Path, prefix: &str) -> StoreResult<Arc<dyn Store>> {
-    open_with(url, state_dir, StoreOptions { prefix: prefix.to_string(), ..StoreOptions::default() }).await
-}
-
-pub async fn open_with(url: Option<&str>, state_dir: &Path, options: StoreOptions) -> StoreResult<Arc<dyn Store>> {
-    let url_text = url.unwrap_or("");
-    let parsed = match url {
-        None => StoreUrl::Embedded,
-        Some(u) => StoreUrl::parse(u)?,
-    };
-    validate_prefix(&options.prefix).map_err(|reason| StoreError::InvalidUrl { url: url_text.to_string(), reason })?;
-    let store: Arc<dyn Store> = match parsed {
-        StoreUrl::Embedded => Arc::new(embedded::EmbeddedStore::open(state_dir, &options).await?),
-        StoreUrl::Etcd(endpoints) => Arc::new(etcd::EtcdStore::connect(endpoints, &options).await?),
-        StoreUrl::Consul(endpoints) => Arc::new(consul::ConsulStore::connect(endpoints, &options)?),
-    };
-    tracing::info!(store = %store.describe(), prefix = %options.prefix, "store opened");
-    Ok(store)
-}
-
-fn validate_prefix(prefix: &str) -> Result<(), String> {
-    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
-        return Err(format!("key prefix {prefix:?} must start and end with '/', e.g. {DEFAULT_PREFIX:?}"));
-    }
-    if prefix.contains("//") || prefix.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(format!("key prefix {prefix:?} must not contain empty segments, spaces or control characters"));
-    }
-    Ok(())
-}
-
-/// What a backend with leases remembers of the keys written by `put_leased`, to write them
-/// again under a new lease. A later plain write or delete of such a key ends its lease: it is
-/// forgotten, so that a lease loss never brings back a key that was deleted meanwhile.
-#[derive(Debug, Default)]
-pub(crate) struct LeasedKeys {
-    keys: std::collections::BTreeMap<String, Vec<u8>>,
-}
-
-impl LeasedKeys {
-    pub(crate) fn remember(&mut self, key: &str, value: Vec<u8>) {
-        self.keys.insert(key.to_string(), value);
-    }
-
-    /// Forgets the keys these (committed) ops wrote or deleted.
-    pub(crate) fn forget(&mut self, ops: &[Op]) {
-        for op in ops {
-            match op {
-                Op::Put(key, _) | Op::Delete(key) => {
-                    self.keys.remove(key);
-                }
-                Op::DeletePrefix(prefix) => self.keys.retain(|key, _| !key.starts_with(prefix.as_str())),
-            }
-        }
-    }
-
-    pub(crate) fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
-        self.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
-    fn touches(&self, ops: &[Op]) -> bool {
-        ops.iter().any(|op| match op {
-            Op::Put(key, _) | Op::Delete(key) => self.keys.contains_key(key),
-            Op::DeletePrefix(prefix) => self.keys.keys().any(|key| key.starts_with(prefix.as_str())),
-        })
-    }
-}
-
-/// Runs a write of `ops` so that a lease renewal cannot rewrite a key it replaces or deletes:
-/// when the ops touch a leased key, the lease state stays locked across the write and the keys
-/// are forgotten once it commits. Other writes don't wait for the lock.
-pub(crate) async fn write_past_leases<S, T>(
-    state: &tokio::sync::Mutex<S>,
-    leased: impl FnOnce(&mut S) -> &mut LeasedKeys,
-    ops: &[Op],
-    committed: impl FnOnce(&T) -> bool,
-    write: impl std::future::Future<Output = StoreResult<T>>,
-) -> StoreResult<T> {
-    let mut guard = state.lock().await;
-    let keys = leased(&mut guard);
-    if !keys.touches(ops) {
-        drop(guard);
-        return write.await;
-    }
-    let out = write.await?;
-    if committed(&out) {
-        keys.forget(ops);
-    }
-    Ok(out)
-}
-
-/// Maps relative keys to absolute ones and back.
-#[derive(Debug, Clone)]
-pub(crate) struct KeySpace {
-    prefix: String,
-}
-
-impl KeySpace {
-    pub(crate) fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_string() }
-    }
-
-    pub(crate) fn full(&self, key: &str) -> String {
-        format!("{}{}", self.prefix, key)
-    }
-
-    pub(crate) fn relative<'a>(&self, full: &'a str) -> Option<&'a str> {
-        full.strip_prefix(self.prefix.as_str())
-    }
-}
-
-impl fmt::Display for KeySpace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.prefix)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefixes() {
-        assert!(validate_prefix("/netloom/v1/").is_ok());
-        assert!(validate_prefix("/a/").is_ok());
-        assert!(validate_prefix("netloom/").is_err());
-        assert!(validate_prefix("/netloom").is_err());
-        assert!(validate_prefix("/").is_err());
-        assert!(validate_prefix("/a//b/").is_err());
-    }
-
-    #[test]
-    fn leased_keys_written_or_deleted_otherwise_are_forgotten() {
-        let mut leased = LeasedKeys::default();
-        for key in ["hosts/a", "hosts/b", "other/c", "other/d"] {
-            leased.remember(key, key.as_bytes().to_vec());
-        }
-        leased.forget(&[Op::Delete("hosts/a".into()), Op::Put("other/c".into(), vec![]), Op::Delete("absent".into())]);
-        let keys = |l: &LeasedKeys| l.snapshot().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(keys(&leased), ["hosts/b", "other/d"]);
-        leased.forget(&[Op::DeletePrefix("hosts/".into())]);
-        assert_eq!(keys(&leased), ["other/d"]);
-    }
-
-    #[test]
-    fn keyspace_round_trip() {
-        let ks = KeySpace::new("/netloom/v1/");
-        assert_eq!(ks.full("ipam/x"), "/netloom/v1/ipam/x");
-        assert_eq!(ks.relative("/netloom/v1/ipam/x"), Some("ipam/x"));
-        assert_eq!(ks.relative("/other/ipam/x"), None);
-    }
 
     #[test]
     fn unchanged_condition() {

@@ -7,22 +7,22 @@ mod api;
 mod base64;
 mod http;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use hyper::Method;
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use self::http::Http;
-use super::{
-    write_past_leases, Condition, KeySpace, KeyValue, LeasedKeys, Revision, Store, StoreError, StoreOptions,
-    StoreResult, Txn, TxnOutcome, WatchEvent, WatchStream,
+use crate::keyspace::KeySpace;
+use crate::kv::{
+    Condition, KeyValue, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
+    WatchStream,
 };
+use crate::leases::{LeaseBackend, Leases};
+use crate::watch::{self, WatchSource};
 
 pub use self::http::TOKEN_ENV;
 
@@ -33,8 +33,7 @@ const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
 
 pub struct ConsulStore {
     ctx: Arc<Ctx>,
-    leases: Arc<Mutex<SessionState>>,
-    keeper: std::sync::Mutex<Option<JoinHandle<()>>>,
+    leases: Leases<Ctx>,
 }
 
 struct Ctx {
@@ -43,31 +42,14 @@ struct Ctx {
     session_ttl: Duration,
 }
 
-#[derive(Default)]
-struct SessionState {
-    id: Option<String>,
-    keys: LeasedKeys,
-}
-
 impl ConsulStore {
     pub fn connect(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
-        Ok(Self {
-            ctx: Arc::new(Ctx {
-                http: Http::new(endpoints, options.connect_timeout, options.request_timeout),
-                keys: KeySpace::new(&options.prefix),
-                session_ttl: options.lease_ttl.max(MIN_SESSION_TTL),
-            }),
-            leases: Arc::new(Mutex::new(SessionState::default())),
-            keeper: std::sync::Mutex::new(None),
-        })
-    }
-}
-
-impl Drop for ConsulStore {
-    fn drop(&mut self) {
-        if let Some(task) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            task.abort();
-        }
+        let ctx = Arc::new(Ctx {
+            http: Http::new(endpoints, options.connect_timeout, options.request_timeout),
+            keys: KeySpace::new(&options.prefix),
+            session_ttl: options.lease_ttl.max(MIN_SESSION_TTL),
+        });
+        Ok(Self { leases: Leases::new(ctx.clone()), ctx })
     }
 }
 
@@ -97,8 +79,15 @@ impl Ctx {
         let resp = self.http.send(Method::PUT, "/v1/txn", Some(body), Duration::ZERO).await?;
         api::parse_txn_response(resp.status, &resp.body, resp.index).map_err(|e| self.http.protocol(e))
     }
+}
 
-    async fn create_session(&self) -> StoreResult<String> {
+/// The host lease is a Consul session with behavior "delete": keys acquired by it go with it.
+#[async_trait]
+impl LeaseBackend for Ctx {
+    type Id = String;
+    const KIND: &'static str = "consul session";
+
+    async fn take(&self) -> StoreResult<String> {
         let name = format!("netloom {}", self.keys);
         let body = api::session_body(&name, self.session_ttl.as_secs()).to_string().into_bytes();
         let resp = self.http.send(Method::PUT, "/v1/session/create", Some(body), Duration::ZERO).await?;
@@ -110,7 +99,7 @@ impl Ctx {
         Ok(id)
     }
 
-    async fn acquire(&self, session: &str, key: &str, value: Vec<u8>) -> StoreResult<()> {
+    async fn attach(&self, session: &String, key: &str, value: Vec<u8>) -> StoreResult<()> {
         let path = format!("{}?acquire={session}", api::kv_path(&self.keys.full(key)));
         let resp = self.http.send(Method::PUT, &path, Some(value), Duration::ZERO).await?;
         match (resp.status, api::parse_bool(&resp.body)) {
@@ -122,8 +111,7 @@ impl Ctx {
         }
     }
 
-    /// Renews the session once; `false` means Consul no longer knows it.
-    async fn renew(&self, session: &str) -> StoreResult<bool> {
+    async fn refresh(&self, session: &String) -> StoreResult<bool> {
         let resp = self.http.send(Method::PUT, &format!("/v1/session/renew/{session}"), None, Duration::ZERO).await?;
         match resp.status {
             200 => Ok(true),
@@ -132,40 +120,8 @@ impl Ctx {
         }
     }
 
-    async fn renew_all(&self, state: &Mutex<SessionState>) -> StoreResult<()> {
-        let mut st = state.lock().await;
-        let id = self.create_session().await?;
-        st.id = Some(id.clone());
-        for (key, value) in st.keys.snapshot() {
-            self.acquire(&id, &key, value).await?;
-        }
-        Ok(())
-    }
-
-    async fn keep_alive_loop(self: Arc<Self>, state: Arc<Mutex<SessionState>>) {
-        loop {
-            tokio::time::sleep(self.session_ttl / 3).await;
-            let session = state.lock().await.id.clone();
-            let alive = match &session {
-                Some(id) => self.renew(id).await,
-                None => Ok(false),
-            };
-            match alive {
-                Ok(true) => debug!(session = ?session, "consul session renewed"),
-                Ok(false) => {
-                    match &session {
-                        Some(id) => {
-                            warn!(session = %id, "consul session lost; creating a new one and rewriting leased keys")
-                        }
-                        None => info!("creating a consul session for the leased keys"),
-                    }
-                    if let Err(e) = self.renew_all(&state).await {
-                        warn!("rewriting leased keys: {e}");
-                    }
-                }
-                Err(e) => warn!("renewing consul session: {e}"),
-            }
-        }
+    fn refresh_period(&self) -> Duration {
+        self.session_ttl / 3
     }
 }
 
@@ -200,84 +156,53 @@ impl Store for ConsulStore {
     }
 
     async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
-        write_past_leases(&self.leases, |st| &mut st.keys, &txn.ops, |o| o.committed(), self.ctx.txn(&txn)).await
+        self.leases.write(&txn.ops, |o: &TxnOutcome| o.committed(), self.ctx.txn(&txn)).await
     }
 
     async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
         let (kvs, index) = self.ctx.list(prefix).await?;
-        let state = WatchState {
+        Ok(watch::stream(Watch {
             ctx: self.ctx.clone(),
             prefix: prefix.to_string(),
             index: index.unwrap_or(0),
             snapshot: kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect(),
-            pending: VecDeque::new(),
-            done: false,
-        };
-        Ok(futures::stream::unfold(state, WatchState::next).boxed())
+        }))
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
-        let mut st = self.leases.lock().await;
-        st.keys.remember(key, value.clone());
-        {
-            let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
-            if keeper.is_none() {
-                *keeper = Some(tokio::spawn(self.ctx.clone().keep_alive_loop(self.leases.clone())));
-            }
-        }
-        let session = match &st.id {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.ctx.create_session().await?;
-                st.id = Some(id.clone());
-                id
-            }
-        };
-        self.ctx.acquire(&session, key, value).await
+        self.leases.put(key, value).await
     }
 }
 
 /// Watches by repeating a blocking recursive read and diffing it against the previous one.
-struct WatchState {
+struct Watch {
     ctx: Arc<Ctx>,
     prefix: String,
     index: u64,
     snapshot: BTreeMap<String, KeyValue>,
-    pending: VecDeque<WatchEvent>,
-    done: bool,
 }
 
-impl WatchState {
-    async fn next(mut self) -> Option<(StoreResult<WatchEvent>, Self)> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Some((Ok(event), self));
-            }
-            if self.done {
-                return None;
-            }
-            let path = format!(
-                "{}?recurse=true&index={}&wait={}s",
-                api::kv_path(&self.ctx.keys.full(&self.prefix)),
-                self.index,
-                WATCH_WAIT.as_secs()
-            );
-            match self.ctx.read(&path, WATCH_WAIT).await {
-                Ok((kvs, index)) => {
-                    let index = index.unwrap_or(self.index);
-                    // Consul's documented rule: an index that goes backwards means start over.
-                    self.index = if index < self.index { 0 } else { index };
-                    let current: BTreeMap<String, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-                    self.pending.extend(diff(&self.snapshot, &current, index));
-                    self.snapshot = current;
-                }
-                Err(e) => {
-                    self.done = true;
-                    let err = StoreError::WatchEnded { prefix: self.prefix.clone(), detail: e.to_string() };
-                    return Some((Err(err), self));
-                }
-            }
-        }
+#[async_trait]
+impl WatchSource for Watch {
+    async fn next_batch(&mut self) -> StoreResult<Option<Vec<WatchEvent>>> {
+        let path = format!(
+            "{}?recurse=true&index={}&wait={}s",
+            api::kv_path(&self.ctx.keys.full(&self.prefix)),
+            self.index,
+            WATCH_WAIT.as_secs()
+        );
+        let (kvs, index) = self
+            .ctx
+            .read(&path, WATCH_WAIT)
+            .await
+            .map_err(|e| StoreError::WatchEnded { prefix: self.prefix.clone(), detail: e.to_string() })?;
+        let index = index.unwrap_or(self.index);
+        // Consul's documented rule: an index that goes backwards means start over.
+        self.index = if index < self.index { 0 } else { index };
+        let current: BTreeMap<String, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let events = diff(&self.snapshot, &current, index);
+        self.snapshot = current;
+        Ok(Some(events))
     }
 }
 

@@ -6,7 +6,6 @@
 //! endpoint that answered last and moves on to the next one when it can't connect (any endpoint
 //! for reads), so one endpoint down is not an error and a write is never sent twice.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,43 +15,34 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, TxnOp, WatchOptions,
 };
-use futures::StreamExt;
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::{
-    write_past_leases, Condition, KeySpace, KeyValue, LeasedKeys, Op, Revision, Store, StoreError, StoreOptions,
-    StoreResult, Txn, TxnOutcome, WatchEvent, WatchStream,
+use crate::keyspace::KeySpace;
+use crate::kv::{
+    Condition, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
+    WatchStream,
 };
+use crate::leases::{LeaseBackend, Leases};
+use crate::watch::{self, WatchSource};
 
 const BACKEND: &str = "etcd";
 
 pub struct EtcdStore {
-    ctx: Ctx,
-    leases: Arc<Mutex<LeaseState>>,
-    keeper: std::sync::Mutex<Option<JoinHandle<()>>>,
+    ctx: Arc<Ctx>,
+    leases: Leases<Ctx>,
 }
 
-/// What a request needs; cheap to clone into background tasks.
-#[derive(Clone)]
+/// What a request needs, shared with the lease keeper and watches.
 struct Ctx {
     /// One per endpoint, in the order given.
-    clients: Arc<Vec<Client>>,
-    names: Arc<Vec<String>>,
+    clients: Vec<Client>,
+    names: Vec<String>,
     /// The endpoint that answered last; tried first.
-    preferred: Arc<AtomicUsize>,
+    preferred: AtomicUsize,
     keys: KeySpace,
     endpoints: String,
     timeout: Duration,
     lease_ttl: Duration,
-}
-
-#[derive(Default)]
-struct LeaseState {
-    id: Option<i64>,
-    /// Everything written with `put_leased`, rewritten on a new lease.
-    keys: LeasedKeys,
 }
 
 /// Whether a failed call may be sent to another endpoint.
@@ -80,27 +70,16 @@ impl EtcdStore {
                 .map_err(|e| classify(&joined, e))?;
             clients.push(client);
         }
-        Ok(Self {
-            ctx: Ctx {
-                clients: Arc::new(clients),
-                names: Arc::new(endpoints),
-                preferred: Arc::new(AtomicUsize::new(0)),
-                keys: KeySpace::new(&options.prefix),
-                endpoints: joined,
-                timeout: options.request_timeout,
-                lease_ttl: options.lease_ttl.max(Duration::from_secs(2)),
-            },
-            leases: Arc::new(Mutex::new(LeaseState::default())),
-            keeper: std::sync::Mutex::new(None),
-        })
-    }
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        if let Some(task) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            task.abort();
-        }
+        let ctx = Arc::new(Ctx {
+            clients,
+            names: endpoints,
+            preferred: AtomicUsize::new(0),
+            keys: KeySpace::new(&options.prefix),
+            endpoints: joined,
+            timeout: options.request_timeout,
+            lease_ttl: options.lease_ttl.max(Duration::from_secs(2)),
+        });
+        Ok(Self { leases: Leases::new(ctx.clone()), ctx })
     }
 }
 
@@ -199,16 +178,22 @@ impl Ctx {
             revision: kv.mod_revision() as Revision,
         })
     }
+}
 
-    async fn grant(&self) -> StoreResult<i64> {
+#[async_trait]
+impl LeaseBackend for Ctx {
+    type Id = i64;
+    const KIND: &'static str = "etcd lease";
+
+    async fn take(&self) -> StoreResult<i64> {
         let ttl = self.lease_ttl.as_secs() as i64;
         let resp = self.call(Retry::ConnectOnly, |mut c| async move { c.lease_grant(ttl, None).await }).await?;
         info!(lease = resp.id(), ttl, "etcd lease granted");
         Ok(resp.id())
     }
 
-    async fn put_with_lease(&self, key: &str, value: Vec<u8>, lease: i64) -> StoreResult<()> {
-        let full = self.keys.full(key);
+    async fn attach(&self, lease: &i64, key: &str, value: Vec<u8>) -> StoreResult<()> {
+        let (full, lease) = (self.keys.full(key), *lease);
         self.call(Retry::ConnectOnly, |mut c| {
             let (full, value) = (full.clone(), value.clone());
             async move { c.put(full, value, Some(PutOptions::new().with_lease(lease))).await }
@@ -217,58 +202,28 @@ impl Ctx {
         Ok(())
     }
 
-    /// Refreshes the lease once; returns the remaining TTL (0: the lease is gone).
-    async fn refresh(&self, lease: i64) -> StoreResult<i64> {
-        self.call(Retry::Idempotent, |mut c| async move {
-            let answer = async {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
-            };
-            match answer.await {
-                // etcd answers TTL 0 for an unknown lease; the client turns that into this error.
-                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(0),
-                Err(etcd_client::Error::GRpcStatus(s)) if s.code() as i32 == 5 => Ok(0),
-                other => other,
-            }
-        })
-        .await
-    }
-
-    /// Takes a new lease and writes every leased key again.
-    async fn renew_all(&self, state: &Mutex<LeaseState>) -> StoreResult<()> {
-        let mut st = state.lock().await;
-        let lease = self.grant().await?;
-        st.id = Some(lease);
-        for (key, value) in st.keys.snapshot() {
-            self.put_with_lease(&key, value, lease).await?;
-        }
-        Ok(())
-    }
-
-    async fn keep_alive_loop(self, state: Arc<Mutex<LeaseState>>) {
-        let period = self.lease_ttl / 3;
-        loop {
-            tokio::time::sleep(period).await;
-            let lease = state.lock().await.id;
-            let ttl = match lease {
-                Some(id) => self.refresh(id).await,
-                None => Ok(0),
-            };
-            match ttl {
-                Ok(ttl) if ttl > 0 => debug!(lease = ?lease, ttl, "etcd lease refreshed"),
-                Ok(_) => {
-                    match lease {
-                        Some(id) => warn!(lease = id, "etcd lease lost; taking a new one and rewriting leased keys"),
-                        None => info!("taking an etcd lease for the leased keys"),
-                    }
-                    if let Err(e) = self.renew_all(&state).await {
-                        warn!("rewriting leased keys: {e}");
-                    }
+    async fn refresh(&self, lease: &i64) -> StoreResult<bool> {
+        let lease = *lease;
+        let ttl = self
+            .call(Retry::Idempotent, |mut c| async move {
+                let answer = async {
+                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
+                };
+                match answer.await {
+                    // etcd answers TTL 0 for an unknown lease; the client turns that into this error.
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(0),
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() as i32 == 5 => Ok(0),
+                    other => other,
                 }
-                Err(e) => warn!("refreshing etcd lease: {e}"),
-            }
-        }
+            })
+            .await?;
+        Ok(ttl > 0)
+    }
+
+    fn refresh_period(&self) -> Duration {
+        self.lease_ttl / 3
     }
 }
 
@@ -349,8 +304,7 @@ impl Store for EtcdStore {
                 .await?;
             Ok(resp.header().map(|h| h.revision() as Revision).unwrap_or(0))
         };
-        let ops = [Op::Put(key.to_string(), Vec::new())];
-        write_past_leases(&self.leases, |st| &mut st.keys, &ops, |_| true, write).await
+        self.leases.write(&[Op::Put(key.to_string(), Vec::new())], |_| true, write).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
@@ -365,13 +319,12 @@ impl Store for EtcdStore {
                 .await?;
             Ok(resp.deleted() > 0)
         };
-        let ops = [Op::Delete(key.to_string())];
-        write_past_leases(&self.leases, |st| &mut st.keys, &ops, |_| true, write).await
+        self.leases.write(&[Op::Delete(key.to_string())], |_| true, write).await
     }
 
     async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
         let ops = txn.ops.clone();
-        write_past_leases(&self.leases, |st| &mut st.keys, &ops, |o| o.committed(), self.ctx.txn(txn)).await
+        self.leases.write(&ops, |o: &TxnOutcome| o.committed(), self.ctx.txn(txn)).await
     }
 
     async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
@@ -390,76 +343,43 @@ impl Store for EtcdStore {
                 }
             })
             .await?;
-        let state = WatchState {
-            stream,
-            ctx: self.ctx.clone(),
-            prefix: prefix.to_string(),
-            pending: VecDeque::new(),
-            done: false,
-        };
-        Ok(futures::stream::unfold(state, WatchState::next).boxed())
+        Ok(watch::stream(Watch { stream, ctx: self.ctx.clone(), prefix: prefix.to_string() }))
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
-        let mut st = self.leases.lock().await;
-        st.keys.remember(key, value.clone());
-        {
-            let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
-            if keeper.is_none() {
-                *keeper = Some(tokio::spawn(self.ctx.clone().keep_alive_loop(self.leases.clone())));
-            }
-        }
-        // On failure the key stays remembered: the keep-alive task writes it once etcd answers.
-        let lease = match st.id {
-            Some(id) => id,
-            None => {
-                let id = self.ctx.grant().await?;
-                st.id = Some(id);
-                id
-            }
-        };
-        self.ctx.put_with_lease(key, value, lease).await
+        self.leases.put(key, value).await
     }
 }
 
-struct WatchState {
+struct Watch {
     stream: etcd_client::WatchStream,
-    ctx: Ctx,
+    ctx: Arc<Ctx>,
     prefix: String,
-    pending: VecDeque<WatchEvent>,
-    done: bool,
 }
 
-impl WatchState {
-    fn ended(&mut self, detail: String) -> StoreError {
-        self.done = true;
+impl Watch {
+    fn ended(&self, detail: String) -> StoreError {
         StoreError::WatchEnded { prefix: self.prefix.clone(), detail: format!("etcd {}: {detail}", self.ctx.endpoints) }
     }
+}
 
-    async fn next(mut self) -> Option<(StoreResult<WatchEvent>, Self)> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Some((Ok(event), self));
+#[async_trait]
+impl WatchSource for Watch {
+    async fn next_batch(&mut self) -> StoreResult<Option<Vec<WatchEvent>>> {
+        match self.stream.message().await {
+            Ok(Some(resp)) if resp.canceled() => Err(self.ended(format!("watch canceled: {}", resp.cancel_reason()))),
+            Ok(Some(resp)) => {
+                let events = resp.events().iter().filter_map(|event| {
+                    let kv = self.ctx.kv(event.kv()?)?;
+                    Some(match event.event_type() {
+                        EventType::Put => WatchEvent::Put(kv),
+                        EventType::Delete => WatchEvent::Delete { key: kv.key, revision: kv.revision },
+                    })
+                });
+                Ok(Some(events.collect()))
             }
-            if self.done {
-                return None;
-            }
-            let err = match self.stream.message().await {
-                Ok(Some(resp)) if resp.canceled() => self.ended(format!("watch canceled: {}", resp.cancel_reason())),
-                Ok(Some(resp)) => {
-                    for event in resp.events() {
-                        let Some(kv) = event.kv().and_then(|kv| self.ctx.kv(kv)) else { continue };
-                        self.pending.push_back(match event.event_type() {
-                            EventType::Put => WatchEvent::Put(kv),
-                            EventType::Delete => WatchEvent::Delete { key: kv.key, revision: kv.revision },
-                        });
-                    }
-                    continue;
-                }
-                Ok(None) => self.ended("stream closed".into()),
-                Err(e) => self.ended(e.to_string()),
-            };
-            return Some((Err(err), self));
+            Ok(None) => Err(self.ended("stream closed".into())),
+            Err(e) => Err(self.ended(e.to_string())),
         }
     }
 }

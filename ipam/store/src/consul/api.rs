@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::base64;
-use crate::store::{Condition, KeySpace, KeyValue, Op, Revision, Txn, TxnOutcome};
+use crate::keyspace::KeySpace;
+use crate::kv::{Condition, KeyValue, Op, Revision, Txn, TxnOutcome};
 
 /// `/v1/kv/<key>` for an absolute netloom key. Consul keys carry no leading slash.
 pub fn kv_path(full_key: &str) -> String {
