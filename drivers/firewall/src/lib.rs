@@ -120,6 +120,8 @@ mod backend;
 mod compat;
 mod error;
 mod firewall;
+#[cfg(test)]
+mod fixtures;
 mod iptables;
 mod model;
 mod nft;

@@ -228,6 +228,35 @@ impl fmt::Display for PortMapping {
     }
 }
 
+/// One NAT rule of a network (see [`NetworkPolicy::nat_rules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nat {
+    /// Traffic from `subnet` leaving through another interface: masqueraded, or SNATed to `to`.
+    Egress { subnet: IpNetwork, to: Option<IpAddr> },
+    /// Traffic from `subnet` DNATed back into the bridge is masqueraded, so a container can use
+    /// its own network's published ports through a host address.
+    Hairpin { subnet: IpNetwork },
+    /// The host's 127.0.0.0/8 reaching a published port (needs `route_localnet` on the bridge;
+    /// IPv6 has no equivalent).
+    Localhost,
+}
+
+impl Nat {
+    pub(crate) fn is_ipv6(&self) -> bool {
+        match self {
+            Nat::Egress { subnet, .. } | Nat::Hairpin { subnet } => subnet.is_ipv6(),
+            Nat::Localhost => false,
+        }
+    }
+}
+
+/// The host's IPv4 loopback network.
+pub(crate) const LOOPBACK_V4: &str = "127.0.0.0/8";
+
+pub(crate) fn loopback_v4() -> IpNetwork {
+    LOOPBACK_V4.parse().expect("loopback network")
+}
+
 /// Interface names go verbatim into iptables arguments and nftables keys: 1–15 bytes, no `/`,
 /// whitespace, quotes or the `+` wildcard.
 pub(crate) fn check_ifname(name: &str) -> Result<(), FirewallError> {
@@ -268,6 +297,24 @@ impl NetworkPolicy {
             .iter()
             .map(|s| IpNetwork::new(s.network(), s.prefix()).expect("prefix of a valid network"))
             .collect()
+    }
+
+    /// The network's NAT, whichever backend renders it: per subnet its egress (with
+    /// `masquerade`) and hairpin, then localhost; nothing for an internal network.
+    pub(crate) fn nat_rules(&self) -> Vec<Nat> {
+        if self.internal {
+            return Vec::new();
+        }
+        let mut rules = Vec::new();
+        for subnet in self.canonical_subnets() {
+            if self.masquerade {
+                let to = self.snat_source.filter(|ip| ip.is_ipv6() == subnet.is_ipv6());
+                rules.push(Nat::Egress { subnet, to });
+            }
+            rules.push(Nat::Hairpin { subnet });
+        }
+        rules.push(Nat::Localhost);
+        rules
     }
 
     pub(crate) fn has_v4(&self) -> bool {

@@ -21,9 +21,7 @@
 
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
-use crate::model::{NetworkPolicy, PortMapping, Proto};
+use crate::model::{Nat, NetworkPolicy, PortMapping, Proto, LOOPBACK_V4};
 use crate::tag;
 
 pub(crate) const FORWARD: &str = "LOOM-FORWARD";
@@ -31,8 +29,6 @@ pub(crate) const ISOLATION_1: &str = "LOOM-ISOLATION-1";
 pub(crate) const ISOLATION_2: &str = "LOOM-ISOLATION-2";
 pub(crate) const DNAT: &str = "LOOM-DNAT";
 pub(crate) const POSTROUTING: &str = "LOOM-POSTROUTING";
-/// raw table: the VXLAN guard's peers (see [`vxlan_rules`]).
-pub(crate) const VXLAN: &str = "LOOM-VXLAN";
 
 /// netloom's own chains, by table, in creation order.
 pub(crate) const CHAINS: &[(&str, &str)] =
@@ -101,7 +97,6 @@ pub(crate) fn skeleton(v6: bool) -> Vec<IptRule> {
     rules
 }
 
-pub(crate) const LOOPBACK_V4: &str = "127.0.0.0/8";
 pub(crate) const LOOPBACK_V6: &str = "::1/128";
 
 /// Packets to the loopback addresses that did not come in on `lo` are dropped before conntrack
@@ -111,6 +106,9 @@ pub(crate) fn loopback_guard(v6: bool) -> IptRule {
     let dst = if v6 { LOOPBACK_V6 } else { LOOPBACK_V4 };
     IptRule::new("raw", "PREROUTING", Position::First, &["!", "-i", "lo", "-d", dst, "-j", "DROP"], tag::IPT_BASE)
 }
+
+/// raw table: the VXLAN guard's peers (see [`vxlan_rules`]).
+pub(crate) const VXLAN: &str = "LOOM-VXLAN";
 
 /// The VXLAN guard's rules for `port` and the `peers` of one family: a jump from raw PREROUTING
 /// for UDP `port` to a local address (the port is matched first, so other traffic pays one
@@ -191,24 +189,17 @@ pub(crate) fn network_rules(net: &NetworkPolicy, v6: bool) -> Vec<IptRule> {
         }
     }
 
-    if !net.internal {
-        let subnets: Vec<IpNetwork> = net.canonical_subnets().into_iter().filter(|s| s.is_ipv6() == v6).collect();
-        let snat = net.snat_source.filter(|ip| ip.is_ipv6() == v6).map(|ip| ip.to_string());
-        let mut nat = |spec: &[&str]| rules.push(IptRule::new("nat", POSTROUTING, Position::Append, spec, c));
-        for s in &subnets {
-            let s = s.to_string();
-            if net.masquerade {
-                match &snat {
-                    Some(ip) => nat(&["-s", &s, "!", "-o", b, "-j", "SNAT", "--to-source", ip]),
-                    None => nat(&["-s", &s, "!", "-o", b, "-j", "MASQUERADE"]),
-                }
+    let mut nat = |spec: &[&str]| rules.push(IptRule::new("nat", POSTROUTING, Position::Append, spec, c));
+    for rule in net.nat_rules().into_iter().filter(|n| n.is_ipv6() == v6) {
+        match rule {
+            Nat::Egress { subnet, to: Some(ip) } => {
+                nat(&["-s", &subnet.to_string(), "!", "-o", b, "-j", "SNAT", "--to-source", &ip.to_string()])
             }
-            // Hairpin: a container reaching its own network's published port via a host address.
-            nat(&["-s", &s, "-o", b, "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"]);
-        }
-        if !v6 {
-            // The host's 127.0.0.1 reaching a published port (needs route_localnet on the bridge).
-            nat(&["-s", "127.0.0.0/8", "-o", b, "-j", "MASQUERADE"]);
+            Nat::Egress { subnet, to: None } => nat(&["-s", &subnet.to_string(), "!", "-o", b, "-j", "MASQUERADE"]),
+            Nat::Hairpin { subnet } => {
+                nat(&["-s", &subnet.to_string(), "-o", b, "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"])
+            }
+            Nat::Localhost => nat(&["-s", LOOPBACK_V4, "-o", b, "-j", "MASQUERADE"]),
         }
     }
     rules
@@ -347,19 +338,7 @@ pub(crate) fn normalized(spec: &str) -> Normalized {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net(internal: bool, isolate: bool, icc: bool) -> NetworkPolicy {
-        NetworkPolicy {
-            network_id: "0123456789abcdef".into(),
-            bridge: "br-loom1".into(),
-            subnets: vec!["198.51.100.1/24".parse().unwrap(), "2001:db8:1::/64".parse().unwrap()],
-            masquerade: true,
-            snat_source: None,
-            icc,
-            internal,
-            isolate,
-        }
-    }
+    use crate::fixtures::{network as net, port_v4, port_v6_on_address};
 
     fn render(rules: &[IptRule]) -> Vec<String> {
         rules.iter().map(IptRule::render).collect()
@@ -478,13 +457,7 @@ mod tests {
 
     #[test]
     fn port_rules_golden_and_parse_back() {
-        let m = PortMapping {
-            proto: Proto::Tcp,
-            host_ip: None,
-            host_port: 8080,
-            container_ip: "198.51.100.2".parse().unwrap(),
-            container_port: 80,
-        };
+        let m = port_v4();
         let r = port_rule("0123456789abcdef", "fedcba9876543210", &m);
         assert_eq!(
             r.render(),
@@ -492,17 +465,11 @@ mod tests {
         );
         assert_eq!(parse_port_rule(&r.spec_string()), Some(m));
 
-        let m6 = PortMapping {
-            proto: Proto::Udp,
-            host_ip: Some("2001:db8::1".parse().unwrap()),
-            host_port: 53,
-            container_ip: "2001:db8:1::2".parse().unwrap(),
-            container_port: 5353,
-        };
+        let m6 = port_v6_on_address();
         let r = port_rule("n", "e", &m6);
         assert_eq!(r.position, Position::First);
-        assert!(r.render().starts_with("-t nat -I LOOM-DNAT 1 -d 2001:db8::1/128 -p udp -m udp --dport 53 "));
-        assert!(r.render().ends_with("-j DNAT --to-destination [2001:db8:1::2]:5353"));
+        assert!(r.render().starts_with("-t nat -I LOOM-DNAT 1 -d 2001:db8::1/128 -p sctp -m sctp --dport 9 "));
+        assert!(r.render().ends_with("-j DNAT --to-destination [2001:db8:1::2]:9999"));
         assert_eq!(parse_port_rule(&r.spec_string()), Some(m6));
     }
 

@@ -46,7 +46,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::model::{NetworkPolicy, PortMapping, Proto};
+use crate::model::{loopback_v4, Nat, NetworkPolicy, PortMapping, Proto};
 use crate::tag::owner_tag;
 
 pub(crate) const TABLE: &str = "netloom";
@@ -394,7 +394,7 @@ pub(crate) struct BaseChain {
 pub(crate) fn skeleton() -> Vec<BaseChain> {
     use nftnl::Hook;
     let ports = rule(vec![Cond::FibDaddrLocal], Action::Jump(CHAIN_PORTS));
-    let loopback4: IpNetwork = "127.0.0.0/8".parse().expect("loopback net");
+    let loopback4 = loopback_v4();
     let loopback6: IpNetwork = "::1/128".parse().expect("loopback address");
     vec![
         BaseChain {
@@ -470,17 +470,16 @@ pub(crate) fn network_rules(net: &NetworkPolicy) -> NetRules {
             fwd_out.push(rule(vec![Cond::Oif("docker0".into())], Action::Drop));
             fwd_out.push(rule(vec![Cond::OifPrefix("br-")], Action::Drop));
         }
-        for s in net.canonical_subnets() {
-            if net.masquerade {
-                let action = match net.snat_source.filter(|ip| ip.is_ipv6() == s.is_ipv6()) {
-                    Some(ip) => Action::Snat(ip),
-                    None => Action::Masquerade,
-                };
-                nat_out.push(rule(vec![Cond::OifNot(b.clone()), Cond::Saddr(s)], action));
+    }
+    for nat in net.nat_rules() {
+        match nat {
+            Nat::Egress { subnet, to } => {
+                let action = to.map_or(Action::Masquerade, Action::Snat);
+                nat_out.push(rule(vec![Cond::OifNot(b.clone()), Cond::Saddr(subnet)], action));
             }
-            nat_in.push(rule(vec![Cond::CtDnat, Cond::Saddr(s)], Action::Masquerade));
+            Nat::Hairpin { subnet } => nat_in.push(rule(vec![Cond::CtDnat, Cond::Saddr(subnet)], Action::Masquerade)),
+            Nat::Localhost => nat_in.push(rule(vec![Cond::Saddr(loopback_v4())], Action::Masquerade)),
         }
-        nat_in.push(rule(vec![Cond::Saddr("127.0.0.0/8".parse().expect("loopback net"))], Action::Masquerade));
     }
     NetRules { fwd_in, fwd_out, nat_in, nat_out }
 }
@@ -547,19 +546,7 @@ impl fmt::Display for NftRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net(internal: bool, isolate: bool, icc: bool) -> NetworkPolicy {
-        NetworkPolicy {
-            network_id: "0123456789abcdef".into(),
-            bridge: "br-loom1".into(),
-            subnets: vec!["198.51.100.7/24".parse().unwrap(), "2001:db8:1::/64".parse().unwrap()],
-            masquerade: true,
-            snat_source: Some("192.0.2.10".parse().unwrap()),
-            icc,
-            internal,
-            isolate,
-        }
-    }
+    use crate::fixtures::{network as net, port_v4, port_v6_on_address};
 
     fn render(rules: &[NftRule]) -> Vec<String> {
         rules.iter().map(ToString::to_string).collect()
@@ -567,7 +554,10 @@ mod tests {
 
     #[test]
     fn isolated_network_golden() {
-        let r = network_rules(&net(false, true, true));
+        let r = network_rules(&NetworkPolicy {
+            snat_source: Some("192.0.2.10".parse().unwrap()),
+            ..net(false, true, true)
+        });
         let acc = "meta mark set meta mark | 0x10000000 accept";
         assert_eq!(
             render(&r.fwd_in),
@@ -676,13 +666,7 @@ mod tests {
 
     #[test]
     fn port_elements_encode_and_decode() {
-        let m = PortMapping {
-            proto: Proto::Tcp,
-            host_ip: None,
-            host_port: 8080,
-            container_ip: "198.51.100.2".parse().unwrap(),
-            container_port: 80,
-        };
+        let m = port_v4();
         let (k, d) = port_elem(&m);
         assert_eq!(k, [6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
         assert_eq!(d, [198, 51, 100, 2, 0, 80, 0, 0]);
@@ -691,13 +675,7 @@ mod tests {
         assert_eq!(port_from_elem(&map, &k, &d), Some(m));
         assert_eq!(render_port_elem(&m), "tcp . 8080 : 198.51.100.2 . 80");
 
-        let m6 = PortMapping {
-            proto: Proto::Sctp,
-            host_ip: Some("2001:db8::1".parse().unwrap()),
-            host_port: 9,
-            container_ip: "2001:db8:1::2".parse().unwrap(),
-            container_port: 9999,
-        };
+        let m6 = port_v6_on_address();
         let (k, d) = port_elem(&m6);
         let map = PortMap::of(&m6);
         assert_eq!(map.name, "ports6_addr");
