@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use netloom_ipam::store::{KeyValue, Revision, StoreResult, Txn, TxnOutcome, WatchStream};
+use netloom_ipam::store::{DriverRecords, KeyValue, Revision, StoreResult, Txn, TxnOutcome, WatchStream};
 use netloom_ipam::{Store, StoreOptions};
 use serde_json::json;
 use tokio::sync::Notify;
+
+use netloom_plugin_api::wire::network::{CreateEndpointRequest, CreateNetworkRequest};
+use netloom_plugin_api::NetworkDriver;
 
 use super::*;
 
@@ -87,8 +90,8 @@ fn a_stuck_network_holds_up_only_itself() {
             let netlink = Netlink::connect().unwrap();
             let firewall = netloom_firewall::open(netloom_firewall::BackendKind::Nftables).await.unwrap();
             let mut driver =
-                HostDriver::start(netlink, firewall, Records::new(store.clone(), "host", "h1")).await.unwrap();
-            driver.lock_wait = Duration::from_millis(300);
+                HostDriver::start(netlink, firewall, DriverRecords::new(store.clone(), "host", "h1")).await.unwrap();
+            driver.registry.lock_wait = Duration::from_millis(300);
             let driver = Arc::new(driver);
             driver.create_network(network("slow", "10.70.0.0/24")).await.unwrap();
             driver.create_network(network("fast", "10.71.0.0/24")).await.unwrap();

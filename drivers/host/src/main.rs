@@ -1,12 +1,11 @@
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use netloom_firewall::BackendChoice;
-use netloom_ipam::store;
 use netloom_plugin_api::{CommonArgs, Plugin};
 
 mod driver;
+mod handlers;
 mod options;
 mod plumbing;
 mod policy;
@@ -29,16 +28,9 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let firewall = args.firewall;
-    netloom_plugin_api::run("loom-host", &args.common, |settings| async move {
-        let host_id = settings.host_id()?;
-        let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
-            .await
-            .context("opening the state store")?;
-        let netlink = netloom_dataplane::Netlink::connect()?;
-        let firewall = netloom_firewall::open(firewall.resolve()).await.context("setting up the firewall")?;
-        let records = state::Records::new(store, "host", &host_id);
-        let driver = driver::HostDriver::start(netlink, firewall, records).await?;
+    netloom_driver_kit::serve(driver::DRIVER, &args.common, |parts| async move {
+        let firewall = parts.firewall(args.firewall).await?;
+        let driver = driver::HostDriver::start(parts.netlink.clone(), firewall, parts.records("host")).await?;
         Ok(Plugin::network(driver))
     })
     .await

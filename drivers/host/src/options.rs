@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use netloom_plugin_api::options::{parse_bool, parse_mtu, reject_unknown, MTU};
+use netloom_plugin_api::options::{OptionReader, MTU};
 use serde::{Deserialize, Serialize};
 
 /// Docker's bridge key; off by default here: host-routed addresses are usually routable.
@@ -21,16 +21,8 @@ pub struct HostOptions {
 
 impl HostOptions {
     pub fn parse(generic: &BTreeMap<String, String>) -> Result<Self> {
-        reject_unknown(generic, KNOWN, "loom-host")?;
-        let mut options = Self::default();
-        for (key, value) in generic {
-            match key.as_str() {
-                ENABLE_IP_MASQUERADE => options.masquerade = parse_bool(key, value)?,
-                MTU => options.mtu = parse_mtu(value)?,
-                _ => unreachable!("unknown keys were rejected above"),
-            }
-        }
-        Ok(options)
+        let o = OptionReader::new(generic, KNOWN, "loom-host")?;
+        Ok(Self { masquerade: o.bool(ENABLE_IP_MASQUERADE, false)?, mtu: o.mtu()? })
     }
 }
 

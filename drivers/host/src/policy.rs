@@ -6,8 +6,7 @@
 //! masquerades the container's traffic that leaves through another interface when the network asks
 //! for it, and carries the endpoint's published ports.
 
-use netloom_firewall::{NetworkPolicy, PortMapping, Proto};
-use netloom_plugin_api::host_ports::PublishedPort;
+use netloom_firewall::NetworkPolicy;
 
 use crate::state::{EndpointRecord, NetworkRecord};
 
@@ -30,19 +29,4 @@ pub fn of(net: &NetworkRecord, ep: &EndpointRecord) -> NetworkPolicy {
         internal: false,
         isolate: false,
     }
-}
-
-pub fn mappings(ports: &[PublishedPort]) -> Vec<PortMapping> {
-    ports
-        .iter()
-        .filter_map(|p| {
-            Some(PortMapping {
-                proto: Proto::from_number(p.proto.into())?,
-                host_ip: p.host_ip,
-                host_port: p.host_port,
-                container_ip: p.container_ip,
-                container_port: p.container_port,
-            })
-        })
-        .collect()
 }
