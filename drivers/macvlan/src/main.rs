@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use netloom_ipam::store;
 use netloom_plugin_api::{CommonArgs, Plugin};
 
 mod driver;
+mod handlers;
 mod options;
 mod parent;
 mod state;
@@ -22,14 +21,8 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    netloom_plugin_api::run("loom-macvlan", &args.common, |settings| async move {
-        let host_id = settings.host_id()?;
-        let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
-            .await
-            .context("opening the state store")?;
-        let netlink = netloom_dataplane::Netlink::connect()?;
-        let records = state::Records::new(store, "macvlan", &host_id);
-        let driver = driver::MacvlanDriver::start(netlink, records).await?;
+    netloom_driver_kit::serve(driver::DRIVER, &args.common, |parts| async move {
+        let driver = driver::MacvlanDriver::start(parts.netlink.clone(), parts.records("macvlan")).await?;
         Ok(Plugin::network(driver))
     })
     .await

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use netloom_dataplane::{names, MacVlanMode, VLAN_IDS};
-use netloom_plugin_api::options::{parse_mtu, reject_unknown, MTU};
+use netloom_plugin_api::options::{OptionReader, MTU};
 use serde::{Deserialize, Serialize};
 
 pub const PARENT: &str = "parent";
@@ -66,22 +66,20 @@ pub struct MacvlanOptions {
 
 impl MacvlanOptions {
     pub fn parse(generic: &BTreeMap<String, String>) -> Result<Self> {
-        reject_unknown(generic, KNOWN, "loom-macvlan")?;
-        let mut options = Self::default();
-        for (key, value) in generic {
-            match key.as_str() {
-                PARENT if value.trim().is_empty() => {}
-                PARENT => options.parent = Some(parse_parent(value.trim())?),
-                MODE => options.mode = Mode::parse(value)?,
-                MTU => options.mtu = parse_mtu(value)?,
-                _ => unreachable!("unknown keys were rejected above"),
-            }
-        }
-        Ok(options)
+        let o = OptionReader::new(generic, KNOWN, "loom-macvlan")?;
+        Ok(Self {
+            parent: o.parsed(PARENT, parse_parent)?.flatten(),
+            mode: o.parsed(MODE, Mode::parse)?.unwrap_or_default(),
+            mtu: o.mtu()?,
+        })
     }
 }
 
-fn parse_parent(value: &str) -> Result<ParentName> {
+/// None for an empty `parent=`: an isolated parent, as without the option.
+fn parse_parent(value: &str) -> Result<Option<ParentName>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
     names::validate(value).with_context(|| format!("invalid {PARENT}={value:?}"))?;
     if value == "lo" {
         bail!("{PARENT}=lo: the loopback interface cannot carry macvlan links; name the host interface on the segment");
@@ -96,7 +94,7 @@ fn parse_parent(value: &str) -> Result<ParentName> {
         }
         _ => None,
     };
-    Ok(ParentName { name: value.to_string(), vlan })
+    Ok(Some(ParentName { name: value.to_string(), vlan }))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! kernel's side and tell its own leftovers apart.
 
 use ipnetwork::IpNetwork;
-use netloom_ipam::store::DriverRecords;
+use netloom_driver_kit::{Endpoint, Network};
 use netloom_plugin_api::addressing::Pool;
 use serde::{Deserialize, Serialize};
 
@@ -68,9 +68,6 @@ impl EndpointRecord {
     }
 }
 
-/// This host's records under `macvlan/<host-id>/` in the store.
-pub type Records = DriverRecords<NetworkRecord, EndpointRecord>;
-
 impl netloom_ipam::store::NetworkRecord for NetworkRecord {
     fn network_id(&self) -> &str {
         &self.id
@@ -83,5 +80,20 @@ impl netloom_ipam::store::EndpointRecord for EndpointRecord {
     }
     fn endpoint_id(&self) -> &str {
         &self.id
+    }
+}
+
+impl Network for NetworkRecord {
+    fn internal(&self) -> bool {
+        self.internal
+    }
+}
+
+impl Endpoint for EndpointRecord {
+    fn address_v4(&self) -> Option<IpNetwork> {
+        self.address_v4
+    }
+    fn address_v6(&self) -> Option<IpNetwork> {
+        self.address_v6
     }
 }
