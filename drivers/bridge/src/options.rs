@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{anyhow, bail, Context, Result};
 use netloom_dataplane::names;
-use netloom_plugin_api::options::{parse_bool, parse_mtu, reject_unknown, MTU};
+use netloom_plugin_api::options::{OptionReader, MTU};
 
 pub const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
@@ -52,42 +52,45 @@ impl Default for BridgeOptions {
 
 impl BridgeOptions {
     pub fn parse(generic: &BTreeMap<String, String>) -> Result<Self> {
-        reject_unknown(generic, KNOWN, "loom-bridge")?;
-        let mut options = Self::default();
-        for (key, value) in generic {
-            let value = value.trim();
-            match key.as_str() {
-                BRIDGE_NAME => {
-                    names::validate(value).with_context(|| format!("invalid {BRIDGE_NAME}"))?;
-                    options.bridge_name = Some(value.to_string());
-                }
-                ENABLE_ICC => options.icc = parse_bool(key, value)?,
-                ENABLE_IP_MASQUERADE => options.masquerade = parse_bool(key, value)?,
-                INHIBIT_IPV4 => options.inhibit_ipv4 = parse_bool(key, value)?,
-                HOST_BINDING_IPV4 => {
-                    let ip: IpAddr = value.parse().map_err(|_| anyhow!("{key}={value:?} is not an IP address"))?;
-                    match ip {
-                        IpAddr::V4(v4) if !v4.is_unspecified() => options.host_binding_ipv4 = Some(v4),
-                        IpAddr::V4(_) => {}
-                        IpAddr::V6(_) => bail!("{key}={value:?} must be an IPv4 address"),
-                    }
-                }
-                HOST_IPV4 => {
-                    let ip: Ipv4Addr = value.parse().map_err(|_| anyhow!("{key}={value:?} is not an IPv4 address"))?;
-                    options.snat_source = Some(IpAddr::V4(ip));
-                }
-                MTU => options.mtu = parse_mtu(value)?,
-                IFACE_PREFIX => {
-                    if value.is_empty() || value.len() > 10 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
-                        bail!("{key}={value:?}: use 1 to 10 letters or digits, e.g. \"eth\"");
-                    }
-                    options.iface_prefix = value.to_string();
-                }
-                _ => unreachable!("unknown keys were rejected above"),
-            }
-        }
-        Ok(options)
+        let o = OptionReader::new(generic, KNOWN, "loom-bridge")?;
+        let defaults = Self::default();
+        Ok(Self {
+            bridge_name: o.parsed(BRIDGE_NAME, parse_bridge_name)?,
+            icc: o.bool(ENABLE_ICC, defaults.icc)?,
+            masquerade: o.bool(ENABLE_IP_MASQUERADE, defaults.masquerade)?,
+            host_binding_ipv4: o.parsed(HOST_BINDING_IPV4, parse_host_binding)?.flatten(),
+            inhibit_ipv4: o.bool(INHIBIT_IPV4, defaults.inhibit_ipv4)?,
+            mtu: o.mtu()?,
+            iface_prefix: o.parsed(IFACE_PREFIX, parse_iface_prefix)?.unwrap_or(defaults.iface_prefix),
+            snat_source: o.parsed(HOST_IPV4, parse_host_ipv4)?,
+        })
     }
+}
+
+fn parse_bridge_name(value: &str) -> Result<String> {
+    names::validate(value).with_context(|| format!("invalid {BRIDGE_NAME}"))?;
+    Ok(value.to_string())
+}
+
+/// None for 0.0.0.0: every address, as without the option.
+fn parse_host_binding(value: &str) -> Result<Option<Ipv4Addr>> {
+    let key = HOST_BINDING_IPV4;
+    match value.parse().map_err(|_| anyhow!("{key}={value:?} is not an IP address"))? {
+        IpAddr::V4(v4) => Ok((!v4.is_unspecified()).then_some(v4)),
+        IpAddr::V6(_) => bail!("{key}={value:?} must be an IPv4 address"),
+    }
+}
+
+fn parse_host_ipv4(value: &str) -> Result<IpAddr> {
+    let ip: Ipv4Addr = value.parse().map_err(|_| anyhow!("{HOST_IPV4}={value:?} is not an IPv4 address"))?;
+    Ok(IpAddr::V4(ip))
+}
+
+fn parse_iface_prefix(value: &str) -> Result<String> {
+    if value.is_empty() || value.len() > 10 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("{IFACE_PREFIX}={value:?}: use 1 to 10 letters or digits, e.g. \"eth\"");
+    }
+    Ok(value.to_string())
 }
 
 #[cfg(test)]
