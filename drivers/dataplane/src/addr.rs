@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
+use nix::errno::Errno;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 
-use crate::{is_errno, Link, Netlink, EADDRNOTAVAIL, EEXIST};
+use crate::{is_errno, Link, Netlink};
 
 impl Netlink {
     /// The addresses on `link`, with their prefix lengths.
@@ -28,7 +29,7 @@ impl Netlink {
     pub async fn ensure_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
         match self.handle().address().add(link.index, address.ip(), address.prefix()).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, EEXIST) => Ok(()),
+            Err(e) if is_errno(&e, Errno::EEXIST) => Ok(()),
             Err(e) => Err(anyhow!(e)).with_context(|| format!("adding {address} to {}", link.name)),
         }
     }
@@ -47,7 +48,7 @@ impl Netlink {
         for msg in messages {
             match self.handle().address().del(msg).execute().await {
                 Ok(()) => {}
-                Err(e) if is_errno(&e, EADDRNOTAVAIL) => {}
+                Err(e) if is_errno(&e, Errno::EADDRNOTAVAIL) => {}
                 Err(e) => return Err(anyhow!(e)).with_context(|| format!("removing {address} from {}", link.name)),
             }
         }

@@ -5,12 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
+use nix::errno::Errno;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::AddressFamily;
 
-use crate::{is_errno, mac, Link, Netlink, ENOENT};
+use crate::{is_errno, mac, Link, Netlink};
 
 /// "Frames for `mac` go to the tunnel endpoint `dst`".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,8 +111,8 @@ fn destination(ip: IpAddr) -> NeighbourAddress {
 }
 
 impl Netlink {
-    /// The permanent `self` FDB entries of `link` that point at a tunnel endpoint.
-    pub async fn fdb_entries(&self, link: &Link) -> Result<Vec<FdbEntry>> {
+    /// Every FDB entry the kernel holds for `link`, as netlink messages.
+    async fn fdb_messages(&self, link: &Link) -> Result<Vec<NeighbourMessage>> {
         let messages: Vec<NeighbourMessage> = self
             .handle()
             .neighbours()
@@ -121,8 +122,12 @@ impl Netlink {
             .try_collect()
             .await
             .with_context(|| format!("listing FDB entries of {}", link.name))?;
-        let mut entries: Vec<FdbEntry> =
-            messages.iter().filter(|m| m.header.ifindex == link.index).filter_map(fdb_entry_of).collect();
+        Ok(messages.into_iter().filter(|m| m.header.ifindex == link.index).collect())
+    }
+
+    /// The permanent `self` FDB entries of `link` that point at a tunnel endpoint.
+    pub async fn fdb_entries(&self, link: &Link) -> Result<Vec<FdbEntry>> {
+        let mut entries: Vec<FdbEntry> = self.fdb_messages(link).await?.iter().filter_map(fdb_entry_of).collect();
         entries.sort();
         Ok(entries)
     }
@@ -149,17 +154,7 @@ impl Netlink {
 
     /// The MACs a bridge learned behind its port `port` (dynamic `master` entries).
     pub async fn learned_macs(&self, port: &Link) -> Result<Vec<[u8; 6]>> {
-        let messages: Vec<NeighbourMessage> = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .with_context(|| format!("listing FDB entries of {}", port.name))?;
-        let mut macs: Vec<[u8; 6]> =
-            messages.iter().filter(|m| m.header.ifindex == port.index).filter_map(learned_mac_of).collect();
+        let mut macs: Vec<[u8; 6]> = self.fdb_messages(port).await?.iter().filter_map(learned_mac_of).collect();
         macs.sort();
         macs.dedup();
         Ok(macs)
@@ -175,7 +170,7 @@ impl Netlink {
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac_addr.to_vec()));
         match self.handle().neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
-            Err(e) if is_errno(&e, ENOENT) => Ok(false),
+            Err(e) if is_errno(&e, Errno::ENOENT) => Ok(false),
             Err(e) => Err(anyhow!(e)).with_context(|| {
                 format!("removing the learned FDB entry {} from {}", mac::format(mac_addr), port.name)
             }),
@@ -192,7 +187,7 @@ impl Netlink {
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac_addr.to_vec()));
         match self.handle().neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
-            Err(e) if is_errno(&e, ENOENT) => Ok(false),
+            Err(e) if is_errno(&e, Errno::ENOENT) => Ok(false),
             Err(e) => Err(anyhow!(e))
                 .with_context(|| format!("removing FDB entry {} from {}", mac::format(mac_addr), link.name)),
         }

@@ -22,6 +22,7 @@ mod vlan;
 mod vxlan;
 
 use anyhow::{Context, Result};
+use nix::errno::Errno;
 use rtnetlink::Handle;
 
 pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
@@ -57,22 +58,20 @@ impl Netlink {
     }
 }
 
-/// True when a netlink error is the kernel's EEXIST.
-pub(crate) fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+/// True when a netlink error is the kernel's `errno`.
+pub(crate) fn is_errno(err: &rtnetlink::Error, errno: Errno) -> bool {
     match err {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get()) == Some(-errno),
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get()) == Some(-(errno as i32)),
         _ => false,
     }
 }
 
-/// True when the kernel does not know the link kind asked for (its module is missing).
-pub(crate) fn unsupported_kind(err: &rtnetlink::Error) -> bool {
-    is_errno(err, EOPNOTSUPP)
+/// True when the kernel says the object asked for (a link, an entry) does not exist.
+pub(crate) fn is_absent(err: &rtnetlink::Error) -> bool {
+    is_errno(err, Errno::ENODEV) || is_errno(err, Errno::ENOENT)
 }
 
-pub(crate) const EEXIST: i32 = 17;
-pub(crate) const EOPNOTSUPP: i32 = 95;
-pub(crate) const ENOENT: i32 = 2;
-pub(crate) const ENODEV: i32 = 19;
-pub(crate) const ESRCH: i32 = 3;
-pub(crate) const EADDRNOTAVAIL: i32 = 99;
+/// True when the kernel does not know the link kind asked for (its module is missing).
+pub(crate) fn unsupported_kind(err: &rtnetlink::Error) -> bool {
+    is_errno(err, Errno::EOPNOTSUPP)
+}

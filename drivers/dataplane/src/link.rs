@@ -3,10 +3,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkGetRequest, LinkUnspec, LinkVeth};
 use tracing::debug;
 
-use crate::{is_errno, names, Netlink, ENODEV, ENOENT};
+use crate::{is_absent, names, Netlink};
 
 /// What netloom needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,20 +92,21 @@ pub struct VethSpec<'a> {
 
 impl Netlink {
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut stream = self.handle().link().get().match_name(name.to_string()).execute();
-        match stream.try_next().await {
-            Ok(msg) => Ok(msg.map(Link::from_message)),
-            Err(e) if is_errno(&e, ENODEV) || is_errno(&e, ENOENT) => Ok(None),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("looking up link {name}")),
-        }
+        let request = self.handle().link().get().match_name(name.to_string());
+        Self::one_link(request, || format!("looking up link {name}")).await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut stream = self.handle().link().get().match_index(index).execute();
-        match stream.try_next().await {
+        let request = self.handle().link().get().match_index(index);
+        Self::one_link(request, || format!("looking up link #{index}")).await
+    }
+
+    /// The link a lookup finds; None when the kernel has no such link.
+    async fn one_link(request: LinkGetRequest, doing: impl FnOnce() -> String) -> Result<Option<Link>> {
+        match request.execute().try_next().await {
             Ok(msg) => Ok(msg.map(Link::from_message)),
-            Err(e) if is_errno(&e, ENODEV) || is_errno(&e, ENOENT) => Ok(None),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("looking up link #{index}")),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(anyhow!(e)).with_context(doing),
         }
     }
 
@@ -265,7 +266,7 @@ impl Netlink {
                 debug!(link = name, "deleted");
                 Ok(true)
             }
-            Err(e) if is_errno(&e, ENODEV) || is_errno(&e, ENOENT) => Ok(false),
+            Err(e) if is_absent(&e) => Ok(false),
             Err(e) => Err(anyhow!(e)).with_context(|| format!("deleting link {name}")),
         }
     }

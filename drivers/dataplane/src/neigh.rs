@@ -5,10 +5,11 @@ use std::net::IpAddr;
 
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
+use nix::errno::Errno;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::AddressFamily;
 
-use crate::{is_errno, mac, Link, Netlink, ENOENT};
+use crate::{is_errno, mac, Link, Netlink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NeighbourEntry {
@@ -93,7 +94,7 @@ impl Netlink {
         }));
         match self.handle().neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
-            Err(e) if is_errno(&e, ENOENT) => Ok(false),
+            Err(e) if is_errno(&e, Errno::ENOENT) => Ok(false),
             Err(e) => Err(anyhow!(e)).with_context(|| format!("removing neighbour {ip} from {}", link.name)),
         }
     }

@@ -15,7 +15,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
-use crate::{is_errno, names, Link, Netlink, VethSpec, EEXIST};
+use crate::{is_errno, names, Link, Netlink, VethSpec};
 
 /// A network namespace bound to a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +203,7 @@ impl Netlink {
         let msg = builder.setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&file)).build();
         match self.handle().link().add(msg).execute().await {
             Ok(()) => {}
-            Err(e) if is_errno(&e, EEXIST) => bail!(
+            Err(e) if is_errno(&e, Errno::EEXIST) => bail!(
                 "creating veth pair {} / {}: an interface of one of these names already exists",
                 spec.host_name,
                 spec.peer_name

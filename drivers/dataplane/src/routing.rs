@@ -7,12 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
+use nix::errno::Errno;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{IpVersion, RouteMessageBuilder};
 
-use crate::{is_errno, Link, Netlink, EEXIST, ENOENT, ESRCH};
+use crate::{is_errno, Link, Netlink};
 
 /// A route of the main table that reaches its destination directly through an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +81,7 @@ impl Netlink {
         let message = link_route(table, destination, link.index)?;
         match self.handle().route().add(message).replace().execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, EEXIST) => Ok(()),
+            Err(e) if is_errno(&e, Errno::EEXIST) => Ok(()),
             Err(e) => {
                 Err(anyhow!(e)).with_context(|| format!("routing {destination} to {} in table {table}", link.name))
             }
@@ -91,7 +92,7 @@ impl Netlink {
         let message = link_route(table, destination, link.index)?;
         match self.handle().route().del(message).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, ESRCH) => Ok(()),
+            Err(e) if is_errno(&e, Errno::ESRCH) => Ok(()),
             Err(e) => Err(anyhow!(e))
                 .with_context(|| format!("removing route {destination} from {} in table {table}", link.name)),
         }
@@ -113,7 +114,7 @@ impl Netlink {
                 .build();
             match self.handle().route().add(message).replace().execute().await {
                 Ok(()) => {}
-                Err(e) if is_errno(&e, EEXIST) => {}
+                Err(e) if is_errno(&e, Errno::EEXIST) => {}
                 Err(e) => {
                     return Err(anyhow!(e))
                         .with_context(|| format!("adding an unreachable default route to table {table}"))
@@ -132,7 +133,7 @@ impl Netlink {
             for route in dump.into_iter().filter(|r| table_of(r) == table) {
                 match self.handle().route().del(route).execute().await {
                     Ok(()) => {}
-                    Err(e) if is_errno(&e, ESRCH) => {}
+                    Err(e) if is_errno(&e, Errno::ESRCH) => {}
                     Err(e) => return Err(anyhow!(e)).with_context(|| format!("flushing routing table {table}")),
                 }
             }
@@ -160,7 +161,7 @@ impl Netlink {
         };
         match result {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, EEXIST) => Ok(()),
+            Err(e) if is_errno(&e, Errno::EEXIST) => Ok(()),
             Err(e) => {
                 Err(anyhow!(e)).with_context(|| format!("adding rule iif {} lookup {}", rule.interface, rule.table))
             }
@@ -186,7 +187,7 @@ impl Netlink {
         for message in dump.into_iter().filter(|m| iif_rule_of(m).as_ref() == Some(rule)) {
             match self.handle().rule().del(message).execute().await {
                 Ok(()) => {}
-                Err(e) if is_errno(&e, ENOENT) || is_errno(&e, ESRCH) => {}
+                Err(e) if is_errno(&e, Errno::ENOENT) || is_errno(&e, Errno::ESRCH) => {}
                 Err(e) => {
                     return Err(anyhow!(e))
                         .with_context(|| format!("removing rule iif {} lookup {}", rule.interface, rule.table))

@@ -5,11 +5,12 @@
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
 use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::LinkVxlan;
 use tracing::info;
 
-use crate::{is_errno, names, unsupported_kind, Link, Netlink, Netns, EEXIST};
+use crate::{is_absent, is_errno, names, unsupported_kind, Link, Netlink, Netns};
 
 /// A VXLAN link as a driver wants it.
 #[derive(Debug, Clone)]
@@ -95,7 +96,7 @@ impl Netlink {
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(vxlan_info_of(&msg)),
             Ok(None) => Ok(None),
-            Err(e) if is_errno(&e, crate::ENODEV) || is_errno(&e, crate::ENOENT) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(anyhow!(e)).with_context(|| format!("looking up link {name}")),
         }
     }
@@ -157,7 +158,7 @@ impl Netlink {
             Err(e) if unsupported_kind(&e) => {
                 bail!("creating VXLAN link {}: this kernel has no VXLAN support (CONFIG_VXLAN)", spec.name)
             }
-            Err(e) if is_errno(&e, EEXIST) => bail!(
+            Err(e) if is_errno(&e, Errno::EEXIST) => bail!(
                 "creating VXLAN link {} for VNI {}: another VXLAN link already uses VNI {} with UDP port {} on this host \
                  (another overlay, or Docker's own overlay driver)",
                 spec.name,
