@@ -38,26 +38,31 @@ fn mapping(i: u32) -> PortMapping {
     }
 }
 
-fn add(fw: &Fw, ep: String, ports: Vec<PortMapping>) -> Duration {
+/// Publishes (`publish`) or withdraws the ports of endpoint `ep`; returns how long the call took.
+fn timed(fw: &Fw, ep: String, ports: Vec<PortMapping>, publish: bool) -> Duration {
     let net = policy();
     fw.call(move |fw| {
         Box::pin(async move {
             let t = Instant::now();
-            fw.add_ports(&net, &ep, &ports).await.expect("add_ports");
+            let result = if publish {
+                fw.add_ports(&net, &ep, &ports).await
+            } else {
+                fw.remove_ports(&net, &ep, &ports).await
+            };
+            result.expect("publishing or withdrawing ports");
             t.elapsed()
         })
     })
 }
 
-fn remove(fw: &Fw, ep: String, ports: Vec<PortMapping>) -> Duration {
+/// A throw-away namespace with the network's bridge, and the backend with the network added.
+fn network_lab(kind: BackendKind) -> (Lab, Fw) {
+    let lab = Lab::new();
+    lab.bridge("loomA", "198.18.128.1/17");
+    let fw = Fw::open(&lab.host, kind);
     let net = policy();
-    fw.call(move |fw| {
-        Box::pin(async move {
-            let t = Instant::now();
-            fw.remove_ports(&net, &ep, &ports).await.expect("remove_ports");
-            t.elapsed()
-        })
-    })
+    fw.call(move |fw| Box::pin(async move { fw.add_network(&net).await })).unwrap();
+    (lab, fw)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -73,25 +78,17 @@ fn main() {
     let dump = std::env::args().any(|a| a == "--dump");
     if dump {
         for kind in [BackendKind::Iptables, BackendKind::Nftables] {
-            let lab = Lab::new();
-            lab.bridge("loomA", "198.18.128.1/17");
-            let fw = Fw::open(&lab.host, kind);
-            let net = policy();
-            fw.call(move |fw| Box::pin(async move { fw.add_network(&net).await })).unwrap();
+            let (lab, fw) = network_lab(kind);
             let mut with_ip = mapping(1);
             with_ip.host_ip = Some("198.18.0.1".parse().unwrap());
-            add(&fw, "ep1".into(), vec![mapping(0), with_ip]);
+            timed(&fw, "ep1".into(), vec![mapping(0), with_ip], true);
             println!("==== {kind}\n{}", snapshot(&lab.host));
         }
         return;
     }
     println!("backend   existing  add one port (ms, median of {SAMPLES})  remove it (ms)");
     for kind in [BackendKind::Iptables, BackendKind::Nftables] {
-        let lab = Lab::new();
-        lab.bridge("loomA", "198.18.128.1/17");
-        let fw = Fw::open(&lab.host, kind);
-        let net = policy();
-        fw.call(move |fw| Box::pin(async move { fw.add_network(&net).await })).unwrap();
+        let (_lab, fw) = network_lab(kind);
         let mut existing = 0u32;
         // iptables needs a process per rule to fill; 10 000 only for nftables.
         let targets: &[u32] = if kind == BackendKind::Nftables { &[10, 100, 1000, 10_000] } else { &[10, 100, 1000] };
@@ -99,14 +96,14 @@ fn main() {
             // Existing ports: one endpoint per 10 ports, added in bulk.
             while existing < target {
                 let batch: Vec<PortMapping> = (existing..(existing + 10).min(target)).map(mapping).collect();
-                add(&fw, format!("fill{existing}"), batch);
+                timed(&fw, format!("fill{existing}"), batch, true);
                 existing = (existing + 10).min(target);
             }
             let (mut adds, mut removes) = (Vec::new(), Vec::new());
             for s in 0..SAMPLES {
                 let m = vec![mapping(20_000 + s as u32)];
-                adds.push(add(&fw, format!("probe{s}"), m.clone()));
-                removes.push(remove(&fw, format!("probe{s}"), m));
+                adds.push(timed(&fw, format!("probe{s}"), m.clone(), true));
+                removes.push(timed(&fw, format!("probe{s}"), m, false));
             }
             println!("{kind:<9} {target:>8}  {:>36}  {:>14}", ms(median(adds)), ms(median(removes)));
         }

@@ -284,6 +284,20 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), FirewallError> {
     }
 }
 
+/// A request to publish `ports` of one endpoint of `net`.
+pub(crate) fn check_ports(net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<(), FirewallError> {
+    net.validate()?;
+    check_id("endpoint", endpoint_id)?;
+    ports.iter().try_for_each(PortMapping::validate)
+}
+
+pub(crate) fn check_vxlan_port(port: u16) -> Result<(), FirewallError> {
+    if port == 0 {
+        return Err(FirewallError::Invalid("VXLAN port 0".into()));
+    }
+    Ok(())
+}
+
 impl NetworkPolicy {
     pub(crate) fn validate(&self) -> Result<(), FirewallError> {
         check_id("network", &self.network_id)?;

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::error::FirewallError;
 use crate::firewall::Firewall;
 use crate::model::BackendKind;
-use crate::model::{NetworkPolicy, PortMapping};
+use crate::model::{check_ports, check_vxlan_port, NetworkPolicy, PortMapping};
 use crate::tag::{self, IptOwner};
 use rules::{IptRule, ListedRule, Position};
 
@@ -554,11 +554,7 @@ impl Firewall for IptablesFirewall {
     }
 
     async fn add_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()> {
-        net.validate()?;
-        crate::model::check_id("endpoint", endpoint_id)?;
-        for m in ports {
-            m.validate()?;
-        }
+        check_ports(net, endpoint_id, ports)?;
         let (net_id, ep_id, ports) = (net.network_id.clone(), endpoint_id.to_string(), ports.to_vec());
         let ep_tag = tag::owner_tag(endpoint_id);
         self.run(move |inner| {
@@ -673,9 +669,7 @@ impl Firewall for IptablesFirewall {
     }
 
     async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()> {
-        if port == 0 {
-            return Err(FirewallError::Invalid("VXLAN port 0".into()).into());
-        }
+        check_vxlan_port(port)?;
         let peers = peers.to_vec();
         self.run(move |inner| {
             for (v6, ipt) in inner.families() {

@@ -27,7 +27,7 @@ use tracing::debug;
 use crate::error::FirewallError;
 use crate::firewall::Firewall;
 use crate::model::BackendKind;
-use crate::model::{check_id, NetworkPolicy, PortMapping};
+use crate::model::{check_ports, check_vxlan_port, NetworkPolicy, PortMapping};
 use crate::tag::{self, owner_tag};
 use layout::{NetChains, NftRule, PortMap, PORT_MAPS, SET_BRIDGES, TABLE};
 use netlink::{ElemData, NewElem, NlError, SetMsg, Socket};
@@ -366,11 +366,7 @@ impl Firewall for NftFirewall {
     }
 
     async fn add_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()> {
-        check_id("endpoint", endpoint_id)?;
-        check_id("network", &net.network_id)?;
-        for m in ports {
-            m.validate()?;
-        }
+        check_ports(net, endpoint_id, ports)?;
         if ports.is_empty() {
             return Ok(());
         }
@@ -488,9 +484,7 @@ impl Firewall for NftFirewall {
     }
 
     async fn set_vxlan_guard(&self, port: u16, peers: &[IpAddr]) -> Result<()> {
-        if port == 0 {
-            return Err(FirewallError::Invalid("VXLAN port 0".into()).into());
-        }
+        check_vxlan_port(port)?;
         let peers = peers.to_vec();
         self.run(move |sock| {
             // Read, then change; a concurrent change of the sets in between fails the batch
