@@ -1,33 +1,52 @@
 //! The null driver: networks and endpoints are recorded, containers get no interface.
+//!
+//! The records concern this host only, so they are files in the state directory (under
+//! `records/null/<host-id>/`, the layout every driver uses) rather than a database.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use std::sync::Arc;
-
-use netloom_ipam::store::{self, Store, StoreError};
+use netloom_plugin_api::ids::short_id;
+use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,
     JoinRequest, JoinResponse, NetworkRef, Scope,
 };
 use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult, Settings};
+use netloom_store::{DriverRecords, FileRecords, StoreUrl};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 use tracing::{debug, info};
 
-const NETWORKS: &str = "null/networks/";
-const ENDPOINTS: &str = "null/endpoints/";
+/// The records' directory inside the state directory.
+const RECORDS_DIR: &str = "records";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct NetworkRecord {
     id: String,
 }
 
+impl netloom_store::NetworkRecord for NetworkRecord {
+    fn network_id(&self) -> &str {
+        &self.id
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct EndpointRecord {
     network_id: String,
     id: String,
+}
+
+impl netloom_store::EndpointRecord for EndpointRecord {
+    fn network_id(&self) -> &str {
+        &self.network_id
+    }
+
+    fn endpoint_id(&self) -> &str {
+        &self.id
+    }
 }
 
 #[derive(Default)]
@@ -38,30 +57,37 @@ struct State {
 }
 
 pub struct NullDriver {
-    store: Arc<dyn Store>,
+    records: DriverRecords<NetworkRecord, EndpointRecord>,
+    /// Held only to read or update, never across a records call.
     state: Mutex<State>,
+    /// One request at a time per network, for as long as its records calls take.
+    turns: KeyedLocks,
 }
 
 impl NullDriver {
     pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
-        let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
-            .await
-            .context("opening the state store")?;
-        let mut state = State::default();
-        for kv in store.list(NETWORKS).await? {
-            let record: NetworkRecord = serde_json::from_slice(&kv.value).context("decoding a stored network")?;
-            state.networks.insert(record.id);
+        let dir = settings.state_dir.join(RECORDS_DIR);
+        if let Some(url) = &settings.store {
+            StoreUrl::parse(url)?;
+            info!(
+                store = %url, records = %dir.display(),
+                "loom-null has nothing to share across hosts: --store is not used, its records stay in the state directory"
+            );
         }
-        for kv in store.list(ENDPOINTS).await? {
-            let record: EndpointRecord = serde_json::from_slice(&kv.value).context("decoding a stored endpoint")?;
-            state.endpoints.entry(record.network_id).or_default().insert(record.id);
+        let files = FileRecords::open(&dir).context("opening loom-null's records")?;
+        let records: DriverRecords<NetworkRecord, EndpointRecord> =
+            DriverRecords::with_store(Arc::new(files), "null", &settings.host_id()?);
+        let mut state = State { networks: records.networks().await?.into_keys().collect(), ..State::default() };
+        for endpoint in records.endpoints().await?.into_values() {
+            state.endpoints.entry(endpoint.network_id).or_default().insert(endpoint.id);
         }
         info!(networks = state.networks.len(), "state loaded");
-        Ok(Self { store, state: Mutex::new(state) })
+        Ok(Self { records, state: Mutex::new(state), turns: KeyedLocks::default() })
     }
 
-    fn endpoint_key(network_id: &str, endpoint_id: &str) -> String {
-        format!("{ENDPOINTS}{network_id}/{endpoint_id}")
+    async fn turn(&self, network_id: &str, doing: String) -> PluginResult<Turn> {
+        let what = format!("loom-null network {}", short_id(network_id));
+        self.turns.take(network_id, &what, doing, LOCK_WAIT).await
     }
 }
 
@@ -80,28 +106,27 @@ impl NetworkDriver for NullDriver {
                 keys.join(", ")
             )));
         }
-        let mut state = self.state.lock().await;
-        if state.networks.contains(&req.network_id) {
+        let _turn = self.turn(&req.network_id, "CreateNetwork".into()).await?;
+        if lock(&self.state).networks.contains(&req.network_id) {
             return Ok(());
         }
         let record = NetworkRecord { id: req.network_id.clone() };
-        self.store.put(&format!("{NETWORKS}{}", req.network_id), to_json(&record)).await.map_err(store_error)?;
-        state.networks.insert(req.network_id);
+        self.records.put_network(&record).await.map_err(records_error)?;
+        lock(&self.state).networks.insert(req.network_id);
         Ok(())
     }
 
     async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        if let Some(endpoints) = state.endpoints.get(&req.network_id) {
-            if !endpoints.is_empty() {
-                return Err(PluginError::new(format!(
-                    "network {} still has {} endpoint(s); disconnect its containers first",
-                    req.network_id,
-                    endpoints.len()
-                )));
-            }
+        let _turn = self.turn(&req.network_id, "DeleteNetwork".into()).await?;
+        if let Some(endpoints) = lock(&self.state).endpoints.get(&req.network_id).filter(|eps| !eps.is_empty()) {
+            return Err(PluginError::new(format!(
+                "network {} still has {} endpoint(s); disconnect its containers first",
+                req.network_id,
+                endpoints.len()
+            )));
         }
-        self.store.delete(&format!("{NETWORKS}{}", req.network_id)).await.map_err(store_error)?;
+        self.records.delete_network(&req.network_id).await.map_err(records_error)?;
+        let mut state = lock(&self.state);
         if !state.networks.remove(&req.network_id) {
             debug!(network = %req.network_id, "deleting a network this driver does not know; nothing to do");
         }
@@ -110,29 +135,27 @@ impl NetworkDriver for NullDriver {
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let mut state = self.state.lock().await;
-        if !state.networks.contains(&req.network_id) {
+        let _turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        if !lock(&self.state).networks.contains(&req.network_id) {
             return Err(PluginError::unknown_network("loom-null", &req.network_id));
         }
-        let key = Self::endpoint_key(&req.network_id, &req.endpoint_id);
         let record = EndpointRecord { network_id: req.network_id.clone(), id: req.endpoint_id.clone() };
-        self.store.put(&key, to_json(&record)).await.map_err(store_error)?;
-        state.endpoints.entry(req.network_id).or_default().insert(req.endpoint_id);
+        self.records.put_endpoint(&record).await.map_err(records_error)?;
+        lock(&self.state).endpoints.entry(req.network_id).or_default().insert(req.endpoint_id);
         Ok(CreateEndpointResponse::default())
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let mut state = self.state.lock().await;
-        self.store.delete(&Self::endpoint_key(&req.network_id, &req.endpoint_id)).await.map_err(store_error)?;
-        if let Some(endpoints) = state.endpoints.get_mut(&req.network_id) {
+        let _turn = self.turn(&req.network_id, format!("DeleteEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        self.records.delete_endpoint(&req.network_id, &req.endpoint_id).await.map_err(records_error)?;
+        if let Some(endpoints) = lock(&self.state).endpoints.get_mut(&req.network_id) {
             endpoints.remove(&req.endpoint_id);
         }
         Ok(())
     }
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
-        let state = self.state.lock().await;
-        let known = state.endpoints.get(&req.network_id).is_some_and(|eps| eps.contains(&req.endpoint_id));
+        let known = lock(&self.state).endpoints.get(&req.network_id).is_some_and(|eps| eps.contains(&req.endpoint_id));
         if !known {
             return Err(PluginError::new(format!(
                 "endpoint {} of network {} is not known to loom-null; recreate the container",
@@ -148,11 +171,6 @@ impl NetworkDriver for NullDriver {
     }
 }
 
-fn store_error(err: StoreError) -> PluginError {
-    PluginError::new(format!("loom-null state store: {err}"))
-}
-
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // Records are plain structs of strings; serialising them cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+fn records_error(err: anyhow::Error) -> PluginError {
+    PluginError::new(format!("loom-null records: {err:#}"))
 }
