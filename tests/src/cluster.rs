@@ -260,6 +260,28 @@ impl Drop for Cluster {
     }
 }
 
+/// Declares one `#[test]` per entry, each the body `scenario(name, run)`: for a scenario run once
+/// per Docker version or firewall backend.
+///
+/// ```ignore
+/// scenario_tests! {
+///     bridge_docker20_iptables: "br20ipt" => |c| bridge_scenario(c, DockerVersion::V20, "iptables"),
+///     bridge_docker26_nftables: "br26nft" => |c| bridge_scenario(c, DockerVersion::V26, "nftables"),
+/// }
+/// ```
+#[macro_export]
+macro_rules! scenario_tests {
+    ($($(#[$attr:meta])* $test:ident: $name:literal => $run:expr),* $(,)?) => {
+        $(
+            $(#[$attr])*
+            #[test]
+            fn $test() {
+                $crate::scenario($name, $run);
+            }
+        )*
+    };
+}
+
 /// Runs a scenario: creates `Cluster::new(name)`, runs `f`, tears everything down, and panics
 /// with the error if `f` failed or panicked (printing the tails of all logs first). Use it as the
 /// body of a #[test].

@@ -1,11 +1,14 @@
-//! Real etcd for the scenarios: one member in the underlay namespace, or one member per host,
-//! each in that host's namespaces, so that stopping a member is stopping a "machine".
+//! Real etcd for the scenarios: members in the underlay namespace (reachable from every host and
+//! from Docker 20.10's cluster store), or one member per host, each in that host's namespaces, so
+//! that stopping a member is stopping a "machine".
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::proc::NsProc;
 use crate::util::wait_until;
@@ -132,5 +135,136 @@ impl Etcd {
             bail!("etcd member {} not healthy within {limit:?}: {last}", member.name);
         }
         Ok(())
+    }
+}
+
+/// etcd members in the underlay namespace, all on its address, on ports 2379/2380 + 10000·i,
+/// with the v2 API that Docker 20.10's cluster store uses. The cluster owns the processes.
+pub struct UnderlayEtcd {
+    names: Vec<String>,
+    pids: Vec<Option<i32>>,
+    starts: Vec<usize>,
+}
+
+impl UnderlayEtcd {
+    fn client_port(i: usize) -> u16 {
+        CLIENT_PORT + 10000 * i as u16
+    }
+
+    fn peer_port(i: usize) -> u16 {
+        PEER_PORT + 10000 * i as u16
+    }
+
+    /// Starts `members` etcd processes forming one cluster and waits until each is healthy.
+    pub fn start(c: &Cluster, members: usize) -> Result<UnderlayEtcd> {
+        let mut etcd = UnderlayEtcd {
+            names: (0..members).map(|i| format!("etcd{i}")).collect(),
+            pids: vec![None; members],
+            starts: vec![0; members],
+        };
+        for i in 0..members {
+            etcd.spawn(c, i)?;
+        }
+        etcd.wait_healthy(c, &(0..members).collect::<Vec<_>>())?;
+        Ok(etcd)
+    }
+
+    fn spawn(&mut self, c: &Cluster, i: usize) -> Result<()> {
+        let ip = c.underlay_ip();
+        let cluster: Vec<String> =
+            (0..self.names.len()).map(|j| format!("{}=http://{ip}:{}", self.names[j], Self::peer_port(j))).collect();
+        let data = c.dir().join(format!("{}.data", self.names[i]));
+        let argv = vec![
+            "etcd".to_string(),
+            format!("--name={}", self.names[i]),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls=http://{ip}:{}", Self::client_port(i)),
+            format!("--advertise-client-urls=http://{ip}:{}", Self::client_port(i)),
+            format!("--listen-peer-urls=http://{ip}:{}", Self::peer_port(i)),
+            format!("--initial-advertise-peer-urls=http://{ip}:{}", Self::peer_port(i)),
+            format!("--initial-cluster={}", cluster.join(",")),
+            "--initial-cluster-state=new".to_string(),
+            "--enable-v2=true".to_string(),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+            "--logger=zap".to_string(),
+        ];
+        self.starts[i] += 1;
+        let log = format!("{}-{}", self.names[i], self.starts[i]);
+        self.pids[i] = Some(c.spawn_underlay(&log, &argv)?);
+        Ok(())
+    }
+
+    /// Member `i`'s client endpoint, `ip:port`.
+    pub fn endpoint(c: &Cluster, i: usize) -> String {
+        format!("{}:{}", c.underlay_ip(), Self::client_port(i))
+    }
+
+    /// `etcd://a,b,c` for every member: the form netloom's `--store` and dockerd's
+    /// `--cluster-store` take.
+    pub fn url(&self, c: &Cluster) -> String {
+        let endpoints: Vec<String> = (0..self.names.len()).map(|i| Self::endpoint(c, i)).collect();
+        format!("etcd://{}", endpoints.join(","))
+    }
+
+    pub fn wait_healthy(&self, c: &Cluster, members: &[usize]) -> Result<()> {
+        for &i in members {
+            let endpoint = Self::endpoint(c, i);
+            wait_until(Duration::from_secs(30), Duration::from_millis(100), &format!("etcd member {i}"), || {
+                Ok(c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).is_ok())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stops member `i` hard, as a crashed machine would.
+    pub fn stop(&mut self, i: usize) -> Result<()> {
+        if let Some(pid) = self.pids[i].take() {
+            kill(Pid::from_raw(pid), Signal::SIGKILL).context("killing etcd")?;
+            // Its port is free once the process is gone.
+            let proc_dir = format!("/proc/{pid}");
+            wait_until(Duration::from_secs(10), Duration::from_millis(20), "etcd to exit", || {
+                Ok(std::fs::read_to_string(format!("{proc_dir}/stat")).map(|s| s.contains(") Z")).unwrap_or(true))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the members still running agree on a leader (after one was stopped): writes
+    /// in flight while a cluster loses its leader time out in etcd itself.
+    pub fn wait_leader(&self, c: &Cluster) -> Result<()> {
+        let live: Vec<String> =
+            (0..self.names.len()).filter(|i| self.pids[*i].is_some()).map(|i| Self::endpoint(c, i)).collect();
+        let endpoints = live.join(",");
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), "an etcd leader", || {
+            let Ok(out) =
+                c.underlay_exec(&["etcdctl", "--endpoints", &endpoints, "endpoint", "status", "--write-out", "json"])
+            else {
+                return Ok(false);
+            };
+            let status: serde_json::Value = serde_json::from_str(&out)?;
+            let leaders: Vec<u64> = status
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m["Status"]["leader"].as_u64()).collect())
+                .unwrap_or_default();
+            let members: Vec<u64> = status
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m["Status"]["header"]["member_id"].as_u64()).collect())
+                .unwrap_or_default();
+            Ok(leaders.len() == live.len() && leaders.iter().all(|l| *l == leaders[0] && members.contains(l)))
+        })
+    }
+
+    pub fn restart(&mut self, c: &Cluster, i: usize) -> Result<()> {
+        self.stop(i)?;
+        self.spawn(c, i)?;
+        self.wait_healthy(c, &[i])
+    }
+
+    /// `etcdctl get --prefix <prefix> --keys-only` against member `i`.
+    pub fn keys(&self, c: &Cluster, i: usize, prefix: &str) -> Result<Vec<String>> {
+        let endpoint = Self::endpoint(c, i);
+        let out = c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "get", "--prefix", "--keys-only", prefix])?;
+        Ok(out.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
     }
 }

@@ -343,6 +343,14 @@ impl Host {
         util::run(&mut self.docker_command(CMD_TIMEOUT, args))
     }
 
+    /// `docker network create -d <driver> <args> <name>`: Ok(stdout), or an error with stderr.
+    pub fn network_create(&self, driver: &str, name: &str, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["network", "create", "-d", driver];
+        argv.extend_from_slice(args);
+        argv.push(name);
+        self.docker(&argv)
+    }
+
     /// Like `docker`, but panics (with stderr) on failure; returns trimmed stdout.
     #[track_caller]
     pub fn docker_ok<S: AsRef<str>>(&self, args: &[S]) -> String {
@@ -363,6 +371,20 @@ impl Host {
         let mut args = vec!["exec".to_owned(), container.to_owned()];
         args.extend(argv.iter().map(|a| a.as_ref().to_owned()));
         self.docker(&args)
+    }
+
+    /// `field` of a container's settings on `network` (`IPAddress`, `GlobalIPv6Address`,
+    /// `MacAddress`, ...), trimmed: empty if the container has none.
+    pub fn container_network_field(&self, container: &str, network: &str, field: &str) -> Result<String> {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}");
+        Ok(self.docker(&["inspect", "--format", &format, container])?.trim().to_string())
+    }
+
+    /// A container's IPv4 address on `network`; an error if it has none.
+    pub fn container_ip(&self, container: &str, network: &str) -> Result<String> {
+        let ip = self.container_network_field(container, network, "IPAddress")?;
+        anyhow::ensure!(!ip.is_empty(), "container {container} has no address on {network}");
+        Ok(ip)
     }
 
     /// The pid of a running container's first process, as the host's pid namespace sees it.

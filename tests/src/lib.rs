@@ -40,7 +40,7 @@
 //!   /run/docker/plugins/loom-x.sock; dockerd looks it up lazily on first use and retries for
 //!   about 15 s if it isn't there, so start plugins before they are needed.
 //! - `--cluster-store`/`--cluster-advertise` exist in Docker 20.10 only; Docker 26 refuses to start
-//!   with them. Put etcd in the underlay with `Cluster::spawn_underlay`, listening on
+//!   with them. Put etcd in the underlay with `UnderlayEtcd::start`, listening on
 //!   `Cluster::underlay_ip()` (10.250.0.254), reachable from every host.
 //! - Containers of `IMAGE` stop on SIGKILL (its STOPSIGNAL), so dockerd restarts are fast; other
 //!   images' containers that ignore SIGTERM cost 10 s each on stop/restart.
@@ -83,7 +83,7 @@ pub use cleanup::{own_netns, RootNsSnapshot};
 pub use cluster::{require_root, scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN, UNDERLAY_V6_PREFIX_LEN};
 pub use counters::{ping_replies, NftCounters};
 pub use dockerd::{docker_cli, DockerVersion};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, UnderlayEtcd};
 pub use host::{Host, HostConfig, DOCKERD_TIMEOUT};
 pub use image::{image_tarball, IMAGE};
 pub use plugin::Plugin;

@@ -70,24 +70,42 @@ impl ScratchNetns {
     }
 }
 
-/// A plugin binary serving `<dir>/plugin.sock` from inside a scratch namespace, with its state
-/// in `<dir>/state` and its log appended to `<dir>/plugin.log`; killed on drop.
+/// A plugin binary serving a socket from inside a scratch namespace, killed on drop.
 pub struct ScratchPlugin {
     child: Child,
     socket: PathBuf,
 }
 
 impl ScratchNetns {
-    /// Starts `binary` (a path) and waits until its socket answers.
+    /// Starts `binary` (a path) serving `<dir>/plugin.sock`, with its state in `<dir>/state` and
+    /// its log appended to `<dir>/plugin.log`, and waits until its socket answers.
     pub fn start_plugin(&self, binary: &str, dir: &Path, extra: &[&str]) -> Result<ScratchPlugin> {
-        let socket = dir.join("plugin.sock");
-        let log = OpenOptions::new().create(true).append(true).open(dir.join("plugin.log"))?;
+        self.serve(binary, &dir.join("plugin.sock"), &dir.join("state"), &dir.join("plugin.log"), extra)
+    }
+
+    /// Like `start_plugin`, for several drivers sharing `dir` and finding each other by their
+    /// socket names: `<dir>/<name>.sock`, state in `<dir>/<name>-state`, log in `<dir>/<name>.log`.
+    pub fn start_named_plugin(&self, binary: &str, dir: &Path, name: &str, extra: &[&str]) -> Result<ScratchPlugin> {
+        let (socket, state, log) =
+            (dir.join(format!("{name}.sock")), dir.join(format!("{name}-state")), dir.join(format!("{name}.log")));
+        self.serve(binary, &socket, &state, &log, extra)
+    }
+
+    fn serve(
+        &self,
+        binary: &str,
+        socket: &Path,
+        state: &Path,
+        log_path: &Path,
+        extra: &[&str],
+    ) -> Result<ScratchPlugin> {
+        let log = OpenOptions::new().create(true).append(true).open(log_path)?;
         let child = self
             .command(binary)
             .arg("--socket")
-            .arg(&socket)
+            .arg(socket)
             .arg("--state-dir")
-            .arg(dir.join("state"))
+            .arg(state)
             .args(["--log-level", "debug"])
             .args(extra)
             .env("NO_COLOR", "1")
@@ -95,12 +113,12 @@ impl ScratchNetns {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        let mut plugin = ScratchPlugin { child, socket };
+        let mut plugin = ScratchPlugin { child, socket: socket.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(10);
         // A killed predecessor leaves its socket file behind: wait until the new process answers.
         while std::os::unix::net::UnixStream::connect(&plugin.socket).is_err() {
             if let Some(status) = plugin.child.try_wait()? {
-                bail!("{binary} exited ({status}):\n{}", util::tail(&dir.join("plugin.log"), 20));
+                bail!("{binary} exited ({status}):\n{}", util::tail(log_path, 20));
             }
             if Instant::now() > deadline {
                 bail!("{binary} did not serve {} within 10 s", plugin.socket.display());

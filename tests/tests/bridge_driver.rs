@@ -4,7 +4,7 @@
 //! static addresses, IPv6), a driver crash in the middle, and removal without leftovers.
 
 use anyhow::{ensure, Context, Result};
-use netloom_tests::{no_ping, ping, scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
+use netloom_tests::{no_ping, ping, scenario_tests, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 /// Fetches `/etc/hostname` from the busybox httpd behind a published port.
 fn fetch_from_container(h: &Host, container: &str, url: &str) -> Result<String> {
@@ -37,32 +37,12 @@ fn bridge_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result
     let h1_ip = h1.underlay_ip().to_string();
     let outside = Cluster::gateway().to_string();
 
-    h1.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-bridge",
-        "--subnet",
-        "172.30.1.0/24",
-        "-o",
-        "com.docker.network.bridge.name=lb-one",
-        "-o",
-        "com.docker.network.driver.mtu=1400",
-        "n1",
-    ])?;
-    h1.docker(&["network", "create", "-d", "loom-bridge", "--subnet", "172.30.2.0/24", "n2"])?;
-    h1.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-bridge",
-        "--subnet",
-        "172.30.3.0/24",
-        "-o",
-        "com.docker.network.bridge.enable_icc=false",
-        "n3",
-    ])?;
-    h1.docker(&["network", "create", "-d", "loom-bridge", "--internal", "--subnet", "172.30.4.0/24", "n4"])?;
+    let (name, mtu) = ("com.docker.network.bridge.name=lb-one", "com.docker.network.driver.mtu=1400");
+    h1.network_create("loom-bridge", "n1", &["--subnet", "172.30.1.0/24", "-o", name, "-o", mtu])?;
+    h1.network_create("loom-bridge", "n2", &["--subnet", "172.30.2.0/24"])?;
+    let no_icc = "com.docker.network.bridge.enable_icc=false";
+    h1.network_create("loom-bridge", "n3", &["--subnet", "172.30.3.0/24", "-o", no_icc])?;
+    h1.network_create("loom-bridge", "n4", &["--internal", "--subnet", "172.30.4.0/24"])?;
 
     let mut web = vec!["--network", "n1", "--ip", "172.30.1.10", "-p", "8080:80", IMAGE];
     web.extend_from_slice(WEB);
@@ -83,9 +63,9 @@ fn bridge_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result
     ping(h1, "c1", &outside)?;
     // Isolation between networks, icc=false, internal networks.
     no_ping(h1, "b1", "172.30.1.10")?;
-    no_ping(h1, "a2", &container_ip(h1, "b1", "n2")?)?;
-    no_ping(h1, "c1", &container_ip(h1, "c2", "n3")?)?;
-    ping(h1, "d1", &container_ip(h1, "d2", "n4")?)?;
+    no_ping(h1, "a2", &h1.container_ip("b1", "n2")?)?;
+    no_ping(h1, "c1", &h1.container_ip("c2", "n3")?)?;
+    ping(h1, "d1", &h1.container_ip("d2", "n4")?)?;
     no_ping(h1, "d1", &outside)?;
 
     // The published port, from another host, another network, the same network and the host itself.
@@ -128,11 +108,6 @@ fn bridge_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result
     Ok(())
 }
 
-fn container_ip(h: &Host, container: &str, network: &str) -> Result<String> {
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
-    Ok(h.docker(&["inspect", "--format", &format, container])?.trim().to_string())
-}
-
 /// No firewall rule of a removed network is left in the host; the shared skeleton (rules tagged
 /// `netloom:base` and the one `netloom:compat` rule) stays by design.
 fn assert_no_rules(h: &Host) -> Result<()> {
@@ -151,22 +126,10 @@ fn assert_no_rules(h: &Host) -> Result<()> {
 fn ipv6_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<()> {
     let h = c.add_host(HostConfig::new("h1", docker))?;
     h.start_plugin("loom-bridge", &["--firewall", firewall])?;
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-bridge",
-        "--ipv6",
-        "--subnet",
-        "172.31.9.0/24",
-        "--subnet",
-        "fd00:9::/64",
-        "v6",
-    ])?;
+    h.network_create("loom-bridge", "v6", &["--ipv6", "--subnet", "172.31.9.0/24", "--subnet", "fd00:9::/64"])?;
     run_container(&h, "x1", &["--network", "v6", IMAGE, "sleep", "600"])?;
     run_container(&h, "x2", &["--network", "v6", IMAGE, "sleep", "600"])?;
-    let format = "{{(index .NetworkSettings.Networks \"v6\").GlobalIPv6Address}}";
-    let x1 = h.docker(&["inspect", "--format", format, "x1"])?.trim().to_string();
+    let x1 = h.container_network_field("x1", "v6", "GlobalIPv6Address")?;
     ensure!(x1.starts_with("fd00:9::"), "x1 has IPv6 address {x1:?}");
     let mut tries = 0;
     // Duplicate address detection keeps a fresh IPv6 address tentative for a moment.
@@ -180,32 +143,11 @@ fn ipv6_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     Ok(())
 }
 
-#[test]
-fn bridge_docker20_iptables() {
-    scenario("br20ipt", |c| bridge_scenario(c, DockerVersion::V20, "iptables"));
-}
-
-#[test]
-fn bridge_docker20_nftables() {
-    scenario("br20nft", |c| bridge_scenario(c, DockerVersion::V20, "nftables"));
-}
-
-#[test]
-fn bridge_docker26_iptables() {
-    scenario("br26ipt", |c| bridge_scenario(c, DockerVersion::V26, "iptables"));
-}
-
-#[test]
-fn bridge_docker26_nftables() {
-    scenario("br26nft", |c| bridge_scenario(c, DockerVersion::V26, "nftables"));
-}
-
-#[test]
-fn bridge_ipv6_docker20() {
-    scenario("br6v20", |c| ipv6_scenario(c, DockerVersion::V20, "nftables"));
-}
-
-#[test]
-fn bridge_ipv6_docker26() {
-    scenario("br6v26", |c| ipv6_scenario(c, DockerVersion::V26, "iptables"));
+scenario_tests! {
+    bridge_docker20_iptables: "br20ipt" => |c| bridge_scenario(c, DockerVersion::V20, "iptables"),
+    bridge_docker20_nftables: "br20nft" => |c| bridge_scenario(c, DockerVersion::V20, "nftables"),
+    bridge_docker26_iptables: "br26ipt" => |c| bridge_scenario(c, DockerVersion::V26, "iptables"),
+    bridge_docker26_nftables: "br26nft" => |c| bridge_scenario(c, DockerVersion::V26, "nftables"),
+    bridge_ipv6_docker20: "br6v20" => |c| ipv6_scenario(c, DockerVersion::V20, "nftables"),
+    bridge_ipv6_docker26: "br6v26" => |c| ipv6_scenario(c, DockerVersion::V26, "iptables"),
 }

@@ -17,7 +17,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{ping_replies, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, NftCounters, IMAGE};
+use netloom_tests::{
+    ping_replies, scenario, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, NftCounters,
+    UnderlayEtcd, IMAGE,
+};
 
 /// The UDP tool of this crate (busybox has no UDP client or server).
 const PROBE: &str = env!("CARGO_BIN_EXE_netloom-probe");
@@ -30,11 +33,6 @@ fn run(h: &Host, name: &str, args: &[&str], cmd: &[&str]) -> Result<()> {
     argv.extend_from_slice(cmd);
     h.docker(&argv).with_context(|| format!("starting {name} on {}", h.name()))?;
     Ok(())
-}
-
-fn inspect(h: &Host, container: &str, network: &str, field: &str) -> Result<String> {
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}");
-    Ok(h.docker(&["inspect", "--format", &format, container])?.trim().to_string())
 }
 
 /// `wget` of `url` on a host or neighbour: Some(body) if anything answered. (No `-T`: this
@@ -206,24 +204,11 @@ fn loopback_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Resu
     Ok(())
 }
 
-#[test]
-fn loopback_docker20_iptables() {
-    scenario("hbl20ipt", |c| loopback_scenario(c, DockerVersion::V20, "iptables"));
-}
-
-#[test]
-fn loopback_docker20_nftables() {
-    scenario("hbl20nft", |c| loopback_scenario(c, DockerVersion::V20, "nftables"));
-}
-
-#[test]
-fn loopback_docker26_iptables() {
-    scenario("hbl26ipt", |c| loopback_scenario(c, DockerVersion::V26, "iptables"));
-}
-
-#[test]
-fn loopback_docker26_nftables() {
-    scenario("hbl26nft", |c| loopback_scenario(c, DockerVersion::V26, "nftables"));
+scenario_tests! {
+    loopback_docker20_iptables: "hbl20ipt" => |c| loopback_scenario(c, DockerVersion::V20, "iptables"),
+    loopback_docker20_nftables: "hbl20nft" => |c| loopback_scenario(c, DockerVersion::V20, "nftables"),
+    loopback_docker26_iptables: "hbl26ipt" => |c| loopback_scenario(c, DockerVersion::V26, "iptables"),
+    loopback_docker26_nftables: "hbl26nft" => |c| loopback_scenario(c, DockerVersion::V26, "nftables"),
 }
 
 // ---- 2. VXLAN injection ------------------------------------------------------------------------
@@ -250,32 +235,6 @@ fn crafted_vxlan(vni: u32, dst_mac: &str) -> Result<String> {
     payload.resize(INNER_PAYLOAD, 0);
     bytes.extend_from_slice(&payload);
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// One etcd member in the underlay, for loom-ipam and loom-overlay; its `--store` URL.
-fn underlay_etcd(c: &Cluster) -> Result<String> {
-    let ip = c.underlay_ip();
-    let data = c.dir().join("etcd.data");
-    c.spawn_underlay(
-        "etcd",
-        &[
-            "etcd".to_string(),
-            "--name=etcd0".into(),
-            format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=http://{ip}:2379"),
-            format!("--advertise-client-urls=http://{ip}:2379"),
-            format!("--listen-peer-urls=http://{ip}:2380"),
-            format!("--initial-advertise-peer-urls=http://{ip}:2380"),
-            format!("--initial-cluster=etcd0=http://{ip}:2380"),
-            "--heartbeat-interval=50".into(),
-            "--election-timeout=500".into(),
-        ],
-    )?;
-    let endpoint = format!("{ip}:2379");
-    wait_until(Duration::from_secs(30), Duration::from_millis(100), "etcd", || {
-        Ok(c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).is_ok())
-    })?;
-    Ok(format!("etcd://{endpoint}"))
 }
 
 fn rx_packets(h: &Host, container: &str) -> Result<u64> {
@@ -306,7 +265,7 @@ fn unprivileged_send(to: &str, frame: &str) -> Vec<String> {
 /// neighbour attacks (the containers here have no IPv6 way out), and for the containers' attack the
 /// IPv4 variant stands.
 fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()> {
-    let store = underlay_etcd(c)?;
+    let store = UnderlayEtcd::start(c, 1)?.url(c);
     let hosts =
         c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
     let (h1, h2) = (&hosts[0], &hosts[1]);
@@ -327,8 +286,8 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
         run(h2, "evil", &["--network", "bridge", "--cap-drop", "ALL"], &["sleep", "600"])?;
         run(h2, "evilov", &["--network", "ov", "--cap-drop", "ALL"], &["sleep", "600"])?;
     }
-    let x1 = inspect(h1, "x1", "ov", "IPAddress")?;
-    let y1 = inspect(h2, "y1", "ov", "IPAddress")?;
+    let x1 = h1.container_ip("x1", "ov")?;
+    let y1 = h2.container_ip("y1", "ov")?;
     let member_traffic = |when: &str| -> Result<()> {
         let (a, b) = (pings(h1, "x1", &y1)?, pings(h2, "y1", &x1)?);
         ensure!(a > 0 && b > 0, "{when}: members' traffic does not flow (x1 -> y1: {a}/3 replies, y1 -> x1: {b}/3)");
@@ -337,7 +296,7 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
     member_traffic("before the attack")?;
     step(c, "overlay members talk");
 
-    let frame = crafted_vxlan(VNI, &inspect(h1, "x1", "ov", "MacAddress")?)?;
+    let frame = crafted_vxlan(VNI, &h1.container_network_field("x1", "ov", "MacAddress")?)?;
     let target = if ipv6_underlay { format!("[{}]:4789", vtep_of(h1)) } else { format!("{}:4789", vtep_of(h1)) };
     let arriving = format!(
         "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n udp dport 4789 udp length {CRAFTED_UDP_LEN} counter name crafted\n }}"
@@ -405,7 +364,7 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
     let h3 = c.add_host(HostConfig::new("h3", DockerVersion::V26))?;
     join_overlay(&h3, &store, &vtep_of(&h3), firewall)?;
     run(&h3, "z1", &["--network", "ov"], &["sleep", "600"])?;
-    let z1 = inspect(&h3, "z1", "ov", "IPAddress")?;
+    let z1 = h3.container_ip("z1", "ov")?;
     let (to_z1, from_z1) = (pings(h1, "x1", &z1)?, pings(&h3, "z1", &x1)?);
     ensure!(
         to_z1 > 0 && from_z1 > 0,
@@ -470,19 +429,8 @@ fn join_overlay(h: &Host, store: &str, vtep: &str, firewall: &str) -> Result<()>
             "info,loom_overlay=debug",
         ],
     )?;
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-overlay",
-        "--ipam-driver",
-        "loom-ipam",
-        "--subnet",
-        "10.88.0.0/24",
-        "-o",
-        &format!("com.docker.network.driver.overlay.vxlanid_list={VNI}"),
-        "ov",
-    ])?;
+    let vni = format!("com.docker.network.driver.overlay.vxlanid_list={VNI}");
+    h.network_create("loom-overlay", "ov", &["--ipam-driver", "loom-ipam", "--subnet", "10.88.0.0/24", "-o", &vni])?;
     Ok(())
 }
 
@@ -501,24 +449,11 @@ fn wait_count(counters: &NftCounters, want: u64) -> Result<u64> {
     Ok(last)
 }
 
-#[test]
-fn vxlan_injection_nftables() {
-    scenario("hbvxnft", |c| vxlan_scenario(c, "nftables", false));
-}
-
-#[test]
-fn vxlan_injection_iptables() {
-    scenario("hbvxipt", |c| vxlan_scenario(c, "iptables", false));
-}
-
-#[test]
-fn vxlan_injection_ipv6_underlay_nftables() {
-    scenario("hbvx6nft", |c| vxlan_scenario(c, "nftables", true));
-}
-
-#[test]
-fn vxlan_injection_ipv6_underlay_iptables() {
-    scenario("hbvx6ipt", |c| vxlan_scenario(c, "iptables", true));
+scenario_tests! {
+    vxlan_injection_nftables: "hbvxnft" => |c| vxlan_scenario(c, "nftables", false),
+    vxlan_injection_iptables: "hbvxipt" => |c| vxlan_scenario(c, "iptables", false),
+    vxlan_injection_ipv6_underlay_nftables: "hbvx6nft" => |c| vxlan_scenario(c, "nftables", true),
+    vxlan_injection_ipv6_underlay_iptables: "hbvx6ipt" => |c| vxlan_scenario(c, "iptables", true),
 }
 
 // ---- 3. IPv6 publishing ------------------------------------------------------------------------
@@ -580,14 +515,9 @@ fn ipv6_publish_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> 
     Ok(())
 }
 
-#[test]
-fn ipv6_publish_docker20_iptables() {
-    scenario("hb6v20ipt", |c| ipv6_publish_scenario(c, DockerVersion::V20, "iptables"));
-}
-
-#[test]
-fn ipv6_publish_docker26_nftables() {
-    scenario("hb6v26nft", |c| ipv6_publish_scenario(c, DockerVersion::V26, "nftables"));
+scenario_tests! {
+    ipv6_publish_docker20_iptables: "hb6v20ipt" => |c| ipv6_publish_scenario(c, DockerVersion::V20, "iptables"),
+    ipv6_publish_docker26_nftables: "hb6v26nft" => |c| ipv6_publish_scenario(c, DockerVersion::V26, "nftables"),
 }
 
 // ---- 4. one subnet, one network per host -------------------------------------------------------
@@ -756,33 +686,10 @@ fn internal_scenario(c: &Cluster) -> Result<()> {
 
     h.docker(&["network", "create", "-d", "loom-host", "--internal", "--subnet", "172.23.1.0/24", "lhi"])?;
     h.docker(&["network", "create", "-d", "loom-host", "--subnet", "172.23.2.0/24", "lho"])?;
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-macvlan",
-        "--internal",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        "10.249.0.0/24",
-        "mvi",
-    ])?;
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        "10.250.0.0/24",
-        "--gateway",
-        &Cluster::gateway().to_string(),
-        "--ip-range",
-        "10.250.0.64/28",
-        "mvo",
-    ])?;
+    h.network_create("loom-macvlan", "mvi", &["--internal", "-o", "parent=eth0", "--subnet", "10.249.0.0/24"])?;
+    let (gateway, range) = (Cluster::gateway().to_string(), "10.250.0.64/28");
+    let segment = ["--subnet", "10.250.0.0/24", "--gateway", &gateway, "--ip-range", range];
+    h.network_create("loom-macvlan", "mvo", &[&["-o", "parent=eth0"][..], &segment].concat())?;
     let admin = ["--cap-add", "NET_ADMIN"];
     run(&h, "i1", &[&["--network", "lhi", "--ip", "172.23.1.11"][..], &admin[..]].concat(), &["sleep", "600"])?;
     run(&h, "i2", &["--network", "lhi", "--ip", "172.23.1.12"], &["sleep", "600"])?;
@@ -790,8 +697,8 @@ fn internal_scenario(c: &Cluster) -> Result<()> {
     run(&h, "n1", &[&["--network", "mvi", "--ip", "10.249.0.11"][..], &admin[..]].concat(), &["sleep", "600"])?;
     run(&h, "n2", &["--network", "mvi", "--ip", "10.249.0.12"], &["sleep", "600"])?;
     run(&h, "m1", &["--network", "mvo"], &["sleep", "600"])?;
-    let (i1, i2) = (inspect(&h, "i1", "lhi", "IPAddress")?, inspect(&h, "i2", "lhi", "IPAddress")?);
-    let o1 = inspect(&h, "o1", "lho", "IPAddress")?;
+    let (i1, i2) = (h.container_ip("i1", "lhi")?, h.container_ip("i2", "lhi")?);
+    let o1 = h.container_ip("o1", "lho")?;
 
     // The paths that must exist: inside each internal network, and out of the open ones.
     ensure!(container_ping(&h, "i1", &i2)? > 0, "loom-host --internal: i1 cannot reach i2 on its own network");

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{no_ping, ping, scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
+use netloom_tests::{no_ping, ping, scenario_tests, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 fn host_ping(h: &Host, target: &str, v6: bool) -> Result<()> {
     let family = if v6 { "-6" } else { "-4" };
@@ -25,8 +25,7 @@ fn host_ping(h: &Host, target: &str, v6: bool) -> Result<()> {
 fn run(h: &Host, name: &str, network: &str) -> Result<String> {
     h.docker(&["run", "-d", "--name", name, "--network", network, IMAGE, "sleep", "600"])
         .with_context(|| format!("starting {name}"))?;
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
-    Ok(h.docker(&["inspect", "--format", &format, name])?.trim().to_string())
+    h.container_ip(name, network)
 }
 
 /// The host's routes to container addresses (`<ip> dev lh… scope link`).
@@ -47,29 +46,9 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     let host_ip = h.underlay_ip().to_string();
     let outside = Cluster::gateway().to_string();
 
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-host",
-        "--subnet",
-        "172.28.1.0/24",
-        "--ipv6",
-        "--subnet",
-        "fd00:28:1::/64",
-        "lh",
-    ])?;
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-host",
-        "--subnet",
-        "172.28.2.0/24",
-        "-o",
-        "com.docker.network.bridge.enable_ip_masquerade=true",
-        "lhm",
-    ])?;
+    h.network_create("loom-host", "lh", &["--subnet", "172.28.1.0/24", "--ipv6", "--subnet", "fd00:28:1::/64"])?;
+    let masquerade = "com.docker.network.bridge.enable_ip_masquerade=true";
+    h.network_create("loom-host", "lhm", &["--subnet", "172.28.2.0/24", "-o", masquerade])?;
     let c1 = run(&h, "c1", "lh")?;
     let c2 = run(&h, "c2", "lh")?;
     let m1 = run(&h, "m1", "lhm")?;
@@ -93,11 +72,9 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     no_ping(&h, "c1", &outside).context("egress without masquerade")?;
 
     // IPv6: a /128 host route and fe80::1 as the gateway.
-    let c1_v6 =
-        h.docker(&["inspect", "--format", "{{(index .NetworkSettings.Networks \"lh\").GlobalIPv6Address}}", "c1"])?;
-    let c1_v6 = c1_v6.trim();
+    let c1_v6 = h.container_network_field("c1", "lh", "GlobalIPv6Address")?;
     ensure!(c1_v6.starts_with("fd00:28:1::"), "c1 has IPv6 address {c1_v6:?}");
-    host_ping(&h, c1_v6, true).context("host to container over IPv6")?;
+    host_ping(&h, &c1_v6, true).context("host to container over IPv6")?;
     let default6 = h.container_exec("c1", &["ip", "-6", "route", "show", "default"])?;
     ensure!(default6.contains("via fe80::1 dev eth0"), "c1's IPv6 default route: {default6:?}");
 
@@ -169,12 +146,7 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     Ok(())
 }
 
-#[test]
-fn host_docker20() {
-    scenario("lh20", |c| host_scenario(c, DockerVersion::V20, "iptables"));
-}
-
-#[test]
-fn host_docker26() {
-    scenario("lh26", |c| host_scenario(c, DockerVersion::V26, "nftables"));
+scenario_tests! {
+    host_docker20: "lh20" => |c| host_scenario(c, DockerVersion::V20, "iptables"),
+    host_docker26: "lh26" => |c| host_scenario(c, DockerVersion::V26, "nftables"),
 }

@@ -8,31 +8,51 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_plugin_api::client::PluginClient;
-use netloom_tests::{scenario, DockerVersion, Etcd, Host, HostConfig, IMAGE};
+use netloom_tests::{scenario, scenario_tests, Cluster, DockerVersion, Etcd, Host, HostConfig, IMAGE};
 use serde_json::{json, Value};
 
 fn start_ipam(h: &Host, store: &str) -> Result<Arc<netloom_tests::Plugin>> {
     h.start_plugin("loom-ipam", &["--store", store, "--log-level", "debug"])
 }
 
-fn address_of(h: &Host, container: &str, network: &str) -> Result<String> {
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
-    Ok(h.docker(&["inspect", "--format", &format, container])?.trim().to_string())
-}
-
-fn run_on(h: &Host, name: &str, network: &str, extra: &[&str]) -> Result<String> {
+/// `docker run -d` of a container sleeping for `seconds`.
+fn run(h: &Host, name: &str, network: &str, extra: &[&str], seconds: &str) -> Result<String> {
     let mut argv = vec!["run", "-d", "--name", name, "--network", network];
     argv.extend_from_slice(extra);
-    argv.extend_from_slice(&[IMAGE, "sleep", "600"]);
-    h.docker(&argv)?;
-    address_of(h, name, network)
+    argv.extend_from_slice(&[IMAGE, "sleep", seconds]);
+    h.docker(&argv)
+}
+
+/// Runs a container and returns its address on `network`.
+fn run_on(h: &Host, name: &str, network: &str, extra: &[&str]) -> Result<String> {
+    run(h, name, network, extra, "600")?;
+    h.container_ip(name, network)
+}
+
+/// Runs a container that should not get an address: the error, or None (the container started;
+/// it is removed either way).
+fn run_refused(h: &Host, name: &str, network: &str, extra: &[&str]) -> Option<anyhow::Error> {
+    let err = run(h, name, network, extra, "1").err();
+    let _ = h.docker(&["rm", "-f", name]);
+    err
+}
+
+/// `docker network create` of a loom-null network with loom-ipam addresses.
+fn create_network(h: &Host, name: &str, extra: &[&str]) -> Result<String> {
+    h.network_create("loom-null", name, &[&["--ipam-driver", "loom-ipam"][..], extra].concat())
+}
+
+fn remove_all_containers(h: &Host) -> Result<()> {
+    let containers: Vec<String> = h.docker(&["ps", "-aq"])?.lines().map(String::from).collect();
+    h.docker(&[&["rm", "-f"][..], &containers.iter().map(String::as_str).collect::<Vec<_>>()].concat())?;
+    Ok(())
 }
 
 fn subnet_of(h: &Host, network: &str) -> Result<String> {
     Ok(h.docker(&["network", "inspect", "--format", "{{(index .IPAM.Config 0).Subnet}}", network])?.trim().to_string())
 }
 
-fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<()> {
+fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     let hosts = c.add_hosts(vec![HostConfig::new("h1", docker), HostConfig::new("h2", docker)])?;
     let (h1, h2) = (&hosts[0], &hosts[1]);
     let etcd = Etcd::on_hosts(c, &hosts[..1])?;
@@ -43,23 +63,9 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
     }
 
     // An explicit pool with a sub-range and a gateway; the same subnet on the second host is the same pool.
-    let create = [
-        "network",
-        "create",
-        "-d",
-        "loom-null",
-        "--ipam-driver",
-        "loom-ipam",
-        "--subnet",
-        "10.40.0.0/24",
-        "--ip-range",
-        "10.40.0.128/25",
-        "--gateway",
-        "10.40.0.1",
-        "n1",
-    ];
-    h1.docker(&create).context("network create on h1")?;
-    h2.docker(&create).context("the same network on h2")?;
+    let n1 = ["--subnet", "10.40.0.0/24", "--ip-range", "10.40.0.128/25", "--gateway", "10.40.0.1"];
+    create_network(h1, "n1", &n1).context("network create on h1")?;
+    create_network(h2, "n1", &n1).context("the same network on h2")?;
     let gateway = h2.docker(&["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", "n1"])?;
     ensure!(gateway.trim() == "10.40.0.1", "gateway on h2: {gateway}");
 
@@ -72,41 +78,25 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
         ensure!(ip.starts_with("10.40.0.") && last >= 128, "{name} got {ip}, outside --ip-range");
         ensure!(seen.insert(ip.clone()), "{ip} handed out twice");
     }
-    let err =
-        h2.docker(&["run", "-d", "--name", "dup", "--network", "n1", "--ip", "10.40.0.200", IMAGE, "sleep", "1"]).err();
+    let err = run_refused(h2, "dup", "n1", &["--ip", "10.40.0.200"]);
     ensure!(err.is_some(), "10.40.0.200 was handed out twice, across hosts");
-    let _ = h2.docker(&["rm", "-f", "dup"]);
 
     // Default pools never overlap each other or a pool in use.
-    h1.docker(&["network", "create", "-d", "loom-null", "--ipam-driver", "loom-ipam", "d1"])?;
-    h1.docker(&["network", "create", "-d", "loom-null", "--ipam-driver", "loom-ipam", "d2"])?;
+    create_network(h1, "d1", &[])?;
+    create_network(h1, "d2", &[])?;
     let (d1, d2) = (subnet_of(h1, "d1")?, subnet_of(h1, "d2")?);
     ensure!(d1 != d2 && !d1.is_empty(), "default pools {d1} and {d2}");
 
     // Exhaustion: a /29 has 8 addresses, less network, broadcast and gateway.
-    h1.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-null",
-        "--ipam-driver",
-        "loom-ipam",
-        "--subnet",
-        "10.41.0.0/29",
-        "small",
-    ])?;
+    create_network(h1, "small", &["--subnet", "10.41.0.0/29"])?;
     for i in 0..5 {
         run_on(h1, &format!("s{i}"), "small", &[])?;
     }
-    let err = h1
-        .docker(&["run", "-d", "--name", "s5", "--network", "small", IMAGE, "sleep", "1"])
-        .err()
-        .context("a sixth address in a /29")?;
+    let err = run_refused(h1, "s5", "small", &[]).context("a sixth address in a /29")?;
     ensure!(format!("{err:#}").contains("pool 10.41.0.0/29 is exhausted"), "exhaustion error: {err:#}");
-    let _ = h1.docker(&["rm", "-f", "s5"]);
 
     // Release and reuse.
-    let freed = address_of(h1, "s2", "small")?;
+    let freed = h1.container_ip("s2", "small")?;
     h1.docker(&["rm", "-f", "s2"])?;
     let again = run_on(h1, "s6", "small", &[])?;
     ensure!(again == freed, "released {freed}, then got {again}");
@@ -114,44 +104,26 @@ fn docker_scenario(c: &netloom_tests::Cluster, docker: DockerVersion) -> Result<
     // A crash of loom-ipam loses nothing: the pool is still full and no address repeats.
     ipam1.sigkill()?;
     ipam1.restart()?;
-    let err = h1.docker(&["run", "-d", "--name", "s7", "--network", "small", IMAGE, "sleep", "1"]).err();
+    let err = run_refused(h1, "s7", "small", &[]);
     ensure!(err.is_some(), "the /29 had free addresses after the restart");
-    let _ = h1.docker(&["rm", "-f", "s7"]);
     let after = run_on(h1, "c6", "n1", &[])?;
     ensure!(seen.insert(after.clone()), "{after} handed out again after the restart");
 
     // Removal gives everything back.
-    let containers: Vec<String> = h1.docker(&["ps", "-aq"])?.lines().map(String::from).collect();
-    h1.docker(&[&["rm", "-f"][..], &containers.iter().map(String::as_str).collect::<Vec<_>>()].concat())?;
-    let containers: Vec<String> = h2.docker(&["ps", "-aq"])?.lines().map(String::from).collect();
-    h2.docker(&[&["rm", "-f"][..], &containers.iter().map(String::as_str).collect::<Vec<_>>()].concat())?;
+    for h in [h1, h2] {
+        remove_all_containers(h)?;
+    }
     for net in ["n1", "d1", "d2", "small"] {
         h1.docker(&["network", "rm", net]).with_context(|| format!("removing {net}"))?;
     }
     h2.docker(&["network", "rm", "n1"])?;
-    h1.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-null",
-        "--ipam-driver",
-        "loom-ipam",
-        "--subnet",
-        "10.41.0.0/29",
-        "small",
-    ])
-    .context("the /29 was not released")?;
+    create_network(h1, "small", &["--subnet", "10.41.0.0/29"]).context("the /29 was not released")?;
     Ok(())
 }
 
-#[test]
-fn ipam_docker20() {
-    scenario("ipam20", |c| docker_scenario(c, DockerVersion::V20));
-}
-
-#[test]
-fn ipam_docker26() {
-    scenario("ipam26", |c| docker_scenario(c, DockerVersion::V26));
+scenario_tests! {
+    ipam_docker20: "ipam20" => |c| docker_scenario(c, DockerVersion::V20),
+    ipam_docker26: "ipam26" => |c| docker_scenario(c, DockerVersion::V26),
 }
 
 async fn request_pool(client: &mut PluginClient, subnet: &str) -> Result<String> {
@@ -175,14 +147,16 @@ async fn request_addresses(socket: std::path::PathBuf, pool: String, count: usiz
     Ok(out)
 }
 
+/// Hosts h1, h2, … on which the scenario talks to loom-ipam's socket, without dockerd.
+fn hosts_without_docker(c: &Cluster, count: usize) -> Result<Vec<Arc<Host>>> {
+    c.add_hosts((1..=count).map(|i| HostConfig::new(&format!("h{i}"), DockerVersion::V20).defer_docker()).collect())
+}
+
 /// Two hosts, one etcd, 1000 addresses requested at once from one pool: 1000 distinct addresses.
 #[test]
 fn ipam_two_hosts_never_share_an_address() {
     scenario("ipamrace", |c| {
-        let hosts = c.add_hosts(vec![
-            HostConfig::new("h1", DockerVersion::V20).defer_docker(),
-            HostConfig::new("h2", DockerVersion::V20).defer_docker(),
-        ])?;
+        let hosts = hosts_without_docker(c, 2)?;
         let etcd = Etcd::on_hosts(c, &hosts[..1])?;
         let sockets: Vec<_> =
             hosts.iter().map(|h| Ok(h.path_inside(&start_ipam(h, &etcd.url())?.socket()))).collect::<Result<_>>()?;
@@ -218,11 +192,7 @@ fn ipam_two_hosts_never_share_an_address() {
 #[test]
 fn ipam_survives_etcd_members_going_away() {
     scenario("ipametcd", |c| {
-        let hosts = c.add_hosts(vec![
-            HostConfig::new("h1", DockerVersion::V20).defer_docker(),
-            HostConfig::new("h2", DockerVersion::V20).defer_docker(),
-            HostConfig::new("h3", DockerVersion::V20).defer_docker(),
-        ])?;
+        let hosts = hosts_without_docker(c, 3)?;
         let mut etcd = Etcd::on_hosts(c, &hosts)?;
         let plugin = start_ipam(&hosts[0], &etcd.url())?;
         let socket = hosts[0].path_inside(&plugin.socket());

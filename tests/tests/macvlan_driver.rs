@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{no_ping, ping, scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
+use netloom_tests::{no_ping, ping, scenario, scenario_tests, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 /// ping6, retried while duplicate address detection keeps fresh addresses tentative.
 fn ping6(h: &Host, container: &str, target: &str) -> Result<()> {
@@ -27,11 +27,6 @@ fn run(h: &Host, name: &str, network: &str, extra: &[&str]) -> Result<()> {
     argv.extend_from_slice(&[IMAGE, "sleep", "600"]);
     h.docker(&argv).with_context(|| format!("starting {name} on {}", h.name()))?;
     Ok(())
-}
-
-fn address(h: &Host, container: &str, network: &str, field: &str) -> Result<String> {
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}");
-    Ok(h.docker(&["inspect", "--format", &format, container])?.trim().to_string())
 }
 
 fn network_id(h: &Host, network: &str) -> Result<String> {
@@ -60,33 +55,17 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     for (h, v4_range, v6_range) in
         [(h1, "10.250.0.64/28", "fd00:250::100/120"), (h2, "10.250.0.80/28", "fd00:250::200/120")]
     {
-        h.docker(&[
-            "network",
-            "create",
-            "-d",
-            "loom-macvlan",
-            "-o",
-            &format!("parent={}", h.underlay_iface()),
-            "--subnet",
-            "10.250.0.0/24",
-            "--gateway",
-            &router,
-            "--ip-range",
-            v4_range,
-            "--ipv6",
-            "--subnet",
-            "fd00:250::/64",
-            "--ip-range",
-            v6_range,
-            "mv",
-        ])
-        .with_context(|| format!("network create on {}", h.name()))?;
+        let parent = format!("parent={}", h.underlay_iface());
+        let v4 = ["--subnet", "10.250.0.0/24", "--gateway", &router, "--ip-range", v4_range];
+        let v6 = ["--ipv6", "--subnet", "fd00:250::/64", "--ip-range", v6_range];
+        h.network_create("loom-macvlan", "mv", &[&["-o", &parent][..], &v4, &v6].concat())
+            .with_context(|| format!("network create on {}", h.name()))?;
     }
     run(h1, "a1", "mv", &[])?;
     run(h1, "a2", "mv", &["--ip", "10.250.0.70"])?;
     run(h2, "b1", "mv", &[])?;
-    let a1 = address(h1, "a1", "mv", "IPAddress")?;
-    let b1 = address(h2, "b1", "mv", "IPAddress")?;
+    let a1 = h1.container_ip("a1", "mv")?;
+    let b1 = h2.container_ip("b1", "mv")?;
     ensure!(
         a1.starts_with("10.250.0.6") && b1.starts_with("10.250.0.8"),
         "addresses outside the ranges: a1 {a1}, b1 {b1}"
@@ -98,7 +77,7 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     ping(h1, "a1", &router).context("the segment's router")?;
     let route = h1.container_exec("a1", &["ip", "route", "show", "default"])?;
     ensure!(route.contains(&format!("via {router}")), "a1's default route is {route:?}");
-    ping6(h1, "a1", &address(h2, "b1", "mv", "GlobalIPv6Address")?).context("IPv6 across hosts")?;
+    ping6(h1, "a1", &h2.container_network_field("b1", "mv", "GlobalIPv6Address")?).context("IPv6 across hosts")?;
 
     // Ports cannot be published on a macvlan network: docker run says why.
     let err = h1.docker(&["run", "-d", "--name", "web", "--network", "mv", "-p", "8080:80", IMAGE, "sleep", "600"]);
@@ -107,21 +86,8 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     h1.docker(&["rm", "-f", "web"])?;
 
     // Private mode: containers on one parent cannot talk, even on the same host.
-    h1.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-macvlan",
-        "-o",
-        "parent=eth0",
-        "-o",
-        "macvlan_mode=private",
-        "-o",
-        "com.docker.network.driver.mtu=1400",
-        "--subnet",
-        "10.251.0.0/24",
-        "mvp",
-    ])?;
+    let options = ["-o", "parent=eth0", "-o", "macvlan_mode=private", "-o", "com.docker.network.driver.mtu=1400"];
+    h1.network_create("loom-macvlan", "mvp", &[&options[..], &["--subnet", "10.251.0.0/24"]].concat())?;
     run(h1, "p1", "mvp", &["--ip", "10.251.0.11"])?;
     run(h1, "p2", "mvp", &["--ip", "10.251.0.12"])?;
     no_ping(h1, "p1", "10.251.0.12")?;
@@ -139,17 +105,7 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     ensure!(!routes.contains("default"), "internal network gave i1 a default route:\n{routes}");
 
     // A parent that does not exist is named in the error, and nothing is left of the attempt.
-    let err = h1.docker(&[
-        "network",
-        "create",
-        "-d",
-        "loom-macvlan",
-        "-o",
-        "parent=eth9",
-        "--subnet",
-        "10.253.0.0/24",
-        "bad",
-    ]);
+    let err = h1.network_create("loom-macvlan", "bad", &["-o", "parent=eth9", "--subnet", "10.253.0.0/24"]);
     let text = format!("{:#}", err.err().context("a network on a missing parent was created")?);
     ensure!(text.contains("parent interface eth9 does not exist"), "unclear error: {text}");
 
@@ -175,14 +131,9 @@ fn macvlan_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn macvlan_docker20() {
-    scenario("mv20", |c| macvlan_scenario(c, DockerVersion::V20));
-}
-
-#[test]
-fn macvlan_docker26() {
-    scenario("mv26", |c| macvlan_scenario(c, DockerVersion::V26));
+scenario_tests! {
+    macvlan_docker20: "mv20" => |c| macvlan_scenario(c, DockerVersion::V20),
+    macvlan_docker26: "mv26" => |c| macvlan_scenario(c, DockerVersion::V26),
 }
 
 /// Whether this kernel can make 802.1q links: tried on a dummy-free veth in a scratch namespace.
@@ -210,17 +161,7 @@ fn macvlan_vlan_parent() {
         scenario("mvnovlan", |c| {
             let h = c.add_host(HostConfig::new("h1", DockerVersion::V26))?;
             h.start_plugin("loom-macvlan", &[])?;
-            let out = h.docker(&[
-                "network",
-                "create",
-                "-d",
-                "loom-macvlan",
-                "-o",
-                "parent=eth0.50",
-                "--subnet",
-                "10.50.1.0/24",
-                "v50",
-            ]);
+            let out = h.network_create("loom-macvlan", "v50", &["-o", "parent=eth0.50", "--subnet", "10.50.1.0/24"]);
             let err = match out {
                 Ok(_) => bail!("a VLAN parent was accepted on a kernel without 802.1q"),
                 Err(e) => format!("{e:#}"),
@@ -236,17 +177,7 @@ fn macvlan_vlan_parent() {
         let h = c.add_host(HostConfig::new("h1", DockerVersion::V26))?;
         h.start_plugin("loom-macvlan", &[])?;
         let create = |name: &str, parent: &str, subnet: &str| {
-            h.docker(&[
-                "network",
-                "create",
-                "-d",
-                "loom-macvlan",
-                "-o",
-                &format!("parent={parent}"),
-                "--subnet",
-                subnet,
-                name,
-            ])
+            h.network_create("loom-macvlan", name, &["-o", &format!("parent={parent}"), "--subnet", subnet])
         };
         create("v50a", "eth0.50", "10.50.1.0/24")?;
         create("v50b", "eth0.50", "10.50.2.0/24")?;

@@ -6,142 +6,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{no_ping, ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, IMAGE};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use netloom_tests::{
+    no_ping, ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, IMAGE,
+};
 
 const NETNS_DIR: &str = "/run/netloom/loom-overlay/netns";
 const LOG: &str = "info,loom_overlay=debug,netloom_dataplane=debug";
 const WEB: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/"];
-
-// ---- etcd in the underlay -------------------------------------------------------------------
-
-/// etcd members in the underlay namespace, all on its address, on ports 2379/2380 + 10000·i.
-struct Etcd {
-    names: Vec<String>,
-    pids: Vec<Option<i32>>,
-    starts: Vec<usize>,
-}
-
-impl Etcd {
-    fn client_port(i: usize) -> u16 {
-        2379 + 10000 * i as u16
-    }
-
-    fn peer_port(i: usize) -> u16 {
-        2380 + 10000 * i as u16
-    }
-
-    /// Starts `members` etcd processes forming one cluster (with the v2 API Docker 20.10 uses).
-    fn start(c: &Cluster, members: usize) -> Result<Etcd> {
-        let mut etcd = Etcd {
-            names: (0..members).map(|i| format!("etcd{i}")).collect(),
-            pids: vec![None; members],
-            starts: vec![0; members],
-        };
-        for i in 0..members {
-            etcd.spawn(c, i)?;
-        }
-        etcd.wait_healthy(c, &(0..members).collect::<Vec<_>>())?;
-        Ok(etcd)
-    }
-
-    fn spawn(&mut self, c: &Cluster, i: usize) -> Result<()> {
-        let ip = c.underlay_ip();
-        let cluster: Vec<String> =
-            (0..self.names.len()).map(|j| format!("{}=http://{ip}:{}", self.names[j], Self::peer_port(j))).collect();
-        let data = c.dir().join(format!("{}.data", self.names[i]));
-        let argv = vec![
-            "etcd".to_string(),
-            format!("--name={}", self.names[i]),
-            format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=http://{ip}:{}", Self::client_port(i)),
-            format!("--advertise-client-urls=http://{ip}:{}", Self::client_port(i)),
-            format!("--listen-peer-urls=http://{ip}:{}", Self::peer_port(i)),
-            format!("--initial-advertise-peer-urls=http://{ip}:{}", Self::peer_port(i)),
-            format!("--initial-cluster={}", cluster.join(",")),
-            "--initial-cluster-state=new".to_string(),
-            "--enable-v2=true".to_string(),
-            "--heartbeat-interval=50".to_string(),
-            "--election-timeout=500".to_string(),
-            "--logger=zap".to_string(),
-        ];
-        self.starts[i] += 1;
-        let log = format!("{}-{}", self.names[i], self.starts[i]);
-        self.pids[i] = Some(c.spawn_underlay(&log, &argv)?);
-        Ok(())
-    }
-
-    fn endpoint(c: &Cluster, i: usize) -> String {
-        format!("{}:{}", c.underlay_ip(), Self::client_port(i))
-    }
-
-    /// `etcd://a,b,c` for every member.
-    fn url(&self, c: &Cluster) -> String {
-        let endpoints: Vec<String> = (0..self.names.len()).map(|i| Self::endpoint(c, i)).collect();
-        format!("etcd://{}", endpoints.join(","))
-    }
-
-    fn wait_healthy(&self, c: &Cluster, members: &[usize]) -> Result<()> {
-        for &i in members {
-            let endpoint = Self::endpoint(c, i);
-            wait_until(Duration::from_secs(30), Duration::from_millis(100), &format!("etcd member {i}"), || {
-                Ok(c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).is_ok())
-            })?;
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self, i: usize) -> Result<()> {
-        if let Some(pid) = self.pids[i].take() {
-            kill(Pid::from_raw(pid), Signal::SIGKILL).context("killing etcd")?;
-            // Its port is free once the process is gone.
-            let proc_dir = format!("/proc/{pid}");
-            wait_until(Duration::from_secs(10), Duration::from_millis(20), "etcd to exit", || {
-                Ok(std::fs::read_to_string(format!("{proc_dir}/stat")).map(|s| s.contains(") Z")).unwrap_or(true))
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Waits until the members still running agree on a leader (after one was stopped): writes
-    /// in flight while a cluster loses its leader time out in etcd itself.
-    fn wait_leader(&self, c: &Cluster) -> Result<()> {
-        let live: Vec<String> =
-            (0..self.names.len()).filter(|i| self.pids[*i].is_some()).map(|i| Self::endpoint(c, i)).collect();
-        let endpoints = live.join(",");
-        wait_until(Duration::from_secs(20), Duration::from_millis(100), "an etcd leader", || {
-            let Ok(out) =
-                c.underlay_exec(&["etcdctl", "--endpoints", &endpoints, "endpoint", "status", "--write-out", "json"])
-            else {
-                return Ok(false);
-            };
-            let status: serde_json::Value = serde_json::from_str(&out)?;
-            let leaders: Vec<u64> = status
-                .as_array()
-                .map(|a| a.iter().filter_map(|m| m["Status"]["leader"].as_u64()).collect())
-                .unwrap_or_default();
-            let members: Vec<u64> = status
-                .as_array()
-                .map(|a| a.iter().filter_map(|m| m["Status"]["header"]["member_id"].as_u64()).collect())
-                .unwrap_or_default();
-            Ok(leaders.len() == live.len() && leaders.iter().all(|l| *l == leaders[0] && members.contains(l)))
-        })
-    }
-
-    fn restart(&mut self, c: &Cluster, i: usize) -> Result<()> {
-        self.stop(i)?;
-        self.spawn(c, i)?;
-        self.wait_healthy(c, &[i])
-    }
-
-    /// `etcdctl get --prefix <prefix> --keys-only` against member `i`.
-    fn keys(&self, c: &Cluster, i: usize, prefix: &str) -> Result<Vec<String>> {
-        let endpoint = Self::endpoint(c, i);
-        let out = c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "get", "--prefix", "--keys-only", prefix])?;
-        Ok(out.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
-    }
-}
 
 // ---- helpers ----------------------------------------------------------------------------------
 
@@ -158,17 +29,6 @@ fn web(h: &Host, name: &str, network: &str, extra: &[&str]) -> Result<()> {
     args.push(IMAGE);
     args.extend_from_slice(WEB);
     run_container(h, name, &args)
-}
-
-fn inspect(h: &Host, container: &str, network: &str, field: &str) -> Result<String> {
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}");
-    Ok(h.docker(&["inspect", "--format", &format, container])?.trim().to_string())
-}
-
-fn ip_of(h: &Host, container: &str, network: &str) -> Result<String> {
-    let ip = inspect(h, container, network, "IPAddress")?;
-    ensure!(!ip.is_empty(), "{container} has no address on {network}");
-    Ok(ip)
 }
 
 /// TCP: fetches `/etc/hostname` from the httpd at `target`, which must be `expect`.
@@ -198,7 +58,8 @@ fn overlay_vnis(h: &Host) -> Result<Vec<u32>> {
 /// The VNI the store holds for a network key.
 fn vni_in_store(c: &Cluster, network_key: &str) -> Result<u32> {
     let key = format!("/netloom/v1/overlay/networks/{network_key}");
-    let out = c.underlay_exec(&["etcdctl", "--endpoints", &Etcd::endpoint(c, 0), "get", "--print-value-only", &key])?;
+    let out =
+        c.underlay_exec(&["etcdctl", "--endpoints", &UnderlayEtcd::endpoint(c, 0), "get", "--print-value-only", &key])?;
     let value: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("{key}: {out:?}"))?;
     value["vni"].as_u64().map(|v| v as u32).with_context(|| format!("{key} has no vni: {value}"))
 }
@@ -237,7 +98,7 @@ fn step(t0: Instant, what: &str) {
 
 fn global_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
-    let etcd = Etcd::start(c, 1)?;
+    let etcd = UnderlayEtcd::start(c, 1)?;
     let store = etcd.url(c);
     step(t0, "etcd up");
     let args = [format!("--cluster-store={store}"), "--cluster-advertise=eth0:2376".to_string()];
@@ -269,8 +130,8 @@ fn global_scenario(c: &Cluster) -> Result<()> {
     web(h3, "c1", "ov1", &[])?;
     web(h1, "a2", "ov2", &[])?;
     web(h2, "b2", "ov2", &[])?;
-    let (a1, b1, c1) = (ip_of(h1, "a1", "ov1")?, ip_of(h2, "b1", "ov1")?, ip_of(h3, "c1", "ov1")?);
-    let (a2, b2) = (ip_of(h1, "a2", "ov2")?, ip_of(h2, "b2", "ov2")?);
+    let (a1, b1, c1) = (h1.container_ip("a1", "ov1")?, h2.container_ip("b1", "ov1")?, h3.container_ip("c1", "ov1")?);
+    let (a2, b2) = (h1.container_ip("a2", "ov2")?, h2.container_ip("b2", "ov2")?);
     step(t0, "containers up");
 
     // Across hosts, both ways, ICMP and TCP.
@@ -303,7 +164,7 @@ fn global_scenario(c: &Cluster) -> Result<()> {
     step(t0, "isolation, egress, MTU");
 
     // A removed endpoint's entries go on every other host.
-    let c1_mac = inspect(h3, "c1", "ov1", "MacAddress")?;
+    let c1_mac = h3.container_network_field("c1", "ov1", "MacAddress")?;
     ensure!(fdb(h1, vni1)?.contains(&c1_mac), "h1 has no FDB entry for c1: {}", fdb(h1, vni1)?);
     h3.docker(&["rm", "-f", "c1"])?;
     for h in [h1, h2] {
@@ -334,7 +195,7 @@ fn global_scenario(c: &Cluster) -> Result<()> {
     let after = in_overlay(h2, vni1, &["ip", "-o", "link", "show", "vxlan0"])?;
     ensure!(before.split(':').next() == after.split(':').next(), "the VXLAN link was recreated: {before} / {after}");
     web(h2, "b3", "ov1", &[])?;
-    let b3 = ip_of(h2, "b3", "ov1")?;
+    let b3 = h2.container_ip("b3", "ov1")?;
     ping(h1, "a1", &b3)?;
     ping(h2, "b3", &a1)?;
     step(t0, "driver restart");
@@ -396,7 +257,7 @@ fn create_everywhere(hosts: &[&Host], args: &[&str]) -> Result<()> {
 
 fn local_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
-    let mut etcd = Etcd::start(c, 3)?;
+    let mut etcd = UnderlayEtcd::start(c, 3)?;
     let store = etcd.url(c);
     step(t0, "3-node etcd up");
     let hosts =
@@ -410,19 +271,12 @@ fn local_scenario(c: &Cluster) -> Result<()> {
     // The same `docker network create` on each host; one with a VNI, one keyed by its subnet
     // (created on both hosts at the same moment: one VNI).
     for h in [h1, h2] {
-        h.docker(&[
-            "network",
-            "create",
-            "-d",
+        let vni = "com.docker.network.driver.overlay.vxlanid_list=5000";
+        h.network_create(
             "loom-overlay",
-            "--ipam-driver",
-            "loom-ipam",
-            "--subnet",
-            "10.93.0.0/24",
-            "-o",
-            "com.docker.network.driver.overlay.vxlanid_list=5000",
             "lo1",
-        ])?;
+            &["--ipam-driver", "loom-ipam", "--subnet", "10.93.0.0/24", "-o", vni],
+        )?;
     }
     create_everywhere(&[h1, h2], &["--subnet", "10.94.0.0/24", "-o", "com.docker.network.driver.mtu=1400", "lo2"])?;
     let lo2_vnis: Vec<u32> = overlay_vnis(h1)?.into_iter().filter(|v| *v != 5000).collect();
@@ -443,8 +297,8 @@ fn local_scenario(c: &Cluster) -> Result<()> {
     web(h2, "y1", "lo1", &[])?;
     web(h1, "x2", "lo2", &[])?;
     web(h2, "y2", "lo2", &[])?;
-    let (x1, y1) = (ip_of(h1, "x1", "lo1")?, ip_of(h2, "y1", "lo1")?);
-    let (x2, y2) = (ip_of(h1, "x2", "lo2")?, ip_of(h2, "y2", "lo2")?);
+    let (x1, y1) = (h1.container_ip("x1", "lo1")?, h2.container_ip("y1", "lo1")?);
+    let (x2, y2) = (h1.container_ip("x2", "lo2")?, h2.container_ip("y2", "lo2")?);
     ensure!(x1 != y1 && x2 != y2, "loom-ipam handed out one address twice: {x1} {y1} {x2} {y2}");
     step(t0, "containers up");
 
@@ -476,7 +330,7 @@ fn local_scenario(c: &Cluster) -> Result<()> {
     etcd.stop(0)?;
     etcd.wait_leader(c)?;
     web(h1, "x3", "lo1", &[])?;
-    let x3 = ip_of(h1, "x3", "lo1")?;
+    let x3 = h1.container_ip("x3", "lo1")?;
     ping(h2, "y1new", &x3)?;
     fetch(h1, "x3", &y1, "y1new")?;
     etcd.restart(c, 0)?;
@@ -496,7 +350,7 @@ fn local_scenario(c: &Cluster) -> Result<()> {
         let out = c.underlay_exec(&[
             "etcdctl",
             "--endpoints",
-            &Etcd::endpoint(c, 1),
+            &UnderlayEtcd::endpoint(c, 1),
             "get",
             "--print-value-only",
             "/netloom/v1/overlay/networks/vni-5000",
@@ -539,7 +393,7 @@ fn overlay_local_docker26() {
 
 fn outage_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
-    let mut etcd = Etcd::start(c, 1)?;
+    let mut etcd = UnderlayEtcd::start(c, 1)?;
     let store = etcd.url(c);
     let hosts =
         c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
@@ -554,7 +408,7 @@ fn outage_scenario(c: &Cluster) -> Result<()> {
     web(h1, "x1", "out", &[])?;
     web(h2, "y1", "out", &[])?;
     web(h2, "y0", "out", &[])?;
-    let (x1, y1, y0) = (ip_of(h1, "x1", "out")?, ip_of(h2, "y1", "out")?, ip_of(h2, "y0", "out")?);
+    let (x1, y1, y0) = (h1.container_ip("x1", "out")?, h2.container_ip("y1", "out")?, h2.container_ip("y0", "out")?);
     ping(h1, "x1", &y1)?;
     ping(h1, "x1", &y0)?;
     step(t0, "up");
@@ -578,7 +432,7 @@ fn outage_scenario(c: &Cluster) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     ensure!(
-        fdb(h2, 5100)?.contains(&inspect(h1, "x1", "out", "MacAddress")?),
+        fdb(h2, 5100)?.contains(&h1.container_network_field("x1", "out", "MacAddress")?),
         "h2 lost x1's entry: {}",
         fdb(h2, 5100)?
     );
@@ -587,12 +441,12 @@ fn outage_scenario(c: &Cluster) -> Result<()> {
     etcd.restart(c, 0)?;
     step(t0, "etcd back");
     web(h2, "y2", "out", &[])?;
-    let y2 = ip_of(h2, "y2", "out")?;
+    let y2 = h2.container_ip("y2", "out")?;
     ping(h1, "x1", &y2)?;
     ping(h2, "y2", &x1)?;
     fetch(h1, "x1", &y2, "y2")?;
     web(h1, "x2", "out", &[])?;
-    ping(h2, "y1", &ip_of(h1, "x2", "out")?)?;
+    ping(h2, "y1", &h1.container_ip("x2", "out")?)?;
     match removed {
         Ok(_) => eventually("y0's entries to go from h1 once etcd is back", || {
             Ok(!neigh(h1, 5100)?.contains(&format!("{y0} ")))
@@ -660,7 +514,7 @@ fn refused(h: &Host, driver: &str, args: &[&str], want: &str) -> Result<()> {
 
 fn bad_input_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
-    let etcd = Etcd::start(c, 1)?;
+    let etcd = UnderlayEtcd::start(c, 1)?;
     let store = etcd.url(c);
     let hosts =
         c.add_hosts(vec![HostConfig::new("hb", DockerVersion::V26), HostConfig::new("hg", DockerVersion::V26)])?;
@@ -719,19 +573,11 @@ fn bad_input_scenario(c: &Cluster) -> Result<()> {
         refused(hg, "loom-overlay", &args, want)?;
     }
     // A VNI, or a subnet, another network already has.
-    hg.docker(&[
-        "network",
-        "create",
-        "-d",
+    hg.network_create(
         "loom-overlay",
-        "--ipam-driver",
-        "loom-ipam",
-        "--subnet",
-        "10.97.0.0/24",
-        "-o",
-        &format!("{vni}=6000"),
         "first",
-    ])?;
+        &["--ipam-driver", "loom-ipam", "--subnet", "10.97.0.0/24", "-o", &format!("{vni}=6000")],
+    )?;
     refused(
         hg,
         "loom-overlay",
@@ -790,7 +636,7 @@ fn gwbridge_ip(h: &Host, container: &str) -> Result<String> {
 
 fn gateway_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
-    let etcd = Etcd::start(c, 1)?;
+    let etcd = UnderlayEtcd::start(c, 1)?;
     let store = etcd.url(c);
     let args = ["--iptables=false", "--userland-proxy=false"];
     let hosts = c.add_hosts(vec![
@@ -824,7 +670,7 @@ fn gateway_scenario(c: &Cluster) -> Result<()> {
 
     // docker_gwbridge joins containers of every overlay on the host: its ports are kept apart.
     no_ping(h1, "u1", &gwbridge_ip(h1, "w1")?)?;
-    fetch(h2, "v1", &ip_of(h1, "w1", "gw1")?, "w1")?;
+    fetch(h2, "v1", &h1.container_ip("w1", "gw1")?, "w1")?;
     step(t0, "docker_gwbridge ports isolated");
 
     h1.docker(&["rm", "-f", "w1", "u1"])?;
@@ -851,7 +697,7 @@ fn overlay_gateway_without_docker_iptables() {
 /// removing it on both leaves no key.
 fn race_scenario(c: &Cluster) -> Result<()> {
     let t0 = Instant::now();
-    let etcd = Etcd::start(c, 1)?;
+    let etcd = UnderlayEtcd::start(c, 1)?;
     let store = etcd.url(c);
     let hosts = c.add_hosts(vec![
         HostConfig::new("r1", DockerVersion::V26).defer_docker(),

@@ -1,31 +1,17 @@
-//! Helpers the attach and throughput sections share: containers' pids and addresses, iperf3 runs
+//! Helpers the attach and throughput sections share: containers' network namespaces, iperf3 runs
 //! in a network namespace of a host, and the two-host Docker 20.10 cluster with a cluster store.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use netloom_tests::{wait_until, Cluster, DockerVersion, Host, HostConfig, NsProc};
+use netloom_tests::{wait_until, Cluster, DockerVersion, Host, HostConfig, NsProc, UnderlayEtcd};
 
 /// The port iperf3 servers listen on inside containers.
 pub const IPERF_PORT: u16 = 5201;
 /// The overlay networks of `create_overlay_networks`.
 pub const BUILTIN_OVERLAY: &str = "builtin-ov";
 pub const LOOM_OVERLAY: &str = "loom-ov";
-
-/// The pid (in the host's pid namespace) of a running container.
-pub fn container_pid(h: &Host, container: &str) -> Result<u32> {
-    let out = h.docker(&["inspect", "--format", "{{.State.Pid}}", container])?;
-    out.trim().parse().with_context(|| format!("pid of container {container}: {out:?}"))
-}
-
-/// A container's address on `network`.
-pub fn container_ip(h: &Host, container: &str, network: &str) -> Result<String> {
-    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
-    let ip = h.docker(&["inspect", "--format", &format, container])?.trim().to_string();
-    anyhow::ensure!(!ip.is_empty(), "container {container} has no address on {network}");
-    Ok(ip)
-}
 
 /// A network namespace as `nsenter --net=` takes it (a path inside the host's mount namespace).
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +26,7 @@ pub enum Netns {
 
 impl Netns {
     pub fn of_container(h: &Host, container: &str) -> Result<Netns> {
-        Ok(Netns::Container(container_pid(h, container)?))
+        Ok(Netns::Container(u32::try_from(h.container_pid(container)?)?))
     }
 
     /// `argv` prefixed with the nsenter that runs it in this namespace.
@@ -97,37 +83,10 @@ pub fn round_order(round: usize, n: usize) -> Vec<usize> {
     }
 }
 
-/// Starts etcd in the cluster's underlay (listening on `underlay_ip():2379`, v2 API on for
-/// Docker 20.10's cluster store); returns its `etcd://` URL once healthy.
-pub fn start_underlay_etcd(c: &Cluster) -> Result<String> {
-    let ip = c.underlay_ip();
-    let data = c.dir().join("etcd.data");
-    c.spawn_underlay(
-        "etcd",
-        &[
-            "etcd".to_string(),
-            "--name=bench".to_string(),
-            format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=http://{ip}:2379"),
-            format!("--advertise-client-urls=http://{ip}:2379"),
-            format!("--listen-peer-urls=http://{ip}:2380"),
-            format!("--initial-advertise-peer-urls=http://{ip}:2380"),
-            format!("--initial-cluster=bench=http://{ip}:2380"),
-            "--enable-v2=true".to_string(),
-            "--log-level=warn".to_string(),
-        ],
-    )?;
-    let endpoint = format!("{ip}:2379");
-    wait_until(Duration::from_secs(30), Duration::from_millis(100), "etcd", || {
-        Ok(c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).is_ok())
-    })?;
-    Ok(format!("etcd://{endpoint}"))
-}
-
 /// Two Docker 20.10 hosts sharing a cluster store (etcd in the underlay), each running
 /// loom-overlay on the same store: the built-in overlay and loom-overlay side by side.
 pub fn overlay_hosts(c: &Cluster) -> Result<Vec<Arc<Host>>> {
-    let store = start_underlay_etcd(c)?;
+    let store = UnderlayEtcd::start(c, 1)?.url(c);
     let dockerd_args = [
         format!("--cluster-store={store}"),
         "--cluster-advertise=eth0:2376".to_string(),

@@ -10,8 +10,8 @@ use anyhow::Result;
 use netloom_tests::{Cluster, DockerVersion, Host, HostConfig, NsProc, IMAGE};
 
 use crate::docker_util::{
-    container_ip, create_overlay_networks, iperf3_gbits, overlay_hosts, round_order, spawn_iperf3_server, Netns,
-    BUILTIN_OVERLAY, IPERF_PORT, LOOM_OVERLAY,
+    create_overlay_networks, iperf3_gbits, overlay_hosts, round_order, spawn_iperf3_server, Netns, BUILTIN_OVERLAY,
+    IPERF_PORT, LOOM_OVERLAY,
 };
 use crate::report::{Report, Row, Target};
 use crate::sections::Config;
@@ -147,7 +147,7 @@ fn bridge_paths<'a>(h: &'a Host, network: &'static str, published: u16) -> Resul
         name: network,
         host: h,
         client: Netns::of_container(h, &client)?,
-        target: container_ip(h, &server, network)?,
+        target: h.container_ip(&server, network)?,
         port: IPERF_PORT,
     };
     let name = if network == LOOM_BRIDGE_NET { "loom-bridge published port" } else { "bridge published port" };
@@ -201,7 +201,7 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
             name: network,
             host: h1,
             client: Netns::of_container(h1, &client)?,
-            target: container_ip(h2, &server, network)?,
+            target: h2.container_ip(&server, network)?,
             port: IPERF_PORT,
         });
     }
