@@ -8,6 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use super::rules::split_words;
 
 /// How long one call waits for the xtables lock.
@@ -45,9 +48,9 @@ pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> IptResult<Output
     match rx.recv_timeout(limit) {
         Ok(out) => Ok(out?),
         Err(_) => {
-            // SAFETY: kill(2) on the pid of a child we have not reaped yet (the waiting thread
-            // reaps it once it dies).
-            unsafe { nftnl::nftnl_sys::libc::kill(pid, nftnl::nftnl_sys::libc::SIGKILL) };
+            // The child is not reaped yet (the waiting thread reaps it once it dies), so the pid
+            // is still its own.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             Err(err(format!(
                 "{program} did not finish within {} s and was killed; is another program holding the xtables lock ({XTABLES_LOCK})?",
                 limit.as_secs()

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
-use nftnl::nftnl_sys::libc;
 use nftnl::{Batch, MsgType, ProtoFamily};
+use nix::errno::Errno;
 use tracing::debug;
 
 use crate::error::FirewallError;
@@ -347,7 +347,7 @@ impl Firewall for NftFirewall {
             }
             debug!(network = %net.network_id, bridge = %net.bridge, "nft: adding network");
             apply(sock, tx).map_err(|e| {
-                if e.errno() == Some(libc::EEXIST) {
+                if e.errno() == Some(Errno::EEXIST) {
                     anyhow!("bridge {} is already used by another network's rules ({e})", net.bridge)
                 } else {
                     anyhow!("{e}")
@@ -385,7 +385,7 @@ impl Firewall for NftFirewall {
             batch_port_elems(&mut tx, &port_elems(&refs), Some(&comment), MsgType::Add);
             match apply(sock, tx) {
                 Ok(()) => Ok(()),
-                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                Err(e) if e.errno() == Some(Errno::EEXIST) => {
                     // Name the mapping that clashes.
                     for m in &ports {
                         let (k, d) = layout::port_elem(m);
@@ -493,9 +493,7 @@ impl Firewall for NftFirewall {
                 let tx = vxlan_guard_tx(sock, port, &peers).map_err(nl_context("reading the VXLAN peer sets"))?;
                 match apply(sock, tx) {
                     Ok(()) => return Ok(()),
-                    Err(e) if matches!(e.errno(), Some(n) if n == libc::ENOENT || n == libc::EEXIST) && attempt < 2 => {
-                        continue
-                    }
+                    Err(e) if matches!(e.errno(), Some(Errno::ENOENT | Errno::EEXIST)) && attempt < 2 => continue,
                     Err(e) => return Err(anyhow!("{e}")),
                 }
             }
@@ -524,7 +522,7 @@ fn remove_network_tag(sock: &mut Socket, network_tag: &str) -> Result<()> {
         };
         match apply(sock, batch) {
             Ok(()) => return Ok(()),
-            Err(e) if e.errno() == Some(libc::ENOENT) && attempt < 2 => continue,
+            Err(e) if e.errno() == Some(Errno::ENOENT) && attempt < 2 => continue,
             Err(e) => return Err(anyhow!("{e}")),
         }
     }
@@ -550,7 +548,7 @@ fn remove_vxlan_guard(sock: &mut Socket) -> Result<()> {
     match apply(sock, build(true)) {
         Ok(()) => Ok(()),
         // The sets were not there (nor, then, the table or the guard).
-        Err(e) if e.errno() == Some(libc::ENOENT) => {
+        Err(e) if e.errno() == Some(Errno::ENOENT) => {
             let tx = build(false);
             if tx.is_empty() {
                 return Ok(());
@@ -567,7 +565,7 @@ fn remove_table(sock: &mut Socket) -> Result<()> {
     tx.add(&table(), MsgType::Del, format!("delete table inet {TABLE}"));
     match apply(sock, tx) {
         Ok(()) => {}
-        Err(e) if e.errno() == Some(libc::ENOENT) => {}
+        Err(e) if e.errno() == Some(Errno::ENOENT) => {}
         Err(e) => return Err(anyhow!("deleting table inet {TABLE}: {e}")),
     }
     crate::compat::remove()

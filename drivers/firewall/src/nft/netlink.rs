@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{FinalizedBatch, MsgType, NlMsg};
+use nix::errno::Errno;
 
 use super::layout::{SetData, SetSpec, TABLE};
 
@@ -318,8 +319,8 @@ impl std::fmt::Display for NlError {
 impl std::error::Error for NlError {}
 
 impl NlError {
-    pub fn errno(&self) -> Option<i32> {
-        self.err.raw_os_error()
+    pub fn errno(&self) -> Option<Errno> {
+        self.err.raw_os_error().map(Errno::from_raw)
     }
 }
 
@@ -576,7 +577,7 @@ impl Socket {
             sys::nftnl_set_elems_nlmsg_build_payload(h, query.0.as_ptr());
         }) {
             Ok(m) => m,
-            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
