@@ -2,14 +2,13 @@
 //! network's firewall policy for NAT, isolation and published ports. What every driver does the
 //! same way (records, turns, ports, restore, leftovers) is the driver kit's.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use netloom_dataplane::{sysctl, BridgeSpec, Link, Netlink, VethSpec};
 use netloom_driver_kit::guard::{firewall_call, refuse_overlap};
-use netloom_driver_kit::{leftovers, ports, restore, Errors, Registry, Snapshot};
+use netloom_driver_kit::{leftovers, ports, restore, Endpoint, Errors, Network, Registry, Snapshot};
 use netloom_firewall::{Firewall, NetworkPolicy};
 use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::short_id as short;
@@ -83,12 +82,7 @@ impl BridgeDriver {
 
     /// Links and rules tagged as ours whose network or endpoint is no longer in the records.
     async fn remove_leftovers(&self, state: &Snapshot<NetworkRecord, EndpointRecord>) {
-        let owners: BTreeSet<String> = state
-            .networks
-            .values()
-            .map(NetworkRecord::owner)
-            .chain(state.endpoints.values().map(EndpointRecord::owner))
-            .collect();
+        let owners = state.owners();
         leftovers::sweep_links(&self.netlink, OWNER_PREFIX, |_, owner| owners.contains(owner)).await;
         // Other drivers sharing the firewall namespace their ids as `<driver>.<id>` (loom-host:
         // `loom-host.<endpoint>`); only bare network ids can be ours.

@@ -110,7 +110,7 @@ impl HostDriver {
 
     /// Links and firewall policies tagged as loom-host's that no record explains.
     async fn remove_leftovers(&self, state: &Snapshot<NetworkRecord, EndpointRecord>) {
-        let owners: BTreeSet<String> = state.endpoints.values().map(EndpointRecord::owner).collect();
+        let owners = state.owners();
         leftovers::sweep_links(&self.netlink, OWNER_PREFIX, |_, owner| owners.contains(owner)).await;
         self.remove_leftover_rules(state).await;
         let live: BTreeSet<String> = state.endpoints.values().filter(|e| e.joined).map(policy::id).collect();

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{anyhow, Result};
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{sysctl, IifRule, Link, Netlink, VethSpec};
+use netloom_driver_kit::Endpoint;
 
 use crate::state::{EndpointRecord, NetworkRecord};
 

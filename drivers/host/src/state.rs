@@ -3,7 +3,6 @@
 //! and tell its own leftovers apart.
 
 use ipnetwork::IpNetwork;
-use netloom_driver_kit::{Endpoint, Network};
 use netloom_plugin_api::addressing::Pool;
 use netloom_plugin_api::host_ports::PublishedPort;
 use serde::{Deserialize, Serialize};
@@ -64,54 +63,18 @@ pub struct EndpointRecord {
 }
 
 impl EndpointRecord {
-    pub fn owner(&self) -> String {
-        format!("{OWNER_PREFIX}{}:{}", self.network_id, self.id)
-    }
-
     /// The endpoint's addresses as host routes (/32, /128).
     pub fn host_routes(&self) -> Vec<IpNetwork> {
         [self.address_v4, self.address_v6].into_iter().flatten().map(|a| IpNetwork::from(a.ip())).collect()
     }
 }
 
-impl netloom_ipam::store::NetworkRecord for NetworkRecord {
-    fn network_id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl netloom_ipam::store::EndpointRecord for EndpointRecord {
-    fn network_id(&self) -> &str {
-        &self.network_id
-    }
-    fn endpoint_id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl Network for NetworkRecord {
-    fn internal(&self) -> bool {
-        self.internal
-    }
-}
-
-impl Endpoint for EndpointRecord {
-    fn address_v4(&self) -> Option<IpNetwork> {
-        self.address_v4
-    }
-    fn address_v6(&self) -> Option<IpNetwork> {
-        self.address_v6
-    }
-    fn ports(&self) -> &[PublishedPort] {
-        &self.ports
-    }
-    fn set_ports(&mut self, ports: Vec<PublishedPort>) {
-        self.ports = ports;
-    }
-}
+netloom_driver_kit::driver_records!(network NetworkRecord, endpoint EndpointRecord, owner OWNER_PREFIX, with ports);
 
 #[cfg(test)]
 mod tests {
+    use netloom_driver_kit::Endpoint;
+
     use super::*;
 
     #[test]

@@ -14,6 +14,7 @@ pub mod restore;
 pub mod serve;
 pub mod teardown;
 
+pub use netloom_ipam::store::DriverRecords;
 pub use record::{Endpoint, Network};
 pub use registry::{Maps, Registry, Snapshot};
 pub use serve::{serve, Parts};

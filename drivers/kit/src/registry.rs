@@ -5,7 +5,7 @@
 //! The maps sit behind a plain mutex held only while reading or updating them, never across a
 //! kernel, firewall or store call; the turns are what requests hold across those calls.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
@@ -46,6 +46,11 @@ pub struct Snapshot<N, E> {
 }
 
 impl<N: Network, E: Endpoint> Snapshot<N, E> {
+    /// The owner tags of every network and endpoint recorded: what the leftover sweep keeps.
+    pub fn owners(&self) -> BTreeSet<String> {
+        self.networks.values().map(Network::owner).chain(self.endpoints.values().map(Endpoint::owner)).collect()
+    }
+
     /// The endpoints whose network is known, with it; the others are logged (they go when Docker
     /// deletes them).
     pub fn known_endpoints(&self) -> Vec<(&N, &E)> {

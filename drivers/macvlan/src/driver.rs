@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use netloom_dataplane::Netlink;
-use netloom_driver_kit::{leftovers, restore, Registry, Snapshot};
+use netloom_driver_kit::{leftovers, restore, Endpoint, Registry, Snapshot};
 use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::short_id;
 use netloom_plugin_api::locks::Turn;
@@ -57,12 +57,7 @@ impl MacvlanDriver {
         // An endpoint's macvlan is either in its container (invisible here) or back in this
         // namespace waiting for DeleteEndpoint; both are fine. Links tagged as ours that no record
         // explains are leftovers of a crash.
-        let owners: BTreeSet<String> = state
-            .networks
-            .values()
-            .map(NetworkRecord::owner)
-            .chain(state.endpoints.values().map(EndpointRecord::owner))
-            .collect();
+        let owners = state.owners();
         let parents: BTreeSet<&str> = state.networks.values().map(|n| n.parent.name()).collect();
         let keep = |link: &netloom_dataplane::Link, owner: &str| {
             owners.contains(owner) || parents.contains(link.name.as_str())

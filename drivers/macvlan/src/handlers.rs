@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, names, MacvlanSpec};
-use netloom_driver_kit::endpoint;
+use netloom_driver_kit::{endpoint, Endpoint};
 use netloom_plugin_api::addressing::{endpoint_address, pool_of, pools, short_id, Pool};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use netloom_dataplane::{names, Link, Netlink, VethSpec, VlanSpec};
+use netloom_driver_kit::Network;
 use netloom_plugin_api::addressing::short_id;
 use netloom_plugin_api::options::MTU;
 use tracing::info;

@@ -3,7 +3,6 @@
 //! kernel's side and tell its own leftovers apart.
 
 use ipnetwork::IpNetwork;
-use netloom_driver_kit::{Endpoint, Network};
 use netloom_plugin_api::addressing::Pool;
 use serde::{Deserialize, Serialize};
 
@@ -45,12 +44,6 @@ pub struct NetworkRecord {
     pub internal: bool,
 }
 
-impl NetworkRecord {
-    pub fn owner(&self) -> String {
-        format!("{OWNER_PREFIX}{}", self.id)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub network_id: String,
@@ -62,38 +55,4 @@ pub struct EndpointRecord {
     pub mac: String,
 }
 
-impl EndpointRecord {
-    pub fn owner(&self) -> String {
-        format!("{OWNER_PREFIX}{}:{}", self.network_id, self.id)
-    }
-}
-
-impl netloom_ipam::store::NetworkRecord for NetworkRecord {
-    fn network_id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl netloom_ipam::store::EndpointRecord for EndpointRecord {
-    fn network_id(&self) -> &str {
-        &self.network_id
-    }
-    fn endpoint_id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl Network for NetworkRecord {
-    fn internal(&self) -> bool {
-        self.internal
-    }
-}
-
-impl Endpoint for EndpointRecord {
-    fn address_v4(&self) -> Option<IpNetwork> {
-        self.address_v4
-    }
-    fn address_v6(&self) -> Option<IpNetwork> {
-        self.address_v6
-    }
-}
+netloom_driver_kit::driver_records!(network NetworkRecord, endpoint EndpointRecord, owner OWNER_PREFIX);
