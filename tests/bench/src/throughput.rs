@@ -78,60 +78,35 @@ fn one_host(config: &Config, report: &mut Report) -> Result<()> {
     let s = measure(config, &paths)?;
     let (loom, loom_published, builtin, builtin_published, loom_ipt, bare) = (&s[0], &s[1], &s[2], &s[3], &s[4], &s[5]);
     let c2c = "TCP container to container";
-    report.push(Row::vs(
-        "throughput",
-        format!("{c2c}, loom-bridge nftables (default) vs iptables backend"),
-        loom.median(),
-        UNIT,
-        "iptables",
-        loom_ipt.median(),
-        Target::None,
-    ));
-    report.push(Row::vs(
-        "throughput",
-        format!("{c2c}, loom-bridge iptables backend vs bridge (Docker 20.10)"),
-        loom_ipt.median(),
-        UNIT,
-        "bridge",
-        builtin.median(),
-        Target::None,
-    ));
-    report.push(Row::vs(
-        "throughput",
-        format!("{c2c}, loom-bridge vs bridge (Docker 20.10)"),
-        loom.median(),
-        UNIT,
-        "bridge",
-        builtin.median(),
-        Target::AtLeast(0.95),
-    ));
-    report.push(Row::vs(
-        "throughput",
-        format!("{c2c}, loom-bridge vs bare veth pair"),
-        loom.median(),
-        UNIT,
-        "bare veth",
-        bare.median(),
-        Target::AtLeast(0.9),
-    ));
-    report.push(Row::vs(
-        "throughput",
-        format!("{c2c}, bridge (Docker 20.10) vs bare veth pair"),
-        builtin.median(),
-        UNIT,
-        "bare veth",
-        bare.median(),
-        Target::None,
-    ));
-    report.push(Row::vs(
-        "throughput",
-        "TCP to a port published at 127.0.0.1, loom-bridge vs bridge (docker-proxy, Docker 20.10)",
-        loom_published.median(),
-        UNIT,
-        "bridge",
-        builtin_published.median(),
-        Target::AtLeast(1.1),
-    ));
+    compare(
+        report,
+        [
+            (
+                format!("{c2c}, loom-bridge nftables (default) vs iptables backend"),
+                loom,
+                "iptables",
+                loom_ipt,
+                Target::None,
+            ),
+            (
+                format!("{c2c}, loom-bridge iptables backend vs bridge (Docker 20.10)"),
+                loom_ipt,
+                "bridge",
+                builtin,
+                Target::None,
+            ),
+            (format!("{c2c}, loom-bridge vs bridge (Docker 20.10)"), loom, "bridge", builtin, Target::AtLeast(0.95)),
+            (format!("{c2c}, loom-bridge vs bare veth pair"), loom, "bare veth", bare, Target::AtLeast(0.9)),
+            (format!("{c2c}, bridge (Docker 20.10) vs bare veth pair"), builtin, "bare veth", bare, Target::None),
+            (
+                "TCP to a port published at 127.0.0.1, loom-bridge vs bridge (docker-proxy, Docker 20.10)".to_string(),
+                loom_published,
+                "bridge",
+                builtin_published,
+                Target::AtLeast(1.1),
+            ),
+        ],
+    );
     Ok(())
 }
 
@@ -208,34 +183,28 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
     let s = measure(config, &paths)?;
     let (underlay, builtin, loom) = (&s[0], &s[1], &s[2]);
     let what = "TCP cross-host";
-    report.push(Row::vs(
-        "throughput",
-        format!("{what}, loom-overlay vs overlay (Docker 20.10)"),
-        loom.median(),
-        UNIT,
-        "overlay",
-        builtin.median(),
-        Target::AtLeast(0.95),
-    ));
-    report.push(Row::vs(
-        "throughput",
-        format!("{what}, loom-overlay vs bare underlay"),
-        loom.median(),
-        UNIT,
-        "underlay",
-        underlay.median(),
-        Target::AtLeast(0.9),
-    ));
-    report.push(Row::vs(
-        "throughput",
-        format!("{what}, overlay (Docker 20.10) vs bare underlay"),
-        builtin.median(),
-        UNIT,
-        "underlay",
-        underlay.median(),
-        Target::None,
-    ));
+    compare(
+        report,
+        [
+            (
+                format!("{what}, loom-overlay vs overlay (Docker 20.10)"),
+                loom,
+                "overlay",
+                builtin,
+                Target::AtLeast(0.95),
+            ),
+            (format!("{what}, loom-overlay vs bare underlay"), loom, "underlay", underlay, Target::AtLeast(0.9)),
+            (format!("{what}, overlay (Docker 20.10) vs bare underlay"), builtin, "underlay", underlay, Target::None),
+        ],
+    );
     Ok(())
+}
+
+/// Throughput rows, each (what, ours, anchor's name, anchor, target), by the samples' medians.
+fn compare<const N: usize>(report: &mut Report, rows: [(String, &Samples, &str, &Samples, Target); N]) {
+    for (what, ours, anchor_name, anchor, target) in rows {
+        report.push(Row::vs("throughput", what, ours.median(), UNIT, anchor_name, anchor.median(), target));
+    }
 }
 
 /// `iperf_rounds()` runs of every path, the paths in turn within a round (alternating
