@@ -2,52 +2,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use common::etcd::Etcd;
+use common::served::Served;
 use netloom_plugin_api::client::PluginClient;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loom-ipam");
 
-struct Driver {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Driver {
-    fn start(dir: &Path, host: &str, store: Option<&str>) -> Self {
-        let socket = dir.join(format!("{host}.sock"));
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--socket").arg(&socket).arg("--state-dir").arg(dir.join(format!("state-{host}")));
-        cmd.arg("--host-id").arg(host).stderr(Stdio::null());
-        if let Some(url) = store {
-            cmd.arg("--store").arg(url);
-        }
-        let mut child = cmd.spawn().expect("spawning loom-ipam");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("loom-ipam exited with {status}");
-            }
-            assert!(Instant::now() < deadline, "loom-ipam did not serve {} in time", socket.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, socket }
+/// loom-ipam as host `host`, on its own socket and state directory in `dir`.
+fn start(dir: &Path, host: &str, store: Option<&str>) -> Served {
+    let socket = dir.join(format!("{host}.sock"));
+    let mut args = vec!["--host-id", host];
+    if let Some(url) = store {
+        args.extend(["--store", url]);
     }
-
-    async fn client(&self) -> PluginClient {
-        PluginClient::connect(&self.socket).await.unwrap()
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Served::start(BIN, &socket, &dir.join(format!("state-{host}")), &args)
 }
 
 async fn call(client: &mut PluginClient, method: &str, body: Value) -> Value {
@@ -65,7 +36,7 @@ fn gateway_opts() -> Value {
 async fn docker_sequence_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let pool_id = {
-        let driver = Driver::start(dir.path(), "h1", None);
+        let driver = start(dir.path(), "h1", None);
         let mut c = driver.client().await;
         assert_eq!(call(&mut c, "Plugin.Activate", Value::Null).await, json!({"Implements": ["IpamDriver"]}));
         let caps = call(&mut c, "IpamDriver.GetCapabilities", Value::Null).await;
@@ -110,7 +81,7 @@ async fn docker_sequence_survives_sigkill() {
         pool_id
     }; // SIGKILL
 
-    let driver = Driver::start(dir.path(), "h1", None);
+    let driver = start(dir.path(), "h1", None);
     let mut c = driver.client().await;
     let ep = call(&mut c, "IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "", "Options": {}})).await;
     assert_eq!(ep["Address"], "172.17.0.3/16", "state survived the kill");
@@ -129,8 +100,8 @@ async fn docker_sequence_survives_sigkill() {
 async fn two_hosts_share_pools_through_etcd() {
     let etcd = Etcd::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let a = Driver::start(dir.path(), "host-a", Some(&etcd.url()));
-    let b = Driver::start(dir.path(), "host-b", Some(&etcd.url()));
+    let a = start(dir.path(), "host-a", Some(&etcd.url()));
+    let b = start(dir.path(), "host-b", Some(&etcd.url()));
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     let request =
         json!({"AddressSpace": "GlobalDefault", "Pool": "10.30.0.0/24", "SubPool": "", "Options": {}, "V6": false});

@@ -1,66 +1,31 @@
 //! The loom-null binary on a real socket: protocol errors, persistence across SIGKILL, SIGTERM
 //! clean-up and single-instance refusal.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+// The harness loom-ipam's binary tests use too.
+#[path = "../../../ipam/tests/common/served.rs"]
+mod served;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use netloom_plugin_api::client::PluginClient;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::json;
+use served::Served;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loom-null");
 
-struct Driver {
-    child: Child,
-    socket: PathBuf,
+fn start(socket: &Path, state: &Path) -> Served {
+    Served::start(BIN, socket, state, &["--log-level", "debug"])
 }
 
-impl Driver {
-    fn start(socket: &Path, state: &Path) -> Self {
-        let child = Command::new(BIN)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--log-level")
-            .arg("debug")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning loom-null");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // A killed predecessor leaves its socket file behind: wait until the new process answers.
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "loom-null did not serve {} within 5s", socket.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, socket: socket.to_path_buf() }
-    }
-
-    fn signal(&mut self, signal: Signal) -> std::process::ExitStatus {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-        self.child.wait().unwrap()
-    }
-
-    async fn client(&self) -> PluginClient {
-        PluginClient::connect(&self.socket).await.unwrap()
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run_to_exit(socket: &Path, state: &Path) -> Output {
+fn run_to_exit(socket: &Path, state: &Path, args: &[&str]) -> Output {
     let mut child = Command::new(BIN)
         .arg("--socket")
         .arg(socket)
         .arg("--state-dir")
         .arg(state)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -69,7 +34,7 @@ fn run_to_exit(socket: &Path, state: &Path) -> Output {
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("a second instance kept running instead of refusing to start");
+            panic!("loom-null kept running instead of refusing to start");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -79,7 +44,7 @@ fn run_to_exit(socket: &Path, state: &Path) -> Output {
 #[tokio::test]
 async fn protocol_errors_come_back_as_err() {
     let dir = tempfile::tempdir().unwrap();
-    let driver = Driver::start(&dir.path().join("loom-null.sock"), &dir.path().join("state"));
+    let driver = start(&dir.path().join("loom-null.sock"), &dir.path().join("state"));
     let mut client = driver.client().await;
 
     let activate = client.call_raw("Plugin.Activate", "").await.unwrap();
@@ -119,7 +84,7 @@ async fn state_survives_sigkill_and_sigterm_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("plugins/loom-null.sock");
     let state = dir.path().join("state");
-    let mut driver = Driver::start(&socket, &state);
+    let mut driver = start(&socket, &state);
     {
         let mut client = driver.client().await;
         let network = json!({"NetworkID": "net1", "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"Pool": "172.18.0.0/16"}], "IPv6Data": []});
@@ -132,7 +97,7 @@ async fn state_survives_sigkill_and_sigterm_removes_the_socket() {
     assert!(!driver.signal(Signal::SIGKILL).success());
     assert!(socket.exists(), "a killed process leaves its socket behind");
 
-    let mut driver = Driver::start(&socket, &state);
+    let mut driver = start(&socket, &state);
     let mut client = driver.client().await;
     let join =
         json!({"NetworkID": "net1", "EndpointID": "ep1", "SandboxKey": "/var/run/docker/netns/x", "Options": {}});
@@ -158,16 +123,51 @@ async fn state_survives_sigkill_and_sigterm_removes_the_socket() {
 async fn a_second_instance_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("loom-null.sock");
-    let _first = Driver::start(&socket, &dir.path().join("state1"));
+    let _first = start(&socket, &dir.path().join("state1"));
 
-    let same_socket = run_to_exit(&socket, &dir.path().join("state2"));
+    let same_socket = run_to_exit(&socket, &dir.path().join("state2"), &[]);
     assert!(!same_socket.status.success());
     let stderr = String::from_utf8_lossy(&same_socket.stderr);
     assert!(stderr.contains("another process is already serving"), "{stderr}");
     assert!(socket.exists(), "the refused instance left the live socket alone");
 
-    let same_state = run_to_exit(&dir.path().join("other.sock"), &dir.path().join("state1"));
+    let same_state = run_to_exit(&dir.path().join("other.sock"), &dir.path().join("state1"), &[]);
     assert!(!same_state.status.success());
     let stderr = String::from_utf8_lossy(&same_state.stderr);
     assert!(stderr.contains("another instance is already running with state directory"), "{stderr}");
+}
+
+#[tokio::test]
+async fn records_are_files_of_this_host_and_a_store_url_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Nothing listens there: loom-null must not need it.
+    let driver = Served::start(BIN, &dir.path().join("loom-null.sock"), &state, &["--store", "etcd://127.0.0.1:9"]);
+    let mut client = driver.client().await;
+    let network = json!({"NetworkID": "net1", "Options": {}, "IPv4Data": [], "IPv6Data": []});
+    client.call("NetworkDriver.CreateNetwork", &network).await.unwrap();
+    let endpoint = json!({"NetworkID": "net1", "EndpointID": "ep1", "Interface": {}, "Options": {}});
+    client.call("NetworkDriver.CreateEndpoint", &endpoint).await.unwrap();
+
+    let host_id = std::fs::read_to_string(state.join("host-id")).unwrap();
+    let records = state.join("records/null").join(host_id.trim());
+    let network_record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(records.join("networks/net1")).unwrap()).unwrap();
+    assert_eq!(network_record, json!({"id": "net1"}));
+    assert!(records.join("endpoints/net1/ep1").is_file());
+    assert!(!state.join("store.redb").exists(), "no database next to the records");
+
+    client.call("NetworkDriver.DeleteEndpoint", &json!({"NetworkID": "net1", "EndpointID": "ep1"})).await.unwrap();
+    assert!(!records.join("endpoints/net1/ep1").exists());
+    client.call("NetworkDriver.DeleteNetwork", &json!({"NetworkID": "net1"})).await.unwrap();
+    assert!(!records.join("networks/net1").exists());
+}
+
+#[test]
+fn a_bad_store_url_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(&dir.path().join("loom-null.sock"), &dir.path().join("state"), &["--store", "zk://h:2181"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("zk://h:2181") && stderr.contains("etcd://"), "{stderr}");
 }

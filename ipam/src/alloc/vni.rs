@@ -4,7 +4,7 @@
 
 use tracing::info;
 
-use super::bitspace::BitSpace;
+use super::bitspace::{BitSpace, Slot};
 use super::keys;
 use super::records::{self, decode_opt, Kind, OwnerRecord};
 use crate::error::{IpamError, IpamResult};
@@ -25,7 +25,6 @@ impl Ipam {
         check_owner(owner)?;
         let bits = self.vni_bits();
         let (lo, hi) = (self.config.vni_first as u128, self.config.vni_last as u128);
-        let owner_key = keys::vni_owner(owner);
         let cursor = self.cursor(VNI_CURSOR);
         let mut cursor = cursor.lock().await;
         for attempt in 0..self.config.max_attempts {
@@ -36,13 +35,7 @@ impl Ipam {
                 IpamError::Exhausted(format!("no free VNI left in {}-{}", self.config.vni_first, self.config.vni_last))
             })?;
             let vni = slot.value as u32;
-            let txn = Txn::new()
-                .when(Condition::Absent(owner_key.clone()))
-                .put(keys::vni_id(vni), self.vni_record(owner))
-                .put(owner_key.clone(), vni.to_string());
-            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
-            bits.after_take(&slot, outcome);
-            if outcome.committed() {
+            if self.take_vni(&bits, &slot, owner).await? {
                 *cursor = if slot.value >= hi { lo } else { slot.value + 1 };
                 info!(vni, owner, "VNI allocated");
                 return Ok(vni);
@@ -55,11 +48,8 @@ impl Ipam {
     /// Takes a specific VNI (any valid one, also outside the automatic range) for `owner`.
     pub async fn reserve_vni(&self, vni: u32, owner: &str) -> IpamResult<()> {
         check_owner(owner)?;
-        if vni == 0 || vni > VNI_MAX {
-            return Err(IpamError::Invalid(format!("VNI {vni} is not valid: VXLAN ids are 1-{VNI_MAX}")));
-        }
+        check_vni(vni)?;
         let bits = self.vni_bits();
-        let owner_key = keys::vni_owner(owner);
         for attempt in 0..self.config.max_attempts {
             match self.vni_of(owner).await? {
                 Some(have) if have == vni => return Ok(()),
@@ -80,13 +70,7 @@ impl Ipam {
                 let by = holder.map(|h| format!(" by {} (host {})", h.owner, h.host)).unwrap_or_default();
                 return Err(IpamError::InUse(format!("VNI {vni} is already in use{by}")));
             }
-            let txn = Txn::new()
-                .when(Condition::Absent(owner_key.clone()))
-                .put(keys::vni_id(vni), self.vni_record(owner))
-                .put(owner_key.clone(), vni.to_string());
-            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
-            bits.after_take(&slot, outcome);
-            if outcome.committed() {
+            if self.take_vni(&bits, &slot, owner).await? {
                 info!(vni, owner, "VNI reserved");
                 return Ok(());
             }
@@ -97,9 +81,7 @@ impl Ipam {
 
     /// Frees a VNI; one that isn't taken is already free.
     pub async fn release_vni(&self, vni: u32) -> IpamResult<()> {
-        if vni == 0 || vni > VNI_MAX {
-            return Err(IpamError::Invalid(format!("VNI {vni} is not valid: VXLAN ids are 1-{VNI_MAX}")));
-        }
+        check_vni(vni)?;
         let bits = self.vni_bits();
         for attempt in 0..self.config.max_attempts {
             let slot = bits.slot(vni as u128).await?;
@@ -153,6 +135,19 @@ impl Ipam {
         BitSpace::new(self.store.as_ref(), keys::VNI_BITS.to_string(), 0).with_cache(&self.chunks)
     }
 
+    /// Takes the VNI `slot` for `owner` in one transaction, on the condition that the owner has
+    /// none yet; returns whether it committed.
+    async fn take_vni(&self, bits: &BitSpace<'_>, slot: &Slot, owner: &str) -> IpamResult<bool> {
+        let (vni, owner_key) = (slot.value as u32, keys::vni_owner(owner));
+        let txn = Txn::new()
+            .when(Condition::Absent(owner_key.clone()))
+            .put(keys::vni_id(vni), self.vni_record(owner))
+            .put(owner_key, vni.to_string());
+        let outcome = self.store.txn(bits.take(slot, txn)).await?;
+        bits.after_take(slot, outcome);
+        Ok(outcome.committed())
+    }
+
     fn vni_record(&self, owner: &str) -> Vec<u8> {
         records::encode(&OwnerRecord {
             host: self.host.clone(),
@@ -161,6 +156,13 @@ impl Ipam {
             at: records::now(),
         })
     }
+}
+
+fn check_vni(vni: u32) -> IpamResult<()> {
+    if vni == 0 || vni > VNI_MAX {
+        return Err(IpamError::Invalid(format!("VNI {vni} is not valid: VXLAN ids are 1-{VNI_MAX}")));
+    }
+    Ok(())
 }
 
 fn check_owner(owner: &str) -> IpamResult<()> {

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod fake_consul;
 pub mod model;
 pub mod scenarios;
+pub mod served;
 pub mod silent;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

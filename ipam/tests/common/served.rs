@@ -1,0 +1,58 @@
+//! A plugin binary serving its socket for a test: started, waited for until it answers, killed
+//! when dropped. Shared with loom-null's binary tests.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use netloom_plugin_api::client::PluginClient;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub struct Served {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Served {
+    /// Runs `bin --socket <socket> --state-dir <state> <args>` and waits until the socket answers.
+    pub fn start(bin: &str, socket: &Path, state: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A killed predecessor leaves its socket file behind: wait until the new process answers.
+        while UnixStream::connect(socket).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{bin} exited with {status}");
+            }
+            assert!(Instant::now() < deadline, "{bin} did not serve {} in time", socket.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, socket: socket.to_path_buf() }
+    }
+
+    pub async fn client(&self) -> PluginClient {
+        PluginClient::connect(&self.socket).await.unwrap()
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn signal(&mut self, signal: Signal) -> ExitStatus {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
