@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::short_id as short;
+use crate::port_holder;
 use crate::wire::ports::{PortBinding, Protocol};
 
 /// Docker's default range for `-P` and `-p 0:…`.
@@ -43,13 +44,71 @@ impl PublishedPort {
     }
 
     pub fn describe(&self) -> String {
-        let host = match self.host_ip {
-            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
-            Some(IpAddr::V4(ip)) => ip.to_string(),
-            None if self.container_ip.is_ipv6() => "[::]".into(),
-            None => "0.0.0.0".into(),
-        };
-        format!("{host}:{}->{}/{}", self.host_port, self.container_port, self.proto)
+        let host = host_side(self.host_ip, self.container_ip, &self.host_port.to_string());
+        format!("{host}->{}/{}", self.container_port, self.proto)
+    }
+}
+
+/// `address:port` as Docker prints a host binding; no host address means every address of the
+/// container address's family (`0.0.0.0`, `[::]`).
+fn host_side(host_ip: Option<IpAddr>, container_ip: IpAddr, port: &str) -> String {
+    match host_ip {
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Some(ip) => format!("{ip}:{port}"),
+        None if container_ip.is_ipv6() => format!("[::]:{port}"),
+        None => format!("0.0.0.0:{port}"),
+    }
+}
+
+/// Who holds a host port a binding asked for.
+#[derive(Debug)]
+enum Holder {
+    /// Another endpoint of this driver (its short id).
+    Endpoint(String),
+    /// A process on the host, named when /proc tells.
+    Process(Option<port_holder::Holder>),
+}
+
+/// The first host port found taken while resolving a binding, and by whom.
+#[derive(Debug)]
+struct Conflict {
+    /// `address:port`.
+    at: String,
+    holder: Holder,
+}
+
+/// Why `binding` cannot be published on `hosts` (`address:port-or-range` each) and what to do,
+/// starting the way Docker says it ("Bind for 0.0.0.0:8080 failed: port is already allocated").
+fn refusal(binding: &PortBinding, hosts: &[String], range: bool, conflict: Option<Conflict>) -> String {
+    let what = format!("cannot publish port {}/{} on {}", binding.port, binding.proto, hosts.join(" and "));
+    let retry = format!(
+        "choose another host port (-p HOST_PORT:{port}) or leave it out (-p {port}) to get a free one",
+        port = binding.port
+    );
+    let Some(Conflict { at, holder }) = conflict else {
+        return format!("{what}: no port in the range is free; {retry}");
+    };
+    let (reason, bind_error, advice) = match holder {
+        Holder::Endpoint(endpoint) => (
+            format!("it is already published for endpoint {endpoint}"),
+            "port is already allocated",
+            format!("{retry}, or remove the container of endpoint {endpoint}"),
+        ),
+        Holder::Process(Some(process)) => (
+            format!("process {} (pid {}) on the host is listening on it", process.name, process.pid),
+            "address already in use",
+            format!("stop that process, or {retry}"),
+        ),
+        Holder::Process(None) => (
+            "a process on the host is listening on it".to_string(),
+            "address already in use",
+            format!("stop that process, or {retry}"),
+        ),
+    };
+    if range {
+        format!("{what}: no port in the range is free ({at}: {reason}); {advice}")
+    } else {
+        format!("{what}: {reason} (Bind for {at} failed: {bind_error}); {advice}")
     }
 }
 
@@ -188,12 +247,19 @@ impl PortTable {
                     if resolved.iter().any(|p| p.overlaps(binding.proto, host_ip, ipv6, port)) {
                         return false;
                     }
+                    let at = || host_side(host_ip, container_ip, &port.to_string());
                     if let Some(owner) = self.owner_of(binding.proto, host_ip, ipv6, port, endpoint_id) {
-                        conflict.get_or_insert(format!("it is already published for endpoint {}", short(owner)));
+                        conflict.get_or_insert_with(|| Conflict {
+                            at: at(),
+                            holder: Holder::Endpoint(short(owner).into()),
+                        });
                         return false;
                     }
                     if !is_free(binding.proto, host_ip, ipv6, port) {
-                        conflict.get_or_insert("a process on the host is listening on it".to_string());
+                        conflict.get_or_insert_with(|| Conflict {
+                            at: at(),
+                            holder: Holder::Process(port_holder::process_holding(binding.proto, port)),
+                        });
                         return false;
                     }
                     true
@@ -201,22 +267,8 @@ impl PortTable {
             });
             let Some(host_port) = chosen else {
                 let range = if first == last { format!("{first}") } else { format!("{first}-{last}") };
-                let host: Vec<String> = targets
-                    .iter()
-                    .map(|(host_ip, container_ip)| match host_ip {
-                        Some(IpAddr::V6(ip)) => format!("[{ip}]:{range}"),
-                        Some(ip) => format!("{ip}:{range}"),
-                        None if container_ip.is_ipv6() => format!("[::]:{range}"),
-                        None => format!("0.0.0.0:{range}"),
-                    })
-                    .collect();
-                bail!(
-                    "cannot publish port {}/{} on {}: {}; choose another host port",
-                    binding.port,
-                    binding.proto,
-                    host.join(" and "),
-                    conflict.unwrap_or_else(|| "no free port in the range".into())
-                );
+                let hosts: Vec<String> = targets.iter().map(|&(host_ip, c)| host_side(host_ip, c, &range)).collect();
+                bail!("{}", refusal(binding, &hosts, first != last, conflict));
             };
             for (host_ip, container_ip) in targets {
                 resolved.push(PublishedPort {
@@ -266,21 +318,30 @@ mod tests {
     fn all_free(_: Protocol, _: Option<IpAddr>, _: bool, _: u16) -> bool {
         true
     }
+
+    /// `table.resolve` with every host port free and no default host address.
+    fn resolve(
+        table: &PortTable,
+        endpoint_id: &str,
+        bindings: &[PortBinding],
+        container_v4: Option<IpAddr>,
+        container_v6: Option<IpAddr>,
+    ) -> Result<Vec<PublishedPort>> {
+        table.resolve(endpoint_id, bindings, container_v4, container_v6, None, &all_free)
+    }
     const C6: &str = "fd00:9::2";
 
     #[test]
     fn single_port_and_range() {
         let table = PortTable::default();
-        let ports = table
-            .resolve(
-                "e1",
-                &[binding(Protocol::Tcp, "", 8080, 8080, 80), binding(Protocol::Udp, "127.0.0.1", 5000, 5002, 53)],
-                v4(C1),
-                None,
-                None,
-                &all_free,
-            )
-            .unwrap();
+        let ports = resolve(
+            &table,
+            "e1",
+            &[binding(Protocol::Tcp, "", 8080, 8080, 80), binding(Protocol::Udp, "127.0.0.1", 5000, 5002, 53)],
+            v4(C1),
+            None,
+        )
+        .unwrap();
         assert_eq!(ports[0].describe(), "0.0.0.0:8080->80/tcp");
         assert_eq!(ports[1].host_ip, v4("127.0.0.1"));
         assert_eq!(ports[1].host_port, 5000);
@@ -289,26 +350,16 @@ mod tests {
     #[test]
     fn conflicts_are_refused_with_the_owner() {
         let mut table = PortTable::default();
-        let first =
-            table.resolve("e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
+        let first = resolve(&table, "e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None).unwrap();
         table.insert("e1", first);
-        let err = table
-            .resolve(
-                "e2",
-                &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)],
-                v4("172.20.0.3"),
-                None,
-                None,
-                &all_free,
-            )
+        let err = resolve(&table, "e2", &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)], v4("172.20.0.3"), None)
             .unwrap_err();
         assert!(err.to_string().contains("already published for endpoint e1"), "{err}");
         // udp on the same number is fine, and so is the same endpoint asking again (idempotent).
-        table.resolve("e2", &[binding(Protocol::Udp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
-        table.resolve("e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None, None, &all_free).unwrap();
+        resolve(&table, "e2", &[binding(Protocol::Udp, "", 8080, 8080, 80)], v4(C1), None).unwrap();
+        resolve(&table, "e1", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None).unwrap();
         // a range skips the taken port
-        let ports =
-            table.resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), None, None, &all_free).unwrap();
+        let ports = resolve(&table, "e3", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), None).unwrap();
         assert_eq!(ports[0].host_port, 8081);
     }
 
@@ -321,7 +372,7 @@ mod tests {
         let err = table
             .resolve("e1", &[binding(Protocol::Tcp, "", 9000, 9000, 80)], v4(C1), None, None, &|_, _, _, _| false)
             .unwrap_err();
-        assert!(err.to_string().contains("a process on the host is listening"), "{err}");
+        assert!(err.to_string().contains("on the host is listening on it"), "{err}");
     }
 
     #[test]
@@ -339,9 +390,7 @@ mod tests {
             .unwrap();
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].host_ip, v4("127.0.0.1"));
-        let err = table
-            .resolve("e1", &[binding(Protocol::Tcp, "nonsense", 1, 1, 80)], v4(C1), None, None, &all_free)
-            .unwrap_err();
+        let err = resolve(&table, "e1", &[binding(Protocol::Tcp, "nonsense", 1, 1, 80)], v4(C1), None).unwrap_err();
         assert!(err.to_string().contains("not an IP address"));
     }
 
@@ -352,9 +401,7 @@ mod tests {
     #[test]
     fn unspecified_host_address_publishes_on_both_families_with_one_port() {
         let table = PortTable::default();
-        let ports = table
-            .resolve("e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80)], v4(C1), v4(C6), None, &all_free)
-            .unwrap();
+        let ports = resolve(&table, "e1", &[binding(Protocol::Tcp, "", 8088, 8088, 80)], v4(C1), v4(C6)).unwrap();
         assert_eq!(described(&ports), ["0.0.0.0:8088->80/tcp=172.20.0.2", "[::]:8088->80/tcp=fd00:9::2"]);
         // -P: the same ephemeral port on both families, even when the first is taken on IPv6 only.
         let busy_v6 = |_: Protocol, _: Option<IpAddr>, v6: bool, port: u16| !(v6 && port == EPHEMERAL.0);
@@ -370,43 +417,39 @@ mod tests {
             for (first, last) in [(8088, 8088), (0, 0), (8088, 8090)] {
                 let bindings: Vec<PortBinding> =
                     pair.iter().map(|h| binding(Protocol::Tcp, h, first, last, 80)).collect();
-                let ports = table.resolve("e1", &bindings, v4(C1), v4(C6), None, &all_free).unwrap();
+                let ports = resolve(&table, "e1", &bindings, v4(C1), v4(C6)).unwrap();
                 assert_eq!(ports.len(), 2, "{pair:?} {first}-{last}: {:?}", described(&ports));
                 assert_eq!(ports[0].host_port, ports[1].host_port, "{pair:?}");
                 assert_ne!(ports[0].container_ip.is_ipv6(), ports[1].container_ip.is_ipv6(), "{pair:?}");
             }
         }
         // Two ports asked for separately stay two.
-        let ports = table
-            .resolve(
-                "e1",
-                &[binding(Protocol::Tcp, "", 8088, 8088, 80), binding(Protocol::Tcp, "", 8089, 8089, 80)],
-                v4(C1),
-                None,
-                None,
-                &all_free,
-            )
-            .unwrap();
+        let ports = resolve(
+            &table,
+            "e1",
+            &[binding(Protocol::Tcp, "", 8088, 8088, 80), binding(Protocol::Tcp, "", 8089, 8089, 80)],
+            v4(C1),
+            None,
+        )
+        .unwrap();
         assert_eq!(ports.len(), 2);
     }
 
     #[test]
     fn host_addresses_pick_the_container_family() {
         let table = PortTable::default();
-        let ports = table
-            .resolve(
-                "e1",
-                &[
-                    binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80),
-                    binding(Protocol::Tcp, "[2001:db8::8]", 8088, 8088, 80),
-                    binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80),
-                ],
-                v4(C1),
-                v4(C6),
-                None,
-                &all_free,
-            )
-            .unwrap();
+        let ports = resolve(
+            &table,
+            "e1",
+            &[
+                binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80),
+                binding(Protocol::Tcp, "[2001:db8::8]", 8088, 8088, 80),
+                binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80),
+            ],
+            v4(C1),
+            v4(C6),
+        )
+        .unwrap();
         assert_eq!(
             described(&ports),
             [
@@ -416,24 +459,15 @@ mod tests {
             ]
         );
         // An IPv4-mapped IPv6 address is the IPv4 address.
-        let ports = table
-            .resolve(
-                "e1",
-                &[binding(Protocol::Tcp, "::ffff:192.0.2.7", 8088, 8088, 80)],
-                v4(C1),
-                v4(C6),
-                None,
-                &all_free,
-            )
-            .unwrap();
+        let ports =
+            resolve(&table, "e1", &[binding(Protocol::Tcp, "::ffff:192.0.2.7", 8088, 8088, 80)], v4(C1), v4(C6))
+                .unwrap();
         assert_eq!(described(&ports), ["192.0.2.7:8088->80/tcp=172.20.0.2"]);
-        let err = table
-            .resolve("e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80)], v4(C1), None, None, &all_free)
-            .unwrap_err();
+        let err =
+            resolve(&table, "e1", &[binding(Protocol::Tcp, "2001:db8::7", 8088, 8088, 80)], v4(C1), None).unwrap_err();
         assert!(err.to_string().contains("no IPv6 address on this network; create the network with --ipv6"), "{err}");
-        let err = table
-            .resolve("e1", &[binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], None, v4(C6), None, &all_free)
-            .unwrap_err();
+        let err =
+            resolve(&table, "e1", &[binding(Protocol::Tcp, "192.0.2.7", 8088, 8088, 80)], None, v4(C6)).unwrap_err();
         assert!(err.to_string().contains("no IPv4 address"), "{err}");
     }
 
@@ -441,9 +475,8 @@ mod tests {
     fn ipv6_loopback_is_refused_with_the_reason() {
         let table = PortTable::default();
         for host in ["::1", "[::1]"] {
-            let err = table
-                .resolve("e1", &[binding(Protocol::Tcp, host, 8089, 8089, 80)], v4(C1), v4(C6), None, &all_free)
-                .unwrap_err();
+            let err =
+                resolve(&table, "e1", &[binding(Protocol::Tcp, host, 8089, 8089, 80)], v4(C1), v4(C6)).unwrap_err();
             let err = err.to_string();
             assert!(
                 err.contains("on [::1]") && err.contains("route_localnet") && err.contains("-p 127.0.0.1:8089:80"),
@@ -455,48 +488,80 @@ mod tests {
     #[test]
     fn conflicts_are_per_family() {
         let mut table = PortTable::default();
-        let v6_only = table
-            .resolve("e1", &[binding(Protocol::Tcp, "::", 8080, 8080, 80)], v4(C1), v4(C6), None, &all_free)
-            .unwrap();
+        let v6_only = resolve(&table, "e1", &[binding(Protocol::Tcp, "::", 8080, 8080, 80)], v4(C1), v4(C6)).unwrap();
         assert_eq!(described(&v6_only), ["[::]:8080->80/tcp=fd00:9::2"]);
         table.insert("e1", v6_only);
         // IPv4 on the same port is free; IPv6 (wildcard or one address) is not; "" needs both.
-        table
-            .resolve(
-                "e2",
-                &[binding(Protocol::Tcp, "0.0.0.0", 8080, 8080, 80)],
-                v4("172.20.0.3"),
-                v4("fd00:9::3"),
-                None,
-                &all_free,
-            )
+        resolve(&table, "e2", &[binding(Protocol::Tcp, "0.0.0.0", 8080, 8080, 80)], v4("172.20.0.3"), v4("fd00:9::3"))
             .unwrap();
-        table
-            .resolve(
-                "e2",
-                &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)],
-                v4("172.20.0.3"),
-                v4("fd00:9::3"),
-                None,
-                &all_free,
-            )
-            .unwrap();
+        resolve(
+            &table,
+            "e2",
+            &[binding(Protocol::Tcp, "127.0.0.1", 8080, 8080, 80)],
+            v4("172.20.0.3"),
+            v4("fd00:9::3"),
+        )
+        .unwrap();
         for host in ["::", "2001:db8::1", ""] {
-            let err = table
-                .resolve(
-                    "e2",
-                    &[binding(Protocol::Tcp, host, 8080, 8080, 80)],
-                    v4("172.20.0.3"),
-                    v4("fd00:9::3"),
-                    None,
-                    &all_free,
-                )
-                .unwrap_err();
+            let err = resolve(
+                &table,
+                "e2",
+                &[binding(Protocol::Tcp, host, 8080, 8080, 80)],
+                v4("172.20.0.3"),
+                v4("fd00:9::3"),
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("already published for endpoint e1"), "{host}: {err}");
         }
         // A v4-only container asking for "" only needs IPv4.
-        table
-            .resolve("e3", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4("172.20.0.4"), None, None, &all_free)
-            .unwrap();
+        resolve(&table, "e3", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4("172.20.0.4"), None).unwrap();
+    }
+
+    #[test]
+    fn a_port_of_another_endpoint_is_refused_saying_who_and_what_to_do() {
+        let mut table = PortTable::default();
+        table.insert("e1", resolve(&table, "e1", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), None).unwrap());
+        table.insert("e2", resolve(&table, "e2", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), None).unwrap());
+        let err = resolve(&table, "e3", &[binding(Protocol::Tcp, "", 8080, 8080, 80)], v4(C1), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot publish port 80/tcp on 0.0.0.0:8080: it is already published for endpoint e1 \
+             (Bind for 0.0.0.0:8080 failed: port is already allocated); choose another host port \
+             (-p HOST_PORT:80) or leave it out (-p 80) to get a free one, or remove the container of endpoint e1"
+        );
+        let err = resolve(&table, "e3", &[binding(Protocol::Tcp, "", 8080, 8081, 80)], v4(C1), v4(C6)).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "cannot publish port 80/tcp on 0.0.0.0:8080-8081 and [::]:8080-8081: no port in the range is free \
+                 (0.0.0.0:8080: it is already published for endpoint e1); choose another host port"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_port_a_process_holds_is_refused_naming_the_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = PortTable::default()
+            .resolve(
+                "e1",
+                &[binding(Protocol::Tcp, "127.0.0.1", port, port, 80)],
+                v4(C1),
+                None,
+                None,
+                &host_port_is_free,
+            )
+            .unwrap_err()
+            .to_string();
+        let pid = std::process::id();
+        assert!(err.starts_with(&format!("cannot publish port 80/tcp on 127.0.0.1:{port}: process ")), "{err}");
+        assert!(
+            err.contains(&format!(
+                "(pid {pid}) on the host is listening on it (Bind for 127.0.0.1:{port} failed: address already in use); \
+                 stop that process, or choose another host port (-p HOST_PORT:80)"
+            )),
+            "{err}"
+        );
     }
 }

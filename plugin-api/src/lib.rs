@@ -10,6 +10,7 @@ pub mod host_ports;
 pub mod ids;
 pub mod locks;
 pub mod options;
+pub mod port_holder;
 pub mod server;
 pub mod siblings;
 pub mod socket;
