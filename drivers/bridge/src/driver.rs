@@ -10,7 +10,6 @@ use netloom_dataplane::{sysctl, BridgeSpec, Link, Netlink, VethSpec};
 use netloom_driver_kit::guard::{firewall_call, refuse_overlap};
 use netloom_driver_kit::{leftovers, ports, restore, Endpoint, Errors, Network, Registry, Snapshot};
 use netloom_firewall::{Firewall, NetworkPolicy};
-use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::short_id as short;
 use netloom_plugin_api::siblings::ClaimedSubnets;
 use netloom_plugin_api::PluginResult;
@@ -27,13 +26,12 @@ pub struct BridgeDriver {
 }
 
 impl BridgeDriver {
-    /// Loads the records and reconciles the kernel with them before the socket opens.
+    /// Reconciles the kernel with the records before the socket opens.
     pub async fn start(
         netlink: Netlink,
         firewall: Arc<dyn Firewall>,
-        records: DriverRecords<NetworkRecord, EndpointRecord>,
+        registry: Registry<NetworkRecord, EndpointRecord>,
     ) -> Result<Self> {
-        let registry = Registry::load(DRIVER, records).await?;
         let driver = Self { netlink, firewall, registry };
         driver.reconcile(&driver.registry.snapshot()).await;
         Ok(driver)

@@ -80,14 +80,11 @@ impl NetworkDriver for BridgeDriver {
             .await?;
         self.teardown_network(&net).await?;
         self.registry.remove_network(&net.id).await?;
-        info!(network = %short(&net.id), "network removed");
         Ok(())
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let doing = format!("CreateEndpoint of {}", short(&req.endpoint_id));
-        let _turn = self.registry.turn(&req.network_id, doing).await?;
-        let (net, existing) = self.registry.network_and_endpoint(&req.network_id, &req.endpoint_id)?;
+        let (_turn, net, existing) = self.registry.endpoint_to_create(&req).await?;
         let address_v4 = parse_address(&req.interface.address, net.subnet_v4, "IPv4")?;
         let address_v6 = parse_address(&req.interface.address_ipv6, net.subnet_v6, "IPv6")?;
         let record = match existing {
@@ -109,14 +106,10 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let doing = format!("DeleteEndpoint of {}", short(&req.endpoint_id));
-        let _turn = self.registry.turn(&req.network_id, doing).await?;
-        let Some((net, ep)) = self.registry.endpoint_with_network(&req.endpoint_id) else {
-            return Ok(());
+        let teardown = |net: Option<NetworkRecord>, ep| async move {
+            self.teardown_endpoint(net.as_ref(), &ep).await.map(|()| ep)
         };
-        self.teardown_endpoint(net.as_ref(), &ep).await?;
-        self.registry.remove_endpoint(&ep).await?;
-        Ok(())
+        self.registry.delete_endpoint(&req, teardown).await
     }
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {

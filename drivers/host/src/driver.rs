@@ -13,7 +13,6 @@ use netloom_dataplane::Netlink;
 use netloom_driver_kit::guard::{firewall_call, refuse_overlap};
 use netloom_driver_kit::{leftovers, restore, Errors, Registry, Snapshot};
 use netloom_firewall::{Firewall, NetworkPolicy};
-use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::short_id;
 use netloom_plugin_api::siblings::ClaimedSubnets;
 use netloom_plugin_api::PluginResult;
@@ -32,13 +31,13 @@ pub struct HostDriver {
 }
 
 impl HostDriver {
-    /// Loads the records and reconciles the kernel with them before the socket opens.
+    /// Gives internal networks recorded without a routing table one, and reconciles the kernel
+    /// with the records, before the socket opens.
     pub async fn start(
         netlink: Netlink,
         firewall: Arc<dyn Firewall>,
-        records: DriverRecords<NetworkRecord, EndpointRecord>,
+        registry: Registry<NetworkRecord, EndpointRecord>,
     ) -> Result<Self> {
-        let registry = Registry::load(DRIVER, records).await?;
         // Internal networks recorded before they got a routing table get one now.
         let (mut taken, untabled): (Vec<u32>, Vec<NetworkRecord>) = {
             let maps = registry.maps();

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use netloom_ipam::store::{DriverRecords, KeyValue, Revision, StoreResult, Txn, TxnOutcome, WatchStream};
-use netloom_ipam::{Store, StoreOptions};
-use serde_json::json;
-use tokio::sync::Notify;
-
+use netloom_driver_kit::Registry;
 use netloom_plugin_api::wire::network::{CreateEndpointRequest, CreateNetworkRequest};
 use netloom_plugin_api::NetworkDriver;
+use netloom_store::{
+    DriverRecords, KeyValue, Revision, Store, StoreOptions, StoreResult, Txn, TxnOutcome, WatchStream,
+};
+use serde_json::json;
+use tokio::sync::Notify;
 
 use super::*;
 
@@ -84,13 +85,13 @@ fn a_stuck_network_holds_up_only_itself() {
     in_new_netns(|| {
         Box::pin(async {
             let dir = tempfile::tempdir().unwrap();
-            let embedded = netloom_ipam::store::open_with(None, dir.path(), StoreOptions::default()).await.unwrap();
+            let embedded = netloom_store::open_with(None, dir.path(), StoreOptions::default()).await.unwrap();
             let store =
                 Arc::new(HeldStore { inner: embedded, stuck: "endpoints/slow/".into(), release: Notify::new() });
             let netlink = Netlink::connect().unwrap();
             let firewall = netloom_firewall::open(netloom_firewall::BackendKind::Nftables).await.unwrap();
-            let mut driver =
-                HostDriver::start(netlink, firewall, DriverRecords::new(store.clone(), "host", "h1")).await.unwrap();
+            let registry = Registry::load(DRIVER, DriverRecords::new(store.clone(), "host", "h1")).await.unwrap();
+            let mut driver = HostDriver::start(netlink, firewall, registry).await.unwrap();
             driver.registry.lock_wait = Duration::from_millis(300);
             let driver = Arc::new(driver);
             driver.create_network(network("slow", "10.70.0.0/24")).await.unwrap();

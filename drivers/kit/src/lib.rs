@@ -14,8 +14,8 @@ pub mod restore;
 pub mod serve;
 pub mod teardown;
 
-pub use netloom_ipam::store::DriverRecords;
+pub use netloom_store::DriverRecords;
 pub use record::{Endpoint, Network};
 pub use registry::{Maps, Registry, Snapshot};
-pub use serve::{serve, Parts};
+pub use serve::{serve, serve_with_firewall, DriverArgs, FirewallDriverArgs};
 pub use teardown::Errors;

@@ -5,7 +5,7 @@ pub use ipnetwork::IpNetwork;
 pub use netloom_plugin_api::host_ports::PublishedPort;
 
 /// A driver's record of one network.
-pub trait Network: netloom_ipam::store::NetworkRecord + Clone + Send + Sync + 'static {
+pub trait Network: netloom_store::NetworkRecord + Clone + Send + Sync + 'static {
     /// `--internal`: no gateway, nothing routed off the network, no published ports.
     fn internal(&self) -> bool;
 
@@ -14,7 +14,7 @@ pub trait Network: netloom_ipam::store::NetworkRecord + Clone + Send + Sync + 's
 }
 
 /// A driver's record of one endpoint.
-pub trait Endpoint: netloom_ipam::store::EndpointRecord + Clone + Send + Sync + 'static {
+pub trait Endpoint: netloom_store::EndpointRecord + Clone + Send + Sync + 'static {
     fn address_v4(&self) -> Option<IpNetwork>;
     fn address_v6(&self) -> Option<IpNetwork>;
 
@@ -86,4 +86,4 @@ macro_rules! driver_records {
 }
 
 #[doc(hidden)]
-pub use netloom_ipam::store::{EndpointRecord as StoredEndpoint, NetworkRecord as StoredNetwork};
+pub use netloom_store::{EndpointRecord as StoredEndpoint, NetworkRecord as StoredNetwork};

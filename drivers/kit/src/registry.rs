@@ -12,13 +12,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
-use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::short_id;
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
 use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
+use netloom_plugin_api::wire::network::{CreateEndpointRequest, EndpointRef};
 use netloom_plugin_api::wire::ports::PortBinding;
 use netloom_plugin_api::{PluginError, PluginResult};
-use tracing::{debug, warn};
+use netloom_store::DriverRecords;
+use tracing::{debug, info, warn};
 
 use crate::record::{Endpoint, Network};
 
@@ -206,6 +207,31 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
     pub async fn remove_network(&self, network_id: &str) -> Result<()> {
         self.records.delete_network(network_id).await?;
         self.maps().networks.remove(network_id);
+        info!(network = %short_id(network_id), "network removed");
+        Ok(())
+    }
+
+    /// CreateEndpoint's start: the network's turn, the network (which must be known) and the
+    /// endpoint if the request is a retry.
+    pub async fn endpoint_to_create(&self, req: &CreateEndpointRequest) -> PluginResult<(Turn, N, Option<E>)> {
+        let turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let (net, existing) = self.network_and_endpoint(&req.network_id, &req.endpoint_id)?;
+        Ok((turn, net, existing))
+    }
+
+    /// DeleteEndpoint: `teardown` takes the endpoint off the host (given its network when that is
+    /// known), then it is forgotten; an unknown endpoint is not an error (Docker retries).
+    pub async fn delete_endpoint<F, Fut>(&self, req: &EndpointRef, teardown: F) -> PluginResult<()>
+    where
+        F: FnOnce(Option<N>, E) -> Fut,
+        Fut: Future<Output = Result<E>>,
+    {
+        let _turn = self.turn(&req.network_id, format!("DeleteEndpoint of {}", short_id(&req.endpoint_id))).await?;
+        let Some((net, ep)) = self.endpoint_with_network(&req.endpoint_id) else {
+            return Ok(());
+        };
+        let ep = teardown(net, ep).await?;
+        self.remove_endpoint(&ep).await?;
         Ok(())
     }
 

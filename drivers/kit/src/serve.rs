@@ -1,52 +1,100 @@
-//! The `main` of a driver binary: everything but its arguments and its constructor.
+//! The `main` of a driver binary: its command line, and everything it opens before serving.
 
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use netloom_dataplane::Netlink;
 use netloom_firewall::{BackendChoice, Firewall};
-use netloom_ipam::store::{self, DriverRecords, Store};
-use netloom_plugin_api::{CommonArgs, Plugin};
+use netloom_plugin_api::{CommonArgs, NetworkDriver, Plugin, Settings};
+use netloom_store::{self as store, DriverRecords};
 
-/// What a driver is built from, opened once logging is up and the state directory is locked.
-pub struct Parts {
-    pub host_id: String,
-    pub store: Arc<dyn Store>,
-    pub netlink: Netlink,
+use crate::record::{Endpoint, Network};
+use crate::registry::Registry;
+
+/// The command line of a driver binary: the options every netloom binary has.
+#[derive(Parser)]
+#[command(version)]
+pub struct DriverArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
-impl Parts {
-    /// This host's records of the driver, under `<kind>/<host-id>/` in the store.
-    pub fn records<N, E>(&self, kind: &str) -> DriverRecords<N, E>
-    where
-        N: store::NetworkRecord,
-        E: store::EndpointRecord,
-    {
-        DriverRecords::new(self.store.clone(), kind, &self.host_id)
-    }
+/// The command line of a driver that programs the firewall.
+#[derive(Parser)]
+#[command(version)]
+pub struct FirewallDriverArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
 
-    /// The firewall backend `choice` names (auto: resolved here, so its choice is logged).
-    pub async fn firewall(&self, choice: BackendChoice) -> Result<Arc<dyn Firewall>> {
-        netloom_firewall::open(choice.resolve()).await.context("setting up the firewall")
-    }
+    /// Firewall backend for the driver's forwarding, NAT and published ports: auto (nftables
+    /// where the kernel has nf_tables, else iptables), iptables or nftables
+    #[arg(long, default_value = "auto", value_name = "auto|iptables|nftables")]
+    pub firewall: BackendChoice,
 }
 
-/// Runs the driver binary `name` (see [`netloom_plugin_api::run`]): opens the store and a netlink
-/// connection, then serves what `build` makes of them.
-pub async fn serve<F, Fut>(name: &'static str, common: &CommonArgs, build: F) -> ExitCode
+/// Parses the command line of the binary `name`, described in `--help` by `about`.
+fn parse_args<A: Parser>(name: &'static str, about: &'static str) -> A {
+    let matches = A::command().name(name).bin_name(name).about(about).get_matches();
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Runs the driver binary `name` whose records are under `kind/<host-id>/` in the store:
+/// `start` gets the netlink connection and the loaded records, and the socket opens once it is
+/// done (see [`netloom_plugin_api::run`]).
+pub async fn serve<N, E, D, F, Fut>(name: &'static str, about: &'static str, kind: &'static str, start: F) -> ExitCode
 where
-    F: FnOnce(Parts) -> Fut,
-    Fut: Future<Output = Result<Plugin>>,
+    N: Network,
+    E: Endpoint,
+    D: NetworkDriver,
+    F: FnOnce(Netlink, Registry<N, E>) -> Fut,
+    Fut: Future<Output = Result<D>>,
 {
-    netloom_plugin_api::run(name, common, |settings| async move {
-        let host_id = settings.host_id()?;
-        let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
-            .await
-            .context("opening the state store")?;
-        let netlink = Netlink::connect()?;
-        build(Parts { host_id, store, netlink }).await
+    let args: DriverArgs = parse_args(name, about);
+    netloom_plugin_api::run(name, &args.common, |settings| async move {
+        let (netlink, registry) = open(&settings, name, kind).await?;
+        Ok(Plugin::network(start(netlink, registry).await?))
     })
     .await
+}
+
+/// [`serve`] for a driver that programs the firewall: `--firewall` picks the backend `start` gets.
+pub async fn serve_with_firewall<N, E, D, F, Fut>(
+    name: &'static str,
+    about: &'static str,
+    kind: &'static str,
+    start: F,
+) -> ExitCode
+where
+    N: Network,
+    E: Endpoint,
+    D: NetworkDriver,
+    F: FnOnce(Netlink, Arc<dyn Firewall>, Registry<N, E>) -> Fut,
+    Fut: Future<Output = Result<D>>,
+{
+    let args: FirewallDriverArgs = parse_args(name, about);
+    netloom_plugin_api::run(name, &args.common, |settings| async move {
+        let (netlink, registry) = open(&settings, name, kind).await?;
+        // Resolved here, once logging is up, so that the choice of `auto` is logged.
+        let firewall = netloom_firewall::open(args.firewall.resolve()).await.context("setting up the firewall")?;
+        Ok(Plugin::network(start(netlink, firewall, registry).await?))
+    })
+    .await
+}
+
+/// The store and the driver's records in it, and a netlink connection.
+async fn open<N: Network, E: Endpoint>(
+    settings: &Settings,
+    name: &'static str,
+    kind: &str,
+) -> Result<(Netlink, Registry<N, E>)> {
+    let host_id = settings.host_id()?;
+    let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
+        .await
+        .context("opening the state store")?;
+    let netlink = Netlink::connect()?;
+    let registry = Registry::load(name, DriverRecords::new(store, kind, &host_id)).await?;
+    Ok((netlink, registry))
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::Result;
 use netloom_dataplane::Netlink;
 use netloom_driver_kit::{leftovers, restore, Endpoint, Registry, Snapshot};
-use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::addressing::short_id;
 use netloom_plugin_api::locks::Turn;
 use netloom_plugin_api::PluginResult;
@@ -29,9 +28,8 @@ pub struct MacvlanDriver {
 }
 
 impl MacvlanDriver {
-    /// Loads the records and reconciles the kernel with them before the socket opens.
-    pub async fn start(netlink: Netlink, records: DriverRecords<NetworkRecord, EndpointRecord>) -> Result<Self> {
-        let registry = Registry::load(DRIVER, records).await?;
+    /// Reconciles the kernel with the records before the socket opens.
+    pub async fn start(netlink: Netlink, registry: Registry<NetworkRecord, EndpointRecord>) -> Result<Self> {
         let driver = Self { netlink, registry };
         driver.reconcile(&driver.registry.snapshot()).await;
         Ok(driver)

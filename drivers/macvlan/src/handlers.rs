@@ -77,14 +77,11 @@ impl NetworkDriver for MacvlanDriver {
         self.registry.remove_endpoints(leftovers, |ep| async move { self.remove_link(&ep).await.map(|()| ep) }).await?;
         parent::release(&self.netlink, &net, &others.iter().collect::<Vec<_>>()).await?;
         self.registry.remove_network(&net.id).await?;
-        info!(network = %short_id(&net.id), "network removed");
         Ok(())
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let doing = format!("CreateEndpoint of {}", short_id(&req.endpoint_id));
-        let _turn = self.registry.turn(&req.network_id, doing).await?;
-        let (net, existing) = self.registry.network_and_endpoint(&req.network_id, &req.endpoint_id)?;
+        let (_turn, net, existing) = self.registry.endpoint_to_create(&req).await?;
         let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
         let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
         let record = match existing {
@@ -105,14 +102,7 @@ impl NetworkDriver for MacvlanDriver {
     }
 
     async fn delete_endpoint(&self, req: EndpointRef) -> PluginResult<()> {
-        let doing = format!("DeleteEndpoint of {}", short_id(&req.endpoint_id));
-        let _turn = self.registry.turn(&req.network_id, doing).await?;
-        let Some((_, ep)) = self.registry.endpoint_with_network(&req.endpoint_id) else {
-            return Ok(());
-        };
-        self.remove_link(&ep).await?;
-        self.registry.remove_endpoint(&ep).await?;
-        Ok(())
+        self.registry.delete_endpoint(&req, |_, ep| async move { self.remove_link(&ep).await.map(|()| ep) }).await
     }
 
     async fn join(&self, req: JoinRequest) -> PluginResult<JoinResponse> {
