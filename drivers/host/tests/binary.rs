@@ -17,6 +17,15 @@ async fn connect(plugin: &ScratchPlugin) -> PluginClient {
     PluginClient::connect(plugin.socket()).await.unwrap()
 }
 
+/// loom-host serving from a fresh scratch namespace, its state in a fresh directory, and a client.
+async fn started() -> (ScratchNetns, tempfile::TempDir, ScratchPlugin, PluginClient) {
+    let ns = ScratchNetns::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let driver = start(&ns, &dir);
+    let client = connect(&driver).await;
+    (ns, dir, driver, client)
+}
+
 fn network(id: &str, options: Value) -> Value {
     json!({"NetworkID": id,
            "Options": {"com.docker.network.generic": options, "com.docker.network.enable_ipv6": false},
@@ -27,8 +36,32 @@ fn endpoint(net: &str, ep: &str, address: &str) -> Value {
     json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": address}, "Options": {}})
 }
 
+/// A network with IPv6 enabled and `v6` as its IPv6Data.
+fn dual_stack(id: &str, v6: Value) -> Value {
+    let mut net = network(id, json!({}));
+    net["Options"]["com.docker.network.enable_ipv6"] = json!(true);
+    net["IPv6Data"] = v6;
+    net
+}
+
+/// An internal network with `v4` as its IPv4Data.
+fn internal(id: &str, v4: Value) -> Value {
+    let mut net = network(id, json!({}));
+    net["Options"]["com.docker.network.internal"] = json!(true);
+    net["IPv4Data"] = v4;
+    net
+}
+
+fn dual_stack_endpoint(net: &str, ep: &str, address: &str, address6: &str) -> Value {
+    json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": address, "AddressIPv6": address6}, "Options": {}})
+}
+
 fn ep_ref(net: &str, ep: &str) -> Value {
     json!({"NetworkID": net, "EndpointID": ep})
+}
+
+fn join(net: &str, ep: &str) -> Value {
+    json!({"NetworkID": net, "EndpointID": ep, "Options": {}})
 }
 
 fn routes(ns: &ScratchNetns) -> String {
@@ -41,10 +74,7 @@ fn firewall_rules(ns: &ScratchNetns) -> String {
 
 #[tokio::test]
 async fn bad_requests_are_refused() {
-    let ns = ScratchNetns::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
+    let (ns, _dir, _driver, mut client) = started().await;
     let caps = client.call("NetworkDriver.GetCapabilities", &Value::Null).await.unwrap();
     assert_eq!(caps, json!({"Scope": "local", "ConnectivityScope": "local"}));
     for (method, body, expected) in [
@@ -63,11 +93,7 @@ async fn bad_requests_are_refused() {
             endpoint("nope", "e", "10.9.0.2/24"),
             "network nope is not known to loom-host",
         ),
-        (
-            "NetworkDriver.Join",
-            json!({"NetworkID": "n", "EndpointID": "nope", "Options": {}}),
-            "endpoint nope is not known",
-        ),
+        ("NetworkDriver.Join", join("n", "nope"), "endpoint nope is not known"),
     ] {
         let err = client.call(method, &body).await.expect_err(method).to_string();
         assert!(err.contains(expected), "{method}: {err}");
@@ -81,11 +107,8 @@ async fn bad_requests_are_refused() {
 
 #[tokio::test]
 async fn routes_follow_join_and_leave_and_survive_a_crash() {
-    let ns = ScratchNetns::new().unwrap();
+    let (ns, dir, mut driver, mut client) = started().await;
     let container = ScratchNetns::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
 
     client
         .call("NetworkDriver.CreateNetwork", &network("n1", json!({"com.docker.network.driver.mtu": "1400"})))
@@ -118,11 +141,7 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
     assert!(firewall_rules(&ns).contains("-i lhe1 ! -o lhe1"), "forwarding accepted: {}", firewall_rules(&ns));
 
     // What Docker does with that answer, by hand: the container reaches the host and back.
-    ns.sh(&format!("ip link set lpe1 netns {}", container.pid())).unwrap();
-    container
-        .sh("ip link set lpe1 name eth0 && ip addr add 10.9.0.5/24 dev eth0 && ip link set eth0 up && \
-             ip route add 169.254.1.1/32 dev eth0 && ip route add default via 169.254.1.1")
-        .unwrap();
+    plug(&ns, &container, "lpe1", "10.9.0.5/24");
     ns.sh("ip addr add 192.0.2.1/32 dev lo").unwrap();
     ns.sh("busybox ping -c 1 -W 2 10.9.0.5").expect("host reaches the container");
     container.sh("busybox ping -c 1 -W 2 192.0.2.1").expect("container reaches the host");
@@ -137,7 +156,7 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
     let rules = firewall_rules(&ns);
     assert!(rules.lines().any(|l| l.contains("--dport 5353") && l.contains("--to-destination 10.9.0.5:53")), "{rules}");
     client.call("NetworkDriver.CreateEndpoint", &endpoint("n1", "e2", "10.9.0.6/24")).await.unwrap();
-    client.call("NetworkDriver.Join", &json!({"NetworkID": "n1", "EndpointID": "e2", "Options": {}})).await.unwrap();
+    client.call("NetworkDriver.Join", &join("n1", "e2")).await.unwrap();
     let mut clash = program.clone();
     clash["EndpointID"] = json!("e2");
     let err = client.call("NetworkDriver.ProgramExternalConnectivity", &clash).await.unwrap_err().to_string();
@@ -186,20 +205,13 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
 
 #[tokio::test]
 async fn ipv6_endpoints_get_a_link_local_gateway_and_internal_networks_none() {
-    let ns = ScratchNetns::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
-    let mut net = network("n6", json!({}));
-    net["Options"]["com.docker.network.enable_ipv6"] = json!(true);
-    net["IPv6Data"] = json!([{"AddressSpace": "LocalDefault", "Pool": "fd00:9::/64", "Gateway": "fd00:9::1/64"}]);
+    let (ns, _dir, _driver, mut client) = started().await;
+    let net =
+        dual_stack("n6", json!([{"AddressSpace": "LocalDefault", "Pool": "fd00:9::/64", "Gateway": "fd00:9::1/64"}]));
     client.call("NetworkDriver.CreateNetwork", &net).await.unwrap();
-    let ep = json!({"NetworkID": "n6", "EndpointID": "e6", "Interface": {"Address": "10.9.0.6/24", "AddressIPv6": "fd00:9::6/64"}, "Options": {}});
+    let ep = dual_stack_endpoint("n6", "e6", "10.9.0.6/24", "fd00:9::6/64");
     client.call("NetworkDriver.CreateEndpoint", &ep).await.unwrap();
-    let joined = client
-        .call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}}))
-        .await
-        .unwrap();
+    let joined = client.call("NetworkDriver.Join", &join("n6", "e6")).await.unwrap();
     assert_eq!(
         joined,
         json!({"InterfaceName": {"SrcName": "lpe6", "DstPrefix": "eth"}, "Gateway": "169.254.1.1", "GatewayIPv6": "fe80::1",
@@ -212,15 +224,10 @@ async fn ipv6_endpoints_get_a_link_local_gateway_and_internal_networks_none() {
         assert!(host_end.contains(want), "{want:?} missing: {host_end}");
     }
 
-    let mut internal = network("ni", json!({}));
-    internal["Options"]["com.docker.network.internal"] = json!(true);
-    internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]);
+    let internal = internal("ni", json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]));
     client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
     client.call("NetworkDriver.CreateEndpoint", &endpoint("ni", "ei", "10.10.0.2/24")).await.unwrap();
-    let joined = client
-        .call("NetworkDriver.Join", &json!({"NetworkID": "ni", "EndpointID": "ei", "Options": {}}))
-        .await
-        .unwrap();
+    let joined = client.call("NetworkDriver.Join", &join("ni", "ei")).await.unwrap();
     assert_eq!(
         joined,
         json!({"InterfaceName": {"SrcName": "lpei", "DstPrefix": "eth"}, "DisableGatewayService": true,
@@ -252,16 +259,13 @@ fn answered(from: &ScratchNetns, to: &str, count: u32) -> u32 {
 
 #[tokio::test]
 async fn internal_networks_route_only_among_their_own_endpoints() {
-    let ns = ScratchNetns::new().unwrap();
+    let (ns, dir, mut driver, mut client) = started().await;
     let (c1, c2, c3, lan) = (
         ScratchNetns::new().unwrap(),
         ScratchNetns::new().unwrap(),
         ScratchNetns::new().unwrap(),
         ScratchNetns::new().unwrap(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
     // A LAN neighbour of the host, which routes the container subnets to it.
     ns.sh(&format!(
         "ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
@@ -272,16 +276,14 @@ async fn internal_networks_route_only_among_their_own_endpoints() {
     lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip link set lan0 up && ip route add 10.0.0.0/8 via 192.0.2.1")
         .unwrap();
 
-    let mut internal = network("ni", json!({}));
-    internal["Options"]["com.docker.network.internal"] = json!(true);
-    internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]);
+    let internal = internal("ni", json!([{"Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}]));
     client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
     client.call("NetworkDriver.CreateNetwork", &network("nx", json!({}))).await.unwrap();
     for (net, ep, address, container) in
         [("ni", "i1", "10.10.0.2/24", &c1), ("ni", "i2", "10.10.0.3/24", &c2), ("nx", "x1", "10.9.0.2/24", &c3)]
     {
         client.call("NetworkDriver.CreateEndpoint", &endpoint(net, ep, address)).await.unwrap();
-        client.call("NetworkDriver.Join", &json!({"NetworkID": net, "EndpointID": ep, "Options": {}})).await.unwrap();
+        client.call("NetworkDriver.Join", &join(net, ep)).await.unwrap();
         plug(&ns, container, &format!("lp{ep}"), address);
     }
     assert!(!routes(&ns).contains("10.10.0."), "internal endpoints in the main table: {}", routes(&ns));
@@ -339,10 +341,7 @@ async fn internal_networks_route_only_among_their_own_endpoints() {
 
 #[tokio::test]
 async fn overlapping_subnets_are_refused_naming_the_other() {
-    let ns = ScratchNetns::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
+    let (ns, _dir, _driver, mut client) = started().await;
     client.call("NetworkDriver.CreateNetwork", &network("n1", json!({}))).await.unwrap();
     client
         .call("NetworkDriver.CreateNetwork", &network("n1", json!({})))
@@ -360,10 +359,8 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
     let err = client.call("NetworkDriver.CreateNetwork", &routed).await.unwrap_err().to_string();
     assert!(err.contains("subnet 10.20.5.0/24 overlaps 10.20.0.0/16 already routed on this host through interface br-lan; one subnet serves one network per host: remove what uses br-lan"), "{err}");
     ns.sh("ip -6 addr add fd00:20::1/64 dev br-lan nodad").unwrap();
-    let mut routed6 = network("n4", json!({}));
+    let mut routed6 = dual_stack("n4", json!([{"Pool": "fd00:20::/64"}]));
     routed6["IPv4Data"] = json!([{"Pool": "10.30.0.0/24"}]);
-    routed6["Options"]["com.docker.network.enable_ipv6"] = json!(true);
-    routed6["IPv6Data"] = json!([{"Pool": "fd00:20::/64"}]);
     let err = client.call("NetworkDriver.CreateNetwork", &routed6).await.unwrap_err().to_string();
     assert!(
         err.contains("subnet fd00:20::/64 overlaps fd00:20::/64 already routed on this host through interface br-lan"),
@@ -375,17 +372,11 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
 
 #[tokio::test]
 async fn ports_without_a_host_address_are_published_on_both_families() {
-    let ns = ScratchNetns::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
-    let mut net = network("n6", json!({}));
-    net["Options"]["com.docker.network.enable_ipv6"] = json!(true);
-    net["IPv6Data"] = json!([{"Pool": "fd00:9::/64"}]);
-    client.call("NetworkDriver.CreateNetwork", &net).await.unwrap();
-    let ep = json!({"NetworkID": "n6", "EndpointID": "e6", "Interface": {"Address": "10.9.0.6/24", "AddressIPv6": "fd00:9::6/64"}, "Options": {}});
+    let (ns, _dir, _driver, mut client) = started().await;
+    client.call("NetworkDriver.CreateNetwork", &dual_stack("n6", json!([{"Pool": "fd00:9::/64"}]))).await.unwrap();
+    let ep = dual_stack_endpoint("n6", "e6", "10.9.0.6/24", "fd00:9::6/64");
     client.call("NetworkDriver.CreateEndpoint", &ep).await.unwrap();
-    client.call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}})).await.unwrap();
+    client.call("NetworkDriver.Join", &join("n6", "e6")).await.unwrap();
     let program = |host_ip: &str| {
         json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {"com.docker.network.portmap":
             [{"Proto": 6, "IP": "", "Port": 80, "HostIP": host_ip, "HostPort": 8088, "HostPortEnd": 8088}]}})
@@ -451,47 +442,15 @@ async fn ports_without_a_host_address_are_published_on_both_families() {
     assert_eq!(answers, (true, true), "(IPv4, IPv6) answers from the LAN");
 }
 
-/// A driver binary serving `<dir>/<name>.sock` in `ns`, killed on drop.
-struct Served(std::process::Child);
-
-impl Served {
-    fn start(ns: &ScratchNetns, binary: &std::path::Path, dir: &std::path::Path, name: &str) -> Served {
-        let socket = dir.join(format!("{name}.sock"));
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = ns
-            .command(binary.to_str().unwrap())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join(format!("{name}-state")))
-            .args(["--firewall", "nftables"])
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(std::time::Instant::now() < deadline, "{name} did not serve {}", socket.display());
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Served(child)
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn subnets_of_loom_bridge_networks_and_the_other_way_round_are_refused() {
     let bridge_bin = std::path::Path::new(BIN).with_file_name("loom-bridge");
     assert!(bridge_bin.exists(), "build loom-bridge first (cargo build --release --workspace --bins)");
     let ns = ScratchNetns::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let _host = Served::start(&ns, std::path::Path::new(BIN), dir.path(), "loom-host");
-    let _bridge = Served::start(&ns, &bridge_bin, dir.path(), "loom-bridge");
+    let nftables = ["--firewall", "nftables"];
+    let _host = ns.start_named_plugin(BIN, dir.path(), "loom-host", &nftables).unwrap();
+    let _bridge = ns.start_named_plugin(bridge_bin.to_str().unwrap(), dir.path(), "loom-bridge", &nftables).unwrap();
     let mut host = PluginClient::connect(dir.path().join("loom-host.sock")).await.unwrap();
     let mut bridge = PluginClient::connect(dir.path().join("loom-bridge.sock")).await.unwrap();
     let with_pool = |id: &str, pool: &str| {
@@ -530,17 +489,11 @@ async fn subnets_of_loom_bridge_networks_and_the_other_way_round_are_refused() {
 
 #[tokio::test]
 async fn internal_networks_recorded_before_tables_are_moved_into_one() {
-    let ns = ScratchNetns::new().unwrap();
+    let (ns, dir, mut driver, mut client) = started().await;
     let container = ScratchNetns::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut driver = start(&ns, &dir);
-    let mut client = connect(&driver).await;
-    let mut internal = network("ni", json!({}));
-    internal["Options"]["com.docker.network.internal"] = json!(true);
-    internal["IPv4Data"] = json!([{"Pool": "10.10.0.0/24"}]);
-    client.call("NetworkDriver.CreateNetwork", &internal).await.unwrap();
+    client.call("NetworkDriver.CreateNetwork", &internal("ni", json!([{"Pool": "10.10.0.0/24"}]))).await.unwrap();
     client.call("NetworkDriver.CreateEndpoint", &endpoint("ni", "i1", "10.10.0.2/24")).await.unwrap();
-    client.call("NetworkDriver.Join", &json!({"NetworkID": "ni", "EndpointID": "i1", "Options": {}})).await.unwrap();
+    client.call("NetworkDriver.Join", &join("ni", "i1")).await.unwrap();
     plug(&ns, &container, "lpi1", "10.10.0.2/24");
     drop(client);
     driver.kill();
