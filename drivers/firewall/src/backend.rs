@@ -54,7 +54,10 @@ impl BackendChoice {
 /// network ids; others `<driver>.<name>`), and [`crate::VXLAN_GUARD_OWNER`] for the VXLAN guard.
 /// `is_mine` must pick only the calling driver's own: other netloom drivers on this host may
 /// still use that backend. Nothing is installed, not even by probing (the other backend is never
-/// opened), and a backend that is not there at all is nothing to sweep.
+/// opened), and a backend that is not there at all is nothing to sweep. A driver still on that
+/// backend with no owner in it yet (say loom-host on iptables without endpoints) loses the
+/// skeleton only until its first `add_network`, which puts it back; until then it has no
+/// interface with `route_localnet` for the loopback guard to cover.
 pub async fn sweep_other_backend(
     in_use: BackendKind,
     is_mine: impl Fn(&str) -> bool + Send + 'static,

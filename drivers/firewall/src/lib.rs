@@ -108,6 +108,13 @@
 //! netloom's first rule made `iptables` create (with iptables-nft, e.g. an empty `ip nat` table
 //! with its built-in chains, or `ip filter` for the compat rule) — empty, policy ACCEPT.
 //!
+//! # Switching backends
+//!
+//! A driver that now runs on the other backend (`--firewall auto` picks nftables where iptables
+//! was used before) calls [`sweep_other_backend`] at start with a predicate picking its own owner
+//! ids: the old backend's rules of those owners are removed, other netloom drivers' stay, and
+//! the old backend's skeleton goes with its last owner.
+//!
 //! # Threads and network namespaces
 //!
 //! [`open`] binds the backend to the network namespace of the calling thread (the nftables

@@ -58,6 +58,15 @@ unsafe fn build_hdr(buf: *mut c_void, ty: i32, flags: i32, seq: u32) -> *mut lib
     unsafe { sys::nftnl_nlmsg_build_hdr(buf.cast(), ty as u16, FAMILY, flags as u16, seq) }
 }
 
+/// The header of a message creating (`new`) or deleting (`del`) one object, by `msg_type`.
+unsafe fn object_hdr(buf: *mut c_void, seq: u32, msg_type: MsgType, new: i32, del: i32) -> *mut libc::nlmsghdr {
+    let (ty, flags) = match msg_type {
+        MsgType::Add => (new, libc::NLM_F_CREATE | libc::NLM_F_ACK),
+        MsgType::Del => (del, libc::NLM_F_ACK),
+    };
+    unsafe { build_hdr(buf, ty, flags, seq) }
+}
+
 /// A chain of `inet netloom`, base or regular, optionally with a comment.
 pub(crate) struct ChainMsg(NonNull<sys::nftnl_chain>);
 
@@ -107,12 +116,8 @@ impl Drop for ChainMsg {
 
 unsafe impl NlMsg for ChainMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (libc::NFT_MSG_NEWCHAIN, libc::NLM_F_CREATE | libc::NLM_F_ACK),
-            MsgType::Del => (libc::NFT_MSG_DELCHAIN, libc::NLM_F_ACK),
-        };
         unsafe {
-            let h = build_hdr(buf, ty, flags, seq);
+            let h = object_hdr(buf, seq, msg_type, libc::NFT_MSG_NEWCHAIN, libc::NFT_MSG_DELCHAIN);
             sys::nftnl_chain_nlmsg_build_payload(h, self.0.as_ptr());
         }
     }
@@ -252,12 +257,8 @@ impl Drop for SetMsg {
 
 unsafe impl NlMsg for SetMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE | libc::NLM_F_ACK),
-            MsgType::Del => (libc::NFT_MSG_DELSET, libc::NLM_F_ACK),
-        };
         unsafe {
-            let h = build_hdr(buf, ty, flags, seq);
+            let h = object_hdr(buf, seq, msg_type, libc::NFT_MSG_NEWSET, libc::NFT_MSG_DELSET);
             sys::nftnl_set_nlmsg_build_payload(h, self.0.as_ptr());
         }
     }
@@ -269,12 +270,8 @@ pub(crate) struct ElemsMsg<'a>(pub &'a SetMsg);
 
 unsafe impl NlMsg for ElemsMsg<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE | libc::NLM_F_ACK),
-            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
-        };
         unsafe {
-            let h = build_hdr(buf, ty, flags, seq);
+            let h = object_hdr(buf, seq, msg_type, libc::NFT_MSG_NEWSETELEM, libc::NFT_MSG_DELSETELEM);
             sys::nftnl_set_elems_nlmsg_build_payload(h, self.0 .0.as_ptr());
         }
     }
