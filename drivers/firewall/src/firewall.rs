@@ -38,7 +38,7 @@ pub trait Firewall: Send + Sync {
     /// Publishes ports of one endpoint (on `net`, which must have been added for the ports to
     /// be reachable). Idempotent; all-or-nothing per call (nftables: one transaction; iptables:
     /// rules added by a failing call are deleted again). A host address/port published to
-    /// another destination fails with [`FirewallError::PortInUse`].
+    /// another destination fails with [`crate::FirewallError::PortInUse`].
     async fn add_ports(&self, net: &NetworkPolicy, endpoint_id: &str, ports: &[PortMapping]) -> Result<()>;
 
     /// Withdraws ports of one endpoint. Idempotent (absent mappings are fine).
