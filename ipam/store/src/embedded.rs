@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
+use crate::blocking::on_blocking_thread;
 use crate::keyspace::KeySpace;
 use crate::kv::{
     Condition, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
@@ -53,10 +54,7 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| self.inner.error(format!("store task failed: {e}")))?
+        on_blocking_thread(&self.inner, f, |detail| self.inner.error(detail)).await
     }
 }
 

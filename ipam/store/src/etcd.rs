@@ -170,6 +170,18 @@ impl Ctx {
         Err(last.unwrap_or_else(|| self.unavailable("no endpoint".into())))
     }
 
+    /// One key, or with a prefix option every key under it.
+    async fn read(&self, key: &str, options: Option<GetOptions>) -> StoreResult<Vec<KeyValue>> {
+        let full = self.keys.full(key);
+        let resp = self
+            .call(Retry::Idempotent, |mut c| {
+                let (full, options) = (full.clone(), options.clone());
+                async move { c.get(full, options).await }
+            })
+            .await?;
+        Ok(resp.kvs().iter().filter_map(|kv| self.kv(kv)).collect())
+    }
+
     fn kv(&self, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
         let full = std::str::from_utf8(kv.key()).ok()?;
         Some(KeyValue {
@@ -269,27 +281,11 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        let full = self.ctx.keys.full(key);
-        let resp = self
-            .ctx
-            .call(Retry::Idempotent, |mut c| {
-                let full = full.clone();
-                async move { c.get(full, None).await }
-            })
-            .await?;
-        Ok(resp.kvs().first().and_then(|kv| self.ctx.kv(kv)))
+        Ok(self.ctx.read(key, None).await?.into_iter().next())
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
-        let full = self.ctx.keys.full(prefix);
-        let resp = self
-            .ctx
-            .call(Retry::Idempotent, |mut c| {
-                let full = full.clone();
-                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        Ok(resp.kvs().iter().filter_map(|kv| self.ctx.kv(kv)).collect())
+        self.ctx.read(prefix, Some(GetOptions::new().with_prefix())).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<Revision> {

@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::blocking::on_blocking_thread;
 use crate::kv::{StoreError, StoreResult};
 use crate::records::RecordStore;
 
 pub struct FileRecords {
-    root: Arc<PathBuf>,
+    root: Arc<Path>,
 }
 
 impl FileRecords {
@@ -22,7 +23,7 @@ impl FileRecords {
     pub fn open(root: impl Into<PathBuf>) -> StoreResult<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|e| failed(&root, "creating the directory", e))?;
-        Ok(Self { root: Arc::new(root) })
+        Ok(Self { root: root.into() })
     }
 
     pub fn root(&self) -> &Path {
@@ -33,10 +34,8 @@ impl FileRecords {
         &self,
         f: impl FnOnce(&Path) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || f(&root))
-            .await
-            .map_err(|e| StoreError::Files { path: self.root.display().to_string(), detail: e.to_string() })?
+        let failed = |detail| StoreError::Files { path: self.root.display().to_string(), detail };
+        on_blocking_thread(&self.root, f, failed).await
     }
 }
 

@@ -7,6 +7,7 @@
 //! for a driver that has nothing to share across hosts, over [`FileRecords`] (one file per
 //! record in its state directory, no dependency beyond the standard library).
 
+mod blocking;
 mod files;
 mod kv;
 mod open;
