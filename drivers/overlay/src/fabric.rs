@@ -11,12 +11,14 @@
 //! (IP → MAC, answered by the VXLAN link itself, so ARP never crosses the underlay). No
 //! learning, no multicast, no flooding.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use netloom_dataplane::{mac, BridgeSpec, FdbEntry, Link, NeighbourEntry, Netlink, Netns, VethSpec, VxlanSpec};
+use netloom_driver_kit::{leftovers, Errors};
 use tracing::{debug, info, warn};
 
 use crate::peers::Changes;
@@ -111,40 +113,27 @@ impl Fabric {
 
     /// Removes a network's namespace and everything in it. The VXLAN link is deleted first, so
     /// its VNI is free at once (the kernel destroys a namespace's links asynchronously).
-    pub async fn teardown_network(&self, vni: u32, dataplane: Option<NetDataplane>) -> Result<()> {
+    pub async fn teardown_network(&self, vni: u32, dataplane: Option<Arc<NetDataplane>>) -> Result<()> {
         let path = self.netns_path(vni);
-        let netlink = match dataplane {
-            Some(dp) => Some(dp.netlink),
-            None => match Netns::open(&path)? {
-                Some(ns) => Some(Netlink::connect_in(&ns)?),
-                None => None,
-            },
+        let opened = match &dataplane {
+            Some(_) => None,
+            None => Netns::open(&path)?.map(|ns| Netlink::connect_in(&ns)).transpose()?,
         };
-        let mut errors = Vec::new();
-        if let Some(netlink) = netlink {
-            match netlink.links().await {
-                Ok(links) => {
-                    for link in links.iter().filter(|l| l.kind.is_some() && l.name != "lo") {
-                        if let Err(e) = netlink.delete_link(&link.name).await {
-                            errors.push(format!("{e:#}"));
-                        }
-                    }
+        let mut errors = Errors::new(format!("removing network namespace {}", path.display()));
+        if let Some(netlink) = dataplane.as_ref().map(|dp| &dp.netlink).or(opened.as_ref()) {
+            for link in errors.note(netlink.links().await).unwrap_or_default() {
+                if link.kind.is_some() && link.name != "lo" {
+                    errors.note(netlink.delete_link(&link.name).await);
                 }
-                Err(e) => errors.push(format!("{e:#}")),
             }
-            // The connection's socket holds the namespace: let its task see the handle gone.
-            drop(netlink);
-            tokio::task::yield_now().await;
         }
-        if let Err(e) = Netns::delete(&path) {
-            errors.push(format!("{e:#}"));
-        }
-        if errors.is_empty() {
-            info!(vni, "network namespace removed");
-            Ok(())
-        } else {
-            bail!("removing network namespace {}: {}", path.display(), errors.join("; "))
-        }
+        // The connection's socket holds the namespace: let its task see the handle gone.
+        drop((dataplane, opened));
+        tokio::task::yield_now().await;
+        errors.note(Netns::delete(&path));
+        errors.finish()?;
+        info!(vni, "network namespace removed");
+        Ok(())
     }
 
     /// The endpoint's veth pair, made if missing, its bridge end on `br0`.
@@ -181,12 +170,7 @@ impl Fabric {
         if let Some(dp) = dp {
             dp.netlink.delete_link(&ep.bridge_veth).await?;
         }
-        if let Some(outer) = self.netlink.link(&ep.container_veth).await? {
-            if outer.alias.as_deref() == Some(owner.as_str()) {
-                self.netlink.delete_link(&ep.container_veth).await?;
-            }
-        }
-        Ok(())
+        leftovers::delete_owned_link(&self.netlink, &ep.container_veth, &owner).await
     }
 
     /// Whether the endpoint's bridge end is still there (the pair dies with a container that
@@ -203,30 +187,26 @@ impl Fabric {
     pub async fn apply(&self, dp: &NetDataplane, changes: &Changes) -> Result<()> {
         let nl = &dp.netlink;
         let vx = &dp.vxlan;
-        let mut errors = Vec::new();
+        let mut errors = Errors::new(format!("programming peers of network {}", short(&dp.network)));
         // Removals first: an address moving to a new MAC must not briefly answer with both.
         for ip in &changes.neighbour_remove {
-            match nl.delete_neighbour(vx, *ip).await {
-                Ok(_) => info!(network = %short(&dp.network), ip = %ip, "peer address removed"),
-                Err(e) => errors.push(format!("{e:#}")),
+            if errors.note(nl.delete_neighbour(vx, *ip).await).is_some() {
+                info!(network = %short(&dp.network), ip = %ip, "peer address removed");
             }
         }
         for mac_addr in &changes.fdb_remove {
-            match nl.delete_fdb(vx, mac_addr).await {
-                Ok(_) => info!(network = %short(&dp.network), mac = %mac::format(mac_addr), "peer MAC removed"),
-                Err(e) => errors.push(format!("{e:#}")),
+            if errors.note(nl.delete_fdb(vx, mac_addr).await).is_some() {
+                info!(network = %short(&dp.network), mac = %mac::format(mac_addr), "peer MAC removed");
             }
         }
         for entry in &changes.fdb_set {
-            match nl.ensure_fdb(vx, entry).await {
-                Ok(()) => info!(network = %short(&dp.network), entry = %entry, "peer MAC set"),
-                Err(e) => errors.push(format!("{e:#}")),
+            if errors.note(nl.ensure_fdb(vx, entry).await).is_some() {
+                info!(network = %short(&dp.network), entry = %entry, "peer MAC set");
             }
         }
         for entry in &changes.neighbour_set {
-            match nl.ensure_neighbour(vx, entry).await {
-                Ok(()) => info!(network = %short(&dp.network), entry = %entry, "peer address set"),
-                Err(e) => errors.push(format!("{e:#}")),
+            if errors.note(nl.ensure_neighbour(vx, entry).await).is_some() {
+                info!(network = %short(&dp.network), entry = %entry, "peer address set");
             }
         }
         if !changes.neighbour_set.is_empty() {
@@ -234,11 +214,7 @@ impl Fabric {
                 debug!("announcing peer addresses: {e:#}");
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            bail!("programming peers of network {}: {}", short(&dp.network), errors.join("; "))
-        }
+        errors.finish()
     }
 
     /// Makes the bridge forget MACs it learned behind the VXLAN link that now belong to this
@@ -257,29 +233,16 @@ impl Fabric {
     }
 
     /// Links in the host's namespace tagged as loom-overlay's whose endpoint is not in `owners`.
-    pub async fn remove_leftover_links(&self, owners: &BTreeMap<String, ()>) {
-        match self.netlink.links().await {
-            Ok(links) => {
-                for link in links {
-                    let Some(alias) = link.alias.as_deref() else { continue };
-                    if alias.starts_with(OWNER_PREFIX) && !owners.contains_key(alias) {
-                        info!(link = %link.name, owner = alias, "removing leftover link");
-                        if let Err(e) = self.netlink.delete_link(&link.name).await {
-                            warn!("{e:#}");
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!("listing links for leftovers: {e:#}"),
-        }
+    pub async fn remove_leftover_links(&self, owners: &BTreeSet<String>) {
+        leftovers::sweep_links(&self.netlink, OWNER_PREFIX, |_, alias| owners.contains(alias)).await;
     }
 
     /// Veths in a network's namespace whose endpoint is not in `owners`.
-    pub async fn remove_leftover_ports(&self, dp: &NetDataplane, owners: &BTreeMap<String, ()>) {
+    pub async fn remove_leftover_ports(&self, dp: &NetDataplane, owners: &BTreeSet<String>) {
         match dp.netlink.links().await {
             Ok(links) => {
                 for link in links.into_iter().filter(|l| l.is_kind("veth")) {
-                    let known = link.alias.as_deref().is_some_and(|a| owners.contains_key(a));
+                    let known = link.alias.as_deref().is_some_and(|a| owners.contains(a));
                     if !known {
                         info!(link = %link.name, network = %short(&dp.network), "removing leftover port");
                         if let Err(e) = dp.netlink.delete_link(&link.name).await {

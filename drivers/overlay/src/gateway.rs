@@ -22,8 +22,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{Netlink, Netns};
-use netloom_firewall::{BackendKind, Firewall, NetworkPolicy, PortMapping, Proto};
-use netloom_plugin_api::wire::ports::{PortBinding, Protocol};
+use netloom_driver_kit::ports::proto;
+use netloom_firewall::{BackendKind, Firewall, NetworkPolicy, PortMapping};
+use netloom_plugin_api::wire::ports::PortBinding;
 use tracing::{debug, info, warn};
 
 pub const GWBRIDGE: &str = "docker_gwbridge";
@@ -35,8 +36,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The backend's rules for docker_gwbridge; the other backend's, left from before a switch,
+    /// are removed.
     pub async fn open(kind: BackendKind) -> Result<Gateway> {
-        Ok(Gateway { firewall: netloom_firewall::open(kind).await? })
+        let firewall = netloom_firewall::open(kind).await?;
+        if let Err(e) = netloom_firewall::sweep_other_backend(kind, |id| id == POLICY_ID).await {
+            warn!("{e:#}");
+        }
+        Ok(Gateway { firewall })
     }
 
     /// docker_gwbridge's policy, or None while there is no such bridge.
@@ -125,12 +132,13 @@ pub fn mappings(bindings: &[PortBinding], container_ip: IpAddr) -> Vec<PortMappi
             if host_ip.is_some_and(|ip| ip.is_ipv4() != container_ip.is_ipv4()) {
                 return None;
             }
-            let proto = match b.proto {
-                Protocol::Tcp => Proto::Tcp,
-                Protocol::Udp => Proto::Udp,
-                Protocol::Sctp => Proto::Sctp,
-            };
-            Some(PortMapping { proto, host_ip, host_port: b.host_port, container_ip, container_port: b.port })
+            Some(PortMapping {
+                proto: proto(b.proto),
+                host_ip,
+                host_port: b.host_port,
+                container_ip,
+                container_port: b.port,
+            })
         })
         .collect()
 }
@@ -152,6 +160,8 @@ pub async fn address_in_sandbox(sandbox: &str, subnets: &[IpNetwork]) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use netloom_plugin_api::wire::ports::Protocol;
+
     use super::*;
 
     fn binding(proto: Protocol, host_ip: &str, host_port: u16, end: u16, port: u16) -> PortBinding {

@@ -7,14 +7,20 @@ use netloom_plugin_api::{CommonArgs, Plugin};
 
 mod cache;
 mod cluster;
-mod driver;
 mod fabric;
 mod garp;
 mod gateway;
 mod guard;
+mod handlers;
+mod network;
 mod options;
+mod overlay;
 mod peers;
+mod ports;
+mod reconcile;
 mod records;
+mod start;
+mod state;
 mod sync;
 mod underlay;
 
@@ -95,7 +101,7 @@ impl FirewallChoice {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let choice = args.firewall;
-    let mut config = driver::Config {
+    let mut config = overlay::Config {
         mode: args.scope,
         advertise: args.advertise_addr.clone(),
         port: args.vxlan_port,
@@ -109,8 +115,8 @@ async fn main() -> ExitCode {
     netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
         // Resolved once logging is up: the fallback to iptables says why in the log.
         (config.firewall, config.guard_firewall) = choice.backends();
-        let overlay = driver::Overlay::start(&settings, config).await?;
-        Ok(Plugin::network(driver::Driver(overlay)))
+        let overlay = overlay::Overlay::start(&settings, config).await?;
+        Ok(Plugin::network(handlers::Driver(overlay)))
     })
     .await
 }

@@ -6,17 +6,14 @@ use anyhow::{anyhow, bail, Result};
 use ipnetwork::IpNetwork;
 use netloom_ipam::VNI_MAX;
 use netloom_plugin_api::addressing;
+use netloom_plugin_api::options::{OptionReader, IPV6_MIN_MTU, MIN_MTU, MTU};
 use netloom_plugin_api::wire::network::IpamData;
 use netloom_plugin_api::{PluginError, PluginResult};
 
 pub const VXLANID_LIST: &str = "com.docker.network.driver.overlay.vxlanid_list";
-pub const MTU: &str = "com.docker.network.driver.mtu";
 
 /// Bytes VXLAN adds to every frame: outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// The smallest MTU IPv4 allows, and IPv6.
-pub const IPV4_MIN_MTU: u32 = 68;
-pub const IPV6_MIN_MTU: u32 = 1280;
 
 /// What the user asked for with `-o`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,23 +26,18 @@ pub struct OverlayOptions {
 
 impl OverlayOptions {
     pub fn parse(generic: &BTreeMap<String, String>) -> Result<Self> {
-        let mut options = OverlayOptions::default();
-        let mut unknown = Vec::new();
-        for (key, value) in generic {
-            match key.as_str() {
-                VXLANID_LIST => options.vni = Some(parse_vni_list(value)?),
-                MTU => options.mtu = parse_mtu(value)?,
-                "encrypted" => bail!(
-                    "loom-overlay does not encrypt traffic (-o encrypted); run it over an encrypted underlay \
-                     (WireGuard, IPsec) instead"
-                ),
-                _ => unknown.push(key.as_str()),
-            }
+        if generic.contains_key("encrypted") {
+            bail!(
+                "loom-overlay does not encrypt traffic (-o encrypted); run it over an encrypted underlay \
+                 (WireGuard, IPsec) instead"
+            );
         }
-        if !unknown.is_empty() {
-            bail!("unknown option(s) {}; loom-overlay takes {VXLANID_LIST} and {MTU}", unknown.join(", "));
-        }
-        Ok(options)
+        let options = OptionReader::new(generic, &[VXLANID_LIST, MTU], "loom-overlay")?;
+        // The MTU's range depends on the underlay and the address families: see overlay_mtu.
+        Ok(OverlayOptions {
+            vni: options.parsed(VXLANID_LIST, parse_vni_list)?,
+            mtu: options.parsed(MTU, parse_mtu)?.flatten(),
+        })
     }
 }
 
@@ -78,7 +70,7 @@ fn parse_mtu(value: &str) -> Result<Option<u32>> {
 /// The containers' MTU on an overlay over an underlay link of MTU `underlay`: the one asked for,
 /// or the largest that fits once VXLAN has added its 50 bytes.
 pub fn overlay_mtu(requested: Option<u32>, underlay: u32, ipv6: bool) -> Result<u32> {
-    let minimum = if ipv6 { IPV6_MIN_MTU } else { IPV4_MIN_MTU };
+    let minimum = if ipv6 { IPV6_MIN_MTU } else { MIN_MTU };
     let family = if ipv6 { "IPv6" } else { "IPv4" };
     let fits = underlay.saturating_sub(VXLAN_OVERHEAD);
     if fits < minimum {

@@ -16,19 +16,15 @@
 //!   applied to it before the FDB, and the firewall (guard, docker_gwbridge) is called without
 //!   the state lock, so a slow firewall does not hold up requests or the FDB.
 
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use netloom_ipam::store::{Condition, Txn};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{Affected, Cache};
-use crate::driver::{Overlay, State};
-use crate::peers;
-use crate::records::{self, short, Mode, ROOT};
+use crate::overlay::Overlay;
+use crate::records::ROOT;
 
 /// Events taken in one go before reprogramming.
 const BATCH: usize = 1024;
@@ -72,411 +68,147 @@ where
     });
 }
 
-pub async fn watch(ov: Arc<Overlay>) {
-    let Ok(shared) = &ov.shared else { return };
-    let mut delay = Duration::from_millis(250);
-    let mut reported = false;
-    loop {
-        let stream = match shared.store.watch(ROOT).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                if !reported {
-                    warn!("watching the store: {e}; the kernel keeps its entries, retrying");
-                    reported = true;
-                } else {
-                    debug!("watching the store: {e}");
+impl Overlay {
+    pub async fn watch(&self) {
+        let Ok(shared) = &self.shared else { return };
+        let mut delay = Duration::from_millis(250);
+        let mut reported = false;
+        loop {
+            let stream = match shared.store.watch(ROOT).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if !reported {
+                        warn!("watching the store: {e}; the kernel keeps its entries, retrying");
+                        reported = true;
+                    } else {
+                        debug!("watching the store: {e}");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    continue;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                continue;
+            };
+            // Listed after the watch started: nothing written in between is missed.
+            match Cache::load(shared.store.as_ref()).await {
+                Ok(cache) => {
+                    // Whatever changed since the watch started is replayed by it below.
+                    {
+                        let mut state = self.state();
+                        state.cache = cache;
+                        state.generation += 1;
+                    }
+                    // The hosts are known: the guard first, then the FDB.
+                    self.sync_guard(false).await;
+                    self.resync().await;
+                    self.sync_gateway().await;
+                }
+                Err(e) => {
+                    debug!("listing the store: {e}");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
             }
-        };
-        // Listed after the watch started: nothing written in between is missed.
-        match Cache::load(shared.store.as_ref()).await {
-            Ok(cache) => {
-                // Whatever changed since the watch started is replayed by it below.
+            if reported {
+                info!("store reachable again; resynchronised");
+                reported = false;
+            }
+            delay = Duration::from_millis(250);
+            let mut stream = stream;
+            while let Some(first) = stream.next().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(item)) => batch.push(item),
+                        _ => break,
+                    }
+                }
+                let mut affected = Affected::default();
+                let mut ended = None;
                 {
-                    let mut state = ov.state.lock().await;
+                    let mut state = self.state();
+                    for item in batch {
+                        match item {
+                            Ok(event) => affected.merge(state.cache.apply(&event)),
+                            Err(e) => ended = Some(e),
+                        }
+                    }
+                    state.generation += 1;
+                }
+                if affected.all {
+                    // A host came or went: the guard accepts a new one before an FDB entry points
+                    // at it, and drops a departed one.
+                    self.sync_guard(false).await;
+                }
+                if !affected.is_empty() {
+                    self.apply_affected(affected).await;
+                    // A network removed on another host may have been this host's last.
+                    self.sync_guard(false).await;
+                }
+                if let Some(e) = ended {
+                    warn!("{e}");
+                    break;
+                }
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    pub async fn reconcile_periodically(&self) {
+        loop {
+            tokio::time::sleep(self.config.reconcile_every).await;
+            self.reconcile_once().await;
+        }
+    }
+
+    /// One full pass against a fresh list of the store.
+    pub async fn reconcile_once(&self) {
+        let Ok(shared) = &self.shared else { return };
+        let generation = self.state().generation;
+        let listed = Cache::load(shared.store.as_ref()).await;
+        {
+            let mut state = self.state();
+            match listed {
+                // Nothing changed the copy while the list was taken: the list is at least as new.
+                Ok(cache) if state.generation == generation => {
                     state.cache = cache;
                     state.generation += 1;
                 }
-                // The hosts are known: the guard first, then the FDB.
-                ov.sync_guard(false).await;
-                resync(&ov, &mut *ov.state.lock().await).await;
-                sync_gateway(&ov).await;
-            }
-            Err(e) => {
-                debug!("listing the store: {e}");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        }
-        if reported {
-            info!("store reachable again; resynchronised");
-            reported = false;
-        }
-        delay = Duration::from_millis(250);
-        let mut stream = stream;
-        while let Some(first) = stream.next().await {
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match stream.next().now_or_never() {
-                    Some(Some(item)) => batch.push(item),
-                    _ => break,
+                // The watch delivered changes meanwhile, so the copy is newer than the list, and current.
+                Ok(_) => {
+                    debug!("reconciler: the store changed while it was listed; checking against the watched copy")
+                }
+                Err(e) => {
+                    debug!("reconciler: {e}; trying again in {:?}", self.config.reconcile_every);
+                    return;
                 }
             }
-            let mut affected = Affected::default();
-            let mut ended = None;
-            {
-                let mut state = ov.state.lock().await;
-                for item in batch {
-                    match item {
-                        Ok(event) => affected.merge(state.cache.apply(&event)),
-                        Err(e) => ended = Some(e),
-                    }
-                }
-                state.generation += 1;
-            }
-            if affected.all {
-                // A host came or went: the guard accepts a new one before an FDB entry points at
-                // it, and drops a departed one.
-                ov.sync_guard(false).await;
-            }
-            if !affected.is_empty() {
-                apply_affected(&ov, &mut *ov.state.lock().await, affected).await;
-                // A network removed on another host may have been this host's last.
-                ov.sync_guard(false).await;
-            }
-            if let Some(e) = ended {
-                warn!("{e}");
-                break;
-            }
         }
-        tokio::time::sleep(delay).await;
-    }
-}
-
-pub async fn reconcile_periodically(ov: Arc<Overlay>) {
-    loop {
-        tokio::time::sleep(ov.config.reconcile_every).await;
-        reconcile_once(&ov).await;
-    }
-}
-
-/// One full pass against a fresh list of the store.
-pub async fn reconcile_once(ov: &Overlay) {
-    let Ok(shared) = &ov.shared else { return };
-    let generation = ov.state.lock().await.generation;
-    let listed = Cache::load(shared.store.as_ref()).await;
-    {
-        let mut state = ov.state.lock().await;
-        match listed {
-            // Nothing changed the copy while the list was taken: the list is at least as new.
-            Ok(cache) if state.generation == generation => {
-                state.cache = cache;
-                state.generation += 1;
-            }
-            // The watch delivered changes meanwhile, so the copy is newer than the list, and current.
-            Ok(_) => debug!("reconciler: the store changed while it was listed; checking against the watched copy"),
-            Err(e) => {
-                debug!("reconciler: {e}; trying again in {:?}", ov.config.reconcile_every);
-                return;
-            }
+        // Re-applied even if unchanged here: someone may have flushed the firewall.
+        if let Some(guard) = &self.guard {
+            guard.sync(&self.state, true, false).await;
         }
+        self.resync().await;
+        self.sync_gateway().await;
+        self.sync_guard(false).await;
     }
-    // Re-applied even if unchanged here: someone may have flushed the firewall.
-    if let Some(guard) = &ov.guard {
-        guard.sync(&ov.state, true, false).await;
-    }
-    resync(ov, &mut *ov.state.lock().await).await;
-    sync_gateway(ov).await;
-    ov.sync_guard(false).await;
-}
 
-/// Everything against the copy of the store just listed.
-async fn resync(ov: &Overlay, state: &mut State) {
-    repair_dataplanes(ov, state).await;
-    sync_all(ov, state).await;
-    publish_own(ov, state).await;
-    restore_local_networks(ov, state).await;
-    forget_dead_hosts(ov, state).await;
-}
+    /// Everything against the copy of the store just listed.
+    async fn resync(&self) {
+        self.repair_dataplanes().await;
+        self.sync_all().await;
+        self.publish_own().await;
+        self.restore_local_networks().await;
+        self.forget_dead_hosts().await;
+    }
 
-async fn apply_affected(ov: &Overlay, state: &mut State, affected: Affected) {
-    if affected.is_empty() {
-        return;
-    }
-    if affected.all {
-        sync_all(ov, state).await;
-        return;
-    }
-    for key in &affected.networks {
-        sync_network(ov, state, key).await;
-        if !state.cache.networks.contains_key(key) {
-            remove_deleted_network(ov, state, key).await;
-        }
-    }
-}
-
-pub async fn sync_all(ov: &Overlay, state: &mut State) {
-    let keys: Vec<String> = state.dataplanes.keys().cloned().collect();
-    for key in keys {
-        sync_network(ov, state, &key).await;
-    }
-    let gone: Vec<String> = state
-        .networks
-        .values()
-        .filter(|n| n.config.mode == Mode::Global && !state.cache.networks.contains_key(&n.config.key))
-        .map(|n| n.config.key.clone())
-        .collect();
-    for key in gone {
-        remove_deleted_network(ov, state, &key).await;
-    }
-}
-
-/// Makes one network's FDB and neighbour entries what the peer table says.
-pub async fn sync_network(ov: &Overlay, state: &State, key: &str) {
-    if !state.cache.loaded {
-        return;
-    }
-    let Some(dp) = state.dataplanes.get(key) else { return };
-    let want =
-        peers::desired(&state.cache.peers_of(key), |h| state.cache.hosts.contains_key(h), &ov.host, ov.config.port);
-    let (fdb, neighbours) = match ov.fabric.kernel_entries(dp).await {
-        Ok(entries) => entries,
-        Err(e) => {
-            warn!(network = %short(key), "reading the kernel's entries: {e:#}");
+    async fn apply_affected(&self, affected: Affected) {
+        if affected.all {
+            self.sync_all().await;
             return;
         }
-    };
-    let changes = peers::diff(&want, &fdb, &neighbours);
-    if !changes.is_empty() {
-        if let Err(e) = ov.fabric.apply(dp, &changes).await {
-            warn!("{e:#}");
-        }
-    }
-    let local_macs: Vec<[u8; 6]> = state
-        .endpoints
-        .values()
-        .filter(|e| e.network == key)
-        .filter_map(|e| netloom_dataplane::mac::parse(&e.mac).ok())
-        .collect();
-    if let Err(e) = ov.fabric.forget_moved_here(dp, &local_macs).await {
-        warn!("{e:#}");
-    }
-}
-
-/// Global scope: a network removed on another host (DeleteNetwork only reaches the host where
-/// `docker network rm` ran) goes here too, once no local endpoint uses it.
-async fn remove_deleted_network(ov: &Overlay, state: &mut State, key: &str) {
-    if !state.cache.loaded || state.cache.networks.contains_key(key) {
-        return;
-    }
-    let Some(net) = state.network_by_key(key).cloned() else { return };
-    if net.config.mode != Mode::Global {
-        return;
-    }
-    if !state.endpoints_of(key).is_empty() {
-        warn!(network = %short(key), "network was removed from the store but still has endpoints here; keeping it");
-        return;
-    }
-    // Tearing a network down is worth one more question to the store.
-    match ov.shared.as_ref().map(|s| s.network(key)) {
-        Ok(read) => match read.await {
-            Ok(None) => {}
-            Ok(Some(_)) => return,
-            Err(e) => {
-                debug!("checking network {}: {e:#}", short(key));
-                return;
-            }
-        },
-        Err(_) => return,
-    }
-    let dp = state.dataplanes.remove(key);
-    if let Err(e) = ov.fabric.teardown_network(net.config.vni, dp).await {
-        warn!("{e:#}");
-    }
-    if let Err(e) = ov.delete_network_record(&net.docker_id).await {
-        warn!("{e:#}");
-    }
-    state.networks.remove(&net.docker_id);
-    info!(network = %short(key), "network removed on another host; removed here");
-}
-
-/// This host's endpoints in the peer table: the ones whose veth exists are published, the rest
-/// withdrawn (a record the store lost comes back; a container that vanished goes).
-async fn publish_own(ov: &Overlay, state: &mut State) {
-    let (Ok(shared), Some(underlay)) = (&ov.shared, state.underlay.clone()) else { return };
-    let mut wanted = BTreeSet::new();
-    let mut missing = Vec::new();
-    for ep in state.endpoints.values() {
-        let Some(dp) = state.dataplanes.get(&ep.network) else { continue };
-        if !ov.fabric.endpoint_alive(dp, ep).await.unwrap_or(true) {
-            continue;
-        }
-        wanted.insert((ep.network.clone(), ep.id.clone()));
-        let peer = ep.peer(&ov.host, underlay.vtep, ov.config.port);
-        let published = state.cache.peers.get(&ep.network).and_then(|t| t.get(&ep.id)).map(|(p, _)| p);
-        if published != Some(&peer) {
-            missing.push((records::peer_key(&ep.network, &ep.id), records::encode(&peer), ep.id.clone()));
-        }
-    }
-    for (key, value, endpoint) in missing {
-        match shared.store.put(&key, value.clone()).await {
-            Ok(revision) => {
-                info!(endpoint = %short(&endpoint), "endpoint published");
-                state.wrote(key, value, revision);
-            }
-            Err(e) => debug!("publishing endpoint {}: {e}", short(&endpoint)),
-        }
-    }
-    let mut stale = Vec::new();
-    for (network, table) in &state.cache.peers {
-        for (endpoint, (peer, revision)) in table {
-            if peer.host == ov.host && !wanted.contains(&(network.clone(), endpoint.clone())) {
-                stale.push((records::peer_key(network, endpoint), *revision, endpoint.clone()));
-            }
-        }
-    }
-    for (key, revision, endpoint) in stale {
-        let txn = Txn::new().when(Condition::Revision(key.clone(), revision)).delete(key.clone());
-        match shared.store.txn(txn).await {
-            Ok(outcome) if outcome.committed() => {
-                info!(endpoint = %short(&endpoint), "stale endpoint of this host withdrawn");
-                state.deleted(&key);
-            }
-            Ok(_) => {}
-            Err(e) => debug!("withdrawing endpoint {}: {e}", short(&endpoint)),
-        }
-    }
-}
-
-/// Local scope: networks this host has whose store record is missing, or lacks this host.
-async fn restore_local_networks(ov: &Overlay, state: &State) {
-    let Ok(shared) = &ov.shared else { return };
-    for net in state.networks.values().filter(|n| n.config.mode == Mode::Local) {
-        let fine = state
-            .cache
-            .networks
-            .get(&net.config.key)
-            .is_some_and(|(c, _)| c.members.get(&ov.host) == Some(&net.docker_id));
-        if !fine {
-            if let Err(e) = shared.restore_local(&net.config, &ov.host, &net.docker_id).await {
-                debug!("restoring network {}: {e:#}", net.config.key);
-            }
-        }
-    }
-}
-
-/// Peers of hosts whose lease expired more than `--dead-host-grace` ago are deleted from the
-/// store (their kernel entries went when the lease did). Each delete holds only while the host
-/// is still absent, so a host coming back keeps its records.
-async fn forget_dead_hosts(ov: &Overlay, state: &mut State) {
-    let Ok(shared) = &ov.shared else { return };
-    let now = Instant::now();
-    let mut absent: BTreeSet<String> = BTreeSet::new();
-    for table in state.cache.peers.values() {
-        for (peer, _) in table.values() {
-            if peer.host != ov.host && !state.cache.hosts.contains_key(&peer.host) {
-                absent.insert(peer.host.clone());
-            }
-        }
-    }
-    for (config, _) in state.cache.networks.values() {
-        for host in config.members.keys() {
-            if *host != ov.host && !state.cache.hosts.contains_key(host) {
-                absent.insert(host.clone());
-            }
-        }
-    }
-    state.absent_since.retain(|host, _| absent.contains(host));
-    for host in &absent {
-        let since = *state.absent_since.entry(host.clone()).or_insert(now);
-        if now.duration_since(since) < ov.config.dead_host_grace {
-            continue;
-        }
-        // Local-scope networks it was a member of: the last member out deletes them (a host
-        // that comes back writes its membership again).
-        let memberships: Vec<String> = state
-            .cache
-            .networks
-            .values()
-            .filter(|(c, _)| c.members.contains_key(host))
-            .map(|(c, _)| c.key.clone())
-            .collect();
-        for key in memberships {
-            match shared.leave_local(&key, host).await {
-                Ok(()) => info!(host = %host, network = %key, "host gone for good removed from the network"),
-                Err(e) => debug!("removing host {host} from network {key}: {e:#}"),
-            }
-        }
-        for (network, table) in &state.cache.peers {
-            let mut txn = Txn::new().when(Condition::Absent(records::host_key(host)));
-            let mut any = false;
-            for (endpoint, (peer, _)) in table {
-                if &peer.host == host {
-                    txn = txn.delete(records::peer_key(network, endpoint));
-                    any = true;
-                }
-            }
-            if any {
-                match shared.store.txn(txn).await {
-                    Ok(outcome) if outcome.committed() => {
-                        info!(host = %host, network = %short(network), "peers of a host gone for good deleted")
-                    }
-                    Ok(_) => {}
-                    Err(e) => debug!("deleting peers of host {host}: {e}"),
-                }
-            }
-        }
-    }
-}
-
-/// docker_gwbridge's rules and port flags, and the published ports of this host's endpoints:
-/// re-applied (rules someone flushed come back), leftovers of endpoints that are gone removed.
-/// Takes the state lock only to read and record, never across a firewall call.
-pub async fn sync_gateway(ov: &Overlay) {
-    let Some(gateway) = &ov.gateway else { return };
-    let _serial = ov.gateway_lock.lock().await;
-    let policy = match gateway.ensure(ov.fabric.netlink()).await {
-        Ok(policy) => policy,
-        Err(e) => {
-            warn!("programming docker_gwbridge: {e:#}");
-            return;
-        }
-    };
-    let published: Vec<(String, Vec<netloom_plugin_api::wire::ports::PortBinding>, std::net::IpAddr)> = {
-        let mut state = ov.state.lock().await;
-        state.gateway_policy = policy.clone();
-        state.endpoints.values().filter_map(|ep| Some((ep.id.clone(), ep.ports.clone(), ep.gateway_ip?))).collect()
-    };
-    let Some(policy) = policy else { return };
-    let mut live = Vec::new();
-    for (id, ports, address) in published {
-        if let Err(e) = gateway.publish(&policy, &id, &crate::gateway::mappings(&ports, address)).await {
-            warn!(endpoint = %short(&id), "re-publishing ports: {e:#}");
-        }
-        live.push(id);
-    }
-    gateway.retain(&policy, &live).await;
-}
-
-/// A network whose VXLAN link went missing (deleted by hand, say) gets it back.
-async fn repair_dataplanes(ov: &Overlay, state: &mut State) {
-    let mut broken = Vec::new();
-    for (key, dp) in &state.dataplanes {
-        match dp.netlink.link(crate::fabric::VXLAN).await {
-            Ok(Some(_)) => {}
-            Ok(None) => broken.push(key.clone()),
-            Err(e) => debug!("checking network {}: {e:#}", short(key)),
-        }
-    }
-    for key in broken {
-        let Some(net) = state.network_by_key(&key).cloned() else { continue };
-        warn!(network = %short(&key), "the network's VXLAN link is missing; making it again");
-        state.dataplanes.remove(&key);
-        if let Err(e) = ov.ensure_dataplane(state, &net.config).await {
-            warn!(network = %short(&key), "{e}");
+        for key in &affected.networks {
+            self.sync_network(key).await;
+            self.remove_deleted_network(key).await;
         }
     }
 }
@@ -484,6 +216,7 @@ async fn repair_dataplanes(ov: &Overlay, state: &mut State) {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use super::*;
 

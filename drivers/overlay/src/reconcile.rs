@@ -1,0 +1,308 @@
+//! The steps of a pass against the copy of the shared store. Work on one network takes its turn
+//! (briefly: a network busy with a request is left to the next pass); the state lock is held only
+//! to read or update the maps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use netloom_ipam::store::{Condition, Revision, Txn};
+use tracing::{debug, info, warn};
+
+use crate::cluster::Shared;
+use crate::fabric::VXLAN;
+use crate::overlay::Overlay;
+use crate::records::{self, short, Mode};
+use crate::underlay::Underlay;
+
+/// A host whose lease expired more than `--dead-host-grace` ago.
+struct GoneHost {
+    host: String,
+    /// The local-scope networks it is a member of.
+    memberships: Vec<String>,
+    /// Network key → its endpoints there.
+    peers: BTreeMap<String, Vec<String>>,
+}
+
+impl Overlay {
+    /// Every network's peer entries; networks removed on another host removed here.
+    pub async fn sync_all(&self) {
+        let keys: Vec<String> = self.state().dataplanes.keys().cloned().collect();
+        for key in keys {
+            self.sync_network(&key).await;
+        }
+        let gone: Vec<String> = {
+            let state = self.state();
+            state
+                .networks
+                .values()
+                .filter(|n| n.config.mode == Mode::Global && !state.cache.networks.contains_key(&n.config.key))
+                .map(|n| n.config.key.clone())
+                .collect()
+        };
+        for key in gone {
+            self.remove_deleted_network(&key).await;
+        }
+    }
+
+    /// Global scope: a network removed on another host (DeleteNetwork only reaches the host where
+    /// `docker network rm` ran) goes here too, once no local endpoint uses it.
+    pub async fn remove_deleted_network(&self, key: &str) {
+        let Some(docker_id) = self.deleted_network(key).map(|n| n.docker_id) else { return };
+        let Some(_turn) = self.background_turn(&docker_id, "removing a network deleted on another host").await else {
+            return;
+        };
+        // Again under the turn: a request may have changed it meanwhile.
+        let Some(net) = self.deleted_network(key) else { return };
+        if !self.state().endpoints_of(key).is_empty() {
+            warn!(network = %short(key), "network was removed from the store but still has endpoints here; keeping it");
+            return;
+        }
+        // Tearing a network down is worth one more question to the store.
+        let Ok(shared) = &self.shared else { return };
+        match shared.network(key).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => {
+                debug!("checking network {}: {e:#}", short(key));
+                return;
+            }
+        }
+        if let Err(e) = self.drop_dataplane(key, net.config.vni).await {
+            warn!("{e:#}");
+        }
+        if let Err(e) = self.delete_network_record(&net.docker_id).await {
+            warn!("{e:#}");
+        }
+        self.state().networks.remove(&net.docker_id);
+        info!(network = %short(key), "network removed on another host; removed here");
+    }
+
+    /// This host's global-scope network `key`, if the copy of the store no longer has it.
+    fn deleted_network(&self, key: &str) -> Option<records::LocalNetwork> {
+        let state = self.state();
+        if !state.cache.loaded || state.cache.networks.contains_key(key) {
+            return None;
+        }
+        state.network_by_key(key).filter(|n| n.config.mode == Mode::Global).cloned()
+    }
+
+    /// This host's endpoints in the peer table: the ones whose veth exists are published, the
+    /// rest withdrawn (a record the store lost comes back; a container that vanished goes).
+    pub async fn publish_own(&self) {
+        let underlay = self.state().underlay.clone();
+        let (Ok(shared), Some(underlay)) = (&self.shared, underlay) else { return };
+        let networks: Vec<(String, String)> =
+            self.state().networks.values().map(|n| (n.docker_id.clone(), n.config.key.clone())).collect();
+        for (docker_id, key) in &networks {
+            let Some(_turn) = self.background_turn(docker_id, "publishing this host's endpoints").await else {
+                continue;
+            };
+            self.publish_own_in(shared, &underlay, key).await;
+        }
+        // Peers of this host in networks it no longer has.
+        let stale: Vec<(String, Revision, String)> = {
+            let state = self.state();
+            let mine: BTreeSet<&str> = state.networks.values().map(|n| n.config.key.as_str()).collect();
+            state
+                .cache
+                .peers
+                .iter()
+                .filter(|(network, _)| !mine.contains(network.as_str()))
+                .flat_map(|(network, table)| {
+                    table.iter().filter(|(_, (peer, _))| peer.host == self.host).map(|(endpoint, (_, revision))| {
+                        (records::peer_key(network, endpoint), *revision, endpoint.clone())
+                    })
+                })
+                .collect()
+        };
+        self.withdraw_stale(shared, stale).await;
+    }
+
+    /// One network's part of [`Self::publish_own`]; the caller holds the network's turn.
+    async fn publish_own_in(&self, shared: &Shared, underlay: &Underlay, key: &str) {
+        let (endpoints, dp, published) = {
+            let state = self.state();
+            (state.endpoints_of(key), state.dataplane(key), state.cache.peers_of(key))
+        };
+        let mut wanted = BTreeSet::new();
+        for ep in &endpoints {
+            let Some(dp) = &dp else { continue };
+            if !self.fabric.endpoint_alive(dp, ep).await.unwrap_or(true) {
+                continue;
+            }
+            wanted.insert(ep.id.clone());
+            let peer = ep.peer(&self.host, underlay.vtep, self.config.port);
+            if published.get(&ep.id).map(|(p, _)| p) == Some(&peer) {
+                continue;
+            }
+            let (peer_key, value) = (records::peer_key(key, &ep.id), records::encode(&peer));
+            match shared.store.put(&peer_key, value.clone()).await {
+                Ok(revision) => {
+                    info!(endpoint = %short(&ep.id), "endpoint published");
+                    self.state().wrote(peer_key, value, revision);
+                }
+                Err(e) => debug!("publishing endpoint {}: {e}", short(&ep.id)),
+            }
+        }
+        let stale = published
+            .iter()
+            .filter(|(endpoint, (peer, _))| peer.host == self.host && !wanted.contains(*endpoint))
+            .map(|(endpoint, (_, revision))| (records::peer_key(key, endpoint), *revision, endpoint.clone()))
+            .collect();
+        self.withdraw_stale(shared, stale).await;
+    }
+
+    /// Deletes peer records of this host, each only if unchanged since it was read.
+    async fn withdraw_stale(&self, shared: &Shared, stale: Vec<(String, Revision, String)>) {
+        for (key, revision, endpoint) in stale {
+            let txn = Txn::new().when(Condition::Revision(key.clone(), revision)).delete(key.clone());
+            match shared.store.txn(txn).await {
+                Ok(outcome) if outcome.committed() => {
+                    info!(endpoint = %short(&endpoint), "stale endpoint of this host withdrawn");
+                    self.state().deleted(&key);
+                }
+                Ok(_) => {}
+                Err(e) => debug!("withdrawing endpoint {}: {e}", short(&endpoint)),
+            }
+        }
+    }
+
+    /// Local scope: networks this host has whose store record is missing, or lacks this host.
+    pub async fn restore_local_networks(&self) {
+        let Ok(shared) = &self.shared else { return };
+        let local: Vec<String> = self
+            .state()
+            .networks
+            .values()
+            .filter(|n| n.config.mode == Mode::Local)
+            .map(|n| n.docker_id.clone())
+            .collect();
+        for docker_id in local {
+            let Some(_turn) = self.background_turn(&docker_id, "restoring the network's store record").await else {
+                continue;
+            };
+            let missing = {
+                let state = self.state();
+                state.networks.get(&docker_id).cloned().filter(|net| {
+                    state
+                        .cache
+                        .networks
+                        .get(&net.config.key)
+                        .is_none_or(|(c, _)| c.members.get(&self.host) != Some(&net.docker_id))
+                })
+            };
+            if let Some(net) = missing {
+                if let Err(e) = shared.restore_local(&net.config, &self.host, &net.docker_id).await {
+                    debug!("restoring network {}: {e:#}", net.config.key);
+                }
+            }
+        }
+    }
+
+    /// Peers of hosts whose lease expired more than `--dead-host-grace` ago are deleted from the
+    /// store (their kernel entries went when the lease did). Each delete holds only while the
+    /// host is still absent, so a host coming back keeps its records.
+    pub async fn forget_dead_hosts(&self) {
+        let Ok(shared) = &self.shared else { return };
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        {
+            let mut state = self.state();
+            let cache = &state.cache;
+            let mut absent: BTreeSet<String> = BTreeSet::new();
+            for table in cache.peers.values() {
+                for (peer, _) in table.values() {
+                    if peer.host != self.host && !cache.hosts.contains_key(&peer.host) {
+                        absent.insert(peer.host.clone());
+                    }
+                }
+            }
+            for (config, _) in cache.networks.values() {
+                for host in config.members.keys() {
+                    if *host != self.host && !cache.hosts.contains_key(host) {
+                        absent.insert(host.clone());
+                    }
+                }
+            }
+            state.absent_since.retain(|host, _| absent.contains(host));
+            for host in absent {
+                let since = *state.absent_since.entry(host.clone()).or_insert(now);
+                if now.duration_since(since) < self.config.dead_host_grace {
+                    continue;
+                }
+                let memberships = state
+                    .cache
+                    .networks
+                    .values()
+                    .filter(|(c, _)| c.members.contains_key(&host))
+                    .map(|(c, _)| c.key.clone())
+                    .collect();
+                let peers = state
+                    .cache
+                    .peers
+                    .iter()
+                    .map(|(network, table)| {
+                        let endpoints = table.iter().filter(|(_, (p, _))| p.host == host).map(|(e, _)| e.clone());
+                        (network.clone(), endpoints.collect::<Vec<_>>())
+                    })
+                    .filter(|(_, endpoints)| !endpoints.is_empty())
+                    .collect();
+                gone.push(GoneHost { host, memberships, peers });
+            }
+        }
+        for GoneHost { host, memberships, peers } in gone {
+            // Local-scope networks it was a member of: the last member out deletes them (a host
+            // that comes back writes its membership again).
+            for key in memberships {
+                match shared.leave_local(&key, &host).await {
+                    Ok(()) => info!(host = %host, network = %key, "host gone for good removed from the network"),
+                    Err(e) => debug!("removing host {host} from network {key}: {e:#}"),
+                }
+            }
+            for (network, endpoints) in peers {
+                let mut txn = Txn::new().when(Condition::Absent(records::host_key(&host)));
+                for endpoint in &endpoints {
+                    txn = txn.delete(records::peer_key(&network, endpoint));
+                }
+                match shared.store.txn(txn).await {
+                    Ok(outcome) if outcome.committed() => {
+                        info!(host = %host, network = %short(&network), "peers of a host gone for good deleted")
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!("deleting peers of host {host}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A network whose VXLAN link went missing (deleted by hand, say) gets it back.
+    pub async fn repair_dataplanes(&self) {
+        let dataplanes: Vec<_> = self.state().dataplanes.iter().map(|(k, dp)| (k.clone(), dp.clone())).collect();
+        for (key, dp) in dataplanes {
+            match dp.netlink.link(VXLAN).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    debug!("checking network {}: {e:#}", short(&key));
+                    continue;
+                }
+            }
+            let Some(net) = self.state().network_by_key(&key).cloned() else { continue };
+            let Some(_turn) = self.background_turn(&net.docker_id, "repairing the network's VXLAN link").await else {
+                continue;
+            };
+            warn!(network = %short(&key), "the network's VXLAN link is missing; making it again");
+            {
+                let mut state = self.state();
+                // Removed or remade by a request meanwhile: not this pass's to touch.
+                if !state.dataplanes.get(&key).is_some_and(|d| std::sync::Arc::ptr_eq(d, &dp)) {
+                    continue;
+                }
+                state.dataplanes.remove(&key);
+            }
+            if let Err(e) = self.ensure_dataplane(&net.config).await {
+                warn!(network = %short(&key), "{e}");
+            }
+        }
+    }
+}

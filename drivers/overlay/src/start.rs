@@ -1,0 +1,179 @@
+//! Start-up: the stores opened, the private records loaded and the kernel brought in line with
+//! them before the socket opens, then the background sync started.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use netloom_dataplane::{Netlink, Netns};
+use netloom_driver_kit::restore;
+use netloom_ipam::store::{self, DriverRecords, StoreOptions};
+use netloom_ipam::{Ipam, IpamConfig};
+use netloom_plugin_api::locks::KeyedLocks;
+use netloom_plugin_api::Settings;
+use tracing::{debug, error, info, warn};
+
+use crate::cluster::Shared;
+use crate::fabric::{endpoint_owner, Fabric};
+use crate::gateway::Gateway;
+use crate::guard::VxlanGuard;
+use crate::overlay::{Config, Overlay};
+use crate::records::short;
+use crate::state::State;
+use crate::sync::supervise;
+
+impl Overlay {
+    /// Opens the stores, loads the private records and brings the kernel in line with them,
+    /// before the socket opens. Configuration problems don't stop the driver: they are logged
+    /// and answered to every request that needs what is missing.
+    pub async fn start(settings: &Settings, config: Config) -> Result<Arc<Overlay>> {
+        let host = settings.host_id()?;
+        let embedded = store::open(None, &settings.state_dir, store::DEFAULT_PREFIX)
+            .await
+            .context("opening the private record store")?;
+        let local = DriverRecords::new(embedded, "overlay", &host);
+        let shared = open_shared(settings, &config, &host).await;
+        if let Err(problem) = &shared {
+            error!("{problem}");
+        }
+        let netns_dir =
+            config.netns_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/run/netloom/{}/netns", settings.name)));
+        let fabric = Fabric::new(Netlink::connect()?, netns_dir, config.port);
+        let gateway = match config.firewall {
+            Some(kind) => match Gateway::open(kind).await {
+                Ok(gateway) => Some(gateway),
+                Err(e) => {
+                    error!("the {kind} firewall is unusable: {e:#}; docker_gwbridge's rules are left to dockerd");
+                    None
+                }
+            },
+            None => None,
+        };
+        let guard = match VxlanGuard::open(config.guard_firewall, config.port).await {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                error!("the {} firewall is unusable: {e:#}; VXLAN is accepted from anyone", config.guard_firewall);
+                None
+            }
+        };
+        let overlay = Arc::new(Overlay {
+            config,
+            host,
+            shared,
+            local,
+            fabric,
+            gateway,
+            guard,
+            gateway_lock: tokio::sync::Mutex::new(()),
+            state: std::sync::Mutex::new(State::default()),
+            turns: KeyedLocks::default(),
+            fdb_turns: KeyedLocks::default(),
+        });
+        overlay.load().await?;
+        if let Err(e) = overlay.underlay().await {
+            error!("{e}");
+        }
+        overlay.restore().await;
+        overlay.sync_gateway().await;
+        overlay.sync_guard(false).await;
+        if overlay.shared.is_ok() {
+            supervise("store watch", overlay.clone(), |ov: Arc<Overlay>| async move { ov.watch().await });
+            supervise(
+                "reconciler",
+                overlay.clone(),
+                |ov: Arc<Overlay>| async move { ov.reconcile_periodically().await },
+            );
+        }
+        Ok(overlay)
+    }
+
+    async fn load(&self) -> Result<()> {
+        let networks = self.local.networks().await.context("reading private network records")?;
+        let endpoints = self.local.endpoints().await.context("reading private endpoint records")?;
+        info!(networks = networks.len(), endpoints = endpoints.len(), "private records loaded");
+        let mut state = self.state();
+        state.networks = networks;
+        state.endpoints = endpoints;
+        Ok(())
+    }
+
+    /// Start-up reconciliation: every recorded network's namespace, bridge and VXLAN link, every
+    /// endpoint whose veth still exists back on its bridge, leftovers removed. FDB and neighbour
+    /// entries are left as they are until the shared store has been read.
+    async fn restore(&self) {
+        let started = Instant::now();
+        let (networks, endpoints) = {
+            let state = self.state();
+            (state.networks.clone(), state.endpoints.clone())
+        };
+        for net in networks.values() {
+            if let Err(e) = self.ensure_dataplane(&net.config).await {
+                warn!(network = %short(&net.config.key), "could not restore network: {e}");
+            }
+        }
+        for ep in endpoints.values() {
+            let Some(dp) = self.state().dataplane(&ep.network) else { continue };
+            match self.fabric.endpoint_alive(&dp, ep).await {
+                Ok(true) => {
+                    if let Some(net) = networks.values().find(|n| n.config.key == ep.network) {
+                        if let Err(e) = self.fabric.ensure_endpoint(&dp, &net.config, ep).await {
+                            warn!(endpoint = %short(&ep.id), "could not re-attach endpoint: {e:#}");
+                        }
+                    }
+                }
+                Ok(false) => {
+                    debug!(endpoint = %short(&ep.id), "veth is gone (its container went); waiting for DeleteEndpoint")
+                }
+                Err(e) => warn!(endpoint = %short(&ep.id), "{e:#}"),
+            }
+        }
+        self.remove_leftovers().await;
+        restore::done(started, networks.len(), endpoints.len());
+    }
+
+    async fn remove_leftovers(&self) {
+        let (owners, dataplanes, vnis) = {
+            let state = self.state();
+            let owners: BTreeSet<String> =
+                state.endpoints.values().map(|e| endpoint_owner(&e.network, &e.id)).collect();
+            let dataplanes: Vec<_> = state.dataplanes.values().cloned().collect();
+            let vnis: Vec<u32> = state.networks.values().map(|n| n.config.vni).collect();
+            (owners, dataplanes, vnis)
+        };
+        self.fabric.remove_leftover_links(&owners).await;
+        for dp in &dataplanes {
+            self.fabric.remove_leftover_ports(dp, &owners).await;
+        }
+        match Netns::list(self.fabric.netns_dir()) {
+            Ok(list) => {
+                for ns in list {
+                    let name = ns.name();
+                    let Some(vni) = Fabric::vni_of_netns(&name) else { continue };
+                    if !dataplanes.iter().any(|dp| dp.vni == vni) && !vnis.contains(&vni) {
+                        info!(netns = %name, "removing leftover network namespace");
+                        if let Err(e) = self.fabric.teardown_network(vni, None).await {
+                            warn!("{e:#}");
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("listing network namespaces: {e:#}"),
+        }
+    }
+}
+
+async fn open_shared(settings: &Settings, config: &Config, host: &str) -> Result<Shared, String> {
+    let Some(url) = settings.store.as_deref() else {
+        return Err("loom-overlay needs a store shared by every host: start it with --store etcd://HOST:2379 \
+                    (or consul://HOST:8500); the embedded store serves one host and cannot make an overlay"
+            .to_string());
+    };
+    let options = StoreOptions { lease_ttl: config.lease_ttl, ..StoreOptions::default() };
+    let store = store::open_with(Some(url), &settings.state_dir, options).await.map_err(|e| format!("--store: {e}"))?;
+    let ipam = Ipam::new(store.clone(), host, IpamConfig::default())
+        .await
+        .map_err(|e| format!("starting the VNI allocator: {e}"))?;
+    Ok(Shared { store, ipam })
+}

@@ -1,0 +1,58 @@
+//! What loom-overlay holds in memory: this host's records, its networks' kernel objects, the copy
+//! of the shared store. Behind a plain mutex held only to read or update these maps, never
+//! across a store, kernel or firewall call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use netloom_ipam::store::{KeyValue, Revision};
+
+use crate::cache::Cache;
+use crate::fabric::NetDataplane;
+use crate::records::{LocalEndpoint, LocalNetwork};
+use crate::underlay::Underlay;
+
+#[derive(Default)]
+pub struct State {
+    pub underlay: Option<Underlay>,
+    /// Docker network id → record.
+    pub networks: BTreeMap<String, LocalNetwork>,
+    /// Endpoint id → record.
+    pub endpoints: BTreeMap<String, LocalEndpoint>,
+    /// Network key → kernel objects.
+    pub dataplanes: BTreeMap<String, Arc<NetDataplane>>,
+    pub cache: Cache,
+    /// When each host was first seen without a lease record.
+    pub absent_since: BTreeMap<String, Instant>,
+    /// Bumped on every change to `cache`, so that a list taken meanwhile is known to be stale.
+    pub generation: u64,
+    /// docker_gwbridge's firewall policy as last programmed.
+    pub gateway_policy: Option<netloom_firewall::NetworkPolicy>,
+}
+
+impl State {
+    /// Records this host's own successful write in the copy of the store.
+    pub fn wrote(&mut self, key: String, value: Vec<u8>, revision: Revision) {
+        self.cache.put(&KeyValue { key, value, revision });
+        self.generation += 1;
+    }
+
+    /// Records this host's own successful delete in the copy of the store.
+    pub fn deleted(&mut self, key: &str) {
+        self.cache.delete(key, 0);
+        self.generation += 1;
+    }
+
+    pub fn network_by_key(&self, key: &str) -> Option<&LocalNetwork> {
+        self.networks.values().find(|n| n.config.key == key)
+    }
+
+    pub fn endpoints_of(&self, key: &str) -> Vec<LocalEndpoint> {
+        self.endpoints.values().filter(|e| e.network == key).cloned().collect()
+    }
+
+    pub fn dataplane(&self, key: &str) -> Option<Arc<NetDataplane>> {
+        self.dataplanes.get(key).cloned()
+    }
+}
