@@ -52,7 +52,7 @@ impl<B: LeaseBackend> Leases<B> {
         Self { backend, state: Arc::new(Mutex::new(state)), keeper: std::sync::Mutex::new(None) }
     }
 
-    /// [`Store::put_leased`](crate::Store::put_leased): takes the lease on first use and starts
+    /// `Store::put_leased`: takes the lease on first use and starts
     /// the task that keeps it alive.
     pub(crate) async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
         let mut st = self.state.lock().await;

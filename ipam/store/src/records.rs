@@ -24,7 +24,7 @@ pub trait EndpointRecord: Serialize + DeserializeOwned {
 }
 
 /// All [`DriverRecords`] needs of a store, so that a driver with nothing to share across hosts
-/// can keep its records without a database: [`FileRecords`](crate::FileRecords), or any
+/// can keep its records without a database: `FileRecords`, or any
 /// [`Store`].
 #[async_trait]
 pub trait RecordStore: Send + Sync + 'static {
