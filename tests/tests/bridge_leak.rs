@@ -118,7 +118,7 @@ fn leak_scenario(h: &Host, firewall: &str) -> Result<()> {
     let status = plugin.sigterm()?;
     ensure!(status.success(), "loom-bridge exit status {status}");
     let keys = runtime.block_on(async {
-        let store = netloom_ipam::store::open(None, plugin.state_dir(), netloom_ipam::store::DEFAULT_PREFIX).await?;
+        let store = netloom_store::open(None, plugin.state_dir(), netloom_store::DEFAULT_PREFIX).await?;
         anyhow::Ok(store.list("bridge/").await?)
     })?;
     ensure!(keys.is_empty(), "store keys left: {:?}", keys.iter().map(|kv| &kv.key).collect::<Vec<_>>());
