@@ -139,16 +139,8 @@ impl Netlink {
                 existing
             }
             None => {
-                let mut builder = LinkBridge::new(spec.name).address(crate::mac::for_bridge(spec.owner).to_vec());
-                if let Some(mtu) = spec.mtu {
-                    builder = builder.mtu(mtu);
-                }
-                self.handle()
-                    .link()
-                    .add(builder.build())
-                    .execute()
-                    .await
-                    .with_context(|| format!("creating bridge {}", spec.name))?;
+                let bridge = LinkBridge::new(spec.name).address(crate::mac::for_bridge(spec.owner).to_vec());
+                self.add_link(bridge.build(), spec.mtu, || format!("creating bridge {}", spec.name)).await?;
                 let link = self.require(spec.name).await?;
                 self.set_alias(&link, spec.owner).await?;
                 link
@@ -175,16 +167,8 @@ impl Netlink {
             }
             bail!("{} already exists and is not this endpoint's veth", spec.host_name);
         }
-        let mut builder = LinkVeth::new(spec.host_name, spec.peer_name);
-        if let Some(mtu) = spec.mtu {
-            builder = builder.mtu(mtu);
-        }
-        self.handle()
-            .link()
-            .add(builder.build())
-            .execute()
-            .await
-            .with_context(|| format!("creating veth pair {} / {}", spec.host_name, spec.peer_name))?;
+        let veth = LinkVeth::new(spec.host_name, spec.peer_name).build();
+        self.add_link(veth, spec.mtu, || format!("creating veth pair {} / {}", spec.host_name, spec.peer_name)).await?;
         let host = self.require(spec.host_name).await?;
         let mut peer = self.require(spec.peer_name).await?;
         if let Some(mtu) = spec.mtu {
@@ -207,6 +191,14 @@ impl Netlink {
             Some(_) => bail!("{} already exists and is not this endpoint's veth", spec.host_name),
             None => Ok(self.ensure_veth(spec).await?.0),
         }
+    }
+
+    /// Creates the link `message` describes, with `mtu` when given (on a veth pair: the first end).
+    async fn add_link(&self, mut message: LinkMessage, mtu: Option<u32>, doing: impl FnOnce() -> String) -> Result<()> {
+        if let Some(mtu) = mtu {
+            message.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.handle().link().add(message).execute().await.with_context(doing)
     }
 
     async fn require(&self, name: &str) -> Result<Link> {

@@ -6,69 +6,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use netloom_driver_kit::testing::{in_new_netns, request, HeldStore, Hold};
 use netloom_driver_kit::Registry;
 use netloom_plugin_api::wire::network::{CreateEndpointRequest, CreateNetworkRequest};
 use netloom_plugin_api::NetworkDriver;
-use netloom_store::{
-    DriverRecords, KeyValue, Revision, Store, StoreOptions, StoreResult, Txn, TxnOutcome, WatchStream,
-};
+use netloom_store::{DriverRecords, StoreOptions};
 use serde_json::json;
-use tokio::sync::Notify;
 
 use super::*;
-
-/// The embedded store, except that writes of keys containing `stuck` wait for `release`.
-struct HeldStore {
-    inner: Arc<dyn Store>,
-    stuck: String,
-    release: Notify,
-}
-
-#[async_trait]
-impl Store for HeldStore {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
-        self.inner.list(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<Revision> {
-        if key.contains(&self.stuck) {
-            self.release.notified().await;
-        }
-        self.inner.put(key, value).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<bool> {
-        self.inner.delete(key).await
-    }
-    async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
-        self.inner.txn(txn).await
-    }
-    async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
-        self.inner.watch(prefix).await
-    }
-    async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
-        self.inner.put_leased(key, value).await
-    }
-}
-
-fn in_new_netns(test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (needs root)");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(test());
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
-
-fn request<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).unwrap()
-}
 
 fn network(id: &str, pool: &str) -> CreateNetworkRequest {
     request(
@@ -86,8 +31,7 @@ fn a_stuck_network_holds_up_only_itself() {
         Box::pin(async {
             let dir = tempfile::tempdir().unwrap();
             let embedded = netloom_store::open_with(None, dir.path(), StoreOptions::default()).await.unwrap();
-            let store =
-                Arc::new(HeldStore { inner: embedded, stuck: "endpoints/slow/".into(), release: Notify::new() });
+            let store = Arc::new(HeldStore::new(embedded, "endpoints/slow/", Hold::Writes));
             let netlink = Netlink::connect().unwrap();
             let firewall = netloom_firewall::open(netloom_firewall::BackendKind::Nftables).await.unwrap();
             let registry = Registry::load(DRIVER, DriverRecords::new(store.clone(), "host", "h1")).await.unwrap();
@@ -127,9 +71,9 @@ fn a_stuck_network_holds_up_only_itself() {
             );
 
             // Once the store answers, the stuck request completes and the network is usable.
-            store.release.notify_one();
+            store.release();
             stuck.await.unwrap().unwrap();
-            store.release.notify_one();
+            store.release();
             driver
                 .create_endpoint(endpoint("slow", "s2", "10.70.0.3/24"))
                 .await

@@ -13,6 +13,8 @@ pub mod registry;
 pub mod restore;
 pub mod serve;
 pub mod teardown;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use netloom_store::DriverRecords;
 pub use record::{Endpoint, Network};
