@@ -133,10 +133,6 @@ impl Inner {
         out
     }
 
-    fn add(&self, ipt: &Xtables, rule: &IptRule) -> Result<()> {
-        add_rule(ipt, rule)
-    }
-
     fn delete(&self, ipt: &Xtables, table: &str, chain: &str, spec: &str) -> Result<()> {
         debug!(cmd = ipt.cmd, table, chain, spec, "deleting");
         ipt.delete(table, chain, spec).map_err(ipt_err(format!("{} -t {table} -D {chain} {spec}", ipt.cmd)))
@@ -152,7 +148,7 @@ impl Inner {
 
     /// Every rule of a table, parsed.
     fn listed(&self, ipt: &Xtables, table: &str) -> Result<Vec<ListedRule>> {
-        Ok(self.listed_with_chains(ipt, table)?.1)
+        Ok(listed_with_chains(ipt, table)?.1)
     }
 
     /// Every rule of `tables` in every usable family. The listings run side by side: this is on
@@ -172,11 +168,6 @@ impl Inner {
             all.extend(listing?);
         }
         Ok(all)
-    }
-
-    /// The chains (`-N`/`-P` lines) and rules of a table.
-    fn listed_with_chains(&self, ipt: &Xtables, table: &str) -> Result<(Vec<String>, Vec<ListedRule>)> {
-        listed_with_chains(ipt, table)
     }
 }
 
@@ -343,7 +334,7 @@ impl Inner {
                 for rule in self.listed(ipt, table)? {
                     let owner = rule.comment.as_deref().and_then(tag::parse_ipt_comment);
                     if owner.as_ref().is_some_and(&pred) {
-                        match self.delete(ipt, table, &rule.chain, &rules::delete_spec(&rule)) {
+                        match self.delete(ipt, table, &rule.chain, &rule.spec) {
                             Ok(()) => removed += 1,
                             Err(e) => errors.push(format!("{e:#}")),
                         }
@@ -370,7 +361,7 @@ impl Inner {
         self.remove_vxlan_chains()?;
         for (_, ipt) in self.families() {
             for table in NETWORK_TABLES {
-                let existing = ipt.list_chains(table).map_err(ipt_err(format!("{} -t {table} -S", ipt.cmd)))?;
+                let (existing, _) = listed_with_chains(ipt, table)?;
                 let ours: Vec<&str> = rules::CHAINS
                     .iter()
                     .filter(|(t, c)| *t == table && existing.iter().any(|e| e == c))
@@ -462,11 +453,11 @@ impl Inner {
             want.iter().map(|r| (r.chain.to_string(), rules::normalized(&r.spec_string()))).collect();
         for rule in want {
             if !present.contains(&(rule.chain.to_string(), rules::normalized(&rule.spec_string()))) {
-                self.add(ipt, rule)?;
+                add_rule(ipt, rule)?;
             }
         }
         for stale in listed.iter().filter(|r| !wanted_keys.contains(&(r.chain.clone(), rules::normalized(&r.spec)))) {
-            self.delete(ipt, table, &stale.chain, &rules::delete_spec(stale))?;
+            self.delete(ipt, table, &stale.chain, &stale.spec)?;
         }
         Ok(())
     }
@@ -478,7 +469,7 @@ impl Inner {
 
     /// Like [`Inner::listed_ports`], `None` when `LOOM-DNAT` does not exist yet.
     fn listed_ports_or_none(&self, ipt: &Xtables) -> Result<Option<Vec<(ListedRule, PortMapping)>>> {
-        let (chains, rules) = self.listed_with_chains(ipt, "nat")?;
+        let (chains, rules) = listed_with_chains(ipt, "nat")?;
         if !chains.iter().any(|c| c == rules::DNAT) {
             return Ok(None);
         }
@@ -585,7 +576,7 @@ impl Firewall for IptablesFirewall {
                             None => {}
                         }
                         let rule = rules::port_rule(&net_id, &ep_id, m);
-                        inner.add(ipt, &rule)?;
+                        add_rule(ipt, &rule)?;
                         added.push((v6, rule));
                     }
                 }

@@ -247,14 +247,9 @@ pub(crate) struct ListedRule {
     pub comment: Option<String>,
 }
 
-/// Splits a rule specification into arguments, honouring double quotes.
-pub(crate) fn split_words(line: &str) -> Vec<String> {
-    words(line)
-}
-
 /// Splits an `iptables -S` line into words, honouring double quotes (iptables quotes comments
 /// that contain spaces).
-fn words(line: &str) -> Vec<String> {
+pub(crate) fn words(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -304,11 +299,6 @@ pub(crate) fn parse_port_rule(spec: &str) -> Option<PortMapping> {
     let container_ip: IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
     let container_port: u16 = port.parse().ok()?;
     Some(PortMapping { proto, host_ip, host_port, container_ip, container_port })
-}
-
-/// `-A CHAIN spec` → the spec to give `-D CHAIN`.
-pub(crate) fn delete_spec(listed: &ListedRule) -> String {
-    listed.spec.clone()
 }
 
 /// Options as (negated, flag, values), sorted.

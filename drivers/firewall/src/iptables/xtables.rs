@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::rules::split_words;
+use super::rules::words;
 
 /// How long one call waits for the xtables lock.
 pub(crate) const WAIT_SECS: u64 = 10;
@@ -93,7 +93,7 @@ impl Xtables {
 
     fn args(table: &str, op: &[&str], rule: &str) -> Vec<String> {
         let mut v: Vec<String> = ["-t", table].iter().chain(op).map(|s| s.to_string()).collect();
-        v.extend(split_words(rule));
+        v.extend(words(rule));
         v
     }
 
@@ -138,20 +138,6 @@ impl Xtables {
             self.delete(table, chain, rule)?;
         }
         Ok(())
-    }
-
-    /// The chains of a table (built-in and user-defined).
-    pub fn list_chains(&self, table: &str) -> IptResult<Vec<String>> {
-        let out = self.run(&Self::args(table, &["-S"], ""))?;
-        if !out.status.success() {
-            return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("-N ").or_else(|| l.strip_prefix("-P ")))
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .collect())
     }
 
     pub fn new_chain(&self, table: &str, chain: &str) -> IptResult<()> {

@@ -14,11 +14,7 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{FinalizedBatch, MsgType, NlMsg};
 use nix::errno::Errno;
 
-use super::layout::{SetData, SetSpec, TABLE};
-
-fn layout_ifname_type() -> u32 {
-    super::layout::IFNAME_TYPE
-}
+use super::layout::{SetData, SetSpec, IFNAME_TYPE, TABLE};
 
 pub(crate) const FAMILY: u16 = libc::NFPROTO_INET as u16;
 
@@ -202,7 +198,7 @@ impl SetMsg {
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, spec.key_type);
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, spec.key_len);
-            if spec.key_type == layout_ifname_type() {
+            if spec.key_type == IFNAME_TYPE {
                 // nft prints string keys only when told they are in host byte order
                 // (NFTNL_UDATA_SET_KEYBYTEORDER = BYTEORDER_HOST_ENDIAN).
                 let mut udata = vec![sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, 4];
