@@ -28,10 +28,7 @@ pub const CGROUP_PREFIX: &str = "netloom-";
 
 /// Where scenario dirs go: $NETLOOM_TEST_TMP or /tmp.
 pub fn tmp_base() -> PathBuf {
-    std::env::var_os("NETLOOM_TEST_TMP")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
+    util::env_path("NETLOOM_TEST_TMP").unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
 /// "pid start-time" of this process.

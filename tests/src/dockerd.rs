@@ -38,8 +38,8 @@ impl DockerVersion {
             DockerVersion::V20 => "NETLOOM_DOCKERD_V20",
             DockerVersion::V26 => "NETLOOM_DOCKERD_V26",
         };
-        if let Some(p) = std::env::var_os(env).filter(|v| !v.is_empty()) {
-            return vec![PathBuf::from(p)];
+        if let Some(p) = util::env_path(env) {
+            return vec![p];
         }
         match self {
             DockerVersion::V20 => vec![PathBuf::from("/usr/sbin/dockerd")],

@@ -140,10 +140,12 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
 
 /// `${NETLOOM_CACHE:-/var/cache/netloom-tests}`: downloaded Docker builds, the busybox rootfs tarball.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("NETLOOM_CACHE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/netloom-tests"))
+    env_path("NETLOOM_CACHE").unwrap_or_else(|| PathBuf::from("/var/cache/netloom-tests"))
+}
+
+/// `$var` as a path, if it is set and not empty.
+pub fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -154,11 +156,10 @@ pub fn workspace_root() -> PathBuf {
 /// Where the plugin binaries are: $NETLOOM_BIN_DIR, else $CARGO_TARGET_DIR/release, else
 /// `<workspace>/target/release`.
 pub fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("NETLOOM_BIN_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d);
+    if let Some(d) = env_path("NETLOOM_BIN_DIR") {
+        return d;
     }
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
-        let d = PathBuf::from(d);
+    if let Some(d) = env_path("CARGO_TARGET_DIR") {
         return if d.is_absolute() { d } else { workspace_root().join(d) }.join("release");
     }
     workspace_root().join("target").join("release")
