@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::names;
+use netloom_driver_kit::registry::NewEndpoint;
 use netloom_driver_kit::{endpoint, ports};
-use netloom_plugin_api::addressing::{endpoint_address, pools, short_id as short, Pool};
+use netloom_plugin_api::addressing::{pools, short_id as short, Pool};
 use netloom_plugin_api::options::IPV6_MIN_MTU;
 use netloom_plugin_api::siblings::ClaimedSubnets;
 use netloom_plugin_api::wire::network::{
@@ -84,9 +85,9 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let (_turn, net, existing) = self.registry.endpoint_to_create(&req).await?;
-        let address_v4 = parse_address(&req.interface.address, net.subnet_v4, "IPv4")?;
-        let address_v6 = parse_address(&req.interface.address_ipv6, net.subnet_v6, "IPv6")?;
+        let pools = |net: &NetworkRecord| [net.subnet_v4, net.subnet_v6].map(pool_of_subnet);
+        let NewEndpoint { turn: _turn, net, existing, address_v4, address_v6 } =
+            self.registry.endpoint_to_create(&req, pools).await?;
         let record = match existing {
             Some(existing) => existing,
             None => EndpointRecord {
@@ -157,7 +158,7 @@ fn single_pool(data: &[IpamData], family: &str) -> PluginResult<(Option<IpNetwor
     }
 }
 
-fn parse_address(text: &str, subnet: Option<IpNetwork>, family: &str) -> PluginResult<Option<IpNetwork>> {
-    let pools: Vec<Pool> = subnet.map(|subnet| Pool { subnet, gateway: None }).into_iter().collect();
-    endpoint_address(text, &pools, family)
+/// The network's one subnet of a family as the pool container addresses come from.
+fn pool_of_subnet(subnet: Option<IpNetwork>) -> Vec<Pool> {
+    subnet.map(|subnet| Pool { subnet, gateway: None }).into_iter().collect()
 }

@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::names;
 use netloom_driver_kit::guard::firewall_call;
+use netloom_driver_kit::registry::NewEndpoint;
 use netloom_driver_kit::{endpoint, ports};
-use netloom_plugin_api::addressing::{endpoint_address, pools, short_id};
+use netloom_plugin_api::addressing::{pools, short_id};
 use netloom_plugin_api::siblings::ClaimedSubnets;
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,
@@ -73,9 +74,9 @@ impl NetworkDriver for HostDriver {
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let (_turn, net, existing) = self.registry.endpoint_to_create(&req).await?;
-        let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
-        let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
+        let pools = |net: &NetworkRecord| [net.pools_v4.clone(), net.pools_v6.clone()];
+        let NewEndpoint { turn: _turn, net, existing, address_v4, address_v6 } =
+            self.registry.endpoint_to_create(&req, pools).await?;
         if address_v4.is_none() && address_v6.is_none() {
             return Err(PluginError::new(
                 "loom-host routes container addresses, but Docker assigned this endpoint none",

@@ -12,7 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
-use netloom_plugin_api::addressing::short_id;
+use ipnetwork::IpNetwork;
+use netloom_plugin_api::addressing::{endpoint_address, short_id, Pool};
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
 use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{CreateEndpointRequest, EndpointRef};
@@ -67,6 +68,16 @@ impl<N: Network, E: Endpoint> Snapshot<N, E> {
         }
         known
     }
+}
+
+/// What CreateEndpoint works with: see [`Registry::endpoint_to_create`].
+pub struct NewEndpoint<N, E> {
+    /// The network's turn, held until the endpoint is made.
+    pub turn: Turn,
+    pub net: N,
+    pub existing: Option<E>,
+    pub address_v4: Option<IpNetwork>,
+    pub address_v6: Option<IpNetwork>,
 }
 
 pub struct Registry<N, E> {
@@ -211,12 +222,20 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
         Ok(())
     }
 
-    /// CreateEndpoint's start: the network's turn, the network (which must be known) and the
-    /// endpoint if the request is a retry.
-    pub async fn endpoint_to_create(&self, req: &CreateEndpointRequest) -> PluginResult<(Turn, N, Option<E>)> {
+    /// CreateEndpoint's start: the network's turn, the network (which must be known), the
+    /// endpoint if the request is a retry, and the addresses Docker gave, checked against the
+    /// network's IPv4 and IPv6 `pools`.
+    pub async fn endpoint_to_create(
+        &self,
+        req: &CreateEndpointRequest,
+        pools: impl FnOnce(&N) -> [Vec<Pool>; 2],
+    ) -> PluginResult<NewEndpoint<N, E>> {
         let turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
         let (net, existing) = self.network_and_endpoint(&req.network_id, &req.endpoint_id)?;
-        Ok((turn, net, existing))
+        let [pools_v4, pools_v6] = pools(&net);
+        let address_v4 = endpoint_address(&req.interface.address, &pools_v4, "IPv4")?;
+        let address_v6 = endpoint_address(&req.interface.address_ipv6, &pools_v6, "IPv6")?;
+        Ok(NewEndpoint { turn, net, existing, address_v4, address_v6 })
     }
 
     /// DeleteEndpoint: `teardown` takes the endpoint off the host (given its network when that is

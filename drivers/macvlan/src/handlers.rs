@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{mac, names, MacvlanSpec};
+use netloom_driver_kit::registry::NewEndpoint;
 use netloom_driver_kit::{endpoint, Endpoint};
-use netloom_plugin_api::addressing::{endpoint_address, pool_of, pools, short_id, Pool};
+use netloom_plugin_api::addressing::{pool_of, pools, short_id, Pool};
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,
     InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, Scope,
@@ -81,9 +82,9 @@ impl NetworkDriver for MacvlanDriver {
     }
 
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
-        let (_turn, net, existing) = self.registry.endpoint_to_create(&req).await?;
-        let address_v4 = endpoint_address(&req.interface.address, &net.pools_v4, "IPv4")?;
-        let address_v6 = endpoint_address(&req.interface.address_ipv6, &net.pools_v6, "IPv6")?;
+        let pools = |net: &NetworkRecord| [net.pools_v4.clone(), net.pools_v6.clone()];
+        let NewEndpoint { turn: _turn, net, existing, address_v4, address_v6 } =
+            self.registry.endpoint_to_create(&req, pools).await?;
         let record = match existing {
             Some(existing) => existing,
             None => EndpointRecord {
