@@ -504,7 +504,7 @@ async fn internal_networks_recorded_before_tables_are_moved_into_one() {
     let host_id = std::fs::read_to_string(state.join("host-id")).unwrap().trim().to_string();
     let key = format!("host/{host_id}/networks/ni");
     {
-        let store = netloom_ipam::store::open(None, &state, netloom_ipam::store::DEFAULT_PREFIX).await.unwrap();
+        let store = netloom_store::open(None, &state, netloom_store::DEFAULT_PREFIX).await.unwrap();
         let mut record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
         record.as_object_mut().unwrap().remove("table");
         store.put(&key, serde_json::to_vec(&record).unwrap()).await.unwrap();
@@ -521,7 +521,7 @@ async fn internal_networks_recorded_before_tables_are_moved_into_one() {
     assert_eq!(rules.matches("iif lhi1 lookup").count(), 2, "{rules}");
     ns.sh("busybox ping -c 1 -W 2 10.10.0.2").expect("the host still reaches the container");
     drop(driver);
-    let store = netloom_ipam::store::open(None, &state, netloom_ipam::store::DEFAULT_PREFIX).await.unwrap();
+    let store = netloom_store::open(None, &state, netloom_store::DEFAULT_PREFIX).await.unwrap();
     let record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
     assert!(record["table"].as_u64().is_some(), "the table is recorded: {record}");
 }
