@@ -64,8 +64,8 @@ pub async fn sweep_other_backend(
 ) -> Result<Swept> {
     let other = in_use.other();
     let swept = tokio::task::spawn_blocking(move || match other {
-        BackendKind::Iptables => iptables::sweep(&is_mine),
-        BackendKind::Nftables => nft::sweep(&is_mine),
+        BackendKind::Iptables => iptables::sweep::sweep(&is_mine),
+        BackendKind::Nftables => nft::sweep::sweep(&is_mine),
     })
     .await?
     .with_context(|| format!("removing netloom's {other} rules left from before the switch to {in_use}"))?;

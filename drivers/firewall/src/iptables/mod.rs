@@ -5,7 +5,7 @@
 //! Rules are found again by their `netloom:…` comments, so nothing is kept in memory.
 
 mod rules;
-mod sweep;
+pub(crate) mod sweep;
 mod xtables;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +24,6 @@ use crate::tag::{self, IptOwner};
 use rules::{IptRule, ListedRule, Position};
 
 use rules::parse_listed;
-pub(crate) use sweep::sweep;
 pub(crate) use xtables::Xtables;
 
 pub struct IptablesFirewall {

@@ -12,7 +12,7 @@
 mod expr;
 mod layout;
 mod netlink;
-mod sweep;
+pub(crate) mod sweep;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -31,7 +31,6 @@ use crate::model::{check_ports, check_vxlan_port, NetworkPolicy, PortMapping};
 use crate::tag::{self, owner_tag};
 use layout::{NetChains, NftRule, PortMap, PORT_MAPS, SET_BRIDGES, TABLE};
 use netlink::{ElemData, NewElem, NlError, SetMsg, Socket};
-pub(crate) use sweep::sweep;
 
 pub struct NftFirewall {
     sock: Arc<Mutex<Socket>>,
