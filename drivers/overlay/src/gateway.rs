@@ -16,12 +16,14 @@
 //!
 //! When dockerd does run its iptables these rules duplicate its own, which is harmless.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Result;
 use ipnetwork::IpNetwork;
 use netloom_dataplane::{Netlink, Netns};
+use netloom_driver_kit::guard::firewall_call;
 use netloom_driver_kit::ports::proto;
 use netloom_firewall::{BackendKind, Firewall, NetworkPolicy, PortMapping};
 use netloom_plugin_api::wire::ports::PortBinding;
@@ -75,13 +77,14 @@ impl Gateway {
     /// is gone. Returns the policy in force.
     pub async fn ensure(&self, netlink: &Netlink) -> Result<Option<NetworkPolicy>> {
         let Some(policy) = Gateway::policy(netlink).await? else {
-            if self.firewall.owned_networks().await?.iter().any(|id| id == POLICY_ID) {
+            let owned = self.call("listing its rules", self.firewall.owned_networks()).await?;
+            if owned.iter().any(|id| id == POLICY_ID) {
                 info!("docker_gwbridge is gone; removing its rules");
-                self.firewall.remove_network_by_id(POLICY_ID).await?;
+                self.call("removing docker_gwbridge's rules", self.firewall.remove_network_by_id(POLICY_ID)).await?;
             }
             return Ok(None);
         };
-        self.firewall.add_network(&policy).await?;
+        self.call("programming docker_gwbridge", self.firewall.add_network(&policy)).await?;
         let bridge = netlink.link(GWBRIDGE).await?;
         if let Some(bridge) = bridge {
             for port in netlink.links().await?.into_iter().filter(|l| l.controller == Some(bridge.index)) {
@@ -97,19 +100,25 @@ impl Gateway {
         if mappings.is_empty() {
             return Ok(());
         }
-        self.firewall.add_ports(policy, endpoint, mappings).await
+        self.call("publishing ports on docker_gwbridge", self.firewall.add_ports(policy, endpoint, mappings)).await
     }
 
     pub async fn withdraw(&self, policy: &NetworkPolicy, endpoint: &str, mappings: &[PortMapping]) -> Result<()> {
         if mappings.is_empty() {
             return Ok(());
         }
-        self.firewall.remove_ports(policy, endpoint, mappings).await
+        self.call("withdrawing ports from docker_gwbridge", self.firewall.remove_ports(policy, endpoint, mappings))
+            .await
+    }
+
+    /// One firewall call, failing instead of hanging (the caller may hold a network's turn).
+    async fn call<T>(&self, what: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        firewall_call(&*self.firewall, what.to_string(), call).await
     }
 
     /// Drops published ports of endpoints that are gone.
     pub async fn retain(&self, policy: &NetworkPolicy, live: &[String]) {
-        match self.firewall.retain_endpoints(policy, live).await {
+        match self.call("checking published ports", self.firewall.retain_endpoints(policy, live)).await {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "published ports of endpoints that are gone removed"),
             Err(e) => warn!("checking published ports: {e:#}"),

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Result;
+use netloom_driver_kit::guard::firewall_call;
 use netloom_firewall::{BackendKind, Firewall, VXLAN_GUARD_OWNER};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -81,9 +82,12 @@ impl VxlanGuard {
         let result = match &want {
             Guard::On(peers) => {
                 let list: Vec<IpAddr> = peers.iter().copied().collect();
-                self.firewall.set_vxlan_guard(self.port, &list).await
+                firewall_call(&*self.firewall, "VXLAN guard".into(), self.firewall.set_vxlan_guard(self.port, &list))
+                    .await
             }
-            Guard::Off => self.firewall.remove_vxlan_guard().await,
+            Guard::Off => {
+                firewall_call(&*self.firewall, "VXLAN guard".into(), self.firewall.remove_vxlan_guard()).await
+            }
         };
         match result {
             Ok(()) => {

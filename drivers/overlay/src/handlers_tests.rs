@@ -6,74 +6,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use netloom_dataplane::Netlink;
-use netloom_ipam::store::{
-    self, DriverRecords, KeyValue, Revision, Store, StoreResult, Txn, TxnOutcome, WatchStream, DEFAULT_PREFIX,
-};
+use netloom_driver_kit::testing::{in_new_netns, request, HeldStore, Hold};
+use netloom_ipam::store::{self, DriverRecords, DEFAULT_PREFIX};
 use netloom_ipam::{Ipam, IpamConfig};
 use netloom_plugin_api::locks::KeyedLocks;
 use netloom_plugin_api::NetworkDriver;
 use serde_json::json;
-use tokio::sync::Notify;
 
 use super::*;
 use crate::cluster::Shared;
 use crate::fabric::Fabric;
 use crate::overlay::Config;
 use crate::state::State;
-
-/// The embedded store, except that reads of keys containing `stuck` wait for `release`.
-struct HeldStore {
-    inner: Arc<dyn Store>,
-    stuck: String,
-    release: Notify,
-}
-
-#[async_trait]
-impl Store for HeldStore {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        if key.contains(&self.stuck) {
-            self.release.notified().await;
-        }
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
-        self.inner.list(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<Revision> {
-        self.inner.put(key, value).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<bool> {
-        self.inner.delete(key).await
-    }
-    async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
-        self.inner.txn(txn).await
-    }
-    async fn watch(&self, prefix: &str) -> StoreResult<WatchStream> {
-        self.inner.watch(prefix).await
-    }
-    async fn put_leased(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
-        self.inner.put_leased(key, value).await
-    }
-}
-
-fn in_new_netns(test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (needs root)");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(test());
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
-
-fn request<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).unwrap()
-}
 
 #[test]
 fn a_request_stuck_in_the_store_holds_up_only_its_network() {
@@ -82,7 +27,7 @@ fn a_request_stuck_in_the_store_holds_up_only_its_network() {
             let dir = tempfile::tempdir().unwrap();
             let embedded = store::open(None, &dir.path().join("private"), DEFAULT_PREFIX).await.unwrap();
             let inner = store::open(None, &dir.path().join("shared"), DEFAULT_PREFIX).await.unwrap();
-            let held = Arc::new(HeldStore { inner, stuck: "slow".into(), release: Notify::new() });
+            let held = Arc::new(HeldStore::new(inner, "slow", Hold::Reads));
             let ipam = Ipam::new(held.clone(), "h1", IpamConfig::default()).await.unwrap();
             let config = Config {
                 mode: Mode::Global,
@@ -127,7 +72,7 @@ fn a_request_stuck_in_the_store_holds_up_only_its_network() {
             assert!(started.elapsed() < Duration::from_millis(250), "waited {:?}", started.elapsed());
 
             // Once the store answers, the stuck request completes.
-            held.release.notify_one();
+            held.release();
             tokio::time::timeout(Duration::from_secs(5), stuck).await.unwrap().unwrap().unwrap();
         })
     });
