@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use netloom_store::percent_encode;
+
 use super::cidr::Subnet;
 
 pub const HOSTS: &str = "hosts/";
@@ -58,15 +60,7 @@ pub fn vni_owner(owner: &str) -> String {
 
 /// Percent-encodes anything but letters, digits and `._-:` so a free-form name is one key segment.
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"._-:")
 }
 
 #[cfg(test)]

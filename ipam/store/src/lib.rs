@@ -8,6 +8,7 @@
 //! record in its state directory, no dependency beyond the standard library).
 
 mod blocking;
+mod escape;
 mod files;
 mod kv;
 mod open;
@@ -28,6 +29,7 @@ mod embedded;
 #[cfg(feature = "etcd")]
 mod etcd;
 
+pub use self::escape::percent_encode;
 pub use self::files::FileRecords;
 pub use self::kv::{
     Condition, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::base64;
+use crate::escape::percent_encode;
 use crate::keyspace::KeySpace;
 use crate::kv::{Condition, KeyValue, Op, Revision, Txn, TxnOutcome};
 
@@ -15,15 +16,7 @@ pub fn kv_path(full_key: &str) -> String {
 
 /// Percent-encodes everything but unreserved characters and `/`.
 pub fn encode_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"-._~/")
 }
 
 /// One entry of a KV read (`GET /v1/kv/<key>[?recurse]`).
