@@ -82,9 +82,7 @@ impl BridgeDriver {
     async fn remove_leftovers(&self, state: &Snapshot<NetworkRecord, EndpointRecord>) {
         let owners = state.owners();
         leftovers::sweep_links(&self.netlink, OWNER_PREFIX, |_, owner| owners.contains(owner)).await;
-        // Other drivers sharing the firewall namespace their ids as `<driver>.<id>` (loom-host:
-        // `loom-host.<endpoint>`); only bare network ids can be ours.
-        leftovers::sweep_firewall(&*self.firewall, |id| !id.contains('.') && !state.networks.contains_key(id)).await;
+        leftovers::sweep_firewall(&*self.firewall, |id| owns(id) && !state.networks.contains_key(id)).await;
     }
 
     /// Refuses a subnet that overlaps another loom-bridge network's, or a route the host already
@@ -165,6 +163,12 @@ impl BridgeDriver {
         errors.note(self.netlink.delete_link(&ep.host_veth).await);
         errors.finish()
     }
+}
+
+/// Whether a firewall id is loom-bridge's: other drivers sharing the firewall namespace their ids
+/// as `<driver>.<id>` (loom-host: `loom-host.<endpoint>`); only bare network ids can be ours.
+pub fn owns(firewall_id: &str) -> bool {
+    !firewall_id.contains('.')
 }
 
 pub(crate) fn policy(net: &NetworkRecord) -> NetworkPolicy {

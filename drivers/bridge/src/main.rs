@@ -10,5 +10,6 @@ const ABOUT: &str = "Docker's bridge network as a remote driver: a Linux bridge 
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    netloom_driver_kit::serve_with_firewall(driver::DRIVER, ABOUT, "bridge", driver::BridgeDriver::start).await
+    netloom_driver_kit::serve_with_firewall(driver::DRIVER, ABOUT, "bridge", driver::owns, driver::BridgeDriver::start)
+        .await
 }

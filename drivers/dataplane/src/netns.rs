@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use rtnetlink::{LinkUnspec, LinkVeth};
+use rtnetlink::LinkVeth;
 
 use crate::{is_errno, names, Link, Netlink, VethSpec};
 
@@ -169,18 +169,6 @@ impl Netlink {
         };
         let (connection, handle) = open()?;
         Ok(Netlink::supervised(connection, handle, open))
-    }
-
-    /// Moves `link` (of this connection's namespace) into `ns`.
-    pub async fn move_to_netns(&self, link: &Link, ns: &Netns) -> Result<()> {
-        let file = ns.file()?;
-        let msg = LinkUnspec::new_with_index(link.index).setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&file)).build();
-        self.handle()
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .with_context(|| format!("moving {} into network namespace {}", link.name, ns.path.display()))
     }
 
     /// Creates a veth pair across namespaces in one step: `spec.host_name` in `ns` (where its

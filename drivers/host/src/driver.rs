@@ -113,7 +113,7 @@ impl HostDriver {
         leftovers::sweep_links(&self.netlink, OWNER_PREFIX, |_, owner| owners.contains(owner)).await;
         self.remove_leftover_rules(state).await;
         let live: BTreeSet<String> = state.endpoints.values().filter(|e| e.joined).map(policy::id).collect();
-        leftovers::sweep_firewall(&*self.firewall, |id| id.starts_with(policy::ID_PREFIX) && !live.contains(id)).await;
+        leftovers::sweep_firewall(&*self.firewall, |id| policy::owns(id) && !live.contains(id)).await;
     }
 
     /// Routing rules in loom-host's tables that no joined endpoint of an internal network explains,

@@ -12,5 +12,6 @@ const ABOUT: &str = "Host-routed container networking: a veth per container, a r
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    netloom_driver_kit::serve_with_firewall(driver::DRIVER, ABOUT, "host", driver::HostDriver::start).await
+    netloom_driver_kit::serve_with_firewall(driver::DRIVER, ABOUT, "host", policy::owns, driver::HostDriver::start)
+        .await
 }

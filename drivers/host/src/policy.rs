@@ -14,6 +14,11 @@ use crate::state::{EndpointRecord, NetworkRecord};
 /// another driver's networks for its own.
 pub const ID_PREFIX: &str = "loom-host.";
 
+/// Whether a firewall id is one of loom-host's policies.
+pub fn owns(firewall_id: &str) -> bool {
+    firewall_id.starts_with(ID_PREFIX)
+}
+
 pub fn id(ep: &EndpointRecord) -> String {
     format!("{ID_PREFIX}{}", ep.id)
 }

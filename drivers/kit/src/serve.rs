@@ -10,6 +10,7 @@ use netloom_dataplane::Netlink;
 use netloom_firewall::{BackendChoice, Firewall};
 use netloom_plugin_api::{CommonArgs, NetworkDriver, Plugin, Settings};
 use netloom_store::{self as store, DriverRecords};
+use tracing::warn;
 
 use crate::record::{Endpoint, Network};
 use crate::registry::Registry;
@@ -60,11 +61,14 @@ where
     .await
 }
 
-/// [`serve`] for a driver that programs the firewall: `--firewall` picks the backend `start` gets.
+/// [`serve`] for a driver that programs the firewall: `--firewall` picks the backend `start` gets,
+/// and the rules `owns` says are the driver's (by firewall id) are swept from the other backend,
+/// where a switch of backend left them.
 pub async fn serve_with_firewall<N, E, D, F, Fut>(
     name: &'static str,
     about: &'static str,
     kind: &'static str,
+    owns: fn(&str) -> bool,
     start: F,
 ) -> ExitCode
 where
@@ -79,6 +83,9 @@ where
         let (netlink, registry) = open(&settings, name, kind).await?;
         // Resolved here, once logging is up, so that the choice of `auto` is logged.
         let firewall = netloom_firewall::open(args.firewall.resolve()).await.context("setting up the firewall")?;
+        if let Err(e) = netloom_firewall::sweep_other_backend(firewall.kind(), owns).await {
+            warn!("sweeping the other firewall backend: {e:#}");
+        }
         Ok(Plugin::network(start(netlink, firewall, registry).await?))
     })
     .await
