@@ -5,7 +5,12 @@ mod common;
 
 use common::in_new_netns;
 use ipnetwork::IpNetwork;
-use netloom_dataplane::{mac, sysctl, BridgeSpec, MacVlanMode, MacvlanSpec, Netlink, VethSpec, VlanSpec};
+use netloom_dataplane::{mac, sysctl, BridgeSpec, Link, MacVlanMode, MacvlanSpec, Netlink, VethSpec, VlanSpec};
+
+/// A veth pair owned by "o": its first end.
+async fn veth(nl: &Netlink, host_name: &str, peer_name: &str, mtu: Option<u32>) -> Link {
+    nl.ensure_veth(&VethSpec { host_name, peer_name, mtu, owner: "o" }).await.unwrap().0
+}
 
 #[test]
 fn bridge_is_created_once_and_reused() {
@@ -88,8 +93,7 @@ fn veth_pair_on_a_bridge() {
 fn link_routes_come_and_go() {
     in_new_netns(|| async {
         let nl = Netlink::connect().unwrap();
-        let (host, _) =
-            nl.ensure_veth(&VethSpec { host_name: "vr0", peer_name: "vr1", mtu: None, owner: "o" }).await.unwrap();
+        let host = veth(&nl, "vr0", "vr1", None).await;
         nl.set_up(&host).await.unwrap();
         let dst: IpNetwork = "10.78.0.5/32".parse().unwrap();
         nl.ensure_link_route(dst, &host).await.unwrap();
@@ -116,10 +120,7 @@ fn sysctls_apply_to_the_namespace() {
 fn macvlan_on_a_parent_is_created_once_and_reused() {
     in_new_netns(|| async {
         let nl = Netlink::connect().unwrap();
-        let (parent, _) = nl
-            .ensure_veth(&VethSpec { host_name: "mvp0", peer_name: "mvp1", mtu: Some(1450), owner: "o" })
-            .await
-            .unwrap();
+        let parent = veth(&nl, "mvp0", "mvp1", Some(1450)).await;
         let mac = mac::for_endpoint(Some("10.79.0.5".parse().unwrap()));
         let spec = MacvlanSpec {
             name: "mv-a",
@@ -153,8 +154,7 @@ fn macvlan_on_a_parent_is_created_once_and_reused() {
 fn vlan_sub_interface_or_a_clear_unsupported_error() {
     in_new_netns(|| async {
         let nl = Netlink::connect().unwrap();
-        let (parent, _) =
-            nl.ensure_veth(&VethSpec { host_name: "vlp0", peer_name: "vlp1", mtu: None, owner: "o" }).await.unwrap();
+        let parent = veth(&nl, "vlp0", "vlp1", None).await;
         let spec = VlanSpec { name: "vlp0.50", parent: &parent, id: 50, owner: "netloom:test:n1" };
         match nl.ensure_vlan(&spec).await {
             Err(e) if e.to_string().contains("no 802.1q VLAN support") => {
