@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netloom_ipam::store::{KeyValue, Revision, Store, StoreResult, WatchEvent};
+use netloom_store::{KeyValue, Revision, Store, StoreResult, WatchEvent};
 use tracing::warn;
 
 use crate::records::{self, HostRecord, NetworkConfig, PeerRecord, HOSTS, NETWORKS, PEERS, ROOT};

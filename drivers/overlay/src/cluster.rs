@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use ipnetwork::IpNetwork;
-use netloom_ipam::store::{Condition, Revision, Store, Txn, TxnOutcome};
 use netloom_ipam::{Ipam, IpamError};
+use netloom_store::{Condition, Revision, Store, Txn, TxnOutcome};
 use tracing::{info, warn};
 
 use crate::options::subnet_key;

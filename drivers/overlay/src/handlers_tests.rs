@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use netloom_dataplane::Netlink;
 use netloom_driver_kit::testing::{in_new_netns, request, HeldStore, Hold};
-use netloom_ipam::store::{self, DriverRecords, DEFAULT_PREFIX};
 use netloom_ipam::{Ipam, IpamConfig};
 use netloom_plugin_api::locks::KeyedLocks;
 use netloom_plugin_api::NetworkDriver;
+use netloom_store::{self as store, DriverRecords, DEFAULT_PREFIX};
 use serde_json::json;
 
 use super::*;

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use netloom_ipam::store::DriverRecords;
 use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::{PluginError, PluginResult};
+use netloom_store::DriverRecords;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Shared;

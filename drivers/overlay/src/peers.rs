@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use netloom_dataplane::{mac, FdbEntry, NeighbourEntry};
-use netloom_ipam::store::Revision;
+use netloom_store::Revision;
 
 use crate::records::PeerRecord;
 

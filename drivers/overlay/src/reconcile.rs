@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use netloom_ipam::store::{Condition, Revision, Txn};
+use netloom_store::{Condition, Revision, Txn};
 use tracing::{debug, info, warn};
 
 use crate::cluster::Shared;

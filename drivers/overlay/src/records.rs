@@ -160,13 +160,13 @@ pub struct LocalEndpoint {
     pub gateway_ip: Option<IpAddr>,
 }
 
-impl netloom_ipam::store::NetworkRecord for LocalNetwork {
+impl netloom_store::NetworkRecord for LocalNetwork {
     fn network_id(&self) -> &str {
         &self.docker_id
     }
 }
 
-impl netloom_ipam::store::EndpointRecord for LocalEndpoint {
+impl netloom_store::EndpointRecord for LocalEndpoint {
     fn network_id(&self) -> &str {
         &self.docker_network
     }

@@ -9,10 +9,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use netloom_dataplane::{Netlink, Netns};
 use netloom_driver_kit::restore;
-use netloom_ipam::store::{self, DriverRecords, StoreOptions};
 use netloom_ipam::{Ipam, IpamConfig};
 use netloom_plugin_api::locks::KeyedLocks;
 use netloom_plugin_api::Settings;
+use netloom_store::{self as store, DriverRecords, StoreOptions};
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::Shared;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use netloom_ipam::store::{KeyValue, Revision};
+use netloom_store::{KeyValue, Revision};
 
 use crate::cache::Cache;
 use crate::fabric::NetDataplane;
