@@ -137,7 +137,13 @@ impl NetworkDriver for NullDriver {
     async fn create_endpoint(&self, req: CreateEndpointRequest) -> PluginResult<CreateEndpointResponse> {
         let _turn = self.turn(&req.network_id, format!("CreateEndpoint of {}", short_id(&req.endpoint_id))).await?;
         if !lock(&self.state).networks.contains(&req.network_id) {
-            return Err(PluginError::unknown_network("loom-null", &req.network_id));
+            // Docker asks only for networks it created with this driver, and a null network is
+            // nothing but its id: one recorded by an older loom-null (in a store it no longer
+            // reads) or lost with the state directory is adopted, not refused.
+            let record = NetworkRecord { id: req.network_id.clone() };
+            self.records.put_network(&record).await.map_err(records_error)?;
+            lock(&self.state).networks.insert(req.network_id.clone());
+            info!(network = %short_id(&req.network_id), "adopted a network this driver had no record of");
         }
         let record = EndpointRecord { network_id: req.network_id.clone(), id: req.endpoint_id.clone() };
         self.records.put_endpoint(&record).await.map_err(records_error)?;
