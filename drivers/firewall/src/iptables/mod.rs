@@ -105,14 +105,30 @@ fn usable_v6() -> Option<Xtables> {
 }
 
 impl Inner {
-    /// The usable families with nothing installed (a sweep must not leave a loopback guard
-    /// behind); `None` where `iptables` does not run.
-    fn unguarded() -> Option<Inner> {
-        let (v4, v6) = std::thread::scope(|s| {
-            let v6 = s.spawn(usable_v6);
-            (handle(false).ok(), v6.join().unwrap_or(None))
+    /// The families whose `tables` can be listed here, with every rule of those tables, and
+    /// nothing installed (a sweep must not leave a loopback guard behind); `None` where
+    /// `iptables` does not run. One round of listings side by side, no probes first: this is on
+    /// every driver's start-up path.
+    fn unguarded_listing(tables: &[&'static str]) -> Option<(Inner, Vec<ListedRule>)> {
+        let families = [Xtables::new(false), Xtables::new(true)];
+        let [v4, v6] = std::thread::scope(|s| {
+            let running = families
+                .each_ref()
+                .map(|ipt| tables.iter().map(|t| s.spawn(move || listed_with_chains(ipt, t))).collect::<Vec<_>>());
+            running.map(|listings| {
+                listings.into_iter().map(|t| t.join().ok()?.ok().map(|(_, rules)| rules)).collect::<Option<Vec<_>>>()
+            })
         });
-        Some(Inner { v4: v4?, v6, lock: Mutex::new(()) })
+        let [v4_handle, v6_handle] = families;
+        let mut rules: Vec<ListedRule> = v4?.into_iter().flatten().collect();
+        let v6_handle = match v6 {
+            Some(v6) => {
+                rules.extend(v6.into_iter().flatten());
+                Some(v6_handle)
+            }
+            None => None,
+        };
+        Some((Inner { v4: v4_handle, v6: v6_handle, lock: Mutex::new(()) }, rules))
     }
 
     fn family(&self, v6: bool) -> Result<&Xtables> {

@@ -23,13 +23,13 @@ fn owner_id<'a>(owner: &IptOwner<'a>) -> Option<&'a str> {
 /// Deletes the rules of the owners `is_mine` picks; the skeleton too once no owner is left.
 /// The compat rule stays: it is the nftables backend's.
 pub(crate) fn sweep(is_mine: &dyn Fn(&str) -> bool) -> Result<Swept> {
-    let Some(inner) = Inner::unguarded() else {
+    let Some((inner, listed)) = Inner::unguarded_listing(&ALL_TABLES) else {
         debug!("iptables does not run here: nothing to sweep");
         return Ok(Swept::default());
     };
     let mut owners = BTreeSet::new();
     let mut skeleton = false;
-    for rule in inner.listed_everywhere(&ALL_TABLES)? {
+    for rule in listed {
         match rule.comment.as_deref().and_then(tag::parse_ipt_comment) {
             Some(IptOwner::Base) => skeleton = true,
             Some(owner) => owners.extend(owner_id(&owner).map(str::to_string)),
