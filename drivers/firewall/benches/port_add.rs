@@ -44,11 +44,8 @@ fn timed(fw: &Fw, ep: String, ports: Vec<PortMapping>, publish: bool) -> Duratio
     fw.call(move |fw| {
         Box::pin(async move {
             let t = Instant::now();
-            let result = if publish {
-                fw.add_ports(&net, &ep, &ports).await
-            } else {
-                fw.remove_ports(&net, &ep, &ports).await
-            };
+            let result =
+                if publish { fw.add_ports(&net, &ep, &ports).await } else { fw.remove_ports(&net, &ep, &ports).await };
             result.expect("publishing or withdrawing ports");
             t.elapsed()
         })
