@@ -83,9 +83,14 @@ where
         let (netlink, registry) = open(&settings, name, kind).await?;
         // Resolved here, once logging is up, so that the choice of `auto` is logged.
         let firewall = netloom_firewall::open(args.firewall.resolve()).await.context("setting up the firewall")?;
-        if let Err(e) = netloom_firewall::sweep_other_backend(firewall.kind(), owns).await {
-            warn!("sweeping the other firewall backend: {e:#}");
-        }
+        // In the background: it touches only the backend not in use, whose rules applied until
+        // now anyway, and listing iptables would hold up the socket for tens of milliseconds.
+        let in_use = firewall.kind();
+        tokio::spawn(async move {
+            if let Err(e) = netloom_firewall::sweep_other_backend(in_use, owns).await {
+                warn!("sweeping the other firewall backend: {e:#}");
+            }
+        });
         Ok(Plugin::network(start(netlink, firewall, registry).await?))
     })
     .await
