@@ -193,7 +193,7 @@ pub struct RootNsSnapshot {
 
 impl RootNsSnapshot {
     pub fn take() -> Result<RootNsSnapshot> {
-        crate::cluster::require_root()?;
+        util::require_root()?;
         let cmds: [(&'static str, &[&str]); 7] = [
             ("ip -o link", &["ip", "-o", "link"]),
             ("ip -o addr", &["ip", "-o", "addr"]),

@@ -1,7 +1,7 @@
 //! A cluster: an underlay network namespace holding a bridge, and the hosts plugged into it.
 
 use std::fs;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::cleanup::{self, DIR_PREFIX, NETNS_PREFIX};
-use crate::host::{Host, HostConfig};
+use crate::host::{underlay_ipv6, Host, HostConfig, UNDERLAY_V6_PREFIX_LEN};
 use crate::netns::Netns;
 use crate::node::Node;
 use crate::proc::NsProc;
@@ -21,14 +21,6 @@ use crate::util;
 /// inside the cluster's namespaces.
 pub const UNDERLAY_NET: [u8; 3] = [10, 250, 0];
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
-
-/// The underlay's IPv6 prefix (on br0 and the hosts' eth0 after `Cluster::enable_underlay_ipv6`):
-/// host N gets `fd00:250::N`, the underlay bridge `fd00:250::254`.
-pub const UNDERLAY_V6_PREFIX_LEN: u8 = 64;
-
-pub(crate) fn underlay_ipv6(last_octet: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(last_octet))
-}
 
 /// Names of the clusters alive in this process.
 static ACTIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -48,21 +40,13 @@ pub struct Cluster {
     underlay: Netns,
 }
 
-/// Fails clearly unless running as root (CI runs the scenarios as root).
-pub fn require_root() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("netloom integration tests must run as root: they create network namespaces and start dockerd (use tests/run.sh)");
-    }
-    Ok(())
-}
-
 impl Cluster {
     /// Creates the scenario dir `/tmp/netloom-test-<name>-<pid>` and the underlay namespace with
     /// bridge `br0` (10.250.0.254/24). `name`: [a-z0-9], at most 10 chars, unique among the
     /// scenarios running in this test process. The first call in a process also sweeps leftovers
     /// of dead test processes.
     pub fn new(name: &str) -> Result<Cluster> {
-        require_root()?;
+        util::require_root()?;
         util::check_name("cluster", name, 10)?;
         cleanup::sweep_once();
         {

@@ -25,6 +25,14 @@ pub const DOCKERD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stop_docker` waits after SIGTERM before SIGKILL.
 pub const DOCKERD_STOP_GRACE: Duration = Duration::from_secs(30);
 
+/// The underlay's IPv6 prefix (on br0 and the hosts' eth0 after `Cluster::enable_underlay_ipv6`):
+/// host N gets `fd00:250::N`, the underlay bridge `fd00:250::254`.
+pub const UNDERLAY_V6_PREFIX_LEN: u8 = 64;
+
+pub(crate) fn underlay_ipv6(last_octet: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(last_octet))
+}
+
 /// What `Cluster::add_host` builds.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -156,12 +164,12 @@ impl Host {
     /// The host's IPv6 address on the underlay, `fd00:250::<last IPv4 octet>`; it is on `eth0`
     /// only after `Cluster::enable_underlay_ipv6`.
     pub fn underlay_ipv6(&self) -> Ipv6Addr {
-        crate::cluster::underlay_ipv6(self.ip.octets()[3])
+        underlay_ipv6(self.ip.octets()[3])
     }
 
     /// Puts `underlay_ipv6()` on eth0 (see `Cluster::enable_underlay_ipv6`).
     pub fn add_underlay_ipv6(&self) -> Result<()> {
-        let addr = format!("{}/{}", self.underlay_ipv6(), crate::cluster::UNDERLAY_V6_PREFIX_LEN);
+        let addr = format!("{}/{}", self.underlay_ipv6(), UNDERLAY_V6_PREFIX_LEN);
         self.netns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
         Ok(())
     }

@@ -80,14 +80,16 @@ mod scratch;
 mod util;
 
 pub use cleanup::{own_netns, RootNsSnapshot};
-pub use cluster::{require_root, scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN, UNDERLAY_V6_PREFIX_LEN};
+pub use cluster::{scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN};
 pub use counters::{ping_replies, NftCounters};
 pub use dockerd::{docker_cli, DockerVersion};
 pub use etcd::{Etcd, UnderlayEtcd};
+pub use host::UNDERLAY_V6_PREFIX_LEN;
 pub use host::{Host, HostConfig, DOCKERD_TIMEOUT};
 pub use image::{image_tarball, IMAGE};
 pub use plugin::Plugin;
 pub use probe::{no_ping, ping};
 pub use proc::NsProc;
 pub use scratch::{ScratchNetns, ScratchPlugin};
+pub use util::require_root;
 pub use util::{bin_dir, cache_dir, same_process_alive, wait_until};

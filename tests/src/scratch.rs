@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::require_root;
 use crate::util;
+use crate::util::require_root;
 
 pub struct ScratchNetns {
     holder: Child,

@@ -176,3 +176,11 @@ pub fn check_name(kind: &str, name: &str, max: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Fails clearly unless running as root (CI runs the scenarios as root).
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("netloom integration tests must run as root: they create network namespaces and start dockerd (use tests/run.sh)");
+    }
+    Ok(())
+}

@@ -6,9 +6,9 @@
 use anyhow::{Context, Result};
 use netloom_tests::{Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
+use crate::config::Config;
 use crate::docker_util::{create_overlay_networks, overlay_hosts, round_order, BUILTIN_OVERLAY, LOOM_OVERLAY};
 use crate::report::{Report, Row, Target};
-use crate::sections::Config;
 use crate::stats::{time_ms, Samples};
 
 const WARMUP_ROUNDS: usize = 3;

@@ -93,7 +93,7 @@ impl Chart {
             .x_desc(&self.x_desc)
             .y_desc(&self.y_desc)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| crate::report::fmt_num(*y))
+            .y_label_formatter(&|y| crate::stats::fmt_num(*y))
             .draw()
             .map_err(err)?;
         for (i, series) in self.series.iter().enumerate() {

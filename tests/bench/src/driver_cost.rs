@@ -11,9 +11,10 @@ use netloom_tests::{Cluster, DockerVersion, Host, HostConfig};
 use serde_json::json;
 
 use crate::chart::{Chart, Series};
-use crate::report::{fmt_num, Report, Row, Target};
-use crate::sections::Config;
+use crate::config::Config;
+use crate::report::{Report, Row, Target};
 use crate::socket_ops::{self as ops, hex_id, Endpoint, Subnet16};
+use crate::stats::fmt_num;
 use crate::stats::Samples;
 
 /// Iterations run before the timed ones, whose figures are dropped (caches, first-use chains).

@@ -9,8 +9,8 @@ use netloom_plugin_api::client::PluginClient;
 use netloom_tests::{Cluster, DockerVersion, Etcd, Host, HostConfig, Plugin};
 use serde_json::{json, Value};
 
+use crate::config::Config;
 use crate::report::{Report, Row};
-use crate::sections::Config;
 use crate::socket_ops::{self as ops, hex_id, Endpoint, Subnet16};
 use crate::stats::Samples;
 

@@ -5,6 +5,7 @@
 
 mod attach;
 mod chart;
+mod config;
 mod docker_util;
 mod driver_cost;
 mod footprint;
@@ -20,8 +21,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use crate::config::{machine_facts, Config};
 use crate::report::Report;
-use crate::sections::{Config, Section};
+use crate::sections::Section;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks netloom's drivers against Docker's built-in drivers on harness hosts")]
@@ -55,7 +57,7 @@ fn run(args: &Args) -> Result<bool> {
     chart::load_font()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let config = Config { quick: args.quick };
-    let preamble = sections::machine_facts(&config);
+    let preamble = machine_facts(&config);
     let mut report = Report::default();
     let mut all_ran = true;
     let chosen: Vec<Section> = if args.only.is_empty() { Section::ALL.to_vec() } else { args.only.clone() };

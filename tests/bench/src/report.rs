@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::chart::Chart;
+use crate::stats::fmt_num;
 
 /// What the ratio `value / anchor` must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,23 +94,6 @@ pub struct Report {
     pub charts: Vec<Chart>,
     /// Free-form lines printed under the table: set-up facts, skipped parts and why.
     pub notes: Vec<String>,
-}
-
-/// Three significant digits, without exponent noise for the sizes we print.
-pub fn fmt_num(v: f64) -> String {
-    if !v.is_finite() {
-        return "-".into();
-    }
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
 }
 
 impl Report {

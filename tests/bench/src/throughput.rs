@@ -9,12 +9,12 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use netloom_tests::{Cluster, DockerVersion, Host, HostConfig, NsProc, IMAGE};
 
+use crate::config::Config;
 use crate::docker_util::{
     create_overlay_networks, iperf3_gbits, overlay_hosts, round_order, spawn_iperf3_server, Netns, BUILTIN_OVERLAY,
     IPERF_PORT, LOOM_OVERLAY,
 };
 use crate::report::{Report, Row, Target};
-use crate::sections::Config;
 use crate::stats::Samples;
 
 const UNIT: &str = "Gbit/s";
