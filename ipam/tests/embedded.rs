@@ -186,6 +186,9 @@ fn crash_child() {
         let ipam = Ipam::new(open(Path::new(&dir)).await, "crash", IpamConfig::default()).await.unwrap();
         let pool = ipam.request_pool("LocalDefault", "10.60.0.0/16", "", &scenarios::none(), false).await.unwrap();
         let mut out = std::io::stdout().lock();
+        // Single-threaded, the test runner has printed "test crash_child ... " without a line
+        // end: without this one the first ACK would share its line and go uncounted.
+        writeln!(out).unwrap();
         loop {
             let a = ipam.request_address(&pool.pool_id, "", &scenarios::none()).await.unwrap();
             writeln!(out, "ACK {}", a.ip).unwrap();
