@@ -62,6 +62,14 @@ async fn protocol_errors_come_back_as_err() {
             500,
             "takes no driver options, but got: mtu",
         ),
+        // Ids become record file names: a path is refused, nothing is written outside the state dir.
+        ("NetworkDriver.CreateNetwork", "{\"NetworkID\":\"../../escaped\",\"Options\":{}}", 500, "is not a file name"),
+        (
+            "NetworkDriver.CreateEndpoint",
+            "{\"NetworkID\":\"n2\",\"EndpointID\":\"../../../escaped\",\"Interface\":{}}",
+            500,
+            "is not a file name",
+        ),
     ] {
         let reply = client.call_raw(method, body).await.unwrap();
         assert_eq!(reply.status, status, "{method} {body}: {reply:?}");
@@ -76,6 +84,8 @@ async fn protocol_errors_come_back_as_err() {
     let join = json!({"NetworkID": "older", "EndpointID": "e", "SandboxKey": "/var/run/docker/netns/x"});
     let joined = client.call_raw("NetworkDriver.Join", join.to_string()).await.unwrap();
     assert_eq!(joined.status, 200, "{joined:?}");
+    let escaped: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.ends_with("escaped")).collect();
+    assert!(escaped.is_empty(), "record files written outside their directory: {escaped:?}");
     // The connection survives every error.
     let caps = client.call("NetworkDriver.GetCapabilities", &serde_json::Value::Null).await.unwrap();
     assert_eq!(caps, json!({"Scope": "local", "ConnectivityScope": "local"}));
@@ -172,4 +182,16 @@ fn a_bad_store_url_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("zk://h:2181") && stderr.contains("etcd://"), "{stderr}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }
