@@ -5,6 +5,7 @@
 //! over `c`, so a killed process leaves either the old record or the new one, never half of one.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ impl FileRecords {
     /// Keeps records under `root`, made if missing.
     pub fn open(root: impl Into<PathBuf>) -> StoreResult<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| failed(&root, "creating the directory", e))?;
+        private_dirs(&root).map_err(|e| failed(&root, "creating the directory", e))?;
         Ok(Self { root: root.into() })
     }
 
@@ -138,15 +139,24 @@ fn collect(root: &Path, dir: &str, found: &mut Vec<(String, Vec<u8>)>) -> StoreR
 
 fn write_atomically(path: &Path, value: &[u8]) -> StoreResult<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| failed(dir, "creating the directory", e))?;
     let mut partial = path.as_os_str().to_owned();
     partial.push("~");
     let partial = PathBuf::from(partial);
-    let mut file = std::fs::File::create(&partial).map_err(|e| failed(&partial, "creating", e))?;
+    let create = || {
+        private_dirs(dir)?;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&partial)
+    };
+    // A delete of the last record beside it may remove the directory between the two steps.
+    let mut file = create().or_else(|_| create()).map_err(|e| failed(&partial, "creating", e))?;
     file.write_all(value).and_then(|()| file.sync_all()).map_err(|e| failed(&partial, "writing", e))?;
     std::fs::rename(&partial, path).map_err(|e| failed(path, "renaming the new record into place", e))?;
     // The rename is durable only once the directory is.
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failed(dir, "syncing", e))
+}
+
+/// Records are only for the driver (root): directories 0700, files 0600.
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 fn failed(path: &Path, doing: &str, e: std::io::Error) -> StoreError {
@@ -206,5 +216,17 @@ mod tests {
             assert!(files.delete(bad).await.is_err(), "{bad:?}");
         }
         assert!(files.list("../").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn records_are_readable_only_by_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileRecords::open(dir.path().join("records")).unwrap();
+        files.put("null/h1/networks/n1", b"one".to_vec()).await.unwrap();
+        let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("records"), 0o700);
+        assert_eq!(mode("records/null/h1/networks"), 0o700);
+        assert_eq!(mode("records/null/h1/networks/n1"), 0o600);
     }
 }

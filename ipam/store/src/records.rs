@@ -70,12 +70,12 @@ impl<N: NetworkRecord, E: EndpointRecord> DriverRecords<N, E> {
         Self { store, prefix: format!("{driver}/{host_id}/"), _records: PhantomData }
     }
 
-    fn network_key(&self, id: &str) -> String {
-        format!("{}networks/{id}", self.prefix)
+    fn network_key(&self, id: &str) -> Result<String> {
+        Ok(format!("{}networks/{}", self.prefix, one_segment("network", id)?))
     }
 
-    fn endpoint_key(&self, network_id: &str, id: &str) -> String {
-        format!("{}endpoints/{network_id}/{id}", self.prefix)
+    fn endpoint_key(&self, network_id: &str, id: &str) -> Result<String> {
+        Ok(format!("{}endpoints/{}/{}", self.prefix, one_segment("network", network_id)?, one_segment("endpoint", id)?))
     }
 
     /// Every stored network, by id.
@@ -99,20 +99,20 @@ impl<N: NetworkRecord, E: EndpointRecord> DriverRecords<N, E> {
     }
 
     pub async fn put_network(&self, record: &N) -> Result<()> {
-        self.put(self.network_key(record.network_id()), record).await
+        self.put(self.network_key(record.network_id())?, record).await
     }
 
     pub async fn delete_network(&self, id: &str) -> Result<()> {
-        self.store.delete(&self.network_key(id)).await.context("deleting a network record")?;
+        self.store.delete(&self.network_key(id)?).await.context("deleting a network record")?;
         Ok(())
     }
 
     pub async fn put_endpoint(&self, record: &E) -> Result<()> {
-        self.put(self.endpoint_key(record.network_id(), record.endpoint_id()), record).await
+        self.put(self.endpoint_key(record.network_id(), record.endpoint_id())?, record).await
     }
 
     pub async fn delete_endpoint(&self, network_id: &str, id: &str) -> Result<()> {
-        self.store.delete(&self.endpoint_key(network_id, id)).await.context("deleting an endpoint record")?;
+        self.store.delete(&self.endpoint_key(network_id, id)?).await.context("deleting an endpoint record")?;
         Ok(())
     }
 
@@ -120,5 +120,27 @@ impl<N: NetworkRecord, E: EndpointRecord> DriverRecords<N, E> {
         let value = serde_json::to_vec(record).context("encoding a record")?;
         self.store.put(&key, value).await.with_context(|| format!("writing {key} to the store"))?;
         Ok(())
+    }
+}
+/// An id as one key segment: with a '/' two different ids could name one record.
+fn one_segment<'a>(kind: &str, id: &'a str) -> Result<&'a str> {
+    if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+        anyhow::bail!("{kind} id {id:?} cannot name a record: use Docker's ids (letters and digits, no '/')");
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_segment;
+
+    #[test]
+    fn ids_are_single_key_segments() {
+        assert_eq!(one_segment("network", "3f2a9c").unwrap(), "3f2a9c");
+        // "n1" + "x/y" and "n1/x" + "y" would otherwise name the same record.
+        for bad in ["", ".", "..", "n1/x", "../../etc"] {
+            let err = one_segment("network", bad).unwrap_err().to_string();
+            assert!(err.contains("cannot name a record"), "{bad:?}: {err}");
+        }
     }
 }
