@@ -264,7 +264,9 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
     ) -> PluginResult<()> {
         self.records.put_endpoint(record).await?;
         if let Err(e) = ensure.await {
-            let _ = rollback.await;
+            if let Err(cleanup) = rollback.await {
+                warn!("rolling back endpoint {}: {cleanup:#}", short_id(record.endpoint_id()));
+            }
             let _ = self.records.delete_endpoint(record.network_id(), record.endpoint_id()).await;
             return Err(e.into());
         }
