@@ -63,12 +63,17 @@ async fn protocol_errors_come_back_as_err() {
             "takes no driver options, but got: mtu",
         ),
         // Ids become record file names: a path is refused, nothing is written outside the state dir.
-        ("NetworkDriver.CreateNetwork", "{\"NetworkID\":\"../../escaped\",\"Options\":{}}", 500, "is not a file name"),
+        (
+            "NetworkDriver.CreateNetwork",
+            "{\"NetworkID\":\"../../escaped\",\"Options\":{}}",
+            500,
+            "cannot name a record",
+        ),
         (
             "NetworkDriver.CreateEndpoint",
             "{\"NetworkID\":\"n2\",\"EndpointID\":\"../../../escaped\",\"Interface\":{}}",
             500,
-            "is not a file name",
+            "cannot name a record",
         ),
     ] {
         let reply = client.call_raw(method, body).await.unwrap();
