@@ -19,6 +19,16 @@ pub struct CommonArgs {
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
 
+    /// dockerd's Engine API, asked which networks and endpoints Docker really has (what it no
+    /// longer has is removed): unix:///path or tcp://host:port; `none` turns this off
+    #[arg(long, value_name = "URL", default_value = crate::engine::DEFAULT_DOCKER_HOST, env = "NETLOOM_DOCKER_HOST")]
+    pub docker_host: String,
+
+    /// Seconds between two reconciliations against Docker (also run at start and on Docker's
+    /// network events)
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval: u64,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as netloom=debug
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "NETLOOM_LOG")]
     pub log_level: String,
@@ -41,6 +51,9 @@ pub struct Settings {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub store: Option<String>,
+    /// `None`: `--docker-host none`, no reconciliation against Docker.
+    pub docker_host: Option<String>,
+    pub reconcile_interval: std::time::Duration,
 }
 
 impl Settings {
@@ -76,6 +89,8 @@ impl CommonArgs {
             socket: self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/docker/plugins/{name}.sock"))),
             state_dir: self.state_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/var/lib/netloom/{name}"))),
             store: self.store.clone().filter(|s| !s.is_empty()),
+            docker_host: Some(self.docker_host.clone()).filter(|h| !h.is_empty() && h != "none"),
+            reconcile_interval: std::time::Duration::from_secs(self.reconcile_interval),
         }
     }
 

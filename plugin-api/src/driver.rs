@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 
+use crate::engine::{HeldAllocation, HeldNetwork};
 use crate::error::PluginResult;
 use crate::wire::ipam::{
     AddressSpacesResponse, CapabilitiesResponse as IpamCapabilities, ReleaseAddressRequest, ReleasePoolRequest,
@@ -56,6 +57,13 @@ pub trait NetworkDriver: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The networks and endpoints this driver holds on this host, for reconciliation against
+    /// Docker: whatever Docker no longer has is released through `leave`, `delete_endpoint` and
+    /// `delete_network`. `None`: this driver is not reconciled.
+    async fn held_networks(&self) -> Option<Vec<HeldNetwork>> {
+        None
+    }
+
     async fn revoke_external_connectivity(&self, _req: EndpointRef) -> PluginResult<()> {
         Ok(())
     }
@@ -74,4 +82,11 @@ pub trait IpamDriver: Send + Sync + 'static {
     async fn release_pool(&self, req: ReleasePoolRequest) -> PluginResult<()>;
     async fn request_address(&self, req: RequestAddressRequest) -> PluginResult<RequestAddressResponse>;
     async fn release_address(&self, req: ReleaseAddressRequest) -> PluginResult<()>;
+
+    /// The pools and addresses this host holds, for reconciliation against Docker: whatever no
+    /// Docker network using this IPAM driver has is released with `release_address` and then
+    /// `release_pool`. `None`: not reconciled.
+    async fn held_allocations(&self) -> Option<Vec<HeldAllocation>> {
+        None
+    }
 }

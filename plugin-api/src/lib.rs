@@ -5,6 +5,7 @@ pub mod addressing;
 pub mod cli;
 pub mod client;
 pub mod driver;
+pub mod engine;
 pub mod error;
 pub mod host_ports;
 pub mod ids;

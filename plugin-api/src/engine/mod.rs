@@ -1,0 +1,13 @@
+//! Docker's side of the story: a small Docker Engine API client (which networks and endpoints
+//! Docker really has, with the names users gave them) and the reconciliation loop that removes
+//! what a driver holds and Docker no longer has.
+//!
+//! Names shown to users (container names, aliases, network names) come from here and only here.
+
+mod client;
+pub mod model;
+pub mod reconcile;
+
+pub use client::{Engine, EngineError, DEFAULT_DOCKER_HOST};
+pub use model::{ContainerNames, DockerEndpoint, DockerNetwork, DockerPool, NetworkEvent};
+pub use reconcile::{HeldAllocation, HeldEndpoint, HeldNetwork, ReconcileConfig};

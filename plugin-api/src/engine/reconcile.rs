@@ -1,0 +1,45 @@
+//! Reconciliation against Docker: what a driver (or loom-ipam) holds on this host and Docker no
+//! longer has is released through the driver's own handlers, at start, every interval and on
+//! Docker's network events. Unknown is not gone: when dockerd cannot be asked, nothing is removed.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+/// A network a driver holds on this host, with the endpoints it holds on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldNetwork {
+    pub id: String,
+    /// A Docker 20.10 cluster-store network: Docker's list on this host is not the whole story,
+    /// the driver confirms with the store before anything is removed.
+    pub global: bool,
+    pub endpoints: Vec<HeldEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldEndpoint {
+    pub id: String,
+}
+
+/// What loom-ipam holds for this host: released with the IPAM driver's own ReleaseAddress and
+/// ReleasePool when no Docker network (with this IPAM driver) has it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HeldAllocation {
+    Pool { pool_id: String, subnet: IpNetwork },
+    Address { pool_id: String, subnet: IpNetwork, address: IpAddr },
+}
+
+/// How often to ask Docker, and how long something must stay missing before it is removed (a
+/// network or endpoint being created is held by the driver a moment before Docker records it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    pub interval: Duration,
+    pub confirm_after: Duration,
+}
+
+impl ReconcileConfig {
+    pub fn every(interval: Duration) -> Self {
+        Self { interval, confirm_after: interval.min(Duration::from_secs(5)) }
+    }
+}
