@@ -6,6 +6,7 @@ use netloom_dataplane::names;
 use netloom_driver_kit::registry::NewEndpoint;
 use netloom_driver_kit::{endpoint, ports};
 use netloom_plugin_api::addressing::{pools, short_id as short, Pool};
+use netloom_plugin_api::engine::HeldNetwork;
 use netloom_plugin_api::options::IPV6_MIN_MTU;
 use netloom_plugin_api::siblings::ClaimedSubnets;
 use netloom_plugin_api::wire::network::{
@@ -27,6 +28,10 @@ impl NetworkDriver for BridgeDriver {
 
     fn claimed_subnets(&self) -> Vec<ClaimedSubnets> {
         self.claimed()
+    }
+
+    async fn held_networks(&self) -> Option<Vec<HeldNetwork>> {
+        Some(self.registry.held())
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {

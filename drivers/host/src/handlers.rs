@@ -7,6 +7,7 @@ use netloom_driver_kit::guard::firewall_call;
 use netloom_driver_kit::registry::NewEndpoint;
 use netloom_driver_kit::{endpoint, ports};
 use netloom_plugin_api::addressing::{pools, short_id};
+use netloom_plugin_api::engine::HeldNetwork;
 use netloom_plugin_api::siblings::ClaimedSubnets;
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,
@@ -30,6 +31,10 @@ impl NetworkDriver for HostDriver {
 
     fn claimed_subnets(&self) -> Vec<ClaimedSubnets> {
         self.claimed()
+    }
+
+    async fn held_networks(&self) -> Option<Vec<HeldNetwork>> {
+        Some(self.registry.held())
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {

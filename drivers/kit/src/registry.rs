@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 use ipnetwork::IpNetwork;
 use netloom_plugin_api::addressing::{endpoint_address, short_id, Pool};
+use netloom_plugin_api::engine::{HeldEndpoint, HeldNetwork};
 use netloom_plugin_api::host_ports::{host_port_is_free, PortTable, PublishedPort};
 use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{CreateEndpointRequest, EndpointRef};
@@ -114,6 +115,14 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
     pub fn snapshot(&self) -> Snapshot<N, E> {
         let maps = self.maps();
         Snapshot { networks: maps.networks.clone(), endpoints: maps.endpoints.clone() }
+    }
+
+    /// What this driver holds on this host, for reconciliation against Docker: every network
+    /// made, with its endpoints, and endpoints whose network is not known (under their network's
+    /// id, so that they are released too). Networks and endpoints still being made are not in the
+    /// maps yet.
+    pub fn held(&self) -> Vec<HeldNetwork> {
+        held(&self.maps())
     }
 
     /// Waits for `network_id`'s turn (bounded; the error names the network and the holder).
@@ -333,5 +342,60 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
             .map_err(PluginError::from)?;
         maps.ports.insert(endpoint_id, ports.clone());
         Ok((net, ep, ports))
+    }
+}
+
+fn held<N: Network, E: Endpoint>(maps: &Maps<N, E>) -> Vec<HeldNetwork> {
+    let mut held: BTreeMap<&str, Vec<HeldEndpoint>> =
+        maps.networks.keys().map(|id| (id.as_str(), Vec::new())).collect();
+    for ep in maps.endpoints.values() {
+        held.entry(ep.network_id()).or_default().push(HeldEndpoint { id: ep.endpoint_id().to_string() });
+    }
+    held.into_iter().map(|(id, endpoints)| HeldNetwork { id: id.to_string(), global: false, endpoints }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Net {
+        id: String,
+        internal: bool,
+    }
+
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Ep {
+        network_id: String,
+        id: String,
+        address_v4: Option<IpNetwork>,
+        address_v6: Option<IpNetwork>,
+    }
+
+    crate::driver_records!(network Net, endpoint Ep, owner "test:");
+
+    fn ep(network_id: &str, id: &str) -> (String, Ep) {
+        (id.into(), Ep { network_id: network_id.into(), id: id.into(), address_v4: None, address_v6: None })
+    }
+
+    #[test]
+    fn every_network_and_endpoint_is_held_with_orphaned_endpoints_under_their_network() {
+        let maps = Maps {
+            networks: ["n1", "n2"].map(|id| (id.to_string(), Net { id: id.into(), internal: false })).into(),
+            endpoints: [ep("n1", "e1"), ep("n1", "e2"), ep("gone", "e3")].into(),
+            ports: PortTable::default(),
+        };
+        let held_endpoints = |ids: &[&str]| ids.iter().map(|id| HeldEndpoint { id: id.to_string() }).collect();
+        assert_eq!(
+            held(&maps),
+            [
+                HeldNetwork { id: "gone".into(), global: false, endpoints: held_endpoints(&["e3"]) },
+                HeldNetwork { id: "n1".into(), global: false, endpoints: held_endpoints(&["e1", "e2"]) },
+                HeldNetwork { id: "n2".into(), global: false, endpoints: Vec::new() },
+            ]
+        );
+        assert!(held(&Maps::<Net, Ep>::default()).is_empty());
     }
 }

@@ -6,6 +6,7 @@ use netloom_dataplane::{mac, names, MacvlanSpec};
 use netloom_driver_kit::registry::NewEndpoint;
 use netloom_driver_kit::{endpoint, Endpoint};
 use netloom_plugin_api::addressing::{pool_of, pools, short_id, Pool};
+use netloom_plugin_api::engine::HeldNetwork;
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,
     InterfaceName, JoinRequest, JoinResponse, NetworkRef, ProgramExternalConnectivityRequest, Scope,
@@ -24,6 +25,10 @@ impl NetworkDriver for MacvlanDriver {
     fn capabilities(&self) -> CapabilitiesResponse {
         // Like Docker's macvlan: the network is per host, but its segment spans hosts.
         CapabilitiesResponse { scope: Scope::Local, connectivity_scope: Scope::Global }
+    }
+
+    async fn held_networks(&self) -> Option<Vec<HeldNetwork>> {
+        Some(self.registry.held())
     }
 
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use netloom_plugin_api::engine::{HeldEndpoint, HeldNetwork};
 use netloom_plugin_api::ids::short_id;
 use netloom_plugin_api::locks::{lock, KeyedLocks, Turn, LOCK_WAIT};
 use netloom_plugin_api::wire::network::{
@@ -97,6 +98,20 @@ impl NetworkDriver for NullDriver {
         CapabilitiesResponse { scope: Scope::Local, connectivity_scope: Scope::Local }
     }
 
+    async fn held_networks(&self) -> Option<Vec<HeldNetwork>> {
+        let state = lock(&self.state);
+        let endpoints_of = |id: &str| {
+            let ids = state.endpoints.get(id).into_iter().flatten();
+            ids.map(|id| HeldEndpoint { id: id.clone() }).collect()
+        };
+        let ids = state.networks.iter().chain(state.endpoints.keys()).collect::<BTreeSet<_>>();
+        Some(
+            ids.into_iter()
+                .map(|id| HeldNetwork { id: id.clone(), global: false, endpoints: endpoints_of(id) })
+                .collect(),
+        )
+    }
+
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let options = req.options.generic();
         if !options.is_empty() {
@@ -179,4 +194,65 @@ impl NetworkDriver for NullDriver {
 
 fn records_error(err: anyhow::Error) -> PluginError {
     PluginError::new(format!("loom-null records: {err:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use netloom_plugin_api::engine::HeldEndpoint;
+    use netloom_plugin_api::CommonArgs;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    fn settings(state: &std::path::Path) -> Settings {
+        let args = Args::parse_from(["loom-null", "--state-dir", state.to_str().unwrap(), "--docker-host", "none"]);
+        args.common.settings("loom-null")
+    }
+
+    fn request<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn held(id: &str, endpoints: &[&str]) -> HeldNetwork {
+        let endpoints = endpoints.iter().map(|id| HeldEndpoint { id: id.to_string() }).collect();
+        HeldNetwork { id: id.into(), global: false, endpoints }
+    }
+
+    #[tokio::test]
+    async fn what_is_held_is_released_by_the_handlers_and_stays_released_over_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = NullDriver::open(&settings(dir.path())).await.unwrap();
+        for id in ["n1", "n2"] {
+            driver.create_network(request(json!({"NetworkID": id, "Options": {}}))).await.unwrap();
+        }
+        for (net, ep) in [("n1", "e1"), ("n1", "e2"), ("n3", "e3")] {
+            let body = json!({"NetworkID": net, "EndpointID": ep, "Interface": {}, "Options": {}});
+            driver.create_endpoint(request(body)).await.unwrap();
+        }
+        let all = vec![held("n1", &["e1", "e2"]), held("n2", &[]), held("n3", &["e3"])];
+        assert_eq!(driver.held_networks().await, Some(all.clone()));
+        drop(driver);
+        let driver = NullDriver::open(&settings(dir.path())).await.unwrap();
+        assert_eq!(driver.held_networks().await, Some(all), "held after a restart");
+
+        // The order reconciliation releases in: endpoints, then their network.
+        for (net, ep) in [("n1", "e1"), ("n1", "e2")] {
+            let body = json!({"NetworkID": net, "EndpointID": ep});
+            driver.leave(request(body.clone())).await.unwrap();
+            driver.delete_endpoint(request(body)).await.unwrap();
+        }
+        driver.delete_network(request(json!({"NetworkID": "n1"}))).await.unwrap();
+        let rest = vec![held("n2", &[]), held("n3", &["e3"])];
+        assert_eq!(driver.held_networks().await, Some(rest.clone()));
+        drop(driver);
+        let driver = NullDriver::open(&settings(dir.path())).await.unwrap();
+        assert_eq!(driver.held_networks().await, Some(rest), "released records stay released");
+    }
 }

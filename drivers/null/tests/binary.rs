@@ -15,8 +15,12 @@ use served::Served;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loom-null");
 
+/// No dockerd knows the networks these tests make over the socket: reconciliation against one
+/// would remove them.
+const NO_DOCKER: [&str; 2] = ["--docker-host", "none"];
+
 fn start(socket: &Path, state: &Path) -> Served {
-    Served::start(BIN, socket, state, &["--log-level", "debug"])
+    Served::start(BIN, socket, state, &["--log-level", "debug", NO_DOCKER[0], NO_DOCKER[1]])
 }
 
 fn run_to_exit(socket: &Path, state: &Path, args: &[&str]) -> Output {
@@ -25,6 +29,7 @@ fn run_to_exit(socket: &Path, state: &Path, args: &[&str]) -> Output {
         .arg(socket)
         .arg("--state-dir")
         .arg(state)
+        .args(NO_DOCKER)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -159,7 +164,12 @@ async fn records_are_files_of_this_host_and_a_store_url_is_not_used() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     // Nothing listens there: loom-null must not need it.
-    let driver = Served::start(BIN, &dir.path().join("loom-null.sock"), &state, &["--store", "etcd://127.0.0.1:9"]);
+    let driver = Served::start(
+        BIN,
+        &dir.path().join("loom-null.sock"),
+        &state,
+        &["--store", "etcd://127.0.0.1:9", NO_DOCKER[0], NO_DOCKER[1]],
+    );
     let mut client = driver.client().await;
     let network = json!({"NetworkID": "net1", "Options": {}, "IPv4Data": [], "IPv6Data": []});
     client.call("NetworkDriver.CreateNetwork", &network).await.unwrap();
