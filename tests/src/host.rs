@@ -16,9 +16,13 @@ use crate::dockerd::{docker_cli, DockerVersion};
 use crate::image::image_tarball;
 use crate::netns::Netns;
 use crate::node::Node;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, DOCKER_PLUGIN_DIR};
 use crate::proc::NsProc;
+use crate::proxy::PluginProxy;
 use crate::util::{self, tail, timed, CMD_TIMEOUT};
+
+/// Where a plugin behind a `PluginProxy` serves its real socket on a host.
+const PROXIED_PLUGIN_DIR: &str = "/run/netloom/plugins";
 
 /// How long dockerd gets to answer on its socket.
 pub const DOCKERD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -439,12 +443,27 @@ impl Host {
 
     /// Like `start_plugin`, with the socket (driver) name `name` instead of the binary's name.
     pub fn start_plugin_as(&self, binary: &str, name: &str, extra_args: &[&str]) -> Result<Arc<Plugin>> {
+        self.start_plugin_in(DOCKER_PLUGIN_DIR, binary, name, extra_args)
+    }
+
+    /// Starts `binary` serving `/run/netloom/plugins/<binary>.sock` (same file name: the driver's
+    /// name is the socket's), and a `PluginProxy` on dockerd's `/run/docker/plugins/<binary>.sock`
+    /// forwarding to it, so the test decides which of dockerd's requests the driver hears of.
+    pub fn start_plugin_behind_proxy(&self, binary: &str, extra_args: &[&str]) -> Result<(Arc<Plugin>, PluginProxy)> {
+        fs::create_dir_all(self.path_inside(PROXIED_PLUGIN_DIR))?;
+        let plugin = self.start_plugin_in(PROXIED_PLUGIN_DIR, binary, binary, extra_args)?;
+        let listen = self.path_inside(&format!("{DOCKER_PLUGIN_DIR}/{binary}.sock"));
+        let proxy = PluginProxy::start(&listen, &self.path_inside(&plugin.socket()))?;
+        Ok((plugin, proxy))
+    }
+
+    fn start_plugin_in(&self, socket_dir: &str, binary: &str, name: &str, extra_args: &[&str]) -> Result<Arc<Plugin>> {
         if lock(&self.plugins).iter().any(|p| p.name() == name) {
             bail!("host {} already has a plugin named {name}", self.name());
         }
         let t0 = Instant::now();
-        let plugin =
-            Arc::new(Plugin::new(name, util::bin_dir().join(binary), extra_args, &self.dir, self.node.clone())?);
+        let binary = util::bin_dir().join(binary);
+        let plugin = Arc::new(Plugin::new(name, binary, extra_args, socket_dir, &self.dir, self.node.clone())?);
         lock(&self.plugins).push(plugin.clone());
         plugin.start()?;
         eprintln!(

@@ -52,6 +52,13 @@
 //!   For UDP use this crate's `netloom-probe` binary (`env!("CARGO_BIN_EXE_netloom-probe")` in a
 //!   scenario), on a host or neighbour with `Host::exec`, in a container's network namespace with
 //!   `Host::exec_in_container_netns`.
+//! - Plugins reconcile against Docker: what the host's dockerd does not have is removed within
+//!   `Plugin::reconcile_period()` (pass `FAST_RECONCILE` for 6 s instead of 35 s). Plugins get
+//!   `--docker-host unix://<host dir>/docker.sock` (the host's own dockerd) unless the test passes
+//!   one; so networks made straight over a plugin socket while the host's dockerd runs are removed
+//!   as unknown to Docker: give those plugins `--docker-host none`. Scratch plugins get `none`.
+//! - `Host::start_plugin_behind_proxy` puts a `PluginProxy` between dockerd and the driver, which
+//!   can swallow requests (Docker forgets a network without the driver hearing of it).
 //! - dockerd loads br_netfilter, after which bridged traffic in every namespace (the underlay's
 //!   br0 too) passes that namespace's iptables: keep the underlay's firewall empty.
 //!
@@ -76,6 +83,7 @@ mod node;
 mod plugin;
 mod probe;
 mod proc;
+mod proxy;
 mod scratch;
 mod util;
 
@@ -87,9 +95,10 @@ pub use etcd::{Etcd, UnderlayEtcd};
 pub use host::UNDERLAY_V6_PREFIX_LEN;
 pub use host::{Host, HostConfig, DOCKERD_TIMEOUT};
 pub use image::{image_tarball, IMAGE};
-pub use plugin::Plugin;
+pub use plugin::{Plugin, DOCKER_PLUGIN_DIR, FAST_RECONCILE};
 pub use probe::{no_ping, ping};
 pub use proc::NsProc;
+pub use proxy::{PluginProxy, ProxiedRequest};
 pub use scratch::{ScratchNetns, ScratchPlugin};
 pub use util::require_root;
 pub use util::{bin_dir, cache_dir, same_process_alive, wait_until};

@@ -11,16 +11,32 @@ use nix::sys::signal::Signal;
 
 use crate::node::Node;
 use crate::proc::NsProc;
-use crate::util::{self, tail};
+use crate::util::{self, flag_value, tail};
 
 /// How long a plugin gets to accept connections on its socket after being started.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A plugin process on a host: `<binary> --socket /run/docker/plugins/<name>.sock --state-dir
-/// <host dir>/state/<name> <extra args>`, run in the host's namespaces, stdout+stderr appended to
-/// `<host dir>/<name>.log`. The host keeps it (and kills it at teardown); this is a shared handle.
+/// Where dockerd looks for plugin sockets on a host.
+pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
+
+/// Extra plugin arguments for scenarios that wait for reconciliation against Docker: a pass every
+/// 3 s (instead of 30 s), so a removal is confirmed within `Plugin::reconcile_period()`, 6 s.
+pub const FAST_RECONCILE: [&str; 2] = ["--reconcile-interval", "3"];
+
+/// The drivers' default `--reconcile-interval`, in seconds.
+const DEFAULT_RECONCILE_SECS: u64 = 30;
+
+/// A plugin process on a host: `<binary> --socket <dir>/<name>.sock --state-dir <host dir>/state/<name>
+/// --docker-host unix://<host dir>/docker.sock <extra args>`, run in the host's namespaces,
+/// stdout+stderr appended to `<host dir>/<name>.log`. The socket's directory is dockerd's
+/// (`/run/docker/plugins`) unless the plugin sits behind a `PluginProxy`. The host keeps it (and
+/// kills it at teardown); this is a shared handle.
+///
+/// `--docker-host` points at the host's own dockerd (whether or not it runs) unless `extra` names
+/// one: a driver never asks the machine's dockerd, which knows nothing of this host's networks.
 pub struct Plugin {
     name: String,
+    socket: String,
     binary: PathBuf,
     args: Vec<String>,
     state_dir: PathBuf,
@@ -32,7 +48,14 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    pub(crate) fn new(name: &str, binary: PathBuf, extra: &[&str], host_dir: &Path, node: Arc<Node>) -> Result<Plugin> {
+    pub(crate) fn new(
+        name: &str,
+        binary: PathBuf,
+        extra: &[&str],
+        socket_dir: &str,
+        host_dir: &Path,
+        node: Arc<Node>,
+    ) -> Result<Plugin> {
         if !binary.is_file() {
             bail!(
                 "plugin binary {} is missing: run `cargo build --release --workspace --bins` first \
@@ -42,10 +65,16 @@ impl Plugin {
         }
         let state_dir = host_dir.join("state").join(name);
         std::fs::create_dir_all(&state_dir)?;
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if flag_value(&args, "--docker-host").is_none() {
+            args.push("--docker-host".into());
+            args.push(format!("unix://{}", host_dir.join("docker.sock").display()));
+        }
         Ok(Plugin {
             name: name.to_owned(),
+            socket: format!("{}/{name}.sock", socket_dir.trim_end_matches('/')),
             binary,
-            args: extra.iter().map(|s| s.to_string()).collect(),
+            args,
             state_dir,
             log: host_dir.join(format!("{name}.log")),
             node,
@@ -63,9 +92,28 @@ impl Plugin {
         &self.name
     }
 
-    /// The socket path as the host (dockerd, the plugin) sees it.
+    /// The socket path the plugin serves, as the host sees it (dockerd's
+    /// `/run/docker/plugins/<name>.sock`, or a private one behind a proxy).
     pub fn socket(&self) -> String {
-        format!("/run/docker/plugins/{}.sock", self.name)
+        self.socket.clone()
+    }
+
+    /// The arguments after `--socket` and `--state-dir` (the test's, and `--docker-host`).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// `--reconcile-interval` as started (the drivers' default, 30 s, if not given).
+    pub fn reconcile_interval(&self) -> Duration {
+        let secs = flag_value(&self.args, "--reconcile-interval").and_then(|v| v.parse().ok());
+        Duration::from_secs(secs.unwrap_or(DEFAULT_RECONCILE_SECS))
+    }
+
+    /// The longest a driver that stays up takes to remove what Docker no longer has: a pass sees
+    /// it missing, and a pass at least min(interval, 5 s) later confirms it.
+    pub fn reconcile_period(&self) -> Duration {
+        let interval = self.reconcile_interval();
+        interval + interval.min(Duration::from_secs(5))
     }
 
     pub fn state_dir(&self) -> &Path {

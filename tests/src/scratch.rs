@@ -100,6 +100,11 @@ impl ScratchNetns {
         extra: &[&str],
     ) -> Result<ScratchPlugin> {
         let log = OpenOptions::new().create(true).append(true).open(log_path)?;
+        // No dockerd knows this namespace's networks: reconciling against one (the machine's, at
+        // the default address) would remove them all.
+        let given: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let no_docker: &[&str] =
+            if util::flag_value(&given, "--docker-host").is_some() { &[] } else { &["--docker-host", "none"] };
         let child = self
             .command(binary)
             .arg("--socket")
@@ -107,6 +112,7 @@ impl ScratchNetns {
             .arg("--state-dir")
             .arg(state)
             .args(["--log-level", "debug"])
+            .args(no_docker)
             .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

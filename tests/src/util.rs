@@ -184,3 +184,33 @@ pub fn require_root() -> Result<()> {
     }
     Ok(())
 }
+
+/// The value of `--flag V` or `--flag=V` in `args` (the last one wins, as with clap).
+pub(crate) fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut found = None;
+    for (i, arg) in args.iter().enumerate() {
+        if arg == flag {
+            found = args.get(i + 1).map(String::as_str);
+        } else if let Some(v) = arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix('=')) {
+            found = Some(v);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flag_value;
+
+    #[test]
+    fn flag_values_in_both_spellings() {
+        let args: Vec<String> = ["--firewall", "nftables", "--docker-host=none", "--reconcile-interval", "3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(flag_value(&args, "--docker-host"), Some("none"));
+        assert_eq!(flag_value(&args, "--reconcile-interval"), Some("3"));
+        assert_eq!(flag_value(&args, "--store"), None);
+        assert_eq!(flag_value(&args, "--docker"), None);
+    }
+}
