@@ -62,6 +62,7 @@ where
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    let engine = settings.docker_host.as_deref().map(engine::Engine::new).transpose()?;
     let _lock = socket::StateLock::acquire(&settings.state_dir)?;
     socket::prepare(&settings.socket)?;
     siblings::set_own_socket(&settings.socket);
@@ -82,7 +83,34 @@ where
             _ = interrupt.recv() => info!("SIGINT received, finishing in-flight requests"),
         }
     };
+    let reconciler = match engine {
+        Some(engine) => start_reconciling(engine, &settings, &plugin).await,
+        None => {
+            info!("--docker-host none: not reconciling against Docker");
+            None
+        }
+    };
     server::serve(listener, plugin, shutdown).await;
+    if let Some(reconciler) = reconciler {
+        reconciler.stop().await;
+    }
     info!("{name} stopped");
     Ok(())
+}
+
+/// Starts the loop that removes what Docker no longer has, for a plugin whose drivers say what
+/// they hold. Docker knows the driver by its socket's file name.
+async fn start_reconciling(
+    engine: engine::Engine,
+    settings: &Settings,
+    plugin: &Plugin,
+) -> Option<engine::reconcile::RunningReconciler> {
+    let driver_name = settings.socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let config = engine::ReconcileConfig::every(settings.reconcile_interval);
+    let reconciler = engine::Reconciler::new(engine, &driver_name, plugin, config);
+    if !reconciler.has_anything_to_reconcile().await {
+        tracing::debug!("this driver keeps nothing to reconcile against Docker");
+        return None;
+    }
+    Some(reconciler.spawn())
 }

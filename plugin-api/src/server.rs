@@ -159,6 +159,7 @@ async fn dispatch_ipam(d: &dyn IpamDriver, method: &str, body: &[u8]) -> PluginR
 
 fn parse<T: DeserializeOwned>(method: &str, body: &[u8]) -> PluginResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
+        crate::engine::reconcile::request_pass();
         return Err(PluginError::new(format!(
             "{method} needs a JSON request body but got an empty one (a retried request?); retry the docker command"
         )));

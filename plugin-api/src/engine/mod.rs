@@ -5,9 +5,16 @@
 //! Names shown to users (container names, aliases, network names) come from here and only here.
 
 mod client;
+mod decode;
+mod events;
+#[cfg(test)]
+mod fake_docker;
+mod http;
+mod judge;
 pub mod model;
 pub mod reconcile;
+mod reconciler;
 
 pub use client::{Engine, EngineError, DEFAULT_DOCKER_HOST};
 pub use model::{ContainerNames, DockerEndpoint, DockerNetwork, DockerPool, NetworkEvent};
-pub use reconcile::{HeldAllocation, HeldEndpoint, HeldNetwork, ReconcileConfig};
+pub use reconcile::{HeldAllocation, HeldEndpoint, HeldNetwork, ReconcileConfig, Reconciler};

@@ -29,6 +29,8 @@ pub struct DockerPool {
     pub subnet: Option<IpNetwork>,
     pub ip_range: Option<IpNetwork>,
     pub gateway: Option<std::net::IpAddr>,
+    /// `--aux-address` entries: addresses Docker took from the pool for something else.
+    pub aux_addresses: Vec<std::net::IpAddr>,
 }
 
 /// One entry of a network's `Containers`.
@@ -64,4 +66,55 @@ pub struct NetworkEvent {
     pub driver: Option<String>,
     /// The container of a connect/disconnect.
     pub container_id: Option<String>,
+}
+
+/// A container name as users type it: Docker keeps names with a leading '/'.
+pub fn container_name(raw: &str) -> String {
+    raw.trim_start_matches('/').to_string()
+}
+
+/// The container id behind a key of a network's `Containers`: Docker lists an endpoint that is
+/// not joined to a container under `ep-<endpoint id>`, which names no container.
+pub fn container_id_of_key(key: &str) -> String {
+    if key.starts_with("ep-") {
+        String::new()
+    } else {
+        key.to_string()
+    }
+}
+
+impl ContainerNames {
+    /// `name` without its leading '/', and the aliases Docker reports (`Aliases`, and from API
+    /// 1.44 `DNSNames`, which also holds the name), each once, without the name itself.
+    pub fn new(raw_name: &str, aliases: impl IntoIterator<Item = String>) -> ContainerNames {
+        let name = container_name(raw_name);
+        let mut unique = Vec::new();
+        for alias in aliases {
+            if !alias.is_empty() && alias != name && !unique.contains(&alias) {
+                unique.push(alias);
+            }
+        }
+        ContainerNames { name, aliases: unique }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_the_leading_slash_and_aliases_are_unique() {
+        let names = ContainerNames::new(
+            "/web",
+            ["front".to_string(), "web".into(), "0123456789ab".into(), "front".into(), String::new()],
+        );
+        assert_eq!(names, ContainerNames { name: "web".into(), aliases: vec!["front".into(), "0123456789ab".into()] });
+        assert_eq!(container_name("web"), "web");
+    }
+
+    #[test]
+    fn endpoint_keys_without_a_container_name_none() {
+        assert_eq!(container_id_of_key("ep-4f1c"), "");
+        assert_eq!(container_id_of_key("9d2e77"), "9d2e77");
+    }
 }

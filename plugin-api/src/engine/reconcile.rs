@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+pub use crate::engine::judge::{missing_allocations, missing_networks, Subject, Suspects, Verdict};
+pub use crate::engine::reconciler::{request_pass, PassReport, Reconciler, RunningReconciler};
+
 /// A network a driver holds on this host, with the endpoints it holds on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldNetwork {
@@ -26,8 +29,15 @@ pub struct HeldEndpoint {
 /// ReleasePool when no Docker network (with this IPAM driver) has it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HeldAllocation {
+    /// Kept while a Docker network has a pool with this subnet. One entry per reference held:
+    /// each missing entry is one ReleasePool.
     Pool { pool_id: String, subnet: IpNetwork },
+    /// Kept while an endpoint of a network with this subnet has the address, or the network lists
+    /// it as its gateway or an auxiliary address.
     Address { pool_id: String, subnet: IpNetwork, address: IpAddr },
+    /// The address Docker asked for as the gateway: kept while a Docker network has the subnet
+    /// (Docker shows a network's gateway only when the user gave one).
+    Gateway { pool_id: String, subnet: IpNetwork, address: IpAddr },
 }
 
 /// How often to ask Docker, and how long something must stay missing before it is removed (a
