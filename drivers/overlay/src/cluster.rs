@@ -2,7 +2,7 @@
 //! taken from the IPAM's VNI table. Every change is one store transaction conditioned on what
 //! was read, so hosts acting at the same moment agree on one record and one VNI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
@@ -12,7 +12,9 @@ use netloom_store::{Condition, Revision, Store, Txn, TxnOutcome};
 use tracing::{info, warn};
 
 use crate::options::subnet_key;
-use crate::records::{self, local_network_key, network_key, subnet_index_key, vni_owner, Mode, NetworkConfig};
+use crate::records::{
+    self, local_network_key, network_key, subnet_index_key, vni_owner, Mode, NetworkConfig, PeerRecord,
+};
 
 /// Bounded: each retry means another host changed the same record in between.
 const ATTEMPTS: usize = 20;
@@ -60,6 +62,15 @@ impl NetworkRequest {
             members,
         }
     }
+}
+
+/// What [`Shared::release_global`] did with a network's store record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GlobalRelease {
+    /// Deleted (or it was already gone).
+    Deleted,
+    /// Kept: these live hosts still publish endpoints on the network.
+    KeptFor(Vec<String>),
 }
 
 /// How a network record came to be, for rolling back.
@@ -218,6 +229,39 @@ impl Shared {
         bail!("other hosts kept changing network {key}'s store record; try again")
     }
 
+    /// Global scope, when this host removes the network (Docker's DeleteNetwork, or this host's
+    /// Docker no longer having it): the record, its peers and its VNI go, unless another live
+    /// host still publishes endpoints on it. Docker refuses to remove a network with endpoints
+    /// anywhere, so such endpoints mean this host's view is not the cluster's: the record stays
+    /// for them, and the last of them to remove the network deletes it.
+    pub async fn release_global(&self, key: &str, own_host: &str) -> Result<GlobalRelease> {
+        let mut users = BTreeSet::new();
+        for kv in self.store.list(&records::peers_prefix(key)).await? {
+            match records::decode::<PeerRecord>(&kv.key, &kv.value) {
+                Ok(peer) if peer.host != own_host => {
+                    users.insert(peer.host);
+                }
+                Ok(_) => {}
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        if !users.is_empty() {
+            let live: BTreeSet<String> = self
+                .store
+                .list(records::HOSTS)
+                .await?
+                .into_iter()
+                .filter_map(|kv| kv.key.strip_prefix(records::HOSTS).map(str::to_string))
+                .collect();
+            users.retain(|host| live.contains(host));
+        }
+        if !users.is_empty() {
+            return Ok(GlobalRelease::KeptFor(users.into_iter().collect()));
+        }
+        self.delete_global(key).await?;
+        Ok(GlobalRelease::Deleted)
+    }
+
     /// Global scope: removes the network, its peers and its VNI.
     pub async fn delete_global(&self, key: &str) -> Result<()> {
         let Some((config, revision)) = self.read(key).await? else { return Ok(()) };
@@ -309,4 +353,61 @@ fn check_same_network(config: &NetworkConfig, req: &NetworkRequest) -> Result<()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use netloom_ipam::IpamConfig;
+    use netloom_store::{self as store, DEFAULT_PREFIX};
+
+    use super::*;
+    use crate::records::{host_key, peer_key, HostRecord};
+
+    fn peer(host: &str, endpoint: &str) -> Vec<u8> {
+        records::encode(&PeerRecord {
+            host: host.into(),
+            endpoint: endpoint.into(),
+            vtep: "10.250.0.2".parse().unwrap(),
+            port: 4789,
+            mac: "02:42:0a:09:00:02".into(),
+            ipv4: None,
+            ipv6: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_global_record_stays_while_another_live_host_has_endpoints_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::open(None, dir.path(), DEFAULT_PREFIX).await.unwrap();
+        let ipam = Ipam::new(store.clone(), "h1", IpamConfig::default()).await.unwrap();
+        let shared = Shared { store: store.clone(), ipam };
+        let request = NetworkRequest {
+            docker_id: "n1".into(),
+            host: "h1".into(),
+            vni: None,
+            subnet_v4: Some("10.9.0.0/24".parse().unwrap()),
+            subnet_v6: None,
+            mtu: 1450,
+            mtu_given: false,
+            internal: false,
+        };
+        shared.create_global(&request).await.unwrap();
+        let live =
+            HostRecord { vtep: "10.250.0.2".parse().unwrap(), port: 4789, pid: 1, version: "t".into(), started_at: 0 };
+        store.put(&host_key("h2"), records::encode(&live)).await.unwrap();
+        store.put(&peer_key("n1", "own"), peer("h1", "own")).await.unwrap();
+        store.put(&peer_key("n1", "e2"), peer("h2", "e2")).await.unwrap();
+        // h3's lease expired: its endpoint does not keep the record.
+        store.put(&peer_key("n1", "e3"), peer("h3", "e3")).await.unwrap();
+
+        assert_eq!(shared.release_global("n1", "h1").await.unwrap(), GlobalRelease::KeptFor(vec!["h2".into()]));
+        assert!(shared.network("n1").await.unwrap().is_some());
+
+        store.delete(&peer_key("n1", "e2")).await.unwrap();
+        assert_eq!(shared.release_global("n1", "h1").await.unwrap(), GlobalRelease::Deleted);
+        assert!(shared.network("n1").await.unwrap().is_none());
+        assert!(store.list(&records::peers_prefix("n1")).await.unwrap().is_empty(), "peers go with the record");
+        // Again: nothing left to do.
+        assert_eq!(shared.release_global("n1", "h1").await.unwrap(), GlobalRelease::Deleted);
+    }
 }

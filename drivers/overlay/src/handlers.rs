@@ -12,6 +12,7 @@ use ipnetwork::IpNetwork;
 use netloom_dataplane::names;
 use netloom_driver_kit::endpoint;
 use netloom_plugin_api::addressing::{endpoint_address, Pool};
+use netloom_plugin_api::engine::HeldNetwork;
 use netloom_plugin_api::locks::LOCK_WAIT;
 use netloom_plugin_api::wire::network::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointRef,
@@ -54,7 +55,7 @@ impl NetworkDriver for Driver {
     }
 
     async fn delete_network(&self, req: NetworkRef) -> PluginResult<()> {
-        let result = self.delete_network_in_turn(req).await;
+        let result = self.0.delete_network(&req.network_id).await;
         self.0.sync_guard(false).await;
         result
     }
@@ -130,6 +131,10 @@ impl NetworkDriver for Driver {
             interface_name: Some(InterfaceName { src_name: ep.container_veth.clone(), dst_prefix: "eth".to_string() }),
             ..JoinResponse::default()
         })
+    }
+
+    async fn held_networks(&self) -> Option<Vec<HeldNetwork>> {
+        Some(self.0.held())
     }
 
     async fn leave(&self, req: EndpointRef) -> PluginResult<()> {
@@ -216,46 +221,6 @@ impl Driver {
         }
         info!(network = %short(&req.network_id), key = %config.key, vni = config.vni, mtu = config.mtu,
               outcome = ?outcome, "network ready");
-        Ok(())
-    }
-
-    async fn delete_network_in_turn(&self, req: NetworkRef) -> PluginResult<()> {
-        let ov = &self.0;
-        let _turn = ov.turn(&req.network_id, format!("DeleteNetwork of {}", short(&req.network_id))).await?;
-        let net = ov.state().networks.get(&req.network_id).cloned();
-        let Some(net) = net else {
-            if ov.config.mode == Mode::Global {
-                // `docker network rm` ran on a host that never had a container on the network:
-                // the store record is this host's to remove all the same.
-                let shared = ov.shared()?;
-                shared.delete_global(&req.network_id).await.map_err(store_error)?;
-                ov.state().deleted(&records::network_key(&req.network_id));
-            }
-            debug!(network = %short(&req.network_id), "no local state for the network");
-            return Ok(());
-        };
-        let shared = ov.shared()?;
-        match net.config.mode {
-            Mode::Global => {
-                shared.delete_global(&net.config.key).await.map_err(store_error)?;
-                ov.state().deleted(&records::network_key(&net.config.key));
-            }
-            Mode::Local => shared.leave_local(&net.config.key, &ov.host).await.map_err(store_error)?,
-        }
-        let (endpoints, dp) = {
-            let state = ov.state();
-            (state.endpoints_of(&net.config.key), state.dataplane(&net.config.key))
-        };
-        for ep in endpoints {
-            let _ = ov.fabric.teardown_endpoint(dp.as_deref(), &ep).await;
-            let _ = ov.delete_endpoint_record(&ep).await;
-            ov.state().endpoints.remove(&ep.id);
-        }
-        drop(dp);
-        ov.drop_dataplane(&net.config.key, net.config.vni).await?;
-        ov.delete_network_record(&net.docker_id).await?;
-        ov.state().networks.remove(&net.docker_id);
-        info!(network = %short(&net.docker_id), vni = net.config.vni, "network removed");
         Ok(())
     }
 

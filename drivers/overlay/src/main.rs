@@ -19,12 +19,16 @@ mod peers;
 mod ports;
 mod reconcile;
 mod records;
+mod removal;
 mod start;
 mod state;
 mod sync;
 mod underlay;
 
 use records::Mode;
+
+/// The longest time between two full checks of the kernel's peer entries against the store.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Multi-host VXLAN networks: containers on different hosts share one L2 network, with the
 /// networks, VNIs and peers kept in a store every host shares (etcd or Consul).
@@ -48,10 +52,6 @@ struct Args {
     /// UDP port for VXLAN
     #[arg(long, default_value_t = 4789, value_parser = clap::value_parser!(u16).range(1..))]
     vxlan_port: u16,
-
-    /// Seconds between full checks of the kernel's FDB and neighbour entries against the store
-    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    reconcile_interval: u64,
 
     /// Seconds after which a host that stopped renewing its lease counts as gone: its peers are
     /// removed on every other host
@@ -105,7 +105,8 @@ async fn main() -> ExitCode {
         mode: args.scope,
         advertise: args.advertise_addr.clone(),
         port: args.vxlan_port,
-        reconcile_every: Duration::from_secs(args.reconcile_interval),
+        // Set from the common --reconcile-interval below.
+        reconcile_every: STORE_CHECK_EVERY,
         lease_ttl: Duration::from_secs(args.lease_ttl),
         dead_host_grace: Duration::from_secs(args.dead_host_grace),
         netns_dir: args.netns_dir.clone(),
@@ -115,6 +116,8 @@ async fn main() -> ExitCode {
     netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
         // Resolved once logging is up: the fallback to iptables says why in the log.
         (config.firewall, config.guard_firewall) = choice.backends();
+        // The store is re-checked at least this often, also when Docker is asked less often.
+        config.reconcile_every = settings.reconcile_interval.min(STORE_CHECK_EVERY);
         let overlay = overlay::Overlay::start(&settings, config).await?;
         Ok(Plugin::network(handlers::Driver(overlay)))
     })
