@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use netloom_plugin_api::engine::HeldAllocation;
 use netloom_plugin_api::wire::ipam::{
     AddressSpacesResponse, CapabilitiesResponse, ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest,
     RequestAddressResponse, RequestPoolRequest, RequestPoolResponse,
 };
 use netloom_plugin_api::{IpamDriver, PluginError, PluginResult};
+use tracing::warn;
 
 use crate::error::IpamError;
 use crate::ipam::Ipam;
@@ -63,5 +65,17 @@ impl IpamDriver for IpamPlugin {
 
     async fn release_address(&self, req: ReleaseAddressRequest) -> PluginResult<()> {
         self.ipam.release_address(&req.pool_id, &req.address).await.map_err(plugin_error)
+    }
+
+    /// A store that cannot be read holds nothing as far as reconciliation can tell: nothing is
+    /// released until it answers again.
+    async fn held_allocations(&self) -> Option<Vec<HeldAllocation>> {
+        match self.ipam.held_by_this_host().await {
+            Ok(held) => Some(held),
+            Err(e) => {
+                warn!("listing this host's pools and addresses for reconciliation: {e}; nothing is released");
+                Some(Vec::new())
+            }
+        }
     }
 }

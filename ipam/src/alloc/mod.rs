@@ -11,6 +11,7 @@ pub mod records;
 mod addresses;
 mod audit;
 pub(crate) mod bitspace;
+mod held;
 mod pools;
 mod reclaim;
 mod vni;

@@ -40,6 +40,8 @@ pub enum Kind {
 /// `.../ips/<ip>` and `ipam/vnis/ids/<vni>`: who holds an address or VNI.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OwnerRecord {
+    /// Empty when not recorded: such an allocation is nobody's to release in reconciliation.
+    #[serde(default)]
     pub host: String,
     /// Endpoint id, MAC address or network name, when the caller said; else empty.
     #[serde(default)]

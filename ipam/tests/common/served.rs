@@ -17,8 +17,12 @@ pub struct Served {
 
 impl Served {
     /// Runs `bin --socket <socket> --state-dir <state> <args>` and waits until the socket answers.
+    /// No dockerd belongs to these tests: unless `args` names one, the binary asks none (a
+    /// dockerd of the machine would have none of the test's pools and networks, and reconciling
+    /// against it would release them).
     pub fn start(bin: &str, socket: &Path, state: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(bin)
+            .env("NETLOOM_DOCKER_HOST", "none")
             .arg("--socket")
             .arg(socket)
             .arg("--state-dir")
