@@ -29,6 +29,15 @@ impl FakeDocker {
     pub(crate) fn start(routes: impl Fn(&str) -> Reply + Send + Sync + 'static) -> FakeDocker {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("docker.sock");
+        Self::start_at(dir, socket, routes)
+    }
+
+    /// Like `start`, on `socket` (in `dir`, kept until the fake is dropped).
+    pub(crate) fn start_at(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        routes: impl Fn(&str) -> Reply + Send + Sync + 'static,
+    ) -> FakeDocker {
         let listener = UnixListener::bind(&socket).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let routes: Arc<Routes> = Arc::new(routes);

@@ -376,3 +376,7 @@ async fn watch_events(engine: Engine, driver_name: String, every_network: bool, 
         backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
     }
 }
+
+#[cfg(test)]
+#[path = "reconciler_tests.rs"]
+mod tests;
