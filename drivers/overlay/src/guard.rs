@@ -49,6 +49,8 @@ pub fn wanted(state: &State, expect_network: bool) -> Option<Guard> {
         return None;
     }
     let mut peers: BTreeSet<IpAddr> = state.cache.hosts.values().map(|(h, _)| h.vtep).collect();
+    // Absent hosts' containers may run on: their traffic still comes in.
+    peers.extend(state.absent_vteps());
     // Harmless (this host's own packets never come in from outside) and keeps the set non-empty.
     peers.extend(state.underlay.as_ref().map(|u| u.vtep));
     Some(Guard::On(peers))

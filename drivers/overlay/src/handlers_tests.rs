@@ -36,6 +36,7 @@ fn a_request_stuck_in_the_store_holds_up_only_its_network() {
                 reconcile_every: Duration::from_secs(10),
                 lease_ttl: Duration::from_secs(15),
                 dead_host_grace: Duration::from_secs(300),
+                peer_grace: Duration::from_secs(300),
                 netns_dir: None,
                 firewall: None,
                 guard_firewall: netloom_firewall::BackendKind::Nftables,

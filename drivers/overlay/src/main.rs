@@ -12,11 +12,13 @@ mod garp;
 mod gateway;
 mod guard;
 mod handlers;
+mod liveness;
 mod network;
 mod options;
 mod overlay;
 mod peers;
 mod ports;
+mod probe;
 mod reconcile;
 mod records;
 mod removal;
@@ -53,10 +55,16 @@ struct Args {
     #[arg(long, default_value_t = 4789, value_parser = clap::value_parser!(u16).range(1..))]
     vxlan_port: u16,
 
-    /// Seconds after which a host that stopped renewing its lease counts as gone: its peers are
-    /// removed on every other host
+    /// Seconds after which a host that stopped renewing its lease counts as absent (its driver is
+    /// down; its containers may well run on)
     #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..))]
     lease_ttl: u64,
+
+    /// Seconds an absent host's tunnel endpoint must stay unreachable before the host counts as
+    /// gone and its peers' entries are removed here; until then traffic to its containers goes
+    /// on. 0: an absent host is gone at once
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    peer_grace: u64,
 
     /// Seconds a gone host's peer records stay in the store before a live host deletes them
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
@@ -109,6 +117,7 @@ async fn main() -> ExitCode {
         reconcile_every: STORE_CHECK_EVERY,
         lease_ttl: Duration::from_secs(args.lease_ttl),
         dead_host_grace: Duration::from_secs(args.dead_host_grace),
+        peer_grace: Duration::from_secs(args.peer_grace),
         netns_dir: args.netns_dir.clone(),
         firewall: None,
         guard_firewall: BackendKind::Nftables,

@@ -61,12 +61,7 @@ impl Overlay {
                 return;
             }
             let Some(dp) = state.dataplane(key) else { return };
-            let want = peers::desired(
-                &state.cache.peers_of(key),
-                |h| state.cache.hosts.contains_key(h),
-                &self.host,
-                self.config.port,
-            );
+            let want = peers::desired(&state.cache.peers_of(key), |h| state.liveness(h), &self.host, self.config.port);
             let local_macs: Vec<[u8; 6]> = state
                 .endpoints
                 .values()

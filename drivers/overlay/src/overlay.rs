@@ -40,6 +40,8 @@ pub struct Config {
     pub reconcile_every: Duration,
     pub lease_ttl: Duration,
     pub dead_host_grace: Duration,
+    /// How long an absent host's VTEP must stay unreachable before the host counts as gone.
+    pub peer_grace: Duration,
     pub netns_dir: Option<PathBuf>,
     pub firewall: Option<netloom_firewall::BackendKind>,
     /// The VXLAN guard's backend (also with `--firewall none`).

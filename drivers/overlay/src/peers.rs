@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use netloom_dataplane::{mac, FdbEntry, NeighbourEntry};
 use netloom_store::Revision;
 
+use crate::liveness::Liveness;
 use crate::records::PeerRecord;
 
 /// What a host wants on one network's VXLAN link.
@@ -16,26 +17,47 @@ pub struct Desired {
     pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
 }
 
-/// Every remote endpoint of live hosts: its MAC behind its host's VTEP, its addresses at its MAC.
+/// Every remote endpoint of live and absent hosts: its MAC behind its host's VTEP, its addresses
+/// at its MAC.
 ///
-/// Endpoints of this host are reached through the bridge and get nothing. Endpoints of hosts
-/// without a lease record are left out: a host whose lease expired is gone. When two records
-/// claim the same MAC or address (a container moved, or an address was reused before the old
-/// record went), the one written last wins. `own_port` is this host's VXLAN port: remotes on the
-/// same port get entries without a port.
+/// Endpoints of this host are reached through the bridge and get nothing. Endpoints of gone
+/// hosts are left out. When two records claim the same MAC or address (a container moved, or an
+/// address was reused before the old record went), the one written last wins; an absent host's
+/// endpoint that lost any of its MAC and addresses so is left out altogether (its host is not
+/// there to say otherwise). `own_port` is this host's VXLAN port: remotes on the same port get
+/// entries without a port.
 pub fn desired(
     peers: &BTreeMap<String, (PeerRecord, Revision)>,
-    is_live: impl Fn(&str) -> bool,
+    liveness: impl Fn(&str) -> Liveness,
     own_host: &str,
     own_port: u16,
 ) -> Desired {
-    let mut live: Vec<&(PeerRecord, Revision)> =
-        peers.values().filter(|(p, _)| p.host != own_host && is_live(&p.host)).collect();
+    let counts = |p: &PeerRecord| p.host == own_host || liveness(&p.host) != Liveness::Gone;
+    let mut current: Vec<(&PeerRecord, Revision, Option<[u8; 6]>)> =
+        peers.values().filter(|(p, _)| counts(p)).map(|(p, rev)| (p, *rev, mac::parse(&p.mac).ok())).collect();
     // Oldest first, so later writes overwrite earlier ones below.
-    live.sort_by_key(|(p, rev)| (*rev, p.endpoint.clone()));
+    current.sort_by_key(|(p, rev, _)| (*rev, p.endpoint.clone()));
+    let mut newest_mac: BTreeMap<[u8; 6], Revision> = BTreeMap::new();
+    let mut newest_ip: BTreeMap<IpAddr, Revision> = BTreeMap::new();
+    for (peer, rev, mac_addr) in &current {
+        if let Some(mac_addr) = mac_addr {
+            newest_mac.insert(*mac_addr, *rev);
+        }
+        for ip in [peer.ipv4, peer.ipv6].into_iter().flatten() {
+            newest_ip.insert(ip, *rev);
+        }
+    }
     let mut out = Desired::default();
-    for (peer, _) in live {
-        let Ok(mac_addr) = mac::parse(&peer.mac) else { continue };
+    for (peer, rev, mac_addr) in current {
+        let Some(mac_addr) = mac_addr else { continue };
+        if peer.host == own_host {
+            continue;
+        }
+        let claimed_since =
+            newest_mac[&mac_addr] > rev || [peer.ipv4, peer.ipv6].into_iter().flatten().any(|ip| newest_ip[&ip] > rev);
+        if claimed_since && liveness(&peer.host) == Liveness::Absent {
+            continue;
+        }
         let port = (peer.port != own_port).then_some(peer.port);
         out.fdb.insert(mac_addr, FdbEntry { mac: mac_addr, dst: peer.vtep, port });
         for ip in [peer.ipv4, peer.ipv6].into_iter().flatten() {
@@ -107,8 +129,8 @@ mod tests {
         }
     }
 
-    fn hosts<'a>(names: &'a [&'a str]) -> impl Fn(&str) -> bool + 'a {
-        move |h| names.contains(&h)
+    fn hosts<'a>(names: &'a [&'a str]) -> impl Fn(&str) -> Liveness + 'a {
+        move |h| if names.contains(&h) { Liveness::Live } else { Liveness::Gone }
     }
 
     fn table(list: Vec<(PeerRecord, Revision)>) -> BTreeMap<String, (PeerRecord, Revision)> {
@@ -146,6 +168,31 @@ mod tests {
         let want = desired(&peers, hosts(&["h1", "h2", "h3"]), "h1", 4789);
         assert_eq!(want.neighbours[&"10.9.0.2".parse::<IpAddr>().unwrap()], B);
         assert_eq!(want.fdb.len(), 2, "both MACs are still reachable");
+    }
+
+    #[test]
+    fn an_absent_hosts_endpoints_stay_until_claimed() {
+        let liveness = |h: &str| match h {
+            "h1" | "h2" => Liveness::Live,
+            "down" => Liveness::Absent,
+            _ => Liveness::Gone,
+        };
+        let mut peers = table(vec![
+            (peer("down", "e1", "10.250.0.3", "02:42:0a:09:00:02", "10.9.0.2"), 5),
+            (peer("down", "e2", "10.250.0.3", "02:42:0a:09:00:03", "10.9.0.3"), 6),
+            (peer("gone", "e4", "10.250.0.4", "02:42:0a:09:00:04", "10.9.0.4"), 7),
+        ]);
+        let want = desired(&peers, liveness, "h1", 4789);
+        assert_eq!(want.fdb.len(), 2, "the absent host's endpoints stay, the gone one's go: {want:?}");
+        assert_eq!(want.fdb[&A].dst, "10.250.0.3".parse::<IpAddr>().unwrap());
+        // 10.9.0.2 taken by a newer endpoint on a live host: the absent one's entries go, both.
+        peers.insert("e5".into(), (peer("h2", "e5", "10.250.0.2", "02:42:0a:09:00:05", "10.9.0.2"), 8));
+        // Its MAC taken by a newer endpoint on this very host: the same.
+        peers.insert("e6".into(), (peer("h1", "e6", "10.250.0.1", "02:42:0a:09:00:03", "10.9.0.6"), 9));
+        let want = desired(&peers, liveness, "h1", 4789);
+        let mac5 = mac::parse("02:42:0a:09:00:05").unwrap();
+        assert_eq!(want.fdb.keys().copied().collect::<Vec<_>>(), vec![mac5], "{want:?}");
+        assert_eq!(want.neighbours, BTreeMap::from([("10.9.0.2".parse().unwrap(), mac5)]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::overlay::Overlay;
 use crate::records::{self, short, Mode};
 use crate::underlay::Underlay;
 
-/// A host whose lease expired more than `--dead-host-grace` ago.
+/// A host gone, and absent for more than `--dead-host-grace`.
 struct GoneHost {
     host: String,
     /// The local-scope networks it is a member of.
@@ -199,42 +199,25 @@ impl Overlay {
         }
     }
 
-    /// Peers of hosts whose lease expired more than `--dead-host-grace` ago are deleted from the
-    /// store (their kernel entries went when the lease did). Each delete holds only while the
-    /// host is still absent, so a host coming back keeps its records.
+    /// Peers of hosts gone (see [`crate::liveness`]) and absent for more than
+    /// `--dead-host-grace` are deleted from the store (their kernel entries went when they were
+    /// found gone). Each delete holds only while the host is still absent, so a host coming back
+    /// keeps its records.
     pub async fn forget_dead_hosts(&self) {
         let Ok(shared) = &self.shared else { return };
         let now = Instant::now();
         let mut gone = Vec::new();
         {
-            let mut state = self.state();
-            let cache = &state.cache;
-            let mut absent: BTreeSet<String> = BTreeSet::new();
-            for table in cache.peers.values() {
-                for (peer, _) in table.values() {
-                    if peer.host != self.host && !cache.hosts.contains_key(&peer.host) {
-                        absent.insert(peer.host.clone());
-                    }
-                }
-            }
-            for (config, _) in cache.networks.values() {
-                for host in config.members.keys() {
-                    if *host != self.host && !cache.hosts.contains_key(host) {
-                        absent.insert(host.clone());
-                    }
-                }
-            }
-            state.absent_since.retain(|host, _| absent.contains(host));
-            for host in absent {
-                let since = *state.absent_since.entry(host.clone()).or_insert(now);
-                if now.duration_since(since) < self.config.dead_host_grace {
+            let state = self.state();
+            for (host, absence) in &state.absent {
+                if !absence.gone || now.saturating_duration_since(absence.since) < self.config.dead_host_grace {
                     continue;
                 }
                 let memberships = state
                     .cache
                     .networks
                     .values()
-                    .filter(|(c, _)| c.members.contains_key(&host))
+                    .filter(|(c, _)| c.members.contains_key(host))
                     .map(|(c, _)| c.key.clone())
                     .collect();
                 let peers = state
@@ -242,12 +225,12 @@ impl Overlay {
                     .peers
                     .iter()
                     .map(|(network, table)| {
-                        let endpoints = table.iter().filter(|(_, (p, _))| p.host == host).map(|(e, _)| e.clone());
+                        let endpoints = table.iter().filter(|(_, (p, _))| p.host == *host).map(|(e, _)| e.clone());
                         (network.clone(), endpoints.collect::<Vec<_>>())
                     })
                     .filter(|(_, endpoints)| !endpoints.is_empty())
                     .collect();
-                gone.push(GoneHost { host, memberships, peers });
+                gone.push(GoneHost { host: host.clone(), memberships, peers });
             }
         }
         for GoneHost { host, memberships, peers } in gone {

@@ -58,6 +58,7 @@ impl Overlay {
                 None
             }
         };
+        let gone_at_once = config.peer_grace.is_zero();
         let overlay = Arc::new(Overlay {
             config,
             host,
@@ -67,7 +68,7 @@ impl Overlay {
             gateway,
             guard,
             gateway_lock: tokio::sync::Mutex::new(()),
-            state: std::sync::Mutex::new(State::default()),
+            state: std::sync::Mutex::new(State { gone_at_once, ..State::default() }),
             turns: KeyedLocks::default(),
             fdb_turns: KeyedLocks::default(),
         });
@@ -80,6 +81,9 @@ impl Overlay {
         overlay.sync_guard(false).await;
         if overlay.shared.is_ok() {
             supervise("store watch", overlay.clone(), |ov: Arc<Overlay>| async move { ov.watch().await });
+            supervise("host liveness", overlay.clone(), |ov: Arc<Overlay>| async move {
+                ov.track_hosts_periodically().await
+            });
             supervise(
                 "reconciler",
                 overlay.clone(),

@@ -3,13 +3,14 @@
 //! across a store, kernel or firewall call.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use netloom_store::{KeyValue, Revision};
 
 use crate::cache::Cache;
 use crate::fabric::NetDataplane;
+use crate::liveness::Absence;
 use crate::records::{LocalEndpoint, LocalNetwork};
 use crate::underlay::Underlay;
 
@@ -23,8 +24,12 @@ pub struct State {
     /// Network key → kernel objects.
     pub dataplanes: BTreeMap<String, Arc<NetDataplane>>,
     pub cache: Cache,
-    /// When each host was first seen without a lease record.
-    pub absent_since: BTreeMap<String, Instant>,
+    /// Hosts the store mentions without a lease record (see [`crate::liveness`]).
+    pub absent: BTreeMap<String, Absence>,
+    /// The last VTEP each host's lease record gave.
+    pub vteps: BTreeMap<String, IpAddr>,
+    /// `--peer-grace 0`: a host without a lease record is gone at once.
+    pub gone_at_once: bool,
     /// Bumped on every change to `cache`, so that a list taken meanwhile is known to be stale.
     pub generation: u64,
     /// docker_gwbridge's firewall policy as last programmed.
