@@ -46,13 +46,10 @@ impl BridgeDriver {
         }
         let known = state.known_endpoints();
         restore::side_by_side(known.clone(), |(net, ep)| async move {
-            let Some(host) = restore::present_link(&self.netlink, &ep.host_veth, &ep.id).await else {
-                return false;
-            };
-            match self.attach_endpoint(net, &host).await {
+            match self.restore_endpoint(net, ep).await {
                 Ok(()) => true,
                 Err(e) => {
-                    warn!(endpoint = %ep.id, "could not re-attach endpoint: {e:#}");
+                    warn!(endpoint = %ep.id, "could not restore endpoint: {e:#}");
                     false
                 }
             }
@@ -145,12 +142,32 @@ impl BridgeDriver {
         self.netlink.configure_bridge_port(host, true, !net.options.icc).await
     }
 
+    /// Puts a recorded endpoint's host end back on its bridge; a pair that is gone altogether
+    /// (deleted by hand, or with its container while the driver was down) is made again, ready
+    /// for a Join, until Docker deletes the endpoint or reconciliation finds Docker has no such
+    /// endpoint.
+    async fn restore_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
+        let host = match self.netlink.link(&ep.host_veth).await? {
+            Some(host) => host,
+            None => {
+                info!(endpoint = %short(&ep.id), veth = %ep.host_veth, "re-creating the endpoint's missing veth pair");
+                self.ensure_pair(net, ep).await?
+            }
+        };
+        self.attach_endpoint(net, &host).await
+    }
+
     /// Creates (or re-creates) the endpoint's veth pair on its bridge.
     pub(crate) async fn ensure_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
+        let host = self.ensure_pair(net, ep).await?;
+        self.attach_endpoint(net, &host).await
+    }
+
+    /// The endpoint's veth pair, both ends in this namespace; returns the host end.
+    async fn ensure_pair(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<Link> {
         let owner = ep.owner();
         let spec = VethSpec { host_name: &ep.host_veth, peer_name: &ep.peer_veth, mtu: net.options.mtu, owner: &owner };
-        let (host, _peer) = self.netlink.ensure_veth(&spec).await?;
-        self.attach_endpoint(net, &host).await
+        Ok(self.netlink.ensure_veth(&spec).await?.0)
     }
 
     /// Withdraws the endpoint's ports and removes its veth pair; keeps going past errors and

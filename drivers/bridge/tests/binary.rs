@@ -2,32 +2,11 @@
 //! host, with more namespaces for a container and a LAN neighbour: subnets that overlap another
 //! network or a route of the host, and ports published over IPv4 and IPv6 at once.
 
-use std::process::{Child, Stdio};
+mod common;
 
-use netloom_plugin_api::client::PluginClient;
-use netloom_tests::{ScratchNetns, ScratchPlugin};
-use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_loom-bridge");
-
-fn start(ns: &ScratchNetns, dir: &tempfile::TempDir, firewall: &str) -> ScratchPlugin {
-    ns.start_plugin(BIN, dir.path(), &["--firewall", firewall]).unwrap()
-}
-
-async fn connect(plugin: &ScratchPlugin) -> PluginClient {
-    PluginClient::connect(plugin.socket()).await.unwrap()
-}
-
-fn network(id: &str, v4: &str, v6: Option<&str>, options: Value) -> Value {
-    let gateway = |pool: &str| {
-        let (net, len) = pool.split_once('/').unwrap();
-        format!("{}1/{len}", net.trim_end_matches('0'))
-    };
-    json!({"NetworkID": id,
-           "Options": {"com.docker.network.generic": options, "com.docker.network.enable_ipv6": v6.is_some()},
-           "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": v4, "Gateway": gateway(v4)}],
-           "IPv6Data": v6.map(|p| json!([{"AddressSpace": "LocalDefault", "Pool": p, "Gateway": gateway(p)}])).unwrap_or(json!([]))})
-}
+use common::{connect, fetch, lan, network, plug, start, Web};
+use netloom_tests::ScratchNetns;
+use serde_json::json;
 
 #[tokio::test]
 async fn overlapping_subnets_are_refused_naming_the_other() {
@@ -83,46 +62,12 @@ async fn overlapping_subnets_are_refused_naming_the_other() {
         .expect("free again after removal");
 }
 
-/// `busybox httpd` answering `ok` on port 80 of every address in `ns`, until dropped.
-struct Web(Child);
-
-impl Web {
-    fn start(ns: &ScratchNetns, dir: &std::path::Path) -> Web {
-        std::fs::write(dir.join("index.html"), "ok\n").unwrap();
-        let child = ns
-            .command("busybox")
-            .args(["httpd", "-f", "-p", "80", "-h"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Web(child)
-    }
-}
-
-impl Drop for Web {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fetch(from: &ScratchNetns, url: &str) -> String {
-    from.sh(&format!("timeout 3 busybox wget -q -O - '{url}' 2>&1 || true")).unwrap()
-}
-
 async fn publish_on_both_families(firewall: &str) {
     let ns = ScratchNetns::new().unwrap();
-    let (container, lan) = (ScratchNetns::new().unwrap(), ScratchNetns::new().unwrap());
+    let (container, lan) = (ScratchNetns::new().unwrap(), lan(&ns));
     let dir = tempfile::tempdir().unwrap();
     let driver = start(&ns, &dir, firewall);
     let mut client = connect(&driver).await;
-    ns.sh(&format!("ip link add up0 type veth peer name lan0 && ip link set lan0 netns {} && \
-                    ip addr add 192.0.2.1/24 dev up0 && ip addr add 2001:db8:1::1/64 dev up0 nodad && ip link set up0 up", lan.pid()))
-        .unwrap();
-    lan.sh("ip addr add 192.0.2.2/24 dev lan0 && ip addr add 2001:db8:1::2/64 dev lan0 nodad && ip link set lan0 up")
-        .unwrap();
 
     client
         .call("NetworkDriver.CreateNetwork", &network("n6", "10.60.0.0/24", Some("fd00:60::/64"), json!({})))
@@ -131,11 +76,7 @@ async fn publish_on_both_families(firewall: &str) {
     let ep = json!({"NetworkID": "n6", "EndpointID": "e6", "Interface": {"Address": "10.60.0.2/24", "AddressIPv6": "fd00:60::2/64"}, "Options": {}});
     client.call("NetworkDriver.CreateEndpoint", &ep).await.unwrap();
     client.call("NetworkDriver.Join", &json!({"NetworkID": "n6", "EndpointID": "e6", "Options": {}})).await.unwrap();
-    ns.sh(&format!("ip link set vpe6 netns {}", container.pid())).unwrap();
-    container
-        .sh("ip link set vpe6 name eth0 && ip addr add 10.60.0.2/24 dev eth0 && ip addr add fd00:60::2/64 dev eth0 nodad && \
-             ip link set eth0 up && ip route add default via 10.60.0.1 && ip -6 route add default via fd00:60::1")
-        .unwrap();
+    plug(&ns, &container, "vpe6", &[("10.60.0.2/24", "10.60.0.1"), ("fd00:60::2/64", "fd00:60::1")]);
     let site = tempfile::tempdir().unwrap();
     let _web = Web::start(&container, site.path());
 
