@@ -71,6 +71,7 @@
 //! namespaces are removed. A sweep at the first `Cluster::new` of a process removes leftovers of
 //! test processes that died (by recorded pid files and the `nlt-`/`netloom-` name prefixes).
 
+mod baseline;
 mod cleanup;
 mod cluster;
 mod counters;
@@ -87,6 +88,7 @@ mod proxy;
 mod scratch;
 mod util;
 
+pub use baseline::{embedded_store_keys, record_files, HostState};
 pub use cleanup::{own_netns, RootNsSnapshot};
 pub use cluster::{scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN};
 pub use counters::{ping_replies, NftCounters};

@@ -4,44 +4,10 @@
 
 use anyhow::{ensure, Context, Result};
 use netloom_plugin_api::client::PluginClient;
-use netloom_tests::{scenario, DockerVersion, Host, HostConfig};
+use netloom_tests::{scenario, DockerVersion, Host, HostConfig, HostState};
 use serde_json::json;
 
 const NETWORKS: u32 = 200;
-
-/// What the driver may touch in the host, with counters and volatile fields left out.
-fn snapshot(h: &Host) -> Result<String> {
-    let mut out = String::new();
-    for argv in [
-        &["ip", "-o", "link"][..],
-        &["ip", "-o", "addr"],
-        &["ip", "route"],
-        &["ip", "-6", "route"],
-        &["iptables-save"],
-        &["ip6tables-save"],
-        &["nft", "list", "ruleset"],
-    ] {
-        let text = h.exec(argv).with_context(|| argv.join(" "))?;
-        out.push_str(&format!("## {}\n", argv.join(" ")));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            // Chain headers carry packet counters (":FORWARD DROP [12:345]"), nft rules too
-            // ("counter packets 1 bytes 40"), and a young IPv6 address is "tentative" for a while.
-            let line = line.split(" [").next().unwrap_or(line).replace(" tentative", "");
-            let line = match line.find("counter packets") {
-                Some(at) => {
-                    let rest = &line[at..];
-                    let after_bytes = rest.find(" bytes ").map(|b| &rest[b + 7..]).unwrap_or("");
-                    let tail = after_bytes.split_once(' ').map(|(_, t)| t).unwrap_or("");
-                    format!("{}counter {tail}", &line[..at])
-                }
-                None => line,
-            };
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
 
 async fn network_cycle(client: &mut PluginClient, i: u32, create: bool) -> Result<()> {
     let (a, b) = (i / 200, i % 200);
@@ -101,17 +67,18 @@ fn leak_scenario(h: &Host, firewall: &str) -> Result<()> {
         // One warm-up network, so that base chains made on first use are in the baseline.
         network_cycle(&mut client, NETWORKS, true).await?;
         network_cycle(&mut client, NETWORKS, false).await?;
-        let before = snapshot(h)?;
+        let before = HostState::take(h)?;
         for i in 0..NETWORKS {
             network_cycle(&mut client, i, true).await.with_context(|| format!("creating network #{i}"))?;
         }
-        let busy = snapshot(h)?;
+        let busy = HostState::take(h)?.text();
         ensure!(busy.matches("loom").count() >= NETWORKS as usize, "the networks did not show up in the kernel");
         for i in 0..NETWORKS {
             network_cycle(&mut client, i, false).await.with_context(|| format!("removing network #{i}"))?;
         }
-        let after = snapshot(h)?;
-        ensure!(before == after, "the host changed:\n--- before\n{before}\n--- after\n{after}");
+        if let Some(diff) = before.diff(&HostState::take(h)?) {
+            anyhow::bail!("the host changed:\n{diff}");
+        }
         anyhow::Ok(())
     })?;
 
