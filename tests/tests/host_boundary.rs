@@ -404,8 +404,9 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
     Ok(())
 }
 
-/// loom-ipam and loom-overlay on `h`, and the overlay `ov` (VNI 5300) created there. Short leases
-/// and a 1 s reconcile, so that a host that goes is forgotten within seconds.
+/// loom-ipam and loom-overlay on `h`, and the overlay `ov` (VNI 5300) created there. Short leases,
+/// a 1 s reconcile and no grace for a host whose lease expired, so that a host that goes is
+/// forgotten within seconds.
 fn join_overlay(h: &Host, store: &str, vtep: &str, firewall: &str) -> Result<()> {
     h.start_plugin("loom-ipam", &["--store", store])?;
     h.start_plugin(
@@ -425,6 +426,8 @@ fn join_overlay(h: &Host, store: &str, vtep: &str, firewall: &str) -> Result<()>
             "1",
             "--reconcile-interval",
             "1",
+            "--peer-grace",
+            "0",
             "--log-level",
             "info,loom_overlay=debug",
         ],
