@@ -525,3 +525,56 @@ async fn internal_networks_recorded_before_tables_are_moved_into_one() {
     let record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
     assert!(record["table"].as_u64().is_some(), "the table is recorded: {record}");
 }
+
+/// What is left of loom-host's in `ns`: links, container routes, routing rules and tables,
+/// firewall rules.
+fn traces(ns: &ScratchNetns) -> (Vec<String>, String, String, String) {
+    let routes = ns.sh("ip route show table all | grep -e '10\\.9\\.' -e '10\\.10\\.' -e unreachable || true").unwrap();
+    let rules = ns.sh("ip rule show; ip -6 rule show").unwrap();
+    let rules = rules.lines().filter(|l| l.contains("iif lh") || l.contains("iif lo")).collect::<Vec<_>>().join("\n");
+    (ns.links(), routes, rules, firewall_rules(ns))
+}
+
+#[tokio::test]
+async fn release_works_whatever_is_already_gone() {
+    let (ns, dir, mut driver, mut client) = started().await;
+    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({}))).await.unwrap();
+    client.call("NetworkDriver.CreateNetwork", &internal("ni", json!([{"Pool": "10.10.0.0/24"}]))).await.unwrap();
+    for (net, ep, address) in [("n1", "e1", "10.9.0.5/24"), ("n1", "e2", "10.9.0.6/24"), ("ni", "i1", "10.10.0.2/24")] {
+        client.call("NetworkDriver.CreateEndpoint", &endpoint(net, ep, address)).await.unwrap();
+        client.call("NetworkDriver.Join", &join(net, ep)).await.unwrap();
+    }
+    let program = json!({"NetworkID": "n1", "EndpointID": "e1", "Options": {"com.docker.network.portmap":
+        [{"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 5353, "HostPortEnd": 5353}]}});
+    client.call("NetworkDriver.ProgramExternalConnectivity", &program).await.unwrap();
+    let (links, routes, rules, firewall) = traces(&ns);
+    assert_eq!(links, ["lhe1", "lhe2", "lhi1", "lo", "lpe1", "lpe2", "lpi1"]);
+    assert!(routes.contains("10.9.0.5 dev lhe1") && routes.contains("10.10.0.2 dev lhi1"), "{routes}");
+    assert_eq!(rules.matches("iif lhi1 lookup").count(), 2, "{rules}");
+    assert!(firewall.contains("--dport 5353") && firewall.contains("-i lhe2"), "{firewall}");
+
+    // Behind the driver's back, the veths of e1 and i1 go (their routes with them).
+    ns.sh("ip link del lhe1 && ip link del lhi1").unwrap();
+    // What reconciliation sends for networks Docker no longer has: Leave and DeleteEndpoint,
+    // then DeleteNetwork (n1 with e2 still recorded: it goes with its network).
+    for (method, body) in [
+        ("NetworkDriver.Leave", ep_ref("n1", "e1")),
+        ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
+        ("NetworkDriver.Leave", ep_ref("ni", "i1")),
+        ("NetworkDriver.DeleteEndpoint", ep_ref("ni", "i1")),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "ni"})),
+    ] {
+        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+    let nothing = (vec!["lo".to_string()], String::new(), String::new(), String::new());
+    assert_eq!(traces(&ns), nothing, "(links, routes, rules, firewall) left");
+    // The records went too: a restarted driver makes nothing again and knows none of them.
+    drop(client);
+    driver.kill();
+    driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    assert_eq!(traces(&ns), nothing, "(links, routes, rules, firewall) after a restart");
+    let err = client.call("NetworkDriver.Join", &join("n1", "e2")).await.unwrap_err().to_string();
+    assert!(err.contains("endpoint e2 is not known"), "{err}");
+}

@@ -191,3 +191,42 @@ async fn endpoint_links_come_and_go_and_survive_a_crash() {
     }
     assert_eq!(ns.links(), ["lo", "p0", "p1"], "the user's parent stays, everything else is gone");
 }
+
+#[tokio::test]
+async fn release_works_whatever_is_already_gone() {
+    let ns = netns();
+    let dir = tempfile::tempdir().unwrap();
+    let mut driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    client.call("NetworkDriver.CreateNetwork", &network("n1", json!({"parent": "p0"}), false)).await.unwrap();
+    client.call("NetworkDriver.CreateNetwork", &network("n2", json!({}), false)).await.unwrap();
+    for (net, ep, address) in [("n1", "e1", "10.9.0.5/24"), ("n2", "e2", "10.9.0.6/24"), ("n2", "e3", "10.9.0.7/24")] {
+        client.call("NetworkDriver.CreateEndpoint", &endpoint(net, ep, address)).await.unwrap();
+        client.call("NetworkDriver.Join", &join(net, ep)).await.unwrap();
+    }
+    assert_eq!(ns.links(), ["dm-n2", "dp-n2", "lo", "mve1", "mve2", "mve3", "p0", "p1"]);
+
+    // Behind the driver's back, e1's macvlan goes, and n2's isolated parent with every macvlan on it.
+    ns.sh("ip link del mve1 && ip link del dm-n2").unwrap();
+    assert_eq!(ns.links(), ["lo", "p0", "p1"]);
+    // What reconciliation sends for networks Docker no longer has: Leave and DeleteEndpoint,
+    // then DeleteNetwork (n2 with e3 still recorded: it goes with its network).
+    for (method, body) in [
+        ("NetworkDriver.Leave", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+        ("NetworkDriver.Leave", json!({"NetworkID": "n2", "EndpointID": "e2"})),
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n2", "EndpointID": "e2"})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
+    ] {
+        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+    // The records went too: a restarted driver makes no parent again and knows none of them.
+    drop(client);
+    driver.kill();
+    driver = start(&ns, &dir);
+    let mut client = connect(&driver).await;
+    assert_eq!(ns.links(), ["lo", "p0", "p1"], "after a restart");
+    let err = err_of(&mut client, "NetworkDriver.Join", &join("n2", "e3")).await;
+    assert!(err.contains("endpoint e3 is not known"), "{err}");
+}
