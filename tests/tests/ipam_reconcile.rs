@@ -1,0 +1,172 @@
+//! loom-ipam reconciled against a real dockerd (20.10 and 26): pools and addresses of networks and
+//! containers Docker forgot without loom-ipam hearing of it are released, within one reconcile
+//! period by a loom-ipam that stayed up and at start by one that was down; what Docker still has
+//! is kept; nothing is released while dockerd is stopped. Docker forgets on purpose: a
+//! `PluginProxy` between dockerd and loom-ipam answers ReleaseAddress and ReleasePool itself.
+//! Needs `cargo build --release --workspace --bins`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use netloom_tests::{
+    embedded_store_keys, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, Plugin, PluginProxy,
+    FAST_RECONCILE, IMAGE,
+};
+use serde_json::json;
+
+/// The requests by which dockerd tells an IPAM driver that something is gone.
+const RELEASES: [&str; 2] = ["IpamDriver.ReleaseAddress", "IpamDriver.ReleasePool"];
+/// Beyond one reconcile period: a pass that started just before, a slow store copy.
+const SLACK: Duration = Duration::from_secs(4);
+
+fn step(t0: Instant, what: &str) {
+    eprintln!("[ipam-reconcile] {:6.2}s {what}", t0.elapsed().as_secs_f64());
+}
+
+/// A loom-null network with loom-ipam addresses and one container on it.
+struct Net {
+    name: String,
+    container: String,
+    /// The pool's subnet as store keys spell it, e.g. `10.71.0.0_24`.
+    subnet_key: String,
+    /// The container's address.
+    address: String,
+}
+
+impl Net {
+    fn create(h: &Host, name: &str, second_octet: u8) -> Result<Net> {
+        let subnet = format!("10.{second_octet}.0.0/24");
+        h.network_create("loom-null", name, &["--ipam-driver", "loom-ipam", "--subnet", &subnet])
+            .with_context(|| format!("creating {name}"))?;
+        let container = format!("{name}-c");
+        h.docker(&["run", "-d", "--name", &container, "--network", name, IMAGE, "sleep", "600"])
+            .with_context(|| format!("starting {container}"))?;
+        let address = h.container_ip(&container, name)?;
+        Ok(Net { name: name.into(), container, subnet_key: format!("10.{second_octet}.0.0_24"), address })
+    }
+
+    fn pool_key(&self) -> String {
+        format!("ipam/pools/LocalDefault/{}", self.subnet_key)
+    }
+
+    fn address_key(&self) -> String {
+        format!("ipam/addrs/LocalDefault/{}/ips/{}", self.subnet_key, self.address)
+    }
+
+    /// loom-ipam's store keys of this network's pool (its record, address bitmap and owners).
+    fn keys(&self, ipam: &Plugin) -> Result<Vec<String>> {
+        let needle = format!("/{}", self.subnet_key);
+        Ok(embedded_store_keys(ipam)?.into_iter().filter(|k| k.contains(&needle)).collect())
+    }
+
+    /// The pool and the container's address are in loom-ipam's store.
+    fn ensure_held(&self, ipam: &Plugin, when: &str) -> Result<()> {
+        let keys = self.keys(ipam)?;
+        for key in [self.pool_key(), self.address_key()] {
+            ensure!(keys.contains(&key), "{when}: {key} is not in loom-ipam's store: {keys:?}");
+        }
+        Ok(())
+    }
+
+    /// Waits until the pool and everything in it are gone from loom-ipam's store, released by
+    /// reconciliation (which says so in loom-ipam's log, naming the pool and the address).
+    fn wait_released(&self, ipam: &Plugin, limit: Duration) -> Result<()> {
+        wait_until(limit, Duration::from_millis(250), &format!("loom-ipam to release {}'s pool", self.name), || {
+            Ok(self.keys(ipam)?.is_empty())
+        })?;
+        let pool_id = format!("LocalDefault/{}", self.subnet_key.replace('_', "/"));
+        let log = std::fs::read_to_string(ipam.log_path())?;
+        let logged = |what: &str, detail: &str| log.lines().any(|l| l.contains(what) && l.contains(detail));
+        ensure!(logged("pool released", &pool_id), "no log line says why pool {pool_id} was released");
+        ensure!(logged("released", &self.address), "no log line says why address {} was released", self.address);
+        Ok(())
+    }
+
+    /// Removes the container and the network through Docker while the proxy keeps the releases
+    /// from loom-ipam, and checks that they were kept from it.
+    fn forget(&self, h: &Host, proxy: &PluginProxy) -> Result<()> {
+        proxy.swallow(&RELEASES);
+        let before = proxy.swallowed("IpamDriver.ReleaseAddress").len();
+        h.docker(&["rm", "-f", &self.container])?;
+        h.docker(&["network", "rm", &self.name]).with_context(|| format!("removing {}", self.name))?;
+        let addresses = proxy.swallowed("IpamDriver.ReleaseAddress");
+        let kept_from_ipam = addresses[before..].iter().any(|r| r["Address"] == json!(self.address));
+        ensure!(kept_from_ipam, "dockerd's release of {} did not go through the proxy: {addresses:?}", self.address);
+        let pool = json!(format!("LocalDefault/{}", self.subnet_key.replace('_', "/")));
+        ensure!(
+            proxy.swallowed("IpamDriver.ReleasePool").iter().any(|r| r["PoolID"] == pool),
+            "dockerd's ReleasePool of {pool} did not go through the proxy"
+        );
+        Ok(())
+    }
+}
+
+fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
+    let t0 = Instant::now();
+    let h = c.add_host(HostConfig::new("h1", docker))?;
+    h.start_plugin("loom-null", &["--log-level", "debug"])?;
+    let args = [&FAST_RECONCILE[..], &["--log-level", "debug"]].concat();
+    let (ipam, proxy) = h.start_plugin_behind_proxy("loom-ipam", &args)?;
+    let ipam = ipam.as_ref();
+    let period = ipam.reconcile_period();
+
+    let kept = Net::create(&h, "kept", 70)?;
+    let up = Net::create(&h, "up", 71)?;
+    kept.ensure_held(ipam, "after docker run")?;
+    up.ensure_held(ipam, "after docker run")?;
+    step(t0, "two networks with a container each");
+
+    // A loom-ipam that stays up releases what Docker forgot within one reconcile period.
+    up.forget(&h, &proxy)?;
+    up.ensure_held(ipam, "right after Docker forgot")?;
+    let forgotten = Instant::now();
+    proxy.forward_all();
+    up.wait_released(ipam, period + SLACK)?;
+    step(t0, &format!("released {:.1}s after Docker forgot it", forgotten.elapsed().as_secs_f64()));
+    kept.ensure_held(ipam, "after a release of another network")?;
+
+    // A loom-ipam that was down releases at start.
+    let down = Net::create(&h, "down", 72)?;
+    down.ensure_held(ipam, "after docker run")?;
+    ipam.sigterm()?;
+    down.forget(&h, &proxy)?;
+    proxy.forward_all();
+    down.ensure_held(ipam, "while loom-ipam is down")?;
+    let started = Instant::now();
+    ipam.start()?;
+    down.wait_released(ipam, period + SLACK)?;
+    step(t0, &format!("released {:.1}s after loom-ipam started", started.elapsed().as_secs_f64()));
+    kept.ensure_held(ipam, "after loom-ipam's restart")?;
+
+    // With dockerd stopped nothing is released, however long; once it answers, what it forgot goes.
+    let off = Net::create(&h, "off", 73)?;
+    off.ensure_held(ipam, "after docker run")?;
+    ipam.sigterm()?;
+    off.forget(&h, &proxy)?;
+    // dockerd stops kept's container on the way out: that address goes too, the pool stays.
+    h.stop_docker()?;
+    ipam.start()?;
+    std::thread::sleep(period * 2);
+    off.ensure_held(ipam, "with dockerd stopped for two reconcile periods")?;
+    kept.ensure_held(ipam, "with dockerd stopped for two reconcile periods")?;
+    let log = std::fs::read_to_string(ipam.log_path())?;
+    ensure!(log.contains("nothing is removed"), "loom-ipam did not say it removes nothing without dockerd");
+    step(t0, "nothing released while dockerd was stopped");
+    h.start_docker()?;
+    proxy.forward_all();
+    let answering = Instant::now();
+    off.wait_released(ipam, period + SLACK)?;
+    step(t0, &format!("released {:.1}s after dockerd came back", answering.elapsed().as_secs_f64()));
+    let keys = kept.keys(ipam)?;
+    ensure!(keys.contains(&kept.pool_key()), "the pool of a network Docker still has was released: {keys:?}");
+
+    h.docker(&["network", "rm", &kept.name])?;
+    let left: Vec<String> = embedded_store_keys(ipam)?.into_iter().filter(|k| k.starts_with("ipam/")).collect();
+    ensure!(left.is_empty(), "loom-ipam still holds {left:?} after every network is gone");
+    Ok(())
+}
+
+scenario_tests! {
+    ipam_reconcile_docker20: "ipamrec20" => |c| docker_scenario(c, DockerVersion::V20),
+    ipam_reconcile_docker26: "ipamrec26" => |c| docker_scenario(c, DockerVersion::V26),
+}
