@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::engine::decode::{RawContainer, RawNetwork, RawVersion};
+use crate::engine::decode::{RawContainer, RawInfo, RawNetwork, RawVersion};
 use crate::engine::events;
 use crate::engine::http::{query_value, Target};
 use crate::engine::model::{ContainerNames, DockerNetwork, NetworkEvent};
@@ -102,6 +102,13 @@ impl Engine {
     ) -> Result<Option<ContainerNames>, EngineError> {
         let path = format!("/containers/{}/json", query_value(container_id));
         Ok(self.get_versioned_opt::<RawContainer>(&path).await?.and_then(|c| c.names_on(network)))
+    }
+
+    /// The cluster store dockerd was started with (`--cluster-store`, Docker 20.10 and older);
+    /// `None` without one, and always on Docker 23 and later.
+    pub async fn cluster_store(&self) -> Result<Option<String>, EngineError> {
+        let info: RawInfo = self.get_versioned("/info").await?;
+        Ok(info.cluster_store.filter(|s| !s.is_empty()))
     }
 
     /// Docker's network events from now on, until the connection drops (then `None`).

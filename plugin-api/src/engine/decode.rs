@@ -18,6 +18,13 @@ pub(crate) struct RawVersion {
     pub api_version: String,
 }
 
+/// `GET /info`, the part reconciliation needs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub(crate) struct RawInfo {
+    pub cluster_store: Option<String>,
+}
+
 /// An entry of `GET /networks` or the answer of `GET /networks/{id}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]

@@ -92,6 +92,26 @@ pub fn missing_allocations(held: &[HeldAllocation], docker: &[DockerNetwork]) ->
         .collect()
 }
 
+/// The address space libnetwork asks pools of global-scope (cluster-store) networks from.
+const GLOBAL_ADDRESS_SPACE: &str = "GlobalDefault/";
+
+/// Held allocations of cluster-store pools whose subnet `docker` does not show. dockerd 20.10
+/// leaves global networks out of its lists while it cannot read its cluster store, so with a
+/// cluster store configured these cannot be judged by Docker's lists: the caller leaves them out.
+pub fn unseen_global_allocations(held: &[HeldAllocation], docker: &[DockerNetwork]) -> Vec<HeldAllocation> {
+    let subnets: HashSet<IpNetwork> =
+        docker.iter().flat_map(|n| &n.pools).filter_map(|p| p.subnet.map(canonical)).collect();
+    held.iter()
+        .filter(|allocation| {
+            let (HeldAllocation::Pool { pool_id, subnet }
+            | HeldAllocation::Address { pool_id, subnet, .. }
+            | HeldAllocation::Gateway { pool_id, subnet, .. }) = allocation;
+            pool_id.starts_with(GLOBAL_ADDRESS_SPACE) && !subnets.contains(&canonical(*subnet))
+        })
+        .cloned()
+        .collect()
+}
+
 /// `10.0.0.5/24` and `10.0.0.0/24` are one subnet.
 fn canonical(subnet: IpNetwork) -> IpNetwork {
     IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet)

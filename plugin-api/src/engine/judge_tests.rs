@@ -191,3 +191,16 @@ fn ipam_pools_and_gateways_of_a_subnet_docker_lacks_are_released_after_the_addre
         "each held pool reference is released once"
     );
 }
+
+#[test]
+fn global_pools_docker_does_not_show_are_set_apart_and_local_ones_are_not() {
+    let mut listed = docker("g1", &[]);
+    listed.pools = vec![pool("10.0.1.0/24", None, &[])];
+    let held = [
+        HeldAllocation::Pool { pool_id: "GlobalDefault/10.0.1.0/24".into(), subnet: "10.0.1.0/24".parse().unwrap() },
+        HeldAllocation::Pool { pool_id: "GlobalDefault/10.0.2.0/24".into(), subnet: "10.0.2.0/24".parse().unwrap() },
+        address("GlobalDefault/10.0.2.0/24", "10.0.2.0/24", "10.0.2.5"),
+        HeldAllocation::Pool { pool_id: "LocalDefault/10.0.3.0/24".into(), subnet: "10.0.3.0/24".parse().unwrap() },
+    ];
+    assert_eq!(unseen_global_allocations(&held, &[listed]), held[1..3].to_vec());
+}

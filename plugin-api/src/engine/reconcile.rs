@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
-pub use crate::engine::judge::{missing_allocations, missing_networks, Subject, Suspects, Verdict};
+pub use crate::engine::judge::{
+    missing_allocations, missing_networks, unseen_global_allocations, Subject, Suspects, Verdict,
+};
 pub use crate::engine::reconciler::{request_pass, PassReport, Reconciler, RunningReconciler};
 
 /// A network a driver holds on this host, with the endpoints it holds on it.

@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 
 use crate::driver::{IpamDriver, NetworkDriver};
 use crate::engine::client::{Engine, EngineError};
-use crate::engine::judge::{missing_allocations, missing_networks, Subject, Suspects};
+use crate::engine::judge::{missing_allocations, missing_networks, unseen_global_allocations, Subject, Suspects};
+use crate::engine::model::DockerNetwork;
+use crate::engine::reconcile::HeldAllocation;
 use crate::engine::reconcile::ReconcileConfig;
 use crate::ids::short_id;
 use crate::server::Plugin;
@@ -198,8 +200,8 @@ impl Reconciler {
             }
         }
         if let Some(held) = &held_allocations {
-            match inner.engine.networks_of_ipam(&inner.driver_name).await {
-                Ok(docker) => missing.extend(missing_allocations(held, &docker)),
+            match self.judgeable_allocations(held).await {
+                Ok((judged, docker)) => missing.extend(missing_allocations(&judged, &docker)),
                 Err(e) => return self.docker_silent(&mut state, e, report),
             }
         }
@@ -269,6 +271,26 @@ impl Reconciler {
             "reconcile pass"
         );
         report
+    }
+
+    /// The held allocations Docker's networks of this IPAM driver can judge, and those networks.
+    /// With a cluster store, an allocation of a global pool Docker does not show is left out:
+    /// dockerd 20.10 does not list global networks while its cluster store cannot be read.
+    async fn judgeable_allocations(
+        &self,
+        held: &[HeldAllocation],
+    ) -> Result<(Vec<HeldAllocation>, Vec<DockerNetwork>), EngineError> {
+        let engine = &self.inner.engine;
+        let docker = engine.networks_of_ipam(&self.inner.driver_name).await?;
+        let unseen = unseen_global_allocations(held, &docker);
+        if unseen.is_empty() || engine.cluster_store().await?.is_none() {
+            return Ok((held.to_vec(), docker));
+        }
+        debug!(
+            count = unseen.len(),
+            "allocations of cluster-store pools Docker does not show here are left to the store"
+        );
+        Ok((held.iter().filter(|a| !unseen.contains(a)).cloned().collect(), docker))
     }
 
     /// Releases `subject` through the driver's own handlers, as Docker would have asked.

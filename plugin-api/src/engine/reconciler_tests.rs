@@ -293,3 +293,31 @@ async fn the_loop_passes_at_start_on_an_empty_request_and_on_a_network_event() {
     running.stop().await;
     assert!(stopping.elapsed() < Duration::from_secs(1));
 }
+
+/// A dockerd with no network of loom-ipam, and `cluster_store` in its /info.
+fn docker_without_networks(cluster_store: &'static str) -> FakeDocker {
+    FakeDocker::start(move |target| match target {
+        "/version" => version("1.41"),
+        "/v1.41/networks" => Reply::Json(200, "[]".into()),
+        "/v1.41/info" => Reply::Json(200, format!(r#"{{"Name":"h1","ClusterStore":"{cluster_store}"}}"#)),
+        other => not_found(other),
+    })
+}
+
+#[tokio::test]
+async fn global_pools_are_not_judged_by_a_dockerd_with_a_cluster_store() {
+    let global = "GlobalDefault/10.0.1.0/24";
+    let held = || vec![HeldAllocation::Pool { pool_id: global.into(), subnet: "10.0.1.0/24".parse().unwrap() }];
+    for (cluster_store, released) in [("etcd://10.250.0.254:2379", 0), ("", 1)] {
+        let docker = docker_without_networks(cluster_store);
+        let recorded = Calls::default();
+        let plugin = Plugin::ipam(Allocations { held: StdMutex::new(held()), calls: recorded.clone() });
+        let reconciler = reconciler(&docker.url(), "loom-ipam", &plugin);
+        reconciler.pass().await;
+        tokio::time::sleep(CONFIRM).await;
+        let report = reconciler.pass().await;
+        assert!(report.docker_answered);
+        assert_eq!(report.released.len(), released, "cluster store {cluster_store:?}: {report:?}");
+        assert_eq!(calls(&recorded).len(), released);
+    }
+}
