@@ -101,6 +101,16 @@ impl Net {
     }
 }
 
+/// A network with a container, held by loom-ipam, then removed through Docker while loom-ipam is
+/// stopped (the proxy answers dockerd's releases; it goes on answering them until told otherwise).
+fn forgotten_while_down(h: &Host, ipam: &Plugin, proxy: &PluginProxy, name: &str, second_octet: u8) -> Result<Net> {
+    let net = Net::create(h, name, second_octet)?;
+    net.ensure_held(ipam, "after docker run")?;
+    ipam.sigterm()?;
+    net.forget(h, proxy)?;
+    Ok(net)
+}
+
 fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     let t0 = Instant::now();
     let h = c.add_host(HostConfig::new("h1", docker))?;
@@ -126,10 +136,7 @@ fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     kept.ensure_held(ipam, "after a release of another network")?;
 
     // A loom-ipam that was down releases at start.
-    let down = Net::create(&h, "down", 72)?;
-    down.ensure_held(ipam, "after docker run")?;
-    ipam.sigterm()?;
-    down.forget(&h, &proxy)?;
+    let down = forgotten_while_down(&h, ipam, &proxy, "down", 72)?;
     proxy.forward_all();
     down.ensure_held(ipam, "while loom-ipam is down")?;
     let started = Instant::now();
@@ -139,10 +146,7 @@ fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     kept.ensure_held(ipam, "after loom-ipam's restart")?;
 
     // With dockerd stopped nothing is released, however long; once it answers, what it forgot goes.
-    let off = Net::create(&h, "off", 73)?;
-    off.ensure_held(ipam, "after docker run")?;
-    ipam.sigterm()?;
-    off.forget(&h, &proxy)?;
+    let off = forgotten_while_down(&h, ipam, &proxy, "off", 73)?;
     // dockerd stops kept's container on the way out: that address goes too, the pool stays.
     h.stop_docker()?;
     ipam.start()?;
