@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{connect, fetch, lan, network, plug, start, Web};
+use common::{connect, fetch, lan, network, plug, send, start, Web};
 use netloom_tests::ScratchNetns;
 use serde_json::json;
 
@@ -125,13 +125,15 @@ async fn publish_on_both_families(firewall: &str) {
     let mut client = connect(&driver).await;
     assert!(fetch(&lan, "http://[2001:db8:1::1]:8088/").contains("ok"), "{firewall}: IPv6 port lost over a restart");
     assert!(fetch(&lan, "http://192.0.2.1:8088/").contains("ok"), "{firewall}: IPv4 port lost over a restart");
-    for (method, body) in [
-        ("NetworkDriver.RevokeExternalConnectivity", json!({"NetworkID": "n6", "EndpointID": "e6"})),
-        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n6", "EndpointID": "e6"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n6"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
-    }
+    send(
+        &mut client,
+        &[
+            ("NetworkDriver.RevokeExternalConnectivity", json!({"NetworkID": "n6", "EndpointID": "e6"})),
+            ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n6", "EndpointID": "e6"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n6"})),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{answers, connect, fetch, lan, network, plug, start, Web};
+use common::{answers, connect, fetch, lan, network, plug, send, start, Web};
+use netloom_plugin_api::client::PluginClient;
 use netloom_tests::ScratchNetns;
 use serde_json::{json, Value};
 
@@ -28,6 +29,18 @@ fn ep_ref(net: &str, ep: &str) -> Value {
 fn publish(net: &str, ep: &str, host_port: u16) -> Value {
     json!({"NetworkID": net, "EndpointID": ep, "Options": {"com.docker.network.portmap":
         [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": host_port, "HostPortEnd": host_port}]}})
+}
+
+/// What reconciliation sends for a network Docker no longer has: Leave and DeleteEndpoint for
+/// each of the `endpoints` Docker had, then DeleteNetwork.
+async fn release(client: &mut PluginClient, net: &str, endpoints: &[&str]) {
+    let mut requests = Vec::new();
+    for ep in endpoints {
+        requests.push(("NetworkDriver.Leave", ep_ref(net, ep)));
+        requests.push(("NetworkDriver.DeleteEndpoint", ep_ref(net, ep)));
+    }
+    requests.push(("NetworkDriver.DeleteNetwork", json!({"NetworkID": net})));
+    send(client, &requests).await;
 }
 
 /// The bridge `link` is attached to, if it exists.
@@ -208,15 +221,8 @@ async fn restart_restores_what_went_missing_and_removes_orphans(firewall: &'stat
     assert!(!links.iter().any(|l| l.contains("ghost")), "{firewall}: orphan links kept: {links:?}");
     assert_eq!(firewall_lines(&ns, GHOST), Vec::<String>::new(), "{firewall}: orphan rules kept");
 
-    // What reconciliation sends for a network Docker no longer has: Leave, DeleteEndpoint, then
-    // DeleteNetwork, with e2 still recorded (it goes with its network), and no Revoke first.
-    for (method, body) in [
-        ("NetworkDriver.Leave", ep_ref("r1", "e1")),
-        ("NetworkDriver.DeleteEndpoint", ep_ref("r1", "e1")),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "r1"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{firewall}: {method}: {e}"));
-    }
+    // Docker no longer has the network: e2, still recorded, goes with it, and no Revoke comes first.
+    release(&mut client, "r1", &["e1"]).await;
     nothing_left(&ns, &["lo", "up0"], &["br-r1", "10.70.0."], firewall);
     drop(client);
     driver.kill();
@@ -272,14 +278,8 @@ async fn release_works_whatever_is_already_gone(firewall: &'static str) {
     rules.delete_port(&ns, 8083);
     assert!(!rules.port(&ns, 8083), "{firewall}: port not deleted");
     assert_eq!(ns.links(), ["lo", "vle2", "vpe2"], "{firewall}: deleted by hand");
-
-    for (method, body) in [
-        ("NetworkDriver.Leave", ep_ref("r2", "e1")),
-        ("NetworkDriver.DeleteEndpoint", ep_ref("r2", "e1")),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "r2"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{firewall}: {method}: {e}"));
-    }
+    // Docker no longer has the network: e2, still recorded, goes with it.
+    release(&mut client, "r2", &["e1"]).await;
     nothing_left(&ns, &["lo"], &["br-r2", "10.71.0."], firewall);
     // The records went too: a restarted driver makes nothing again and knows neither.
     drop(client);

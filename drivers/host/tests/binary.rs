@@ -26,6 +26,13 @@ async fn started() -> (ScratchNetns, tempfile::TempDir, ScratchPlugin, PluginCli
     (ns, dir, driver, client)
 }
 
+/// Sends each request in turn; every one must succeed.
+async fn send(client: &mut PluginClient, requests: &[(&str, Value)]) {
+    for (method, body) in requests {
+        client.call(method, body).await.unwrap_or_else(|e| panic!("{method} {body}: {e}"));
+    }
+}
+
 fn network(id: &str, options: Value) -> Value {
     json!({"NetworkID": id,
            "Options": {"com.docker.network.generic": options, "com.docker.network.enable_ipv6": false},
@@ -164,11 +171,11 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
         err.contains("cannot publish port 53/udp on 0.0.0.0:5353: it is already published for endpoint e1"),
         "{err}"
     );
-    for (method, body) in
-        [("NetworkDriver.Leave", ep_ref("n1", "e2")), ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e2"))]
-    {
-        client.call(method, &body).await.unwrap();
-    }
+    send(
+        &mut client,
+        &[("NetworkDriver.Leave", ep_ref("n1", "e2")), ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e2"))],
+    )
+    .await;
 
     // A crash, plus a link and a firewall policy tagged as loom-host's that no record explains.
     drop(client);
@@ -191,15 +198,17 @@ async fn routes_follow_join_and_leave_and_survive_a_crash() {
     container
         .sh(&format!("ip link set eth0 down && ip link set eth0 name lpe1 && ip link set lpe1 netns {}", ns.pid()))
         .unwrap();
-    for (method, body) in [
-        ("NetworkDriver.Leave", ep_ref("n1", "e1")),
-        ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
-        ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
-    }
+    send(
+        &mut client,
+        &[
+            ("NetworkDriver.Leave", ep_ref("n1", "e1")),
+            ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
+            ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+        ],
+    )
+    .await;
     assert_eq!(ns.links(), ["lo"], "everything of the endpoint is gone");
 }
 
@@ -557,16 +566,18 @@ async fn release_works_whatever_is_already_gone() {
     ns.sh("ip link del lhe1 && ip link del lhi1").unwrap();
     // What reconciliation sends for networks Docker no longer has: Leave and DeleteEndpoint,
     // then DeleteNetwork (n1 with e2 still recorded: it goes with its network).
-    for (method, body) in [
-        ("NetworkDriver.Leave", ep_ref("n1", "e1")),
-        ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
-        ("NetworkDriver.Leave", ep_ref("ni", "i1")),
-        ("NetworkDriver.DeleteEndpoint", ep_ref("ni", "i1")),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "ni"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
-    }
+    send(
+        &mut client,
+        &[
+            ("NetworkDriver.Leave", ep_ref("n1", "e1")),
+            ("NetworkDriver.DeleteEndpoint", ep_ref("n1", "e1")),
+            ("NetworkDriver.Leave", ep_ref("ni", "i1")),
+            ("NetworkDriver.DeleteEndpoint", ep_ref("ni", "i1")),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "ni"})),
+        ],
+    )
+    .await;
     let nothing = (vec!["lo".to_string()], String::new(), String::new(), String::new());
     assert_eq!(traces(&ns), nothing, "(links, routes, rules, firewall) left");
     // The records went too: a restarted driver makes nothing again and knows none of them.

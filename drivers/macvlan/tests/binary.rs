@@ -23,6 +23,13 @@ async fn connect(plugin: &ScratchPlugin) -> PluginClient {
     PluginClient::connect(plugin.socket()).await.unwrap()
 }
 
+/// Sends each request in turn; every one must succeed.
+async fn send(client: &mut PluginClient, requests: &[(&str, Value)]) {
+    for (method, body) in requests {
+        client.call(method, body).await.unwrap_or_else(|e| panic!("{method} {body}: {e}"));
+    }
+}
+
 fn network(id: &str, options: Value, internal: bool) -> Value {
     let mut top = json!({"com.docker.network.generic": options, "com.docker.network.enable_ipv6": false});
     if internal {
@@ -161,12 +168,14 @@ async fn endpoint_links_come_and_go_and_survive_a_crash() {
     );
     let link = ns.sh("ip -o link show mve3").unwrap();
     assert!(link.contains("mve3@dm-n3"), "internal endpoint on the user's parent: {link}");
-    for (method, body) in [
-        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n3", "EndpointID": "e3"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n3"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
-    }
+    send(
+        &mut client,
+        &[
+            ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n3", "EndpointID": "e3"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n3"})),
+        ],
+    )
+    .await;
     assert!(!ns.links().iter().any(|l| l.ends_with("n3") || l == "mve3"), "{:?}", ns.links());
 
     // A crash, plus a link tagged as ours that no record explains.
@@ -179,16 +188,18 @@ async fn endpoint_links_come_and_go_and_survive_a_crash() {
     assert!(!links.contains(&"mvstale".to_string()), "leftover not removed: {links:?}");
     assert!(links.contains(&"mve1".to_string()) && links.contains(&"dm-n2".to_string()), "{links:?}");
 
-    for (method, body) in [
-        ("NetworkDriver.Leave", json!({"NetworkID": "n1", "EndpointID": "e1"})),
-        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
-        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
-    }
+    send(
+        &mut client,
+        &[
+            ("NetworkDriver.Leave", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+            ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+            ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
+        ],
+    )
+    .await;
     assert_eq!(ns.links(), ["lo", "p0", "p1"], "the user's parent stays, everything else is gone");
 }
 
@@ -211,16 +222,18 @@ async fn release_works_whatever_is_already_gone() {
     assert_eq!(ns.links(), ["lo", "p0", "p1"]);
     // What reconciliation sends for networks Docker no longer has: Leave and DeleteEndpoint,
     // then DeleteNetwork (n2 with e3 still recorded: it goes with its network).
-    for (method, body) in [
-        ("NetworkDriver.Leave", json!({"NetworkID": "n1", "EndpointID": "e1"})),
-        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
-        ("NetworkDriver.Leave", json!({"NetworkID": "n2", "EndpointID": "e2"})),
-        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n2", "EndpointID": "e2"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
-    ] {
-        client.call(method, &body).await.unwrap_or_else(|e| panic!("{method}: {e}"));
-    }
+    send(
+        &mut client,
+        &[
+            ("NetworkDriver.Leave", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+            ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n1", "EndpointID": "e1"})),
+            ("NetworkDriver.Leave", json!({"NetworkID": "n2", "EndpointID": "e2"})),
+            ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": "n2", "EndpointID": "e2"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "n2"})),
+        ],
+    )
+    .await;
     // The records went too: a restarted driver makes no parent again and knows none of them.
     drop(client);
     driver.kill();

@@ -18,6 +18,13 @@ pub async fn connect(plugin: &ScratchPlugin) -> PluginClient {
     PluginClient::connect(plugin.socket()).await.unwrap()
 }
 
+/// Sends each request in turn; every one must succeed.
+pub async fn send(client: &mut PluginClient, requests: &[(&str, Value)]) {
+    for (method, body) in requests {
+        client.call(method, body).await.unwrap_or_else(|e| panic!("{method} {body}: {e}"));
+    }
+}
+
 /// CreateNetwork of `id` with one IPv4 pool (and one IPv6 pool), gateways at `.1`/`::1`.
 pub fn network(id: &str, v4: &str, v6: Option<&str>, options: Value) -> Value {
     let gateway = |pool: &str| {
