@@ -1,13 +1,17 @@
 //! The Engine API client against real dockerd (20.10 and 26): the negotiated API version, a
 //! plugin network found by its driver's name with its container (id, name), the container's name
 //! and `--network-alias` on that network, lookups of what does not exist, and network events
-//! (create, connect) as they happen.
+//! (create, connect) as they happen. And the loop in a real driver: a network made behind
+//! Docker's back is removed within one reconcile period, while Docker's own network is kept.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use netloom_plugin_api::client::PluginClient;
 use netloom_plugin_api::engine::{DockerNetwork, Engine, NetworkEvent};
-use netloom_tests::{scenario_tests, Cluster, DockerVersion, HostConfig, IMAGE};
+use netloom_tests::{scenario_tests, Cluster, DockerVersion, HostConfig, FAST_RECONCILE, IMAGE};
+use serde_json::json;
 use tokio::sync::mpsc::Receiver;
 
 /// The next event for which `wanted` holds, within 15 s.
@@ -104,7 +108,65 @@ fn engine_scenario(c: &Cluster, docker: DockerVersion, expected_api: &str) -> Re
     })
 }
 
+/// Whether any record file under `dir` names `id`.
+fn recorded(dir: &Path, id: &str) -> Result<bool> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let named = path.file_name().is_some_and(|n| n.to_string_lossy().contains(id));
+        if named || (path.is_dir() && recorded(&path, id)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn loop_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
+    let h = c.add_host(HostConfig::new("h1", docker))?;
+    let plugin = h.start_plugin("loom-null", &[&FAST_RECONCILE[..], &["--log-level", "debug"]].concat())?;
+    h.docker(&["network", "create", "-d", "loom-null", "kept"])?;
+    let kept_id = h.docker(&["network", "inspect", "--format", "{{.Id}}", "kept"])?.trim().to_string();
+    h.docker(&["run", "-d", "--name", "stays", "--network", "kept", IMAGE, "sleep", "600"])?;
+
+    let stray = "5ca1ab1e".repeat(8);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut client = PluginClient::connect(h.path_inside(&plugin.socket())).await?;
+        let network = json!({"NetworkID": stray, "Options": {}, "IPv4Data": [], "IPv6Data": []});
+        client.call("NetworkDriver.CreateNetwork", &network).await?;
+        let endpoint = json!({"NetworkID": stray, "EndpointID": stray, "Interface": {}, "Options": {}});
+        client.call("NetworkDriver.CreateEndpoint", &endpoint).await?;
+        anyhow::Ok(())
+    })?;
+    let records = plugin.state_dir().join("records");
+    ensure!(recorded(&records, &stray)?, "the stray network was never recorded under {}", records.display());
+    ensure!(recorded(&records, &kept_id)?, "Docker's network is not recorded under {}", records.display());
+
+    let deadline = Instant::now() + plugin.reconcile_period() + Duration::from_secs(5);
+    while recorded(&records, &stray)? {
+        ensure!(Instant::now() < deadline, "the stray network still recorded after {:?}", plugin.reconcile_period());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(plugin.log_path())?;
+    let short = &stray[..12];
+    for removed in ["endpoint removed: Docker has no such endpoint", "network removed: Docker has no such network"] {
+        ensure!(log.lines().any(|l| l.contains(removed) && l.contains(short)), "no {removed:?} line for {short}");
+    }
+    ensure!(!log.lines().any(|l| l.contains("removed") && l.contains(&kept_id[..12])), "kept was removed:\n{log}");
+
+    // Docker's network and its container are untouched, across another period too.
+    std::thread::sleep(plugin.reconcile_interval());
+    ensure!(recorded(&records, &kept_id)?, "Docker's network lost its record");
+    h.docker(&["run", "--rm", "--network", "kept", IMAGE, "true"]).context("a container on kept after the passes")?;
+    h.container_exec("stays", &["true"]).context("the container on kept")?;
+    Ok(())
+}
+
 scenario_tests! {
     docker_engine_docker20: "engine20" => |c| engine_scenario(c, DockerVersion::V20, "1.41"),
     docker_engine_docker26: "engine26" => |c| engine_scenario(c, DockerVersion::V26, "1.44"),
+    reconcile_loop_docker20: "rloop20" => |c| loop_scenario(c, DockerVersion::V20),
+    reconcile_loop_docker26: "rloop26" => |c| loop_scenario(c, DockerVersion::V26),
 }
