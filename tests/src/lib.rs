@@ -100,7 +100,7 @@ pub use image::{image_tarball, IMAGE};
 pub use plugin::{Plugin, DOCKER_PLUGIN_DIR, FAST_RECONCILE};
 pub use probe::{no_ping, ping};
 pub use proc::NsProc;
-pub use proxy::{PluginProxy, ProxiedRequest};
+pub use proxy::{Moment, PluginProxy, ProxiedRequest};
 pub use scratch::{ScratchNetns, ScratchPlugin};
 pub use util::require_root;
 pub use util::{bin_dir, cache_dir, same_process_alive, wait_until};

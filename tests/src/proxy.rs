@@ -4,6 +4,9 @@
 //! driver never hears of it: Docker forgets a network behind the driver's back, as it does when
 //! dockerd 20.10 retries a call to a driver that died with an empty body.
 //!
+//! A trap (`arm`) runs an action, e.g. SIGKILL the driver, when a given request arrives: before
+//! it reaches the driver, or after the driver did it but before dockerd hears the answer.
+//!
 //! It runs in the test process, listening on a path inside the host (`Host::path_inside`), one
 //! request per connection (answered with `Connection: close`).
 
@@ -40,9 +43,25 @@ impl ProxiedRequest {
     }
 }
 
+/// When an armed trap's action runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// The request never reaches the driver; dockerd's connection is closed unanswered.
+    BeforeForwarding,
+    /// The driver did what was asked, but dockerd's connection is closed unanswered.
+    BeforeAnswering,
+}
+
+struct Trap {
+    methods: Vec<String>,
+    moment: Moment,
+    action: Box<dyn FnOnce() + Send>,
+}
+
 struct Shared {
     upstream: PathBuf,
     swallow: Mutex<BTreeSet<String>>,
+    trap: Mutex<Option<Trap>>,
     seen: Mutex<Vec<ProxiedRequest>>,
     stop: AtomicBool,
 }
@@ -68,6 +87,7 @@ impl PluginProxy {
         let shared = Arc::new(Shared {
             upstream: upstream.to_path_buf(),
             swallow: Mutex::new(BTreeSet::new()),
+            trap: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
@@ -88,6 +108,18 @@ impl PluginProxy {
     /// From now on every request reaches the driver again.
     pub fn forward_all(&self) {
         lock(&self.shared.swallow).clear();
+    }
+
+    /// The next request for one of `methods` runs `action` at `moment` (once), and dockerd gets
+    /// no answer to it. Replaces a trap still armed.
+    pub fn arm(&self, methods: &[&str], moment: Moment, action: impl FnOnce() + Send + 'static) {
+        let methods = methods.iter().map(|m| m.to_string()).collect();
+        *lock(&self.shared.trap) = Some(Trap { methods, moment, action: Box::new(action) });
+    }
+
+    /// Removes the trap; true if it was still armed (it never went off).
+    pub fn disarm(&self) -> bool {
+        lock(&self.shared.trap).take().is_some()
     }
 
     /// Every request seen so far, in order of arrival.
@@ -209,6 +241,17 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> Result<()> {
         )?;
         return Ok(());
     }
+    let trap = {
+        let mut armed = lock(&shared.trap);
+        match armed.as_ref() {
+            Some(t) if t.methods.contains(&method) => armed.take(),
+            _ => None,
+        }
+    };
+    if let Some(Trap { moment: Moment::BeforeForwarding, action, .. }) = trap {
+        action();
+        return Ok(());
+    }
     // A driver that is down: the connection just closes, as a dying plugin's would.
     let mut upstream = UnixStream::connect(&shared.upstream)
         .with_context(|| format!("{method}: the driver's socket {} does not answer", shared.upstream.display()))?;
@@ -216,6 +259,10 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> Result<()> {
     upstream.write_all(&request.to_bytes_closing())?;
     let mut answer = Vec::new();
     upstream.read_to_end(&mut answer).with_context(|| format!("{method}: reading the driver's answer"))?;
+    if let Some(trap) = trap {
+        (trap.action)();
+        return Ok(());
+    }
     conn.write_all(&answer)?;
     Ok(())
 }
@@ -239,7 +286,8 @@ mod tests {
         })
     }
 
-    fn call(socket: &Path, method: &str, body: &str) -> String {
+    /// The whole answer, empty when the connection closed without one.
+    fn call_with(socket: &Path, method: &str, body: &str) -> String {
         let mut conn = UnixStream::connect(socket).unwrap();
         let request = format!(
             "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
@@ -248,7 +296,16 @@ mod tests {
         conn.write_all(request.as_bytes()).unwrap();
         let mut answer = String::new();
         conn.read_to_string(&mut answer).unwrap();
-        answer.split_once("\r\n\r\n").unwrap().1.to_string()
+        answer
+    }
+
+    fn call_raw(socket: &Path, method: &str) -> String {
+        call_with(socket, method, "{}")
+    }
+
+    /// The answer's body.
+    fn call(socket: &Path, method: &str, body: &str) -> String {
+        call_with(socket, method, body).split_once("\r\n\r\n").unwrap().1.to_string()
     }
 
     #[test]
@@ -268,6 +325,16 @@ mod tests {
         proxy.forward_all();
         assert_eq!(call(&front, "NetworkDriver.DeleteNetwork", "{}"), r#"{"Heard":"NetworkDriver.DeleteNetwork"}"#);
         assert_eq!(proxy.requests().len(), 4);
+
+        for moment in [Moment::BeforeForwarding, Moment::BeforeAnswering] {
+            let went_off = Arc::new(AtomicBool::new(false));
+            let flag = went_off.clone();
+            proxy.arm(&["NetworkDriver.Join"], moment, move || flag.store(true, Ordering::SeqCst));
+            assert_eq!(call(&front, "NetworkDriver.Leave", "{}"), r#"{"Heard":"NetworkDriver.Leave"}"#);
+            assert!(!went_off.load(Ordering::SeqCst), "another method set the trap off");
+            assert_eq!(call_raw(&front, "NetworkDriver.Join"), "", "{moment:?}: dockerd got an answer");
+            assert!(went_off.load(Ordering::SeqCst) && !proxy.disarm(), "{moment:?}: the trap did not go off");
+        }
 
         drop(proxy);
         assert!(!front.exists(), "the proxy's socket outlived it");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_tests::{
-    embedded_store_keys, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, HostState, NsProc,
-    Plugin, UnderlayEtcd, FAST_RECONCILE, IMAGE,
+    embedded_store_keys, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, HostState, Moment,
+    NsProc, Plugin, PluginProxy, UnderlayEtcd, FAST_RECONCILE, IMAGE,
 };
 
 const CYCLES: u32 = 12;
@@ -54,23 +54,70 @@ impl Random {
     }
 }
 
-/// SIGKILLs `plugin` `KILLS` times at random moments (1 to 3.5 s apart) and starts it again after
-/// a random pause (0 to 0.8 s), until done or told to stop. Returns how many kills it made.
-fn killer(plugin: Arc<Plugin>, mut random: Random, stop: Arc<AtomicBool>, kills: Arc<AtomicU32>) -> Result<()> {
+/// What dockerd asks a driver; the killer picks one to die on.
+const METHODS: [&str; 8] = [
+    "NetworkDriver.CreateNetwork",
+    "NetworkDriver.CreateEndpoint",
+    "NetworkDriver.Join",
+    "NetworkDriver.ProgramExternalConnectivity",
+    "NetworkDriver.RevokeExternalConnectivity",
+    "NetworkDriver.Leave",
+    "NetworkDriver.DeleteEndpoint",
+    "NetworkDriver.DeleteNetwork",
+];
+
+/// The driver under fire, behind the proxy dockerd talks to.
+#[derive(Clone)]
+struct Victim {
+    plugin: Arc<Plugin>,
+    proxy: Arc<PluginProxy>,
+}
+
+/// SIGKILLs the victim `KILLS` times and starts it again after a random pause (0 to 0.8 s), until
+/// done or told to stop. Each time, after a random wait (0.3 to 2 s), it dies on the next request
+/// of a random kind, before or after doing it but always before dockerd has the answer (or, if
+/// no such request comes within 3 s, at that moment). Returns what it did.
+fn killer(victim: Victim, mut random: Random, stop: Arc<AtomicBool>, kills: Arc<AtomicU32>) -> Result<Vec<String>> {
+    let mut done = Vec::new();
     for _ in 0..KILLS {
-        let wake = Instant::now() + random.millis(1000, 3500);
-        while Instant::now() < wake {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !pause(random.millis(300, 2000), &stop) {
+            break;
         }
-        plugin.sigkill()?;
+        let method = METHODS[(random.next() % METHODS.len() as u64) as usize];
+        let moment = if random.next().is_multiple_of(2) { Moment::BeforeForwarding } else { Moment::BeforeAnswering };
+        let fired = Arc::new(AtomicBool::new(false));
+        let (plugin, flag) = (victim.plugin.clone(), fired.clone());
+        victim.proxy.arm(&[method], moment, move || {
+            let _ = plugin.sigkill();
+            flag.store(true, Ordering::SeqCst);
+        });
+        let armed = Instant::now();
+        while !fired.load(Ordering::SeqCst) && armed.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if victim.proxy.disarm() {
+            victim.plugin.sigkill()?;
+            done.push("at a random moment".to_string());
+        } else {
+            done.push(format!("on {method} ({moment:?})"));
+        }
         kills.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(random.millis(0, 800));
-        plugin.start()?;
+        victim.plugin.start()?;
     }
-    Ok(())
+    Ok(done)
+}
+
+/// Sleeps `d` unless told to stop first (then false).
+fn pause(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// A long-running `ping` (one a second) from a container's namespace, its replies counted at the end.
@@ -183,13 +230,13 @@ impl Churn<'_> {
     }
 
     /// Cycles with the killer loose on `victim`; returns (cycles, cycles that hit a failure, kills).
-    fn run(&self, t0: Instant, victim: &Arc<Plugin>) -> Result<(u32, u32, u32)> {
+    fn run(&self, t0: Instant, victim: &Victim) -> Result<(u32, u32, u32)> {
         let stop = Arc::new(AtomicBool::new(false));
         let kills = Arc::new(AtomicU32::new(0));
         let killer = {
-            let (plugin, stop, kills) = (victim.clone(), stop.clone(), kills.clone());
+            let (victim, stop, kills) = (victim.clone(), stop.clone(), kills.clone());
             let random = Random::from_env_or_clock();
-            std::thread::spawn(move || killer(plugin, random, stop, kills))
+            std::thread::spawn(move || killer(victim, random, stop, kills))
         };
         let mut failures = 0;
         let mut result = Ok(());
@@ -212,9 +259,10 @@ impl Churn<'_> {
         stop.store(true, Ordering::SeqCst);
         let killed = killer.join().map_err(|_| anyhow::anyhow!("the killer thread panicked"))?;
         result?;
-        killed.context("killing and restarting the driver")?;
+        let killed = killed.context("killing and restarting the driver")?;
+        step(t0, &format!("the driver was killed {}", killed.join(", ")));
         // A kill in the last moments leaves the driver restarting: wait for its socket.
-        victim.start()?;
+        victim.plugin.start()?;
         Ok((i, failures, kills.load(Ordering::SeqCst)))
     }
 }
@@ -268,6 +316,12 @@ fn back_to_baseline(
     Ok(())
 }
 
+/// How many things the victim removed because Docker no longer had them (what Docker forgot).
+fn reconciled(victim: &Victim) -> Result<usize> {
+    let log = std::fs::read_to_string(victim.plugin.log_path())?;
+    Ok(log.lines().filter(|l| l.contains("removed: Docker has no such")).count())
+}
+
 // ---- one host: loom-bridge, loom-host, loom-macvlan -------------------------------------------
 
 struct Single {
@@ -280,12 +334,13 @@ struct Single {
 
 const BRIDGE: Single = Single { binary: "loom-bridge", args: &[], publishes: true, extra: |_| vec![] };
 const HOST: Single = Single { binary: "loom-host", args: &[], publishes: true, extra: |_| vec![] };
-/// On VLAN sub-interfaces of the host's eth0, made and removed by the driver.
+/// The survivor on the host's eth0; churned networks on isolated parents of their own, made and
+/// removed by the driver (the kernels here have no 802.1q module for VLAN parents).
 const MACVLAN: Single = Single {
     binary: "loom-macvlan",
     args: &[],
     publishes: false,
-    extra: |n| vec!["-o".into(), format!("parent=eth0.{}", 100 + n)],
+    extra: |n| if n == 0 { vec!["-o".into(), "parent=eth0".into()] } else { vec![] },
 };
 
 fn subnet_args(octet: u32) -> Vec<String> {
@@ -298,7 +353,8 @@ fn single_host_chaos(c: &Cluster, docker: DockerVersion, driver: Single) -> Resu
     let mut args = vec!["--log-level", "debug"];
     args.extend(driver.args);
     args.extend(FAST_RECONCILE);
-    let plugin = h.start_plugin(driver.binary, &args)?;
+    let (plugin, proxy) = h.start_plugin_behind_proxy(driver.binary, &args)?;
+    let victim = Victim { plugin: plugin.clone(), proxy: Arc::new(proxy) };
     let period = plugin.reconcile_period();
 
     // The survivor: its own network, two containers that keep talking.
@@ -326,12 +382,13 @@ fn single_host_chaos(c: &Cluster, docker: DockerVersion, driver: Single) -> Resu
     let pinger = Pinger::start(&h, "v2", &v1)?;
     step(t0, "survivor up, baseline taken; churning");
 
-    let (cycles, failures, kills) = churn.run(t0, &plugin)?;
+    let (cycles, failures, kills) = churn.run(t0, &victim)?;
     step(t0, &format!("{cycles} cycles, {kills} kills, {failures} cycles with a failure on the way"));
     ensure!(kills == KILLS, "only {kills} kills happened during the churn");
     ensure!(failures * 2 <= cycles, "{failures} of {cycles} cycles failed on the way");
 
     back_to_baseline(t0, &[&h], &baseline, period, &keys)?;
+    step(t0, &format!("{} endpoints and networks removed by reconciliation", reconciled(&victim)?));
     let pings = pinger.finish(2)?;
     step(t0, &format!("survivor: {pings}"));
     h.docker(&["rm", "-f", "v1", "v2"])?;
@@ -348,18 +405,17 @@ fn overlay_chaos(c: &Cluster, docker: DockerVersion) -> Result<()> {
     let cfg = |name: &str| HostConfig::new(name, docker).dockerd_args(&["--log-level=info"]);
     let hosts = c.add_hosts(vec![cfg("h1"), cfg("h2")])?;
     let (h1, h2) = (&*hosts[0], &*hosts[1]);
-    let mut victim = None;
+    let mut args = vec!["--store", store.as_str(), "--advertise-addr", "eth0", "--log-level", "debug"];
+    args.extend(FAST_RECONCILE);
     for h in [h1, h2] {
         let mut ipam = vec!["--store", store.as_str()];
         ipam.extend(FAST_RECONCILE);
         h.start_plugin("loom-ipam", &ipam)?;
-        let mut args = vec!["--store", store.as_str(), "--advertise-addr", "eth0", "--log-level", "debug"];
-        args.extend(FAST_RECONCILE);
-        let plugin = h.start_plugin("loom-overlay", &args)?;
-        victim.get_or_insert(plugin);
     }
-    let victim = victim.context("no overlay driver")?;
-    let period = victim.reconcile_period();
+    let (plugin, proxy) = h1.start_plugin_behind_proxy("loom-overlay", &args)?;
+    h2.start_plugin("loom-overlay", &args)?;
+    let victim = Victim { plugin, proxy: Arc::new(proxy) };
+    let period = victim.plugin.reconcile_period();
     let net_args =
         |subnet: &str| vec!["--ipam-driver".to_string(), "loom-ipam".into(), "--subnet".into(), subnet.to_string()];
 
@@ -396,14 +452,15 @@ fn overlay_chaos(c: &Cluster, docker: DockerVersion) -> Result<()> {
     ensure!(failures * 2 <= cycles, "{failures} of {cycles} cycles failed on the way");
 
     back_to_baseline(t0, &[h1, h2], &baseline, period, &keys)?;
+    step(t0, &format!("{} endpoints and networks removed by reconciliation on h1", reconciled(&victim)?));
     let pings = pinger.finish(2)?;
     step(t0, &format!("survivor across hosts: {pings}"));
     for (h, name) in [(h1, "v1"), (h2, "v2")] {
         h.docker(&["rm", "-f", name])?;
         h.docker(&["network", "rm", "surv"])?;
     }
-    if !victim.is_running() {
-        bail!("loom-overlay on h1 exited: {:?}", victim.exit_status());
+    if !victim.plugin.is_running() {
+        bail!("loom-overlay on h1 exited: {:?}", victim.plugin.exit_status());
     }
     Ok(())
 }
