@@ -1,7 +1,8 @@
 //! loom-ipam reconciled against a real dockerd (20.10 and 26): pools and addresses of networks and
 //! containers Docker forgot without loom-ipam hearing of it are released, within one reconcile
 //! period by a loom-ipam that stayed up and at start by one that was down; what Docker still has
-//! is kept; nothing is released while dockerd is stopped. Docker forgets on purpose: a
+//! is kept (a default pool, a gateway and an auxiliary address no endpoint has); nothing is
+//! released while dockerd is stopped. Docker forgets on purpose: a
 //! `PluginProxy` between dockerd and loom-ipam answers ReleaseAddress and ReleasePool itself.
 //! Needs `cargo build --release --workspace --bins`.
 
@@ -34,15 +35,22 @@ struct Net {
 }
 
 impl Net {
-    fn create(h: &Host, name: &str, second_octet: u8) -> Result<Net> {
-        let subnet = format!("10.{second_octet}.0.0/24");
-        h.network_create("loom-null", name, &["--ipam-driver", "loom-ipam", "--subnet", &subnet])
+    /// `args`: `docker network create` options (`--subnet`, ...; none for a default pool).
+    fn create(h: &Host, name: &str, args: &[&str]) -> Result<Net> {
+        h.network_create("loom-null", name, &[&["--ipam-driver", "loom-ipam"], args].concat())
             .with_context(|| format!("creating {name}"))?;
+        let format = "{{(index .IPAM.Config 0).Subnet}}";
+        let subnet = h.docker(&["network", "inspect", "--format", format, name])?.trim().to_string();
+        ensure!(subnet.contains('/'), "network {name} shows no subnet: {subnet:?}");
         let container = format!("{name}-c");
         h.docker(&["run", "-d", "--name", &container, "--network", name, IMAGE, "sleep", "600"])
             .with_context(|| format!("starting {container}"))?;
         let address = h.container_ip(&container, name)?;
-        Ok(Net { name: name.into(), container, subnet_key: format!("10.{second_octet}.0.0_24"), address })
+        Ok(Net { name: name.into(), container, subnet_key: subnet.replace('/', "_"), address })
+    }
+
+    fn key_of(&self, ip: &str) -> String {
+        format!("ipam/addrs/LocalDefault/{}/ips/{ip}", self.subnet_key)
     }
 
     fn pool_key(&self) -> String {
@@ -50,7 +58,7 @@ impl Net {
     }
 
     fn address_key(&self) -> String {
-        format!("ipam/addrs/LocalDefault/{}/ips/{}", self.subnet_key, self.address)
+        self.key_of(&self.address)
     }
 
     /// loom-ipam's store keys of this network's pool (its record, address bitmap and owners).
@@ -103,8 +111,8 @@ impl Net {
 
 /// A network with a container, held by loom-ipam, then removed through Docker while loom-ipam is
 /// stopped (the proxy answers dockerd's releases; it goes on answering them until told otherwise).
-fn forgotten_while_down(h: &Host, ipam: &Plugin, proxy: &PluginProxy, name: &str, second_octet: u8) -> Result<Net> {
-    let net = Net::create(h, name, second_octet)?;
+fn forgotten_while_down(h: &Host, ipam: &Plugin, proxy: &PluginProxy, name: &str, subnet: &str) -> Result<Net> {
+    let net = Net::create(h, name, &["--subnet", subnet])?;
     net.ensure_held(ipam, "after docker run")?;
     ipam.sigterm()?;
     net.forget(h, proxy)?;
@@ -120,11 +128,24 @@ fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     let ipam = ipam.as_ref();
     let period = ipam.reconcile_period();
 
-    let kept = Net::create(&h, "kept", 70)?;
-    let up = Net::create(&h, "up", 71)?;
-    kept.ensure_held(ipam, "after docker run")?;
-    up.ensure_held(ipam, "after docker run")?;
-    step(t0, "two networks with a container each");
+    // Kept throughout: a gateway and an auxiliary address that no endpoint has, and a default pool.
+    let kept_args = ["--subnet", "10.70.0.0/24", "--ip-range", "10.70.0.128/25", "--gateway", "10.70.0.1"];
+    let kept = Net::create(&h, "kept", &[&kept_args[..], &["--aux-address", "router=10.70.0.5"]].concat())?;
+    let kept_keys = [kept.pool_key(), kept.key_of("10.70.0.1"), kept.key_of("10.70.0.5")];
+    let auto = Net::create(&h, "auto", &[])?;
+    let up = Net::create(&h, "up", &["--subnet", "10.71.0.0/24"])?;
+    for net in [&kept, &auto, &up] {
+        net.ensure_held(ipam, "after docker run")?;
+    }
+    let kept_intact = |when: &str| -> Result<()> {
+        kept.ensure_held(ipam, when)?;
+        auto.ensure_held(ipam, when)?;
+        let keys = kept.keys(ipam)?;
+        ensure!(kept_keys.iter().all(|k| keys.contains(k)), "{when}: kept's gateway or aux address is gone: {keys:?}");
+        Ok(())
+    };
+    kept_intact("after docker run")?;
+    step(t0, "three networks with a container each");
 
     // A loom-ipam that stays up releases what Docker forgot within one reconcile period.
     up.forget(&h, &proxy)?;
@@ -133,26 +154,26 @@ fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     proxy.forward_all();
     up.wait_released(ipam, period + SLACK)?;
     step(t0, &format!("released {:.1}s after Docker forgot it", forgotten.elapsed().as_secs_f64()));
-    kept.ensure_held(ipam, "after a release of another network")?;
+    kept_intact("after a release of another network")?;
 
     // A loom-ipam that was down releases at start.
-    let down = forgotten_while_down(&h, ipam, &proxy, "down", 72)?;
+    let down = forgotten_while_down(&h, ipam, &proxy, "down", "10.72.0.0/24")?;
     proxy.forward_all();
     down.ensure_held(ipam, "while loom-ipam is down")?;
     let started = Instant::now();
     ipam.start()?;
     down.wait_released(ipam, period + SLACK)?;
     step(t0, &format!("released {:.1}s after loom-ipam started", started.elapsed().as_secs_f64()));
-    kept.ensure_held(ipam, "after loom-ipam's restart")?;
+    kept_intact("after loom-ipam's restart")?;
 
     // With dockerd stopped nothing is released, however long; once it answers, what it forgot goes.
-    let off = forgotten_while_down(&h, ipam, &proxy, "off", 73)?;
+    let off = forgotten_while_down(&h, ipam, &proxy, "off", "10.73.0.0/24")?;
     // dockerd stops kept's container on the way out: that address goes too, the pool stays.
     h.stop_docker()?;
     ipam.start()?;
     std::thread::sleep(period * 2);
     off.ensure_held(ipam, "with dockerd stopped for two reconcile periods")?;
-    kept.ensure_held(ipam, "with dockerd stopped for two reconcile periods")?;
+    kept_intact("with dockerd stopped for two reconcile periods")?;
     let log = std::fs::read_to_string(ipam.log_path())?;
     ensure!(log.contains("nothing is removed"), "loom-ipam did not say it removes nothing without dockerd");
     step(t0, "nothing released while dockerd was stopped");
@@ -161,10 +182,19 @@ fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     let answering = Instant::now();
     off.wait_released(ipam, period + SLACK)?;
     step(t0, &format!("released {:.1}s after dockerd came back", answering.elapsed().as_secs_f64()));
+    // dockerd stopped kept's container while the proxy kept the release from loom-ipam: the
+    // address goes, the network's pool, gateway and auxiliary address stay.
+    let container_address = kept.address_key();
+    wait_until(period + SLACK, Duration::from_millis(250), "kept's stopped container's address to go", || {
+        Ok(!kept.keys(ipam)?.contains(&container_address))
+    })?;
     let keys = kept.keys(ipam)?;
-    ensure!(keys.contains(&kept.pool_key()), "the pool of a network Docker still has was released: {keys:?}");
+    ensure!(kept_keys.iter().all(|k| keys.contains(k)), "kept lost what Docker still has: {keys:?}");
+    ensure!(auto.keys(ipam)?.contains(&auto.pool_key()), "the default pool of a network Docker still has was released");
 
-    h.docker(&["network", "rm", &kept.name])?;
+    for net in [&kept, &auto] {
+        h.docker(&["network", "rm", &net.name])?;
+    }
     let left: Vec<String> = embedded_store_keys(ipam)?.into_iter().filter(|k| k.starts_with("ipam/")).collect();
     ensure!(left.is_empty(), "loom-ipam still holds {left:?} after every network is gone");
     Ok(())
