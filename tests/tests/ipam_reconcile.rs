@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use netloom_tests::{
     embedded_store_keys, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, Plugin, PluginProxy,
-    FAST_RECONCILE, IMAGE,
+    UnderlayEtcd, FAST_RECONCILE, IMAGE,
 };
 use serde_json::json;
 
@@ -200,7 +200,81 @@ fn docker_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     Ok(())
 }
 
+/// Where loom-ipam keeps a pool of `subnet` (`10.80.0.0/24`) in etcd, and its addresses.
+fn etcd_pool_key(subnet: &str) -> String {
+    format!("/netloom/v1/ipam/pools/LocalDefault/{}", subnet.replace('/', "_"))
+}
+
+fn etcd_address_key(subnet: &str, ip: &str) -> String {
+    format!("/netloom/v1/ipam/addrs/LocalDefault/{}/ips/{ip}", subnet.replace('/', "_"))
+}
+
+/// How many hosts hold the pool of `subnet`, by their reference counts (empty: no such pool).
+fn pool_references(c: &Cluster, subnet: &str) -> Result<Vec<u64>> {
+    let endpoint = UnderlayEtcd::endpoint(c, 0);
+    let out =
+        c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "get", "--print-value-only", &etcd_pool_key(subnet)])?;
+    if out.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    let record: serde_json::Value = serde_json::from_str(out.trim()).context("the pool record is not JSON")?;
+    let hosts = record["hosts"].as_object().context("the pool record has no hosts")?;
+    Ok(hosts.values().filter_map(|v| v.as_u64()).collect())
+}
+
+/// Two hosts, one etcd, the same subnet on both (one cluster-wide pool): Docker on h1 forgets its
+/// network and container, and h1's loom-ipam drops only its own reference and address; h2's
+/// container keeps its address, the pool and its gateway stay.
+fn shared_pool_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
+    let t0 = Instant::now();
+    let etcd = UnderlayEtcd::start(c, 1)?;
+    let store = etcd.url(c);
+    let hosts = c.add_hosts(vec![HostConfig::new("h1", docker), HostConfig::new("h2", docker)])?;
+    let (h1, h2) = (&hosts[0], &hosts[1]);
+    let args = [&FAST_RECONCILE[..], &["--log-level", "debug", "--store", &store]].concat();
+    let (ipam1, proxy) = h1.start_plugin_behind_proxy("loom-ipam", &args)?;
+    let ipam2 = h2.start_plugin("loom-ipam", &args)?;
+    let subnet = "10.80.0.0/24";
+    let mut nets = Vec::new();
+    for h in [h1, h2] {
+        h.start_plugin("loom-null", &["--log-level", "debug"])?;
+        nets.push(Net::create(h, "shared", &["--subnet", subnet])?);
+    }
+    let (on_h1, on_h2) = (&nets[0], &nets[1]);
+    ensure!(on_h1.address != on_h2.address, "both hosts' containers got {}", on_h1.address);
+    ensure!(pool_references(c, subnet)? == [1, 1], "each host holds the pool once: {:?}", pool_references(c, subnet)?);
+    let keys = etcd.keys(c, 0, "/netloom/v1/ipam/addrs/")?;
+    let expected = [&on_h1.address, &on_h2.address, "10.80.0.1"].map(|ip| etcd_address_key(subnet, ip));
+    ensure!(expected.iter().all(|k| keys.contains(k)), "addresses missing from etcd: {keys:?}");
+    step(t0, "one pool, held by both hosts");
+
+    on_h1.forget(h1, &proxy)?;
+    proxy.forward_all();
+    let h1_address = etcd_address_key(subnet, &on_h1.address);
+    wait_until(
+        ipam1.reconcile_period() + SLACK,
+        Duration::from_millis(250),
+        "h1's reference and address to go",
+        || Ok(pool_references(c, subnet)? == [1] && !etcd.keys(c, 0, &h1_address)?.contains(&h1_address)),
+    )?;
+    step(t0, "h1's reference and address released");
+    // h2's loom-ipam, whose Docker has everything, keeps it all, pass after pass.
+    std::thread::sleep(ipam2.reconcile_period());
+    ensure!(pool_references(c, subnet)? == [1], "h2's reference went: {:?}", pool_references(c, subnet)?);
+    let keys = etcd.keys(c, 0, "/netloom/v1/ipam/addrs/")?;
+    ensure!(expected[1..].iter().all(|k| keys.contains(k)), "h2's address or the gateway went: {keys:?}");
+    ensure!(h2.container_ip(&on_h2.container, "shared")? == on_h2.address, "h2's container lost its address");
+
+    h2.docker(&["rm", "-f", &on_h2.container])?;
+    h2.docker(&["network", "rm", "shared"])?;
+    let left = etcd.keys(c, 0, "/netloom/v1/ipam/")?;
+    ensure!(left.is_empty(), "loom-ipam still holds {left:?} after both networks are gone");
+    Ok(())
+}
+
 scenario_tests! {
     ipam_reconcile_docker20: "ipamrec20" => |c| docker_scenario(c, DockerVersion::V20),
     ipam_reconcile_docker26: "ipamrec26" => |c| docker_scenario(c, DockerVersion::V26),
+    ipam_reconcile_shared_pool_docker20: "ipamshr20" => |c| shared_pool_scenario(c, DockerVersion::V20),
+    ipam_reconcile_shared_pool_docker26: "ipamshr26" => |c| shared_pool_scenario(c, DockerVersion::V26),
 }
