@@ -7,12 +7,18 @@
 //!   B's entries once the grace has passed without an answer, not before, and takes them back
 //!   when B returns.
 //!
+//! And a driver that never heard: Docker 20.10 with a cluster store forgets a global-scope network
+//! (its DeleteNetwork swallowed on the way to the driver); reconciliation removes it from both
+//! hosts and the store within one reconcile period, while a network Docker still has keeps working.
+//!
 //! Needs `cargo build --release --workspace --bins`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use netloom_tests::{ping, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, IMAGE};
+use netloom_tests::{
+    ping, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, FAST_RECONCILE, IMAGE,
+};
 
 const VNI: u32 = 5400;
 /// B's lease: its host record leaves the store this long after its driver dies.
@@ -66,8 +72,12 @@ fn has_lease(c: &Cluster, etcd: &UnderlayEtcd, h: &Host) -> Result<bool> {
 }
 
 fn sleep_container(h: &Host, name: &str) -> Result<String> {
-    h.docker(&["run", "-d", "--name", name, "--network", "ov", IMAGE, "sleep", "600"])?;
-    h.container_ip(name, "ov")
+    sleep_on(h, name, "ov")
+}
+
+fn sleep_on(h: &Host, name: &str, network: &str) -> Result<String> {
+    h.docker(&["run", "-d", "--name", name, "--network", network, IMAGE, "sleep", "600"])?;
+    h.container_ip(name, network)
 }
 
 /// (sent, answered) from busybox ping's summary.
@@ -184,7 +194,75 @@ fn down_scenario(c: &Cluster, docker: DockerVersion) -> Result<()> {
     Ok(())
 }
 
+/// The overlay namespaces on `h`.
+fn namespaces(h: &Host) -> Result<String> {
+    Ok(h.sh("ls /run/netloom/loom-overlay/netns 2>/dev/null || true")?.trim().to_string())
+}
+
+fn forgotten_global_scenario(c: &Cluster) -> Result<()> {
+    let t0 = Instant::now();
+    let etcd = UnderlayEtcd::start(c, 1)?;
+    let store = etcd.url(c);
+    let cluster_store = [format!("--cluster-store={store}"), "--cluster-advertise=eth0:2376".to_string()];
+    let config = |name: &str| HostConfig::new(name, DockerVersion::V20).dockerd_args(&cluster_store);
+    let hosts = c.add_hosts(vec![config("ga"), config("gb")])?;
+    let (a, b) = (&hosts[0], &hosts[1]);
+    let mut args = vec!["--scope", "global", "--store", &store, "--advertise-addr", "eth0", "--log-level", "debug"];
+    args.extend(FAST_RECONCILE);
+    let (plugin, proxy) = a.start_plugin_behind_proxy("loom-overlay", &args)?;
+    b.start_plugin("loom-overlay", &args)?;
+    a.docker(&["network", "create", "-d", "loom-overlay", "--subnet", "10.97.0.0/24", "gone"])?;
+    a.docker(&["network", "create", "-d", "loom-overlay", "--subnet", "10.98.0.0/24", "kept"])?;
+    let gone = a.docker(&["network", "inspect", "--format", "{{.Id}}", "gone"])?.trim().to_string();
+    let (ka, kb) = (sleep_on(a, "ka", "kept")?, sleep_on(b, "kb", "kept")?);
+    let (_, gb) = (sleep_on(a, "ga", "gone")?, sleep_on(b, "gb", "gone")?);
+    ping(a, "ga", &gb)?;
+    ping(a, "ka", &kb)?;
+    let keys_of = |id: &str| -> Result<Vec<String>> {
+        Ok(etcd.keys(c, 0, "/netloom/v1/")?.into_iter().filter(|k| k.contains(id)).collect())
+    };
+    ensure!(keys_of(&gone)?.iter().any(|k| k.contains("/overlay/networks/")), "no store record: {:?}", keys_of(&gone)?);
+    let both = |h: &Host| -> Result<bool> { Ok(namespaces(h)?.split_whitespace().count() == 2) };
+    ensure!(both(a)? && both(b)?, "overlay namespaces: {:?} / {:?}", namespaces(a)?, namespaces(b)?);
+    step(t0, "two global networks on two hosts");
+
+    a.docker(&["rm", "-f", "ga"])?;
+    b.docker(&["rm", "-f", "gb"])?;
+    proxy.swallow(&["NetworkDriver.DeleteNetwork"]);
+    a.docker(&["network", "rm", "gone"])?;
+    ensure!(!proxy.swallowed("NetworkDriver.DeleteNetwork").is_empty(), "dockerd never asked to delete the network");
+    proxy.forward_all();
+    // The driver never heard: everything is still there.
+    ensure!(!keys_of(&gone)?.is_empty() && both(a)? && both(b)?, "removed before reconciliation ran");
+    step(t0, "Docker forgot `gone` (DeleteNetwork swallowed)");
+
+    let limit = plugin.reconcile_period() + Duration::from_secs(4);
+    wait_until(limit, Duration::from_millis(200), "`gone` to be removed everywhere", || {
+        Ok(keys_of(&gone)?.is_empty()
+            && namespaces(a)?.split_whitespace().count() == 1
+            && namespaces(b)?.split_whitespace().count() == 1)
+    })?;
+    step(t0, "`gone` removed from both hosts and the store");
+    // What Docker still has is kept, over two more periods.
+    std::thread::sleep(plugin.reconcile_period() * 2);
+    ping(a, "ka", &kb)?;
+    ping(b, "kb", &ka)?;
+    ensure!(namespaces(a)?.split_whitespace().count() == 1, "A lost `kept`: {:?}", namespaces(a)?);
+    step(t0, "`kept` still works");
+
+    a.docker(&["rm", "-f", "ka"])?;
+    b.docker(&["rm", "-f", "kb"])?;
+    a.docker(&["network", "rm", "kept"])?;
+    for h in [a, b] {
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), "no overlay namespace", || {
+            Ok(namespaces(h)?.is_empty())
+        })?;
+    }
+    Ok(())
+}
+
 scenario_tests! {
+    overlay_global_forgotten_docker20: "ovforget20" => forgotten_global_scenario,
     overlay_down_docker20: "ovdown20" => |c| down_scenario(c, DockerVersion::V20),
     overlay_down_docker26: "ovdown26" => |c| down_scenario(c, DockerVersion::V26),
 }
