@@ -227,5 +227,27 @@ mod tests {
             },
         );
         assert_eq!(wanted(&state, false), Some(Guard::On(["10.250.0.1".parse().unwrap()].into())));
+
+        // h3's lease expired but it has endpoints: its traffic still comes in, until it is gone.
+        let peer = crate::records::PeerRecord {
+            host: "h3".into(),
+            endpoint: "e3".into(),
+            vtep: "10.250.0.3".parse().unwrap(),
+            port: 4789,
+            mac: "02:42:0a:09:00:03".into(),
+            ipv4: None,
+            ipv6: None,
+        };
+        state.cache.peers.entry("vni-5000".into()).or_default().insert("e3".into(), (peer, 7));
+        let with_h3: BTreeSet<IpAddr> = ["10.250.0.1".parse().unwrap(), "10.250.0.3".parse().unwrap()].into();
+        assert_eq!(wanted(&state, false), Some(Guard::On(with_h3)));
+        let absence = crate::liveness::Absence {
+            since: std::time::Instant::now(),
+            vtep: Some("10.250.0.3".parse().unwrap()),
+            answered: None,
+            gone: true,
+        };
+        state.absent.insert("h3".into(), absence);
+        assert_eq!(wanted(&state, false), Some(Guard::On(["10.250.0.1".parse().unwrap()].into())));
     }
 }
