@@ -84,7 +84,7 @@ where
         }
     };
     let reconciler = match engine {
-        Some(engine) => start_reconciling(engine, &settings, &plugin).await,
+        Some(engine) => Some(start_reconciling(engine, &settings, &plugin)),
         None => {
             info!("--docker-host none: not reconciling against Docker");
             None
@@ -98,19 +98,14 @@ where
     Ok(())
 }
 
-/// Starts the loop that removes what Docker no longer has, for a plugin whose drivers say what
-/// they hold. Docker knows the driver by its socket's file name.
-async fn start_reconciling(
+/// Starts the loop that removes what Docker no longer has (it ends at once for a plugin whose
+/// drivers keep nothing to reconcile). Docker knows the driver by its socket's file name.
+fn start_reconciling(
     engine: engine::Engine,
     settings: &Settings,
     plugin: &Plugin,
-) -> Option<engine::reconcile::RunningReconciler> {
+) -> engine::reconcile::RunningReconciler {
     let driver_name = settings.socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let config = engine::ReconcileConfig::every(settings.reconcile_interval);
-    let reconciler = engine::Reconciler::new(engine, &driver_name, plugin, config);
-    if !reconciler.has_anything_to_reconcile().await {
-        tracing::debug!("this driver keeps nothing to reconcile against Docker");
-        return None;
-    }
-    Some(reconciler.spawn())
+    engine::Reconciler::new(engine, &driver_name, plugin, config).spawn()
 }

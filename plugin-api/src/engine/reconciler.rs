@@ -140,6 +140,10 @@ impl Reconciler {
     }
 
     async fn run(self, mut stopped: watch::Receiver<bool>) {
+        if !self.has_anything_to_reconcile().await {
+            debug!("this driver keeps nothing to reconcile against Docker");
+            return;
+        }
         let event_wake = Arc::new(Notify::new());
         let events = tokio::spawn(watch_events(
             self.inner.engine.clone(),

@@ -321,3 +321,24 @@ async fn global_pools_are_not_judged_by_a_dockerd_with_a_cluster_store() {
         assert_eq!(calls(&recorded).len(), released);
     }
 }
+
+#[tokio::test]
+async fn a_plugin_that_keeps_nothing_to_reconcile_never_asks_docker() {
+    let docker = FakeDocker::start(docker_with_n1);
+    let idle = reconciler(&docker.url(), "loom-test", &Plugin::default());
+    let running = idle.clone().spawn();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(idle.passes(), 0);
+    assert!(docker.requests().is_empty(), "{:?}", docker.requests());
+    running.stop().await;
+
+    // The same Docker is asked by a plugin that does keep something.
+    let (plugin, _) = holder(vec![held("n1", &["e1"])], None);
+    let running = reconciler(&docker.url(), "loom-test", &plugin).spawn();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !docker.requests().iter().any(|r| r == NETWORKS_OF_LOOM_TEST) {
+        assert!(Instant::now() < deadline, "{:?}", docker.requests());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+}
