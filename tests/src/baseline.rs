@@ -81,24 +81,42 @@ impl HostState {
     }
 }
 
-/// One line per rule, link, route...: without comments, packet counters ("[12:345]" of iptables
-/// chain headers, nft's "counter packets 1 bytes 40") and the "tentative" of a young IPv6 address.
+/// One line per rule, link, route, set or map element...: without comments, packet counters
+/// ("[12:345]" of iptables chain headers, nft's "counter packets 1 bytes 40") and the "tentative"
+/// of a young IPv6 address.
 fn normalise(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let line = line.split(" [").next().unwrap_or(line).replace(" tentative", "");
-            match line.find("counter packets") {
-                Some(at) => {
-                    let rest = &line[at..];
-                    let after_bytes = rest.find(" bytes ").map(|b| &rest[b + 7..]).unwrap_or("");
-                    let tail = after_bytes.split_once(' ').map(|(_, t)| t).unwrap_or("");
-                    format!("{}counter {tail}", &line[..at]).trim_end().to_string()
-                }
-                None => line,
+    let mut out = Vec::new();
+    let mut in_elements = false;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let line = line.split(" [").next().unwrap_or(line).replace(" tentative", "");
+        let line = match line.find("counter packets") {
+            Some(at) => {
+                let rest = &line[at..];
+                let after_bytes = rest.find(" bytes ").map(|b| &rest[b + 7..]).unwrap_or("");
+                let tail = after_bytes.split_once(' ').map(|(_, t)| t).unwrap_or("");
+                format!("{}counter {tail}", &line[..at]).trim_end().to_string()
             }
-        })
-        .collect()
+            None => line,
+        };
+        // nft prints a set's or map's elements several to a line, wrapped depending on what else
+        // is in it: one line per element, so that one going does not change the others' lines.
+        let body = match line.trim_start().strip_prefix("elements = {") {
+            Some(body) => body.to_string(),
+            None if in_elements => line.clone(),
+            None => {
+                out.push(line);
+                continue;
+            }
+        };
+        let body = body.trim();
+        let (body, last) = match body.strip_suffix('}') {
+            Some(b) => (b, true),
+            None => (body, false),
+        };
+        out.extend(body.split(',').map(str::trim).filter(|e| !e.is_empty()).map(|e| format!("\telement {e}")));
+        in_elements = !last;
+    }
+    out
 }
 
 /// The keys of a driver's embedded store (`<state dir>/store.redb`), read from a copy so that the
@@ -151,6 +169,14 @@ pub fn record_files(plugin: &Plugin) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::normalise;
+
+    #[test]
+    fn set_elements_one_per_line_however_nft_wraps_them() {
+        let two = "\tmap m {\n\t\telements = { \"a\" : jump x,\n\t\t\t     \"b\" : jump y }\n\t}\n";
+        let one = "\tmap m {\n\t\telements = { \"a\" : jump x }\n\t}\n";
+        assert_eq!(normalise(two), ["\tmap m {", "\telement \"a\" : jump x", "\telement \"b\" : jump y", "\t}"]);
+        assert_eq!(normalise(one), ["\tmap m {", "\telement \"a\" : jump x", "\t}"]);
+    }
 
     #[test]
     fn counters_and_comments_are_left_out() {
