@@ -4,9 +4,11 @@
 //! finds nothing to do.
 //!
 //! A global-scope network (Docker 20.10's cluster store) is shown by every host's Docker, so one
-//! that this host's Docker no longer has is gone cluster-wide. Its store record is still judged
-//! with the store: it stays while another live host publishes endpoints on it (see
-//! [`crate::cluster::Shared::release_global`]), and only this host's part goes.
+//! that this host's Docker no longer has is gone cluster-wide, unless dockerd cannot read its
+//! cluster store just then (it leaves global networks out of its list meanwhile). So it is kept
+//! whole while a container here is still attached to it (Docker removes a network only once it
+//! has no endpoints); otherwise this host's part goes, and its store record too unless another
+//! live host publishes endpoints on it (see [`crate::cluster::Shared::release_global`]).
 
 use netloom_plugin_api::engine::{HeldEndpoint, HeldNetwork};
 use netloom_plugin_api::PluginResult;
@@ -14,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::GlobalRelease;
 use crate::overlay::{store_error, Overlay};
-use crate::records::{self, short, Mode};
+use crate::records::{self, short, LocalNetwork, Mode};
 
 impl Overlay {
     /// The networks and endpoints this host holds, by Docker id; `global` for cluster-store ones.
@@ -56,6 +58,16 @@ impl Overlay {
             debug!(network = %short(docker_id), "no local state for the network");
             return Ok(());
         };
+        if net.config.mode == Mode::Global && self.has_live_endpoints(&net).await {
+            // dockerd 20.10 leaves global networks out of its list while it cannot read its
+            // cluster store, and Docker removes a network only once it has no endpoints: a
+            // container still attached here means the network is not gone.
+            if self.state().kept_networks.insert(net.docker_id.clone()) {
+                warn!(network = %short(&net.docker_id),
+                      "Docker does not list this global network, but containers here are still attached to it; keeping it");
+            }
+            return Ok(());
+        }
         match net.config.mode {
             Mode::Global => self.release_global_record(&net.config.key).await?,
             Mode::Local => self.shared()?.leave_local(&net.config.key, &self.host).await.map_err(store_error)?,
@@ -63,9 +75,30 @@ impl Overlay {
         self.remove_endpoints_of(docker_id, Some(&net.config.key)).await;
         self.drop_dataplane(&net.config.key, net.config.vni).await?;
         self.delete_network_record(&net.docker_id).await?;
-        self.state().networks.remove(&net.docker_id);
+        {
+            let mut state = self.state();
+            state.networks.remove(&net.docker_id);
+            state.kept_networks.remove(&net.docker_id);
+        }
         info!(network = %short(&net.docker_id), vni = net.config.vni, "network removed");
         Ok(())
+    }
+
+    /// Whether any of this host's endpoints on the network still has its veth pair (its
+    /// container is attached, or about to be).
+    async fn has_live_endpoints(&self, net: &LocalNetwork) -> bool {
+        let (endpoints, dp) = {
+            let state = self.state();
+            (state.endpoints_of(&net.config.key), state.dataplane(&net.config.key))
+        };
+        let Some(dp) = dp else { return false };
+        for ep in &endpoints {
+            // Unknown (netlink failed) counts as attached: nothing is torn down on a guess.
+            if self.fabric.endpoint_alive(&dp, ep).await.unwrap_or(true) {
+                return true;
+            }
+        }
+        false
     }
 
     async fn release_global_record(&self, key: &str) -> PluginResult<()> {

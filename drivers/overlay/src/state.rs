@@ -2,7 +2,7 @@
 //! of the shared store. Behind a plain mutex held only to read or update these maps, never
 //! across a store, kernel or firewall call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -32,6 +32,8 @@ pub struct State {
     pub gone_at_once: bool,
     /// Bumped on every change to `cache`, so that a list taken meanwhile is known to be stale.
     pub generation: u64,
+    /// Global networks Docker did not list but kept for their attached containers (said once).
+    pub kept_networks: BTreeSet<String>,
     /// docker_gwbridge's firewall policy as last programmed.
     pub gateway_policy: Option<netloom_firewall::NetworkPolicy>,
 }
