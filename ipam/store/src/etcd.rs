@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, TxnOp, WatchOptions,
 };
-use tracing::{debug, info};
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
 
 use crate::keyspace::KeySpace;
 use crate::kv::{
@@ -23,6 +25,7 @@ use crate::kv::{
     WatchStream,
 };
 use crate::leases::{LeaseBackend, Leases};
+use crate::tls_sniff;
 use crate::watch::{self, WatchSource};
 
 const BACKEND: &str = "etcd";
@@ -34,8 +37,11 @@ pub struct EtcdStore {
 
 /// What a request needs, shared with the lease keeper and watches.
 struct Ctx {
-    /// One per endpoint, in the order given.
-    clients: Vec<Client>,
+    /// One per endpoint, in the order given, made on first use: with a user, making one
+    /// authenticates, which needs etcd up.
+    clients: Vec<OnceCell<Client>>,
+    connect: ConnectOptions,
+    tls: bool,
     names: Vec<String>,
     /// The endpoint that answered last; tried first.
     preferred: AtomicUsize,
@@ -55,23 +61,16 @@ enum Retry {
 }
 
 impl EtcdStore {
+    /// Checks once that etcd takes our TLS settings and credentials: a refusal of either is an
+    /// error here, so a misconfigured binary stops at start; an etcd that cannot be reached is
+    /// only logged, as requests retry it.
     pub async fn connect(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
         let joined = endpoints.join(",");
-        let mut clients = Vec::with_capacity(endpoints.len());
-        for endpoint in &endpoints {
-            let connect = ConnectOptions::new()
-                .with_connect_timeout(options.connect_timeout)
-                .with_timeout(options.request_timeout)
-                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-                .with_keep_alive_while_idle(true);
-            // Connecting is lazy: an unreachable etcd shows up on the first request, not here.
-            let client = Client::connect([format!("http://{endpoint}")], Some(connect))
-                .await
-                .map_err(|e| classify(&joined, e))?;
-            clients.push(client);
-        }
+        let connect = connect_options(&joined, options)?;
         let ctx = Arc::new(Ctx {
-            clients,
+            clients: endpoints.iter().map(|_| OnceCell::new()).collect(),
+            connect,
+            tls: options.credentials.tls.is_some(),
             names: endpoints,
             preferred: AtomicUsize::new(0),
             keys: KeySpace::new(&options.prefix),
@@ -79,8 +78,48 @@ impl EtcdStore {
             timeout: options.request_timeout,
             lease_ttl: options.lease_ttl.max(Duration::from_secs(2)),
         });
+        match ctx.read("", None).await {
+            Err(e) if e.is_misconfiguration() => return Err(e),
+            Err(e) if !ctx.tls && tls_sniff::any_speaks_tls(&ctx.names, options.connect_timeout).await => {
+                return Err(StoreError::Tls {
+                    backend: BACKEND,
+                    endpoints: ctx.endpoints.clone(),
+                    detail: format!("etcd answers in TLS but no --store-ca was given ({e})"),
+                });
+            }
+            Err(e) => warn!("etcd is not reachable yet; requests that need it fail until it is: {e}"),
+            Ok(_) => {}
+        }
         Ok(Self { leases: Leases::new(ctx.clone()), ctx })
     }
+}
+
+fn connect_options(endpoints: &str, options: &StoreOptions) -> StoreResult<ConnectOptions> {
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.connect_timeout)
+        .with_timeout(options.request_timeout)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let credentials = &options.credentials;
+    if let Some(tls) = &credentials.tls {
+        let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some(client) = &tls.client {
+            config = config.identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+        }
+        connect = connect.with_tls(config);
+    }
+    if let Some(user) = &credentials.user {
+        // etcd's tokens expire (5 minutes by default): take a new one when refused.
+        connect = connect.with_user(&user.user, &user.password).with_auto_token_refresh(true);
+    }
+    if credentials.token.is_some() {
+        return Err(StoreError::Auth {
+            backend: BACKEND,
+            endpoints: endpoints.to_string(),
+            detail: "an ACL token is for Consul; etcd takes --store-user and --store-password-file".into(),
+        });
+    }
+    Ok(connect)
 }
 
 impl Ctx {
@@ -118,6 +157,13 @@ impl Ctx {
         })
     }
 
+    async fn client(&self, idx: usize) -> Result<Client, etcd_client::Error> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}", self.names[idx]);
+        let client = self.clients[idx].get_or_try_init(|| Client::connect([url], Some(self.connect.clone()))).await?;
+        Ok(client.clone())
+    }
+
     fn unavailable(&self, detail: String) -> StoreError {
         StoreError::Unavailable { backend: BACKEND, endpoints: self.endpoints.clone(), detail }
     }
@@ -141,7 +187,8 @@ impl Ctx {
                 Retry::Idempotent => now + deadline.saturating_duration_since(now) / (count - i) as u32,
                 Retry::ConnectOnly => deadline,
             };
-            let err = match tokio::time::timeout_at(attempt_deadline, f(self.clients[idx].clone())).await {
+            let attempt = async { f(self.client(idx).await?).await };
+            let err = match tokio::time::timeout_at(attempt_deadline, attempt).await {
                 Ok(Ok(value)) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(value);
@@ -264,14 +311,73 @@ fn classify(endpoints: &str, e: etcd_client::Error) -> StoreError {
     let protocol = |detail: String| StoreError::Protocol { backend: BACKEND, endpoints: endpoints.to_string(), detail };
     let unavailable =
         |detail: String| StoreError::Unavailable { backend: BACKEND, endpoints: endpoints.to_string(), detail };
+    if let Some(refusal) = misconfiguration(endpoints, &e) {
+        return refusal;
+    }
     match e {
-        E::GRpcStatus(ref status) if is_unavailable(&e) => unavailable(status.message().to_string()),
+        E::GRpcStatus(ref status) if is_unavailable(&e) => {
+            unavailable(format!("{} [{}]", status.message(), error_chain(&e)))
+        }
         E::GRpcStatus(status) => protocol(format!("{:?}: {}", status.code(), status.message())),
         other @ (E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_)) => {
             unavailable(other.to_string())
         }
         other => protocol(other.to_string()),
     }
+}
+
+/// etcd reached but refusing us: TLS (handshake, certificates, plain text to a TLS port) or
+/// authentication (no user, wrong password, no permission).
+fn misconfiguration(endpoints: &str, e: &etcd_client::Error) -> Option<StoreError> {
+    let text = error_chain(e);
+    let lower = text.to_lowercase();
+    let endpoints = endpoints.to_string();
+    if let etcd_client::Error::GRpcStatus(status) = e {
+        let auth = |detail: String| Some(StoreError::Auth { backend: BACKEND, endpoints: endpoints.clone(), detail });
+        let message = status.message();
+        match status.code() as i32 {
+            16 => return auth(format!("{message} (check --store-user and --store-password-file)")),
+            7 => return auth(format!("{message}: the --store-user has no access to netloom's keys")),
+            3 if message.contains("authentication failed") => {
+                return auth(format!("{message} (check --store-user and --store-password-file)"))
+            }
+            3 if message.contains("user name is empty") || message.contains("invalid auth token") => {
+                return auth(format!(
+                    "{message}: etcd has authentication enabled; give --store-user and --store-password-file"
+                ))
+            }
+            _ => {}
+        }
+    }
+    let tls = |detail: String| Some(StoreError::Tls { backend: BACKEND, endpoints: endpoints.clone(), detail });
+    const TLS_WORDS: [&str; 7] =
+        ["certificate", "handshake", "tls", "alert", "unknownissuer", "invalid peer", "corrupt message"];
+    if TLS_WORDS.iter().any(|w| lower.contains(w)) {
+        return tls(text);
+    }
+    None
+}
+
+/// The error and every cause under it: tonic keeps the TLS reason several levels down, and
+/// etcd-client's error does not link its causes.
+fn error_chain(e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    let mut text = e.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        E::TransportError(inner) => std::error::Error::source(inner),
+        E::GRpcStatus(status) => std::error::Error::source(status),
+        E::IoError(inner) => std::error::Error::source(inner),
+        _ => None,
+    };
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[async_trait]

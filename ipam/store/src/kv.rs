@@ -10,6 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+use crate::credentials::Credentials;
+
 /// The prefix every netloom key lives under; `v1` is the layout version in KEYS.md.
 pub const DEFAULT_PREFIX: &str = "/netloom/v1/";
 
@@ -127,6 +129,12 @@ pub enum StoreError {
     Unavailable { backend: &'static str, endpoints: String, detail: String },
     #[error("embedded store {path}: {detail}")]
     Embedded { path: String, detail: String },
+    /// The store wants TLS, or refused the certificates given: retrying does not help.
+    #[error("TLS with the {backend} store at {endpoints} failed: {detail}")]
+    Tls { backend: &'static str, endpoints: String, detail: String },
+    /// The store refused the user, password or token given: retrying does not help.
+    #[error("authentication to the {backend} store at {endpoints} failed: {detail}")]
+    Auth { backend: &'static str, endpoints: String, detail: String },
     #[error("{backend} store at {endpoints} answered unexpectedly: {detail}")]
     Protocol { backend: &'static str, endpoints: String, detail: String },
     #[error("watch on {prefix:?} ended: {detail}; list again and re-watch")]
@@ -141,6 +149,14 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// A TLS or authentication failure: the store is reachable but will not talk to us as
+    /// configured, so a binary should stop at start rather than retry.
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, StoreError::Tls { .. } | StoreError::Auth { .. })
+    }
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -179,6 +195,8 @@ pub struct StoreOptions {
     pub request_timeout: Duration,
     /// How long leased keys outlive their process.
     pub lease_ttl: Duration,
+    /// TLS material, user and password, or token; see [`crate::CredentialFiles::load`].
+    pub credentials: Credentials,
 }
 
 impl Default for StoreOptions {
@@ -188,6 +206,7 @@ impl Default for StoreOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(3),
             lease_ttl: Duration::from_secs(15),
+            credentials: Credentials::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! record in its state directory, no dependency beyond the standard library).
 
 mod blocking;
+mod credentials;
 mod escape;
 mod files;
 mod kv;
@@ -28,7 +29,12 @@ pub mod consul;
 mod embedded;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod tls_sniff;
 
+pub use self::credentials::{
+    ClientIdentity, CredentialFiles, Credentials, CredentialsError, TlsMaterial, UserPassword,
+};
 pub use self::escape::percent_encode;
 pub use self::files::FileRecords;
 pub use self::kv::{

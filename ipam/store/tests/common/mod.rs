@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+
+pub mod local_etcd;
+pub mod pki;
