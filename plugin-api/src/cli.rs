@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use netloom_store::{CredentialFiles, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Args)]
@@ -18,6 +19,9 @@ pub struct CommonArgs {
     /// Store URL: etcd://h1:2379,h2:2379 or consul://host:8500 [default: embedded store in --state-dir]
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+
+    #[command(flatten)]
+    pub store_credentials: StoreCredentialArgs,
 
     /// dockerd's Engine API, asked which networks and endpoints Docker really has (what it no
     /// longer has is removed): unix:///path or tcp://host:port; `none` turns this off
@@ -38,6 +42,47 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
+/// TLS and credentials for a shared `--store`; every file is read and checked at start.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreCredentialArgs {
+    /// CA certificate(s), PEM, the store's certificate must chain to; TLS is on when given
+    #[arg(long, value_name = "FILE", env = "NETLOOM_STORE_CA")]
+    pub store_ca: Option<PathBuf>,
+
+    /// Client certificate, PEM, for a store that wants one (needs --store-key and --store-ca)
+    #[arg(long, value_name = "FILE", env = "NETLOOM_STORE_CERT")]
+    pub store_cert: Option<PathBuf>,
+
+    /// The client certificate's private key, PEM
+    #[arg(long, value_name = "FILE", env = "NETLOOM_STORE_KEY")]
+    pub store_key: Option<PathBuf>,
+
+    /// etcd user (needs --store-password-file)
+    #[arg(long, value_name = "NAME", env = "NETLOOM_STORE_USER")]
+    pub store_user: Option<String>,
+
+    /// File holding the etcd user's password
+    #[arg(long, value_name = "FILE", env = "NETLOOM_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+
+    /// File holding a Consul ACL token, sent with every request
+    #[arg(long, value_name = "FILE", env = "NETLOOM_STORE_TOKEN_FILE")]
+    pub store_token_file: Option<PathBuf>,
+}
+
+impl StoreCredentialArgs {
+    fn files(&self) -> CredentialFiles {
+        CredentialFiles {
+            ca: self.store_ca.clone(),
+            cert: self.store_cert.clone(),
+            key: self.store_key.clone(),
+            user: self.store_user.clone(),
+            password_file: self.store_password_file.clone(),
+            token_file: self.store_token_file.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -51,12 +96,20 @@ pub struct Settings {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub store: Option<String>,
+    pub store_credentials: CredentialFiles,
     /// `None`: `--docker-host none`, no reconciliation against Docker.
     pub docker_host: Option<String>,
     pub reconcile_interval: std::time::Duration,
 }
 
 impl Settings {
+    /// How to open `--store`: its TLS material and credentials read from their files, checked
+    /// against each other and the store URL, so a wrong option stops the binary at start.
+    pub fn store_options(&self) -> anyhow::Result<StoreOptions> {
+        let credentials = self.store_credentials.load(self.store.as_deref())?;
+        Ok(StoreOptions { credentials, ..StoreOptions::default() })
+    }
+
     /// This host's id for keys in a shared store, kept in `<state-dir>/host-id` (made on first
     /// use). Host names are not used: two hosts may well share one.
     pub fn host_id(&self) -> anyhow::Result<String> {
@@ -89,6 +142,7 @@ impl CommonArgs {
             socket: self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/docker/plugins/{name}.sock"))),
             state_dir: self.state_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/var/lib/netloom/{name}"))),
             store: self.store.clone().filter(|s| !s.is_empty()),
+            store_credentials: self.store_credentials.files(),
             docker_host: Some(self.docker_host.clone()).filter(|h| !h.is_empty() && h != "none"),
             reconcile_interval: std::time::Duration::from_secs(self.reconcile_interval),
         }

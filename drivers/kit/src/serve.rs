@@ -103,7 +103,7 @@ async fn open<N: Network, E: Endpoint>(
     kind: &str,
 ) -> Result<(Netlink, Registry<N, E>)> {
     let host_id = settings.host_id()?;
-    let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
+    let store = store::open_with(settings.store.as_deref(), &settings.state_dir, settings.store_options()?)
         .await
         .context("opening the state store")?;
     let netlink = Netlink::connect()?;

@@ -34,7 +34,7 @@ impl Overlay {
             .await
             .context("opening the private record store")?;
         let local = DriverRecords::new(embedded, "overlay", &host);
-        let shared = open_shared(settings, &config, &host).await;
+        let shared = open_shared(settings, &config, &host).await?;
         if let Err(problem) = &shared {
             error!("{problem}");
         }
@@ -168,16 +168,22 @@ impl Overlay {
     }
 }
 
-async fn open_shared(settings: &Settings, config: &Config, host: &str) -> Result<Shared, String> {
+/// The outer error stops the driver: the store refuses our TLS settings or credentials. The inner
+/// one is logged and answered to requests, as the store may come later.
+async fn open_shared(settings: &Settings, config: &Config, host: &str) -> Result<Result<Shared, String>> {
     let Some(url) = settings.store.as_deref() else {
-        return Err("loom-overlay needs a store shared by every host: start it with --store etcd://HOST:2379 \
+        return Ok(Err("loom-overlay needs a store shared by every host: start it with --store etcd://HOST:2379 \
                     (or consul://HOST:8500); the embedded store serves one host and cannot make an overlay"
-            .to_string());
+            .to_string()));
     };
-    let options = StoreOptions { lease_ttl: config.lease_ttl, ..StoreOptions::default() };
-    let store = store::open_with(Some(url), &settings.state_dir, options).await.map_err(|e| format!("--store: {e}"))?;
+    let options = StoreOptions { lease_ttl: config.lease_ttl, ..settings.store_options()? };
+    let store = match store::open_with(Some(url), &settings.state_dir, options).await {
+        Ok(store) => store,
+        Err(e) if e.is_misconfiguration() => anyhow::bail!("--store: {e}"),
+        Err(e) => return Ok(Err(format!("--store: {e}"))),
+    };
     let ipam = Ipam::new(store.clone(), host, IpamConfig::default())
         .await
-        .map_err(|e| format!("starting the VNI allocator: {e}"))?;
-    Ok(Shared { store, ipam })
+        .map_err(|e| format!("starting the VNI allocator: {e}"));
+    Ok(ipam.map(|ipam| Shared { store, ipam }))
 }

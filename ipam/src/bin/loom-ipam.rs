@@ -50,7 +50,7 @@ async fn main() -> ExitCode {
             Some(id) => id,
             None => settings.host_id()?,
         };
-        let store = store::open(settings.store.as_deref(), &settings.state_dir, store::DEFAULT_PREFIX)
+        let store = store::open_with(settings.store.as_deref(), &settings.state_dir, settings.store_options()?)
             .await
             .context("opening the store")?;
         let ipam = Ipam::new(store, &host, config).await.context("starting the IPAM")?;
