@@ -1,16 +1,19 @@
 //! Host leases, for the backends that have them (etcd leases, Consul sessions): keys written with
 //! `put_leased` hang off one lease per process, kept alive by a background task and written again
-//! under a new lease when the store has lost the old one (a long partition).
+//! under a new lease when the store has lost the old one (a long partition). A leased key whose
+//! write failed (the store unreachable, or the key still locked by this host's previous run) is
+//! written again, with backoff, until it is in the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::kv::{Op, StoreResult};
@@ -38,41 +41,59 @@ pub(crate) trait LeaseBackend: Send + Sync + 'static {
 pub(crate) struct Leases<B: LeaseBackend> {
     backend: Arc<B>,
     state: Arc<Mutex<LeaseState<B::Id>>>,
+    /// Tells the keep-alive task that a leased key is missing from the store.
+    missing_key: Arc<Notify>,
     keeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 struct LeaseState<Id> {
     id: Option<Id>,
     keys: LeasedKeys,
+    /// Leased keys not known to be in the store under the current lease: written again, with
+    /// backoff, until they are.
+    missing: BTreeSet<String>,
 }
+
+/// Bounds of the wait between attempts to write missing leased keys.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl<B: LeaseBackend> Leases<B> {
     pub(crate) fn new(backend: Arc<B>) -> Self {
-        let state = LeaseState { id: None, keys: LeasedKeys::default() };
-        Self { backend, state: Arc::new(Mutex::new(state)), keeper: std::sync::Mutex::new(None) }
+        let state = LeaseState { id: None, keys: LeasedKeys::default(), missing: BTreeSet::new() };
+        Self {
+            backend,
+            state: Arc::new(Mutex::new(state)),
+            missing_key: Arc::new(Notify::new()),
+            keeper: std::sync::Mutex::new(None),
+        }
     }
 
-    /// `Store::put_leased`: takes the lease on first use and starts
-    /// the task that keeps it alive.
+    /// `Store::put_leased`: takes the lease on first use and starts the task that keeps it
+    /// alive. On failure the key stays remembered and the task writes it once the store takes it.
     pub(crate) async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
         let mut st = self.state.lock().await;
         st.keys.remember(key, value.clone());
+        st.missing.insert(key.to_string());
         {
             let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
             if keeper.is_none() {
-                *keeper = Some(tokio::spawn(keep_alive(self.backend.clone(), self.state.clone())));
+                let task = keep_alive(self.backend.clone(), self.state.clone(), self.missing_key.clone());
+                *keeper = Some(tokio::spawn(task));
             }
         }
-        // On failure the key stays remembered: the keep-alive task writes it once the store answers.
-        let lease = match &st.id {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.backend.take().await?;
-                st.id = Some(id.clone());
-                id
+        let written = async {
+            let lease = lease_of(&*self.backend, &mut st).await?;
+            self.backend.attach(&lease, key, value).await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                st.missing.remove(key);
             }
-        };
-        self.backend.attach(&lease, key, value).await
+            Err(_) => self.missing_key.notify_one(),
+        }
+        written
     }
 
     /// Runs a write of `ops` so that a lease renewal cannot rewrite a key it replaces or deletes:
@@ -105,39 +126,79 @@ impl<B: LeaseBackend> Drop for Leases<B> {
     }
 }
 
-async fn keep_alive<B: LeaseBackend>(backend: Arc<B>, state: Arc<Mutex<LeaseState<B::Id>>>) {
+/// The current lease, taken first if there is none.
+async fn lease_of<B: LeaseBackend>(backend: &B, st: &mut LeaseState<B::Id>) -> StoreResult<B::Id> {
+    if let Some(id) = &st.id {
+        return Ok(id.clone());
+    }
+    let id = backend.take().await?;
+    st.id = Some(id.clone());
+    Ok(id)
+}
+
+/// Refreshes the lease every period and, while a leased key is missing from the store, writes
+/// it again with a backoff between attempts.
+async fn keep_alive<B: LeaseBackend>(backend: Arc<B>, state: Arc<Mutex<LeaseState<B::Id>>>, missing_key: Arc<Notify>) {
+    let mut next_refresh = Instant::now() + backend.refresh_period();
+    let mut retry = RETRY_FIRST;
     loop {
-        tokio::time::sleep(backend.refresh_period()).await;
-        let lease = state.lock().await.id.clone();
-        let alive = match &lease {
-            Some(id) => backend.refresh(id).await,
-            None => Ok(false),
-        };
-        match alive {
-            Ok(true) => debug!("{} refreshed", B::KIND),
-            Ok(false) => {
-                match &lease {
-                    Some(id) => warn!(lease = %id, "{} lost; taking a new one and rewriting leased keys", B::KIND),
-                    None => info!("taking a new {} for the leased keys", B::KIND),
-                }
-                if let Err(e) = renew_all(&*backend, &state).await {
-                    warn!("rewriting leased keys: {e}");
-                }
+        let missing = !state.lock().await.missing.is_empty();
+        let until = if missing { next_refresh.min(Instant::now() + retry) } else { next_refresh };
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = missing_key.notified() => {}
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + backend.refresh_period();
+            refresh(&*backend, &state).await;
+        }
+        match write_missing(&*backend, &state).await {
+            Ok(0) => {}
+            Ok(written) => {
+                info!(keys = written, "leased keys written under the {}", B::KIND);
+                retry = RETRY_FIRST;
             }
-            Err(e) => warn!("refreshing the {}: {e}", B::KIND),
+            Err(e) => {
+                warn!(retry_in_ms = retry.as_millis() as u64, "writing leased keys: {e}");
+                retry = (retry * 2).min(RETRY_MAX);
+            }
         }
     }
 }
 
-/// Takes a new lease and writes every leased key again.
-async fn renew_all<B: LeaseBackend>(backend: &B, state: &Mutex<LeaseState<B::Id>>) -> StoreResult<()> {
-    let mut st = state.lock().await;
-    let lease = backend.take().await?;
-    st.id = Some(lease.clone());
-    for (key, value) in st.keys.snapshot() {
-        backend.attach(&lease, &key, value).await?;
+/// Refreshes the lease once; a lease the store lost leaves every leased key to be written again
+/// under a new one.
+async fn refresh<B: LeaseBackend>(backend: &B, state: &Mutex<LeaseState<B::Id>>) {
+    let lease = state.lock().await.id.clone();
+    let Some(id) = lease else { return };
+    match backend.refresh(&id).await {
+        Ok(true) => debug!("{} refreshed", B::KIND),
+        Ok(false) => {
+            warn!(lease = %id, "{} lost; taking a new one and rewriting leased keys", B::KIND);
+            let mut st = state.lock().await;
+            st.id = None;
+            st.missing = st.keys.names();
+        }
+        Err(e) => warn!("refreshing the {}: {e}", B::KIND),
     }
-    Ok(())
+}
+
+/// Writes the missing leased keys; returns how many. Keys forgotten meanwhile are dropped.
+async fn write_missing<B: LeaseBackend>(backend: &B, state: &Mutex<LeaseState<B::Id>>) -> StoreResult<usize> {
+    let mut st = state.lock().await;
+    if st.missing.is_empty() {
+        return Ok(0);
+    }
+    let lease = lease_of(backend, &mut st).await?;
+    let mut written = 0;
+    for key in st.missing.clone() {
+        if let Some(value) = st.keys.value(&key) {
+            backend.attach(&lease, &key, value).await?;
+            written += 1;
+        }
+        st.missing.remove(&key);
+    }
+    Ok(written)
 }
 
 /// What a backend with leases remembers of the keys written by `put_leased`, to write them
@@ -165,6 +226,15 @@ impl LeasedKeys {
         }
     }
 
+    fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.keys.get(key).cloned()
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.keys.keys().cloned().collect()
+    }
+
+    #[cfg(test)]
     fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
         self.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }

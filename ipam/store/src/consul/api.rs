@@ -47,27 +47,62 @@ pub fn parse_kv_list(body: &[u8], keys: &KeySpace) -> Result<Vec<KeyValue>, Stri
     Ok(out)
 }
 
-/// The `PUT /v1/txn` body for `txn`: conditions first (Consul checks and applies in order and rolls
-/// everything back on the first failure), then the writes.
-pub fn txn_body(txn: &Txn, keys: &KeySpace) -> Value {
+/// Consul's documented limit of operations in one `/v1/txn`; it answers HTTP 413 beyond it.
+pub const MAX_TXN_OPS: usize = 64;
+
+/// The `PUT /v1/txn` bodies for `txn`, sent in order: conditions first (Consul checks and applies
+/// in order and rolls everything back on the first failure), then the writes. A transaction over
+/// [`MAX_TXN_OPS`] is split only when it has no conditions (its writes then land in several
+/// steps); one with conditions must stay atomic and is refused, naming the limit.
+pub fn txn_bodies(txn: &Txn, keys: &KeySpace) -> Result<Vec<Value>, String> {
     let key = |k: &str| keys.full(k).trim_start_matches('/').to_string();
-    let mut ops = Vec::with_capacity(txn.conditions.len() + txn.ops.len());
-    for c in &txn.conditions {
-        ops.push(match c {
+    let checks: Vec<Value> = txn
+        .conditions
+        .iter()
+        .map(|c| match c {
             Condition::Absent(k) => json!({"KV": {"Verb": "check-not-exists", "Key": key(k)}}),
             // "get" fails the transaction when the key is missing.
             Condition::Exists(k) => json!({"KV": {"Verb": "get", "Key": key(k)}}),
             Condition::Revision(k, rev) => json!({"KV": {"Verb": "check-index", "Key": key(k), "Index": rev}}),
-        });
+        })
+        .collect();
+    let writes: Vec<Vec<Value>> = txn
+        .ops
+        .iter()
+        .map(|op| match op {
+            // A plain "set" keeps the session lock a key has, and the key would go with that
+            // session: deleting first makes the written key plain, as a put is in etcd.
+            Op::Put(k, v) => vec![
+                json!({"KV": {"Verb": "delete", "Key": key(k)}}),
+                json!({"KV": {"Verb": "set", "Key": key(k), "Value": base64::encode(v)}}),
+            ],
+            Op::Delete(k) => vec![json!({"KV": {"Verb": "delete", "Key": key(k)}})],
+            Op::DeletePrefix(p) => vec![json!({"KV": {"Verb": "delete-tree", "Key": key(p)}})],
+        })
+        .collect();
+    let total = checks.len() + writes.iter().map(Vec::len).sum::<usize>();
+    if total <= MAX_TXN_OPS {
+        return Ok(vec![Value::Array(checks.into_iter().chain(writes.into_iter().flatten()).collect())]);
     }
-    for op in &txn.ops {
-        ops.push(match op {
-            Op::Put(k, v) => json!({"KV": {"Verb": "set", "Key": key(k), "Value": base64::encode(v)}}),
-            Op::Delete(k) => json!({"KV": {"Verb": "delete", "Key": key(k)}}),
-            Op::DeletePrefix(p) => json!({"KV": {"Verb": "delete-tree", "Key": key(p)}}),
-        });
+    if !checks.is_empty() {
+        return Err(format!(
+            "a conditional transaction of {total} Consul operations ({} checks, {} writes) is over Consul's \
+             limit of {MAX_TXN_OPS} operations per transaction, and splitting it would lose its atomicity",
+            checks.len(),
+            txn.ops.len()
+        ));
     }
-    Value::Array(ops)
+    // A put's delete and set stay in one body.
+    let mut bodies = Vec::new();
+    let mut body: Vec<Value> = Vec::new();
+    for write in writes {
+        if body.len() + write.len() > MAX_TXN_OPS {
+            bodies.push(Value::Array(std::mem::take(&mut body)));
+        }
+        body.extend(write);
+    }
+    bodies.push(Value::Array(body));
+    Ok(bodies)
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,16 +224,41 @@ mod tests {
             .put("d", b"hi".to_vec())
             .delete("e")
             .delete_prefix("f/");
-        let body = txn_body(&txn, &ks());
+        let bodies = txn_bodies(&txn, &ks()).unwrap();
         let expected = json!([
             {"KV": {"Verb": "check-not-exists", "Key": "netloom/v1/a"}},
             {"KV": {"Verb": "get", "Key": "netloom/v1/b"}},
             {"KV": {"Verb": "check-index", "Key": "netloom/v1/c", "Index": 42}},
+            {"KV": {"Verb": "delete", "Key": "netloom/v1/d"}},
             {"KV": {"Verb": "set", "Key": "netloom/v1/d", "Value": "aGk="}},
             {"KV": {"Verb": "delete", "Key": "netloom/v1/e"}},
             {"KV": {"Verb": "delete-tree", "Key": "netloom/v1/f/"}},
         ]);
-        assert_eq!(body, expected);
+        assert_eq!(bodies, vec![expected]);
+    }
+
+    fn sizes(bodies: &[Value]) -> Vec<usize> {
+        bodies.iter().map(|b| b.as_array().unwrap().len()).collect()
+    }
+
+    #[test]
+    fn large_transactions_are_split_only_without_conditions() {
+        let puts = |n: usize, txn: Txn| (0..n).fold(txn, |t, i| t.put(format!("k{i}"), b"v".to_vec()));
+        // 32 puts are 64 operations: one body.
+        assert_eq!(sizes(&txn_bodies(&puts(32, Txn::new()), &ks()).unwrap()), [64]);
+        // 33 puts are split between a put's delete and set never.
+        let split = txn_bodies(&puts(33, Txn::new()), &ks()).unwrap();
+        assert_eq!(sizes(&split), [64, 2]);
+        assert_eq!(split[1][0]["KV"]["Verb"], "delete");
+        assert_eq!(split[1][1]["KV"]["Key"], "netloom/v1/k32");
+        let deletes = (0..200).fold(Txn::new(), |t, i| t.delete(format!("k{i}")));
+        assert_eq!(sizes(&txn_bodies(&deletes, &ks()).unwrap()), [64, 64, 64, 8]);
+        // With a condition it must stay one transaction.
+        let guarded = puts(32, Txn::new().when(Condition::Absent("g".into())));
+        let err = txn_bodies(&guarded, &ks()).unwrap_err();
+        assert!(err.contains("65 Consul operations") && err.contains("limit of 64"), "{err}");
+        let fits = puts(31, Txn::new().when(Condition::Absent("g".into())));
+        assert_eq!(sizes(&txn_bodies(&fits, &ks()).unwrap()), [63]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::kv::{StoreError, StoreResult};
+use crate::kv::{StoreError, StoreOptions, StoreResult};
 
 pub const BACKEND: &str = "consul";
 
@@ -36,13 +36,15 @@ pub struct Response {
 }
 
 impl Http {
-    pub fn new(endpoints: Vec<String>, connect_timeout: Duration, timeout: Duration) -> Self {
+    /// The ACL token is `--store-token-file`'s, else `CONSUL_HTTP_TOKEN`'s.
+    pub fn new(endpoints: Vec<String>, options: &StoreOptions) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
-        Self { client, endpoints, preferred: AtomicUsize::new(0), timeout, token }
+        let token =
+            options.credentials.token.clone().or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|t| !t.is_empty());
+        Self { client, endpoints, preferred: AtomicUsize::new(0), timeout: options.request_timeout, token }
     }
 
     pub fn endpoints(&self) -> String {
@@ -51,6 +53,17 @@ impl Http {
 
     pub fn unavailable(&self, detail: impl Into<String>) -> StoreError {
         StoreError::Unavailable { backend: BACKEND, endpoints: self.endpoints(), detail: detail.into() }
+    }
+
+    /// Consul answers 403 to a request without a token, with an unknown one, or with one whose
+    /// policy does not cover the keys: none of which a retry mends.
+    fn denied(&self, endpoint: &str, body: &[u8]) -> StoreError {
+        let token = match &self.token {
+            Some(_) => "the ACL token given (--store-token-file or CONSUL_HTTP_TOKEN) was refused",
+            None => "no ACL token was given (--store-token-file or CONSUL_HTTP_TOKEN)",
+        };
+        let detail = format!("{endpoint} answered HTTP 403 {:?}: {token}", String::from_utf8_lossy(body).trim());
+        StoreError::Auth { backend: BACKEND, endpoints: self.endpoints(), detail }
     }
 
     pub fn protocol(&self, detail: impl Into<String>) -> StoreError {
@@ -90,6 +103,7 @@ impl Http {
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Response { status, index, body })
             };
             match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(resp)) if resp.status == 403 => return Err(self.denied(endpoint, &resp.body)),
                 Ok(Ok(resp)) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(resp);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper::Method;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use self::http::Http;
 use crate::keyspace::KeySpace;
@@ -30,6 +30,9 @@ pub use self::http::TOKEN_ENV;
 const WATCH_WAIT: Duration = Duration::from_secs(20);
 /// Consul refuses session TTLs below 10 s.
 const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+/// The pause before the next blocking query when the last one came back at once without moving
+/// the index forwards (reset, 0): Consul's docs ask clients to rate-limit that case.
+const WATCH_PAUSE: Duration = Duration::from_millis(500);
 
 pub struct ConsulStore {
     ctx: Arc<Ctx>,
@@ -43,9 +46,33 @@ struct Ctx {
 }
 
 impl ConsulStore {
+    /// [`ConsulStore::connect`], then one read that tells at start whether Consul takes the ACL
+    /// token: a refusal is an error; an agent that does not answer is only logged, the store is
+    /// used once it does.
+    pub async fn open(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
+        let store = Self::connect(endpoints, options)?;
+        let prefix = api::kv_path(&store.ctx.keys.full(""));
+        match store.ctx.read(&prefix, Duration::ZERO).await {
+            Ok(_) => {}
+            Err(e @ (StoreError::Auth { .. } | StoreError::Tls { .. })) => return Err(e),
+            Err(e) => warn!("consul is not answering yet: {e}; carrying on"),
+        }
+        Ok(store)
+    }
+
+    /// A store that sends nothing until it is used.
     pub fn connect(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
+        if options.credentials.tls.is_some() {
+            return Err(StoreError::Tls {
+                backend: http::BACKEND,
+                endpoints: endpoints.join(","),
+                detail: "this build speaks plain HTTP to Consul only; reach it over a trusted network or a local \
+                         agent, without --store-ca/--store-cert/--store-key"
+                    .into(),
+            });
+        }
         let ctx = Arc::new(Ctx {
-            http: Http::new(endpoints, options.connect_timeout, options.request_timeout),
+            http: Http::new(endpoints, options),
             keys: KeySpace::new(&options.prefix),
             session_ttl: options.lease_ttl.max(MIN_SESSION_TTL),
         });
@@ -73,11 +100,28 @@ impl Ctx {
         self.read(&path, Duration::ZERO).await
     }
 
+    /// One `/v1/txn` per body; more than one only for a transaction without conditions that is
+    /// over Consul's limit (see [`api::txn_bodies`]).
     async fn txn(&self, txn: &Txn) -> StoreResult<TxnOutcome> {
-        let body =
-            serde_json::to_vec(&api::txn_body(txn, &self.keys)).map_err(|e| self.http.protocol(e.to_string()))?;
-        let resp = self.http.send(Method::PUT, "/v1/txn", Some(body), Duration::ZERO).await?;
-        api::parse_txn_response(resp.status, &resp.body, resp.index).map_err(|e| self.http.protocol(e))
+        let bodies = api::txn_bodies(txn, &self.keys).map_err(|e| self.http.protocol(format!("not sent: {e}")))?;
+        if bodies.len() > 1 {
+            debug!(
+                parts = bodies.len(),
+                ops = txn.ops.len(),
+                "unconditional write split at Consul's transaction limit"
+            );
+        }
+        let mut outcome = TxnOutcome::Conflict;
+        for body in bodies {
+            let body = serde_json::to_vec(&body).map_err(|e| self.http.protocol(e.to_string()))?;
+            let resp = self.http.send(Method::PUT, "/v1/txn", Some(body), Duration::ZERO).await?;
+            outcome =
+                api::parse_txn_response(resp.status, &resp.body, resp.index).map_err(|e| self.http.protocol(e))?;
+            if !outcome.committed() {
+                break;
+            }
+        }
+        Ok(outcome)
     }
 }
 
@@ -104,6 +148,11 @@ impl LeaseBackend for Ctx {
         let resp = self.http.send(Method::PUT, &path, Some(value), Duration::ZERO).await?;
         match (resp.status, api::parse_bool(&resp.body)) {
             (200, Ok(true)) => Ok(()),
+            // Held by another session, or in the lock-delay after one.
+            (200, Ok(false)) => Err(self.http.protocol(format!(
+                "{key} is locked by another consul session (this host's previous run, until its session \
+                 expires, or another host with the same id); session {session} takes it once it is free"
+            ))),
             (status, _) => Err(self.http.protocol(format!(
                 "acquiring {key} with session {session}: HTTP {status}: {}",
                 String::from_utf8_lossy(&resp.body).trim()
@@ -191,18 +240,34 @@ impl WatchSource for Watch {
             self.index,
             WATCH_WAIT.as_secs()
         );
+        let started = tokio::time::Instant::now();
         let (kvs, index) = self
             .ctx
             .read(&path, WATCH_WAIT)
             .await
             .map_err(|e| StoreError::WatchEnded { prefix: self.prefix.clone(), detail: e.to_string() })?;
         let index = index.unwrap_or(self.index);
-        // Consul's documented rule: an index that goes backwards means start over.
-        self.index = if index < self.index { 0 } else { index };
+        let previous = self.index;
+        self.index = next_index(previous, index);
+        if index <= previous && started.elapsed() < WATCH_PAUSE {
+            debug!(previous, answered = index, "consul index did not move forwards; pausing before the next query");
+            tokio::time::sleep(WATCH_PAUSE).await;
+        }
         let current: BTreeMap<String, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         let events = diff(&self.snapshot, &current, index);
         self.snapshot = current;
         Ok(Some(events))
+    }
+}
+
+/// The index of the next blocking query, after Consul's "Blocking Queries" rules: an index that
+/// went backwards starts over from 0 (a full read that answers at once), and 0 itself, which
+/// would make every query return at once, becomes 1.
+fn next_index(previous: u64, answered: u64) -> u64 {
+    if answered < previous {
+        0
+    } else {
+        answered.max(1)
     }
 }
 
@@ -228,6 +293,16 @@ mod tests {
 
     fn kv(key: &str, rev: u64) -> (String, KeyValue) {
         (key.to_string(), KeyValue { key: key.into(), value: vec![rev as u8], revision: rev })
+    }
+
+    #[test]
+    fn blocking_query_index() {
+        assert_eq!(next_index(0, 12), 12);
+        assert_eq!(next_index(12, 12), 12);
+        assert_eq!(next_index(12, 30), 30);
+        assert_eq!(next_index(30, 7), 0, "backwards: start over");
+        assert_eq!(next_index(0, 0), 1, "0 is never waited on");
+        assert_eq!(next_index(30, 0), 0);
     }
 
     #[test]
