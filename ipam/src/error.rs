@@ -15,6 +15,9 @@ pub enum IpamError {
     InUse(String),
     #[error("{0}")]
     Exhausted(String),
+    /// A release by a host (or endpoint) that does not hold what it releases.
+    #[error("{0}")]
+    NotHolder(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("store key {key} holds data this version of netloom can't read: {detail}")]

@@ -75,25 +75,52 @@ impl Ipam {
         Ok(grant)
     }
 
-    /// Frees an address. The gateway stays until the pool is deleted (other hosts use it), and an
-    /// address that isn't taken is already released: both succeed without changing anything.
+    /// Frees an address this host holds. The gateway stays until the pool is deleted (other hosts
+    /// use it), and an address that isn't taken is already released: both succeed without changing
+    /// anything. An address another host holds is refused: only its holder may free it.
     pub async fn release_address(&self, pool_id: &str, address: &str) -> IpamResult<()> {
+        self.release_address_of(pool_id, address, None).await
+    }
+
+    /// [`release_address`](Self::release_address), also refused when `owner` (the endpoint id or
+    /// MAC the address was requested with) is given and the address was recorded for another one.
+    pub async fn release_address_of(&self, pool_id: &str, address: &str, owner: Option<&str>) -> IpamResult<()> {
         let id = parse_pool_id(pool_id)?;
         let ip = check_address(&id.subnet, address)?;
-        let pool = self.load_pool(&id).await?;
+        let host = self.host.clone();
+        self.free_address(&id, ip, &host, owner).await
+    }
+
+    /// Frees `ip` if `host` (and `owner`, when given) holds it; reclaiming a dead host's addresses
+    /// passes that host.
+    pub(crate) async fn free_address(
+        &self,
+        id: &PoolId,
+        ip: IpAddr,
+        host: &str,
+        owner: Option<&str>,
+    ) -> IpamResult<()> {
+        let pool = self.load_pool(id).await?;
         if pool.record.gateway.as_deref() == Some(ip.to_string().as_str()) {
             debug!(pool = %id, %ip, "gateway release: kept until the pool is released");
             return Ok(());
         }
-        let bits = self.address_bits(&id);
+        let bits = self.address_bits(id);
+        let owner_key = keys::addr_owner(&id.space, &id.subnet, ip);
         for attempt in 0..self.config.max_attempts {
             let slot = bits.slot(ip_to_u128(ip)).await?;
             if !slot.is_taken() {
                 debug!(pool = %id, %ip, "release of an address that is not assigned; nothing to do");
                 return Ok(());
             }
-            let txn = bits.free(&slot, Txn::new()).delete(keys::addr_owner(&id.space, &id.subnet, ip));
-            let outcome = self.store.txn(txn).await?;
+            let holder = decode_opt::<OwnerRecord>(self.store.get(&owner_key).await?)?.0;
+            if let Some(holder) = &holder {
+                check_holder(id, ip, holder, host, owner)?;
+            }
+            let claim = holder.map(|h| h.claim).unwrap_or_default();
+            let txn = bits.free(&slot, Txn::new()).delete(&owner_key);
+            let what = format!("releasing {ip} in pool {id}");
+            let outcome = self.commit(&what, txn, || self.claim_gone(&owner_key, &claim)).await?;
             bits.after_free(&slot, outcome);
             if outcome.committed() {
                 debug!(pool = %id, %ip, "address released");
@@ -102,6 +129,18 @@ impl Ipam {
             backoff(attempt).await;
         }
         Err(self.contention(&format!("releasing {ip} in pool {id}")))
+    }
+
+    /// Whether the record of the claim `claim` at `key` is gone (released, or taken again since).
+    pub(crate) async fn claim_gone(&self, key: &str, claim: &str) -> IpamResult<bool> {
+        let now = decode_opt::<OwnerRecord>(self.store.get(key).await?)?.0;
+        Ok(now.is_none_or(|r| r.claim != claim))
+    }
+
+    /// Whether the record at `key` is the one written with `claim`.
+    pub(crate) async fn claim_present(&self, key: &str, claim: &str) -> IpamResult<bool> {
+        let now = decode_opt::<OwnerRecord>(self.store.get(key).await?)?.0;
+        Ok(now.is_some_and(|r| r.claim == claim))
     }
 
     /// Every assigned address of a pool (the range part of the id is ignored), lowest first.
@@ -134,8 +173,14 @@ impl Ipam {
         }
     }
 
-    fn owner_record(&self, owner: &str, kind: Kind) -> Vec<u8> {
-        records::encode(&OwnerRecord { host: self.host.clone(), owner: owner.to_string(), kind, at: records::now() })
+    fn owner_record(&self, owner: &str, kind: Kind, claim: &str) -> Vec<u8> {
+        records::encode(&OwnerRecord {
+            host: self.host.clone(),
+            owner: owner.to_string(),
+            kind,
+            at: records::now(),
+            claim: claim.to_string(),
+        })
     }
 
     async fn claim_specific(&self, id: &PoolId, ip: IpAddr, owner: &str) -> IpamResult<IpAddr> {
@@ -147,10 +192,12 @@ impl Ipam {
             if slot.is_taken() {
                 return self.already_taken(id, ip, owner, &pool.record).await;
             }
+            let claim = records::claim_id();
             let txn = Txn::new()
                 .when(Condition::Exists(pool.key.clone()))
-                .put(&owner_key, self.owner_record(owner, Kind::Endpoint));
-            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+                .put(&owner_key, self.owner_record(owner, Kind::Endpoint, &claim));
+            let what = format!("assigning {ip} in pool {id}");
+            let outcome = self.commit(&what, bits.take(&slot, txn), || self.claim_present(&owner_key, &claim)).await?;
             bits.after_take(&slot, outcome);
             if outcome.committed() {
                 return Ok(ip);
@@ -213,10 +260,12 @@ impl Ipam {
             }
             let ip = u128_to_ip(family, slot.value);
             let owner_key = keys::addr_owner(&id.space, &id.subnet, ip);
+            let claim = records::claim_id();
             let txn = Txn::new()
                 .when(Condition::Exists(pool_key.clone()))
-                .put(owner_key, self.owner_record(owner, Kind::Endpoint));
-            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+                .put(&owner_key, self.owner_record(owner, Kind::Endpoint, &claim));
+            let what = format!("assigning {ip} in pool {id}");
+            let outcome = self.commit(&what, bits.take(&slot, txn), || self.claim_present(&owner_key, &claim)).await?;
             bits.after_take(&slot, outcome);
             if outcome.committed() {
                 *cursor = if slot.value >= hi { lo } else { slot.value + 1 };
@@ -246,11 +295,13 @@ impl Ipam {
             let slot = self.gateway_slot(id, &bits, requested).await?;
             let ip = u128_to_ip(id.subnet.family(), slot.value);
             pool.record.gateway = Some(ip.to_string());
+            let (owner_key, claim) = (keys::addr_owner(&id.space, &id.subnet, ip), records::claim_id());
             let txn = Txn::new()
                 .when(Condition::Revision(pool.key.clone(), pool.revision))
                 .put(pool.key.clone(), records::encode(&pool.record))
-                .put(keys::addr_owner(&id.space, &id.subnet, ip), self.owner_record("", Kind::Gateway));
-            let outcome = self.store.txn(bits.take(&slot, txn)).await?;
+                .put(&owner_key, self.owner_record("", Kind::Gateway, &claim));
+            let what = format!("assigning the gateway of pool {id}");
+            let outcome = self.commit(&what, bits.take(&slot, txn), || self.claim_present(&owner_key, &claim)).await?;
             bits.after_take(&slot, outcome);
             if outcome.committed() {
                 return Ok(ip);
@@ -277,6 +328,28 @@ impl Ipam {
         }
         warn!(pool = %id, "the first address is taken; using the next free one as the gateway");
         bits.find_free(lo, hi, lo).await?.ok_or_else(|| exhausted(id))
+    }
+}
+
+/// Refuses the release of an address that `host` (and `owner`, when given) does not hold. A record
+/// without a host predates host ids: any host may release it.
+fn check_holder(id: &PoolId, ip: IpAddr, holder: &OwnerRecord, host: &str, owner: Option<&str>) -> IpamResult<()> {
+    if !holder.host.is_empty() && holder.host != host {
+        return Err(IpamError::NotHolder(format!(
+            "address {ip} in pool {} is held by host {}{}, not by host {host}: only the host that holds an address can release it",
+            id.subnet,
+            holder.host,
+            if holder.owner.is_empty() { String::new() } else { format!(" (endpoint {})", holder.owner) },
+        )));
+    }
+    match owner {
+        Some(owner) if !owner.is_empty() && !holder.owner.is_empty() && holder.owner != owner => {
+            Err(IpamError::NotHolder(format!(
+                "address {ip} in pool {} is held by endpoint {}, not by {owner}: only its holder can release it",
+                id.subnet, holder.owner
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -12,6 +12,7 @@ mod addresses;
 mod audit;
 pub(crate) mod bitspace;
 mod held;
+mod outcome;
 mod pools;
 mod reclaim;
 mod vni;

@@ -111,16 +111,21 @@ impl Ipam {
 
     async fn join_or_create(&self, space: &str, subnet: Subnet) -> IpamResult<Subnet> {
         let pool_key = keys::pool(space, &subnet);
+        let turn = self.space_turn(space);
+        let _turn = turn.lock().await;
         for attempt in 0..self.config.max_attempts {
             let (index, index_rev) = self.read_index(space).await?;
             let committed = if index.pools.contains(&subnet.to_string()) {
                 let (rec, rev) = decode_opt::<PoolRecord>(self.store.get(&pool_key).await?)?;
                 match rec {
                     Some(mut rec) => {
-                        *rec.hosts.entry(self.host.clone()).or_insert(0) += 1;
+                        let held = rec.hosts.get(&self.host).copied().unwrap_or(0);
+                        rec.hosts.insert(self.host.clone(), held + 1);
                         let txn =
                             Txn::new().when(Condition::unchanged(&pool_key, rev)).put(&pool_key, records::encode(&rec));
-                        self.store.txn(txn).await?.committed()
+                        let what = format!("joining pool {space}/{subnet}");
+                        let applied = || self.references_are(space, &subnet, &self.host, held + 1);
+                        self.commit(&what, txn, applied).await?.committed()
                     }
                     // Listed but without a record: not written by this code; recreate the record.
                     None => self.create(space, subnet, index, index_rev).await?,
@@ -155,6 +160,8 @@ impl Ipam {
                 family.name()
             )));
         }
+        let turn = self.space_turn(space);
+        let _turn = turn.lock().await;
         for attempt in 0..self.config.max_attempts {
             let (index, index_rev) = self.read_index(space).await?;
             let in_use = parse_index(space, &index)?;
@@ -174,7 +181,8 @@ impl Ipam {
         Err(self.contention(&format!("carving a default pool in address space {space}")))
     }
 
-    /// Creates the pool with this host's first reference, if the index is still as read.
+    /// Creates the pool with this host's first reference, if the index is still as read. The
+    /// caller holds the space's turn.
     async fn create(
         &self,
         space: &str,
@@ -198,7 +206,21 @@ impl Ipam {
             .when(Condition::Absent(pool_key.clone()))
             .put(index_key, records::encode(&index))
             .put(pool_key, records::encode(&rec));
-        Ok(self.store.txn(txn).await?.committed())
+        let applied = || self.references_are(space, &subnet, &self.host, 1);
+        Ok(self.commit(&format!("creating pool {space}/{subnet}"), txn, applied).await?.committed())
+    }
+
+    /// Whether `host` holds exactly `count` references to the pool (0: the pool or the host's entry
+    /// is gone). Only this process changes this host's count, and only in its space's turn, so
+    /// after a write whose outcome is unknown the count tells whether it was applied.
+    async fn references_are(&self, space: &str, subnet: &Subnet, host: &str, count: u32) -> IpamResult<bool> {
+        let rec = decode_opt::<PoolRecord>(self.store.get(&keys::pool(space, subnet)).await?)?.0;
+        Ok(rec.and_then(|r| r.hosts.get(host).copied()).unwrap_or(0) == count)
+    }
+
+    /// Serialises this process's changes to pool references in one address space.
+    fn space_turn(&self, space: &str) -> std::sync::Arc<tokio::sync::Mutex<u128>> {
+        self.cursor(&format!("\0space {space}"))
     }
 
     /// Removes `count` (or all, with `None`) of `host`'s references to a pool; deletes the pool and
@@ -211,6 +233,8 @@ impl Ipam {
         count: Option<u32>,
     ) -> IpamResult<u32> {
         let pool_key = keys::pool(space, subnet);
+        let turn = self.space_turn(space);
+        let _turn = turn.lock().await;
         for attempt in 0..self.config.max_attempts {
             let Some(kv) = self.store.get(&pool_key).await? else { return Ok(0) };
             let mut rec: PoolRecord = records::decode(&kv)?;
@@ -228,7 +252,9 @@ impl Ipam {
                     .when(Condition::Revision(pool_key.clone(), kv.revision))
                     .put(&pool_key, records::encode(&rec))
             };
-            if self.store.txn(txn).await?.committed() {
+            let what = format!("releasing pool {space}/{subnet} for host {host}");
+            let applied = || async { Ok(!self.references_are(space, subnet, host, held).await?) };
+            if self.commit(&what, txn, applied).await?.committed() {
                 if rec.hosts.is_empty() {
                     info!(space, %subnet, "last reference gone; pool and its addresses deleted");
                 }

@@ -95,7 +95,8 @@ impl Ipam {
             let pool_id = format!("{}/{subnet}", rec.space);
             for addr in self.addresses(&pool_id).await? {
                 if addr.owner.kind == Kind::Endpoint && addr.owner.host == host {
-                    self.release_address(&pool_id, &addr.ip.to_string()).await?;
+                    let id = super::pools::parse_pool_id(&pool_id)?;
+                    self.free_address(&id, addr.ip, host, None).await?;
                     done.addresses += 1;
                 }
             }

@@ -48,6 +48,10 @@ pub struct OwnerRecord {
     pub owner: String,
     pub kind: Kind,
     pub at: u64,
+    /// Unique to the write that made the claim, so that a write whose outcome is unknown can be
+    /// recognised when read back. Empty in records written before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub claim: String,
 }
 
 /// `hosts/<host>`: written with the host lease, so it disappears when the host does.
@@ -74,6 +78,15 @@ pub fn decode_opt<T: DeserializeOwned>(kv: Option<KeyValue>) -> Result<(Option<T
     }
 }
 
+/// A value no other write of this process has used; with the host id in the same record it is
+/// unique across the cluster.
+pub fn claim_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos:x}-{n:x}", std::process::id())
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -95,8 +108,11 @@ mod tests {
         let kv = KeyValue { key: "k".into(), value: encode(&rec), revision: 3 };
         assert_eq!(decode::<PoolRecord>(&kv).unwrap(), rec);
         assert!(!String::from_utf8(kv.value).unwrap().contains("gateway"));
-        let owner = OwnerRecord { host: "h".into(), owner: "".into(), kind: Kind::Gateway, at: 0 };
+        let owner =
+            OwnerRecord { host: "h".into(), owner: "".into(), kind: Kind::Gateway, at: 0, claim: String::new() };
         assert!(String::from_utf8(encode(&owner)).unwrap().contains("\"gateway\""));
+        assert!(!String::from_utf8(encode(&owner)).unwrap().contains("claim"), "older readers see the same record");
+        assert_ne!(claim_id(), claim_id());
     }
 
     #[test]

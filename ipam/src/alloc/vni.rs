@@ -79,17 +79,40 @@ impl Ipam {
         Err(self.contention(&format!("reserving VNI {vni}")))
     }
 
-    /// Frees a VNI; one that isn't taken is already free.
+    /// Frees a VNI whatever holds it; one that isn't taken is already free. Prefer
+    /// [`release_vni_of`](Self::release_vni_of), which frees it only for its owner.
     pub async fn release_vni(&self, vni: u32) -> IpamResult<()> {
+        self.free_vni(vni, None).await
+    }
+
+    /// Frees `owner`'s VNI. A VNI held by another owner is refused: a network leaving must not free
+    /// the VNI that another network took since. VNIs belong to networks, not hosts: the last host
+    /// to leave a network frees its VNI, whichever host took it.
+    pub async fn release_vni_of(&self, vni: u32, owner: &str) -> IpamResult<()> {
+        check_owner(owner)?;
+        self.free_vni(vni, Some(owner)).await
+    }
+
+    async fn free_vni(&self, vni: u32, owner: Option<&str>) -> IpamResult<()> {
         check_vni(vni)?;
         let bits = self.vni_bits();
+        let id_key = keys::vni_id(vni);
         for attempt in 0..self.config.max_attempts {
             let slot = bits.slot(vni as u128).await?;
             if !slot.is_taken() {
                 return Ok(());
             }
-            let mut txn = bits.free(&slot, Txn::new()).delete(keys::vni_id(vni));
-            let holder = decode_opt::<OwnerRecord>(self.store.get(&keys::vni_id(vni)).await?)?.0;
+            let mut txn = bits.free(&slot, Txn::new()).delete(&id_key);
+            let holder = decode_opt::<OwnerRecord>(self.store.get(&id_key).await?)?.0;
+            if let (Some(wanted), Some(holder)) = (owner, &holder) {
+                if !holder.owner.is_empty() && holder.owner != wanted {
+                    return Err(IpamError::NotHolder(format!(
+                        "VNI {vni} is held by {} (host {}), not by {wanted}: only its holder can release it",
+                        holder.owner, holder.host
+                    )));
+                }
+            }
+            let claim = holder.as_ref().map(|h| h.claim.clone()).unwrap_or_default();
             if let Some(owner) = holder.map(|h| h.owner).filter(|o| !o.is_empty()) {
                 let owner_key = keys::vni_owner(&owner);
                 if let Some(kv) = self.store.get(&owner_key).await? {
@@ -98,7 +121,8 @@ impl Ipam {
                     }
                 }
             }
-            let outcome = self.store.txn(txn).await?;
+            let what = format!("releasing VNI {vni}");
+            let outcome = self.commit(&what, txn, || self.claim_gone(&id_key, &claim)).await?;
             bits.after_free(&slot, outcome);
             if outcome.committed() {
                 info!(vni, "VNI released");
@@ -138,22 +162,24 @@ impl Ipam {
     /// Takes the VNI `slot` for `owner` in one transaction, on the condition that the owner has
     /// none yet; returns whether it committed.
     async fn take_vni(&self, bits: &BitSpace<'_>, slot: &Slot, owner: &str) -> IpamResult<bool> {
-        let (vni, owner_key) = (slot.value as u32, keys::vni_owner(owner));
+        let (vni, owner_key, claim) = (slot.value as u32, keys::vni_owner(owner), records::claim_id());
         let txn = Txn::new()
             .when(Condition::Absent(owner_key.clone()))
-            .put(keys::vni_id(vni), self.vni_record(owner))
+            .put(keys::vni_id(vni), self.vni_record(owner, &claim))
             .put(owner_key, vni.to_string());
-        let outcome = self.store.txn(bits.take(slot, txn)).await?;
+        let (what, id_key) = (format!("taking VNI {vni} for {owner}"), keys::vni_id(vni));
+        let outcome = self.commit(&what, bits.take(slot, txn), || self.claim_present(&id_key, &claim)).await?;
         bits.after_take(slot, outcome);
         Ok(outcome.committed())
     }
 
-    fn vni_record(&self, owner: &str) -> Vec<u8> {
+    fn vni_record(&self, owner: &str, claim: &str) -> Vec<u8> {
         records::encode(&OwnerRecord {
             host: self.host.clone(),
             owner: owner.to_string(),
             kind: Kind::Vni,
             at: records::now(),
+            claim: claim.to_string(),
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod conformance;
 pub mod counting;
 pub mod etcd;
 pub mod fake_consul;
+pub mod flaky;
 pub mod model;
 pub mod scenarios;
 pub mod served;

@@ -53,7 +53,8 @@ pub fn actions(max: usize) -> impl Strategy<Value = Vec<Action>> {
 struct Model {
     refs: BTreeMap<(usize, usize), u32>,
     gateway: BTreeMap<usize, IpAddr>,
-    held: BTreeMap<usize, BTreeSet<IpAddr>>,
+    /// Per subnet: address → the host holding it.
+    held: BTreeMap<usize, BTreeMap<IpAddr, usize>>,
     vnis: BTreeMap<String, u32>,
 }
 
@@ -63,7 +64,7 @@ impl Model {
     }
 
     fn taken(&self, subnet: usize) -> BTreeSet<IpAddr> {
-        let mut t = self.held.get(&subnet).cloned().unwrap_or_default();
+        let mut t: BTreeSet<IpAddr> = self.held.get(&subnet).map(|h| h.keys().copied().collect()).unwrap_or_default();
         t.extend(self.gateway.get(&subnet));
         t
     }
@@ -166,7 +167,7 @@ async fn step(hosts: &[Ipam], m: &mut Model, action: Action) {
                     assert!(v >= lo && v <= hi, "{} outside {lo}..={hi}", grant.ip);
                     assert!(!taken.contains(&grant.ip), "duplicate address {}", grant.ip);
                     assert_eq!(grant.prefix, subnet(s).prefix());
-                    m.held.entry(s).or_default().insert(grant.ip);
+                    m.held.entry(s).or_default().insert(grant.ip, host);
                 }
                 Err(IpamError::Exhausted(_)) => assert_eq!(free, 0, "exhausted with {free} free"),
                 Err(e) => panic!("unexpected error {e}"),
@@ -185,7 +186,7 @@ async fn step(hosts: &[Ipam], m: &mut Model, action: Action) {
                 assert!(matches!(got, Err(IpamError::InUse(_))), "{ip} is taken: {got:?}");
             } else {
                 assert_eq!(got.unwrap().ip, ip);
-                m.held.entry(s).or_default().insert(ip);
+                m.held.entry(s).or_default().insert(ip, host);
             }
         }
         Action::Release { host, subnet: s, pick } => {
@@ -198,6 +199,10 @@ async fn step(hosts: &[Ipam], m: &mut Model, action: Action) {
             let got = hosts[host].release_address(&pool_id(s, false), &ip.to_string()).await;
             if !m.exists(s) {
                 return not_found(got);
+            }
+            let holder = m.held.get(&s).and_then(|h| h.get(&ip)).copied();
+            if holder.is_some_and(|h| h != host) {
+                return assert!(matches!(got, Err(IpamError::NotHolder(_))), "{ip} is another host's: {got:?}");
             }
             got.unwrap();
             if let Some(held) = m.held.get_mut(&s) {
@@ -217,11 +222,11 @@ async fn step(hosts: &[Ipam], m: &mut Model, action: Action) {
         }
         Action::ReleaseVni { host, pick } => {
             let held: Vec<(String, u32)> = m.vnis.iter().map(|(o, v)| (o.clone(), *v)).collect();
-            let vni = match held.len() {
-                0 => 4096 + pick as u32,
-                n => held[pick as usize % n].1,
+            let (owner, vni) = match held.len() {
+                0 => ("net-none".to_string(), 4096 + pick as u32),
+                n => held[pick as usize % n].clone(),
             };
-            hosts[host].release_vni(vni).await.unwrap();
+            hosts[host].release_vni_of(vni, &owner).await.unwrap();
             m.vnis.retain(|_, v| *v != vni);
         }
     }
@@ -253,7 +258,7 @@ async fn release_everything(hosts: &[Ipam], m: &mut Model) {
             hosts[host].release_pool(&pool_id(s, false)).await.unwrap();
         }
     }
-    for (_, vni) in std::mem::take(&mut m.vnis) {
-        hosts[0].release_vni(vni).await.unwrap();
+    for (owner, vni) in std::mem::take(&mut m.vnis) {
+        hosts[0].release_vni_of(vni, &owner).await.unwrap();
     }
 }
