@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use ipnetwork::IpNetwork;
 use netloom_ipam::{Ipam, IpamError};
-use netloom_store::{Condition, Revision, Store, Txn, TxnOutcome};
+use netloom_store::{Condition, Revision, Store, StoreError, Txn, TxnOutcome};
 use tracing::{info, warn};
 
 use crate::options::subnet_key;
@@ -18,6 +19,8 @@ use crate::records::{
 
 /// Bounded: each retry means another host changed the same record in between.
 const ATTEMPTS: usize = 20;
+/// Reads of a record after a write whose outcome is unknown, before giving up.
+const READ_BACK_ATTEMPTS: usize = 3;
 
 pub struct Shared {
     pub store: Arc<dyn Store>,
@@ -119,7 +122,7 @@ impl Shared {
                 }
             },
             Err(e) => {
-                self.release_quietly(vni).await;
+                self.release_quietly(vni, &owner).await;
                 Err(e.into())
             }
         }
@@ -167,7 +170,7 @@ impl Shared {
                     let txn = Txn::new()
                         .when(Condition::Revision(network_key(key), revision))
                         .put(network_key(key), records::encode(&updated));
-                    if let TxnOutcome::Committed(revision) = self.store.txn(txn).await? {
+                    if let Some(revision) = self.change_membership(key, txn, is_member(req)).await? {
                         info!(network = %key, vni = config.vni, "joined the network other hosts made");
                         return Ok((updated, Outcome::Joined, revision));
                     }
@@ -178,7 +181,7 @@ impl Shared {
             // reserved (or allocated) for the same owner name.
             let owner = match req.vni {
                 Some(vni) => vni_owner(&local_network_key(vni)),
-                None => format!("overlay:subnet:{}", subnet_key(&primary)),
+                None => subnet_vni_owner(&primary),
             };
             let vni = self.take_vni(req.vni, &owner).await?;
             let key = local_network_key(vni);
@@ -188,14 +191,14 @@ impl Shared {
             for subnet in &subnets {
                 txn = txn.when(Condition::Absent(subnet_index_key(subnet))).put(subnet_index_key(subnet), key.clone());
             }
-            if let TxnOutcome::Committed(revision) = self.store.txn(txn).await? {
+            if let Some(revision) = self.change_membership(&key, txn, is_member(req)).await? {
                 info!(network = %key, vni, subnets = ?subnets, "network recorded");
                 return Ok((config, Outcome::Created, revision));
             }
             // Someone else was quicker. If it is this very network (same VNI), join it next
             // round; if its subnet went to another network, the VNI is not ours to keep.
             if self.read(&key).await?.is_none() {
-                self.release_quietly(vni).await;
+                self.release_quietly(vni, &owner).await;
             }
         }
         bail!("other hosts kept changing the network's store records; try again")
@@ -218,9 +221,10 @@ impl Shared {
             } else {
                 txn.put(network_key(key), records::encode(&updated))
             };
-            if self.store.txn(txn).await?.committed() {
+            let left = |now: Option<&NetworkConfig>| now.is_none_or(|c| !c.members.contains_key(host));
+            if self.change_membership(key, txn, left).await?.is_some() {
                 if updated.members.is_empty() {
-                    self.ipam.release_vni(config.vni).await?;
+                    self.release_network_vni(&config).await?;
                     info!(network = %key, vni = config.vni, "last host left the network; records and VNI released");
                 }
                 return Ok(());
@@ -272,17 +276,20 @@ impl Shared {
         if !self.store.txn(txn).await?.committed() {
             bail!("network {} changed in the store while it was being removed; try again", records::short(key));
         }
-        self.ipam.release_vni(config.vni).await?;
+        self.release_network_vni(&config).await?;
         info!(network = %records::short(key), vni = config.vni, "network removed from the store");
         Ok(())
     }
 
     /// Local scope, after a store lost its data or a record was removed behind this host's back:
-    /// writes the network back as this host knows it.
+    /// writes the network back as this host knows it. A record under the same key that describes
+    /// another network (another VNI or subnet: the key was freed and reused while this host was
+    /// away) is not joined, and the VNI must be this network's again before the record is written.
     pub async fn restore_local(&self, config: &NetworkConfig, host: &str, docker_id: &str) -> Result<()> {
         let key = &config.key;
         match self.read(key).await? {
             Some((current, revision)) => {
+                check_same_identity(&current, config)?;
                 if current.members.get(host).map(String::as_str) == Some(docker_id) {
                     return Ok(());
                 }
@@ -291,10 +298,15 @@ impl Shared {
                 let txn = Txn::new()
                     .when(Condition::Revision(network_key(key), revision))
                     .put(network_key(key), records::encode(&updated));
-                self.store.txn(txn).await?;
+                let joined = |now: Option<&NetworkConfig>| {
+                    now.is_some_and(|c| c.members.get(host).map(String::as_str) == Some(docker_id))
+                };
+                self.change_membership(key, txn, joined).await?;
             }
             None => {
-                let _ = self.ipam.reserve_vni(config.vni, &vni_owner(key)).await;
+                self.ipam.reserve_vni(config.vni, &vni_owner(key)).await.map_err(|e| {
+                    anyhow!("network {key} cannot be written back to the store: its VNI {}: {e}", config.vni)
+                })?;
                 let mut restored = config.clone();
                 restored.members.insert(host.to_string(), docker_id.to_string());
                 let mut txn = Txn::new()
@@ -305,12 +317,50 @@ impl Shared {
                         .when(Condition::Absent(subnet_index_key(&subnet)))
                         .put(subnet_index_key(&subnet), key.clone());
                 }
-                if self.store.txn(txn).await?.committed() {
+                let joined = |now: Option<&NetworkConfig>| {
+                    now.is_some_and(|c| c.members.get(host).map(String::as_str) == Some(docker_id))
+                };
+                if self.change_membership(key, txn, joined).await?.is_some() {
                     warn!(network = %key, "network record was missing from the store; written back");
+                } else if self.read(key).await?.is_none() {
+                    // Its subnet went to another network meanwhile: the VNI is not ours to keep.
+                    self.release_quietly(config.vni, &vni_owner(key)).await;
+                    bail!("network {key} cannot be written back to the store: another overlay has its subnet now");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Sends a transaction that changes a network record's members. When the store does not say
+    /// whether it was applied (a timeout), the record is read back and `applied` decides, so that
+    /// a retry neither adds a member twice nor leaves a membership nobody knows of (which would
+    /// keep the network, and its VNI, alive forever). `None`: not applied (a conflict).
+    async fn change_membership<F>(&self, key: &str, txn: Txn, applied: F) -> Result<Option<Revision>>
+    where
+        F: Fn(Option<&NetworkConfig>) -> bool,
+    {
+        let error = match self.store.txn(txn).await {
+            Ok(TxnOutcome::Committed(revision)) => return Ok(Some(revision)),
+            Ok(TxnOutcome::Conflict) => return Ok(None),
+            Err(e @ StoreError::Unavailable { .. }) => e,
+            Err(e) => return Err(e.into()),
+        };
+        warn!(network = %key, "store write outcome unknown ({error}); reading the record back");
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..READ_BACK_ATTEMPTS {
+            match self.read(key).await {
+                Ok(now) => {
+                    let done = applied(now.as_ref().map(|(c, _)| c));
+                    info!(network = %key, applied = done, "read back a write whose outcome was unknown");
+                    return Ok(done.then(|| now.map(|(_, r)| r).unwrap_or(0)));
+                }
+                Err(e) => warn!(network = %key, "reading back a write whose outcome is unknown: {e:#}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        Err(anyhow!(error).context(format!("network {key}: the store did not say whether the change was applied")))
     }
 
     async fn take_vni(&self, wanted: Option<u32>, owner: &str) -> Result<u32> {
@@ -326,11 +376,60 @@ impl Shared {
         }
     }
 
-    pub async fn release_quietly(&self, vni: u32) {
-        if let Err(e) = self.ipam.release_vni(vni).await {
+    /// Frees the VNI of a network whose record is gone: held under the network's key, or (made
+    /// without a VNI option, keyed by its subnet) under its subnet. A VNI another owner holds now
+    /// is not this network's to free.
+    async fn release_network_vni(&self, config: &NetworkConfig) -> Result<()> {
+        let by_subnet = config.subnets().first().map(subnet_vni_owner);
+        for owner in std::iter::once(vni_owner(&config.key)).chain(by_subnet) {
+            match self.ipam.release_vni_of(config.vni, &owner).await {
+                Ok(()) => return Ok(()),
+                Err(IpamError::NotHolder(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        warn!(network = %records::short(&config.key), vni = config.vni, "the VNI is another network's now; left to it");
+        Ok(())
+    }
+
+    pub async fn release_quietly(&self, vni: u32, owner: &str) {
+        if let Err(e) = self.ipam.release_vni_of(vni, owner).await {
             warn!(vni, "releasing VNI: {e}");
         }
     }
+}
+
+/// The VNI owner of a local-scope network made without a VNI option: hosts creating it with the
+/// same subnet at the same moment get the same VNI.
+fn subnet_vni_owner(subnet: &IpNetwork) -> String {
+    format!("overlay:subnet:{}", subnet_key(subnet))
+}
+
+/// `req`'s host is a member of the network, for its Docker network.
+fn is_member(req: &NetworkRequest) -> impl Fn(Option<&NetworkConfig>) -> bool + '_ {
+    move |now| now.is_some_and(|c| c.members.get(&req.host) == Some(&req.docker_id))
+}
+
+/// Two records of one network: same VNI, same subnets.
+pub fn same_identity(a: &NetworkConfig, b: &NetworkConfig) -> bool {
+    a.vni == b.vni && a.subnets() == b.subnets()
+}
+
+/// A record read back from the store must be the network this host has.
+fn check_same_identity(current: &NetworkConfig, mine: &NetworkConfig) -> Result<()> {
+    if same_identity(current, mine) {
+        return Ok(());
+    }
+    let list = |c: &NetworkConfig| c.subnets().iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    bail!(
+        "the store's record {} is another network now (VNI {}, subnet {}), not this host's (VNI {}, subnet {}): not joined; \
+         remove this host's Docker network and create it again",
+        current.key,
+        current.vni,
+        list(current),
+        mine.vni,
+        list(mine)
+    )
 }
 
 /// A host joining a local-scope network must describe the same network.
@@ -354,6 +453,10 @@ fn check_same_network(config: &NetworkConfig, req: &NetworkRequest) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod ownership_tests;
 
 #[cfg(test)]
 mod tests {

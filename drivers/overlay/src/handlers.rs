@@ -237,6 +237,10 @@ impl Driver {
         let ipv4 = parse_address(&req.interface.address, config.subnet_v4, "IPv4")?;
         let ipv6 = parse_address(&req.interface.address_ipv6, config.subnet_v6, "IPv6")?;
         let existing = ov.state().endpoints.get(&req.endpoint_id).cloned();
+        if existing.is_none() {
+            let ips: Vec<_> = [ipv4, ipv6].into_iter().flatten().map(|a| a.ip()).collect();
+            ov.check_address_free(&config.key, &ips).await?;
+        }
         let record = match existing {
             Some(existing) => existing,
             None => LocalEndpoint {

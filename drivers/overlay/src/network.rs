@@ -1,17 +1,18 @@
 //! A network on this host: its kernel objects, its peer entries as the copy of the store says,
 //! and this host's endpoints in the shared peer table. Callers hold the network's turn.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Result;
 use netloom_plugin_api::locks::LOCK_WAIT;
 use netloom_plugin_api::{PluginError, PluginResult};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::options::VXLAN_OVERHEAD;
 use crate::overlay::{store_error, Overlay};
 use crate::peers;
-use crate::records::{self, short, LocalEndpoint, LocalNetwork, NetworkConfig};
+use crate::records::{self, short, LocalEndpoint, LocalNetwork, NetworkConfig, PeerRecord};
 
 impl Overlay {
     /// The network's kernel objects on this host, made if missing, with their peer entries.
@@ -61,7 +62,12 @@ impl Overlay {
                 return;
             }
             let Some(dp) = state.dataplane(key) else { return };
-            let want = peers::desired(&state.cache.peers_of(key), |h| state.liveness(h), &self.host, self.config.port);
+            let want = if state.foreign(key) {
+                debug!(network = %short(key), "the store's record is another network: no remote peers");
+                peers::Desired::default()
+            } else {
+                peers::desired(&state.cache.peers_of(key), |h| state.liveness(h), &self.host, self.config.port)
+            };
             let local_macs: Vec<[u8; 6]> = state
                 .endpoints
                 .values()
@@ -113,11 +119,47 @@ impl Overlay {
         Ok(record)
     }
 
+    /// Refuses an address that another host's endpoint holds on the network. Docker's default
+    /// IPAM is per host in local scope, so every host hands out the same first addresses; two
+    /// endpoints with one address would each take the other's traffic. Read from the store, or
+    /// from this host's copy of it when the store does not answer.
+    pub async fn check_address_free(&self, key: &str, ips: &[IpAddr]) -> PluginResult<()> {
+        let Ok(shared) = &self.shared else { return Ok(()) };
+        if ips.is_empty() {
+            return Ok(());
+        }
+        let peers: Vec<PeerRecord> = match shared.store.list(&records::peers_prefix(key)).await {
+            Ok(list) => list.iter().filter_map(|kv| records::decode(&kv.key, &kv.value).ok()).collect(),
+            Err(e) => {
+                warn!(network = %short(key), "checking the address against other hosts' endpoints: {e}; using this host's copy of the store");
+                self.state().cache.peers_of(key).into_values().map(|(p, _)| p).collect()
+            }
+        };
+        let holder = peers.iter().filter(|p| p.host != self.host).find_map(|p| {
+            let held = [p.ipv4, p.ipv6].into_iter().flatten().find(|ip| ips.contains(ip))?;
+            Some((held, p))
+        });
+        match holder {
+            None => Ok(()),
+            Some((ip, peer)) => Err(PluginError::new(format!(
+                "address {ip} is already used on this overlay by endpoint {} on host {}: with Docker's default IPAM \
+                 each host hands out the same addresses; create the network with --ipam-driver loom-ipam on every host \
+                 (or give each container its own --ip)",
+                short(&peer.endpoint),
+                peer.host
+            ))),
+        }
+    }
+
     /// Publishes an endpoint in the peer table; if the store can't be reached the reconciler
     /// does it later.
     pub async fn publish(&self, ep: &LocalEndpoint) {
         let underlay = self.state().underlay.clone();
         let (Ok(shared), Some(underlay)) = (&self.shared, underlay) else { return };
+        if self.state().foreign(&ep.network) {
+            warn!(endpoint = %short(&ep.id), "not published: the store's record of its network is another network");
+            return;
+        }
         let peer = records::encode(&ep.peer(&self.host, underlay.vtep, self.config.port));
         let key = records::peer_key(&ep.network, &ep.id);
         match shared.store.put(&key, peer.clone()).await {

@@ -122,6 +122,9 @@ impl Overlay {
     async fn publish_own_in(&self, shared: &Shared, underlay: &Underlay, key: &str) {
         let (endpoints, dp, published) = {
             let state = self.state();
+            if state.foreign(key) {
+                return;
+            }
             (state.endpoints_of(key), state.dataplane(key), state.cache.peers_of(key))
         };
         let mut wanted = BTreeSet::new();
@@ -193,7 +196,7 @@ impl Overlay {
             };
             if let Some(net) = missing {
                 if let Err(e) = shared.restore_local(&net.config, &self.host, &net.docker_id).await {
-                    debug!("restoring network {}: {e:#}", net.config.key);
+                    warn!("restoring network {} in the store: {e:#}", net.config.key);
                 }
             }
         }

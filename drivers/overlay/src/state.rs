@@ -9,6 +9,7 @@ use std::sync::Arc;
 use netloom_store::{KeyValue, Revision};
 
 use crate::cache::Cache;
+use crate::cluster::same_identity;
 use crate::fabric::NetDataplane;
 use crate::liveness::Absence;
 use crate::records::{LocalEndpoint, LocalNetwork};
@@ -53,6 +54,15 @@ impl State {
 
     pub fn network_by_key(&self, key: &str) -> Option<&LocalNetwork> {
         self.networks.values().find(|n| n.config.key == key)
+    }
+
+    /// Whether the store's record under this host's network key describes another network (the
+    /// key was reused while this host was away): such a record's peers are not programmed here,
+    /// and this host's endpoints are not published into it.
+    pub fn foreign(&self, key: &str) -> bool {
+        let mine = self.network_by_key(key).map(|n| &n.config);
+        let theirs = self.cache.networks.get(key).map(|(c, _)| c);
+        mine.zip(theirs).is_some_and(|(mine, theirs)| !same_identity(mine, theirs))
     }
 
     pub fn endpoints_of(&self, key: &str) -> Vec<LocalEndpoint> {
