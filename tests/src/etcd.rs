@@ -144,7 +144,19 @@ pub struct UnderlayEtcd {
     names: Vec<String>,
     pids: Vec<Option<i32>>,
     starts: Vec<usize>,
+    tls: Option<UnderlayTls>,
 }
+
+/// Certificates for an etcd that serves clients over TLS and wants their certificates.
+struct UnderlayTls {
+    server_args: Vec<String>,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[path = "../../ipam/store/tests/common/pki.rs"]
+mod pki;
 
 impl UnderlayEtcd {
     fn client_port(i: usize) -> u16 {
@@ -157,10 +169,58 @@ impl UnderlayEtcd {
 
     /// Starts `members` etcd processes forming one cluster and waits until each is healthy.
     pub fn start(c: &Cluster, members: usize) -> Result<UnderlayEtcd> {
+        Self::start_with(c, members, None)
+    }
+
+    /// Like `start`, serving clients over TLS with certificates from a CA made for the test, and
+    /// accepting only clients with a certificate from it ([`Self::store_tls_args`]).
+    pub fn start_tls(c: &Cluster, members: usize) -> Result<UnderlayEtcd> {
+        let pki = pki::TestPki::new(&c.dir().join("pki"), "store")?;
+        let server = pki.server("etcd", &[std::net::IpAddr::V4(c.underlay_ip())])?;
+        let client = pki.client("root")?;
+        let text = |p: &std::path::Path| p.display().to_string();
+        let tls = UnderlayTls {
+            server_args: pki.etcd_client_tls_args(&server),
+            ca: text(&pki.ca()),
+            cert: text(&client.cert),
+            key: text(&client.key),
+        };
+        Self::start_with(c, members, Some(tls))
+    }
+
+    /// netloom's options to reach a [`Self::start_tls`] etcd (none for a plain one).
+    pub fn store_tls_args(&self) -> Vec<String> {
+        match &self.tls {
+            Some(t) => ["--store-ca", &t.ca, "--store-cert", &t.cert, "--store-key", &t.key].map(String::from).to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// etcdctl against `endpoints` (`ip:port,…`), with the client certificate when there is TLS.
+    fn etcdctl(&self, c: &Cluster, endpoints: &str, args: &[&str]) -> Result<String> {
+        let urls: Vec<String> = endpoints.split(',').map(|e| format!("{}://{e}", self.scheme())).collect();
+        let mut argv = vec!["etcdctl".to_string(), format!("--endpoints={}", urls.join(","))];
+        if let Some(t) = &self.tls {
+            argv.extend([format!("--cacert={}", t.ca), format!("--cert={}", t.cert), format!("--key={}", t.key)]);
+        }
+        argv.extend(args.iter().map(|a| a.to_string()));
+        c.underlay_exec(&argv)
+    }
+
+    fn start_with(c: &Cluster, members: usize, tls: Option<UnderlayTls>) -> Result<UnderlayEtcd> {
         let mut etcd = UnderlayEtcd {
             names: (0..members).map(|i| format!("etcd{i}")).collect(),
             pids: vec![None; members],
             starts: vec![0; members],
+            tls,
         };
         for i in 0..members {
             etcd.spawn(c, i)?;
@@ -178,8 +238,8 @@ impl UnderlayEtcd {
             "etcd".to_string(),
             format!("--name={}", self.names[i]),
             format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=http://{ip}:{}", Self::client_port(i)),
-            format!("--advertise-client-urls=http://{ip}:{}", Self::client_port(i)),
+            format!("--listen-client-urls={}://{ip}:{}", self.scheme(), Self::client_port(i)),
+            format!("--advertise-client-urls={}://{ip}:{}", self.scheme(), Self::client_port(i)),
             format!("--listen-peer-urls=http://{ip}:{}", Self::peer_port(i)),
             format!("--initial-advertise-peer-urls=http://{ip}:{}", Self::peer_port(i)),
             format!("--initial-cluster={}", cluster.join(",")),
@@ -189,6 +249,7 @@ impl UnderlayEtcd {
             "--election-timeout=500".to_string(),
             "--logger=zap".to_string(),
         ];
+        let argv = [argv, self.tls.as_ref().map(|t| t.server_args.clone()).unwrap_or_default()].concat();
         self.starts[i] += 1;
         let log = format!("{}-{}", self.names[i], self.starts[i]);
         self.pids[i] = Some(c.spawn_underlay(&log, &argv)?);
@@ -211,7 +272,7 @@ impl UnderlayEtcd {
         for &i in members {
             let endpoint = Self::endpoint(c, i);
             wait_until(Duration::from_secs(30), Duration::from_millis(100), &format!("etcd member {i}"), || {
-                Ok(c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).is_ok())
+                Ok(self.etcdctl(c, &endpoint, &["endpoint", "health"]).is_ok())
             })?;
         }
         Ok(())
@@ -264,7 +325,7 @@ impl UnderlayEtcd {
     /// `etcdctl get --prefix <prefix> --keys-only` against member `i`.
     pub fn keys(&self, c: &Cluster, i: usize, prefix: &str) -> Result<Vec<String>> {
         let endpoint = Self::endpoint(c, i);
-        let out = c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "get", "--prefix", "--keys-only", prefix])?;
+        let out = self.etcdctl(c, &endpoint, &["get", "--prefix", "--keys-only", prefix])?;
         Ok(out.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
     }
 }

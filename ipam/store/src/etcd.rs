@@ -78,18 +78,8 @@ impl EtcdStore {
             timeout: options.request_timeout,
             lease_ttl: options.lease_ttl.max(Duration::from_secs(2)),
         });
-        match ctx.read("", None).await {
-            Err(e) if e.is_misconfiguration() => return Err(e),
-            Err(e) if !ctx.tls && tls_sniff::any_speaks_tls(&ctx.names, options.connect_timeout).await => {
-                return Err(StoreError::Tls {
-                    backend: BACKEND,
-                    endpoints: ctx.endpoints.clone(),
-                    detail: format!("etcd answers in TLS but no --store-ca was given ({e})"),
-                });
-            }
-            Err(e) => warn!("etcd is not reachable yet; requests that need it fail until it is: {e}"),
-            Ok(_) => {}
-        }
+        let has_client_certificate = options.credentials.tls.as_ref().is_some_and(|t| t.client.is_some());
+        ctx.probe(options.connect_timeout, has_client_certificate).await?;
         Ok(Self { leases: Leases::new(ctx.clone()), ctx })
     }
 }
@@ -123,6 +113,36 @@ fn connect_options(endpoints: &str, options: &StoreOptions) -> StoreResult<Conne
 }
 
 impl Ctx {
+    /// One read at start, repeated while etcd accepts connections but drops them: a TLS server
+    /// refusing our certificate sometimes closes the connection before its alert is read.
+    async fn probe(&self, connect_timeout: Duration, has_client_certificate: bool) -> StoreResult<()> {
+        let mut last = None;
+        for _ in 0..5 {
+            match self.read("", None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_misconfiguration() => return Err(e),
+                Err(e) => last = Some(e),
+            }
+            if !tls_sniff::any_accepts(&self.names, connect_timeout).await {
+                break;
+            }
+        }
+        let Some(e) = last else { return Ok(()) };
+        let accepts = tls_sniff::any_accepts(&self.names, connect_timeout).await;
+        let refusal = |detail: String| StoreError::Tls { backend: BACKEND, endpoints: self.endpoints.clone(), detail };
+        if !self.tls && accepts && tls_sniff::any_speaks_tls(&self.names, connect_timeout).await {
+            return Err(refusal(format!("etcd answers in TLS but no --store-ca was given ({e})")));
+        }
+        if self.tls && accepts && !has_client_certificate {
+            return Err(refusal(format!(
+                "etcd closes every TLS connection: it likely wants a client certificate (--store-cert and \
+                 --store-key) ({e})"
+            )));
+        }
+        warn!("etcd is not reachable yet; requests that need it fail until it is: {e}");
+        Ok(())
+    }
+
     async fn txn(&self, txn: Txn) -> StoreResult<TxnOutcome> {
         let keys = &self.keys;
         let compares: Vec<Compare> = txn

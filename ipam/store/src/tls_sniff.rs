@@ -39,3 +39,13 @@ pub async fn any_speaks_tls(endpoints: &[String], timeout: Duration) -> bool {
     }
     false
 }
+
+/// Whether any of `endpoints` accepts a TCP connection within `timeout`.
+pub async fn any_accepts(endpoints: &[String], timeout: Duration) -> bool {
+    for endpoint in endpoints {
+        if matches!(tokio::time::timeout(timeout, TcpStream::connect(endpoint.as_str())).await, Ok(Ok(_))) {
+            return true;
+        }
+    }
+    false
+}
