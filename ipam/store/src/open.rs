@@ -39,7 +39,7 @@ async fn connect(
         #[cfg(feature = "etcd")]
         StoreUrl::Etcd(endpoints) => Ok(Arc::new(crate::etcd::EtcdStore::connect(endpoints, options).await?)),
         #[cfg(feature = "consul")]
-        StoreUrl::Consul(endpoints) => Ok(Arc::new(crate::consul::ConsulStore::connect(endpoints, options)?)),
+        StoreUrl::Consul(endpoints) => Ok(Arc::new(crate::consul::ConsulStore::open(endpoints, options).await?)),
         #[allow(unreachable_patterns)]
         missing => {
             let what = match url {
