@@ -313,9 +313,12 @@ impl Shared {
                     .when(Condition::Absent(network_key(key)))
                     .put(network_key(key), records::encode(&restored));
                 for subnet in config.subnets() {
-                    txn = txn
-                        .when(Condition::Absent(subnet_index_key(&subnet)))
-                        .put(subnet_index_key(&subnet), key.clone());
+                    let index = subnet_index_key(&subnet);
+                    txn = match self.store.get(&index).await? {
+                        // Left behind with the record gone: still this network's.
+                        Some(kv) if kv.value == key.as_bytes() => txn.when(Condition::Revision(index, kv.revision)),
+                        _ => txn.when(Condition::Absent(index.clone())).put(index, key.clone()),
+                    };
                 }
                 let joined = |now: Option<&NetworkConfig>| {
                     now.is_some_and(|c| c.members.get(host).map(String::as_str) == Some(docker_id))

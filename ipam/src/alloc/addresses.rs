@@ -222,9 +222,9 @@ impl Ipam {
                 Ok(ip)
             }
             Some(h) => Err(IpamError::InUse(format!(
-                "address {ip} is already in use in pool {} (by {}on host {})",
+                "address {ip} is already in use in pool {} ({}on host {})",
                 id.subnet,
-                if h.owner.is_empty() { String::new() } else { format!("{} ", h.owner) },
+                if h.owner.is_empty() { String::new() } else { format!("by {} ", h.owner) },
                 h.host
             ))),
             None => Err(IpamError::InUse(format!("address {ip} is already in use in pool {}", id.subnet))),
