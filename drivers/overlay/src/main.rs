@@ -7,6 +7,7 @@ use netloom_plugin_api::{CommonArgs, Plugin};
 
 mod cache;
 mod cluster;
+mod dns;
 mod fabric;
 mod garp;
 mod gateway;

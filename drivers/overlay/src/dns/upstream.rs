@@ -1,0 +1,1 @@
+//! The host's upstream resolvers, from its resolv.conf.
