@@ -48,15 +48,30 @@ pub struct HostConfig {
     /// Start dockerd in `add_host` (default). Set false to start plugins first, then call
     /// `Host::start_docker`.
     pub start_docker: bool,
+    /// dockerd gets `--dns <this host's underlay address>` (where loom-overlay answers DNS by
+    /// default); the address is known only once the host is added.
+    pub dns_on_own_address: bool,
 }
 
 impl HostConfig {
     pub fn new(name: &str, docker: DockerVersion) -> HostConfig {
-        HostConfig { name: name.to_owned(), docker, dockerd_args: Vec::new(), start_docker: true }
+        HostConfig {
+            name: name.to_owned(),
+            docker,
+            dockerd_args: Vec::new(),
+            start_docker: true,
+            dns_on_own_address: false,
+        }
     }
 
     pub fn dockerd_args<S: AsRef<str>>(mut self, args: &[S]) -> HostConfig {
         self.dockerd_args.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Containers' names not known to Docker are asked of this host's own underlay address.
+    pub fn dns_on_own_address(mut self) -> HostConfig {
+        self.dns_on_own_address = true;
         self
     }
 
@@ -251,6 +266,9 @@ impl Host {
                     argv.push(format!("{flag}={}", p.display()));
                 }
             }
+        }
+        if self.cfg.dns_on_own_address {
+            argv.push(format!("--dns={}", self.ip));
         }
         argv.extend(self.cfg.dockerd_args.iter().cloned());
         argv

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_tests::{
-    ping_replies, scenario, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, NftCounters,
-    UnderlayEtcd, IMAGE,
+    ping_replies, scenario, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, LocalOverlay,
+    NftCounters, UnderlayEtcd, IMAGE,
 };
 
 /// The UDP tool of this crate (busybox has no UDP client or server).
@@ -408,30 +408,12 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
 /// a 1 s reconcile and no grace for a host whose lease expired, so that a host that goes is
 /// forgotten within seconds.
 fn join_overlay(h: &Host, store: &str, vtep: &str, firewall: &str) -> Result<()> {
-    h.start_plugin("loom-ipam", &["--store", store])?;
-    h.start_plugin(
-        "loom-overlay",
-        &[
-            "--scope",
-            "local",
-            "--store",
-            store,
-            "--advertise-addr",
-            vtep,
-            "--firewall",
-            firewall,
-            "--lease-ttl",
-            "3",
-            "--dead-host-grace",
-            "1",
-            "--reconcile-interval",
-            "1",
-            "--peer-grace",
-            "0",
-            "--log-level",
-            "info,loom_overlay=debug",
-        ],
-    )?;
+    let quick = ["--lease-ttl", "3", "--dead-host-grace", "1", "--reconcile-interval", "1", "--peer-grace", "0"];
+    LocalOverlay::new(store)
+        .advertise_addr(vtep)
+        .overlay_args(&["--firewall", firewall])
+        .overlay_args(&quick)
+        .start(h)?;
     let vni = format!("com.docker.network.driver.overlay.vxlanid_list={VNI}");
     h.network_create("loom-overlay", "ov", &["--ipam-driver", "loom-ipam", "--subnet", "10.88.0.0/24", "-o", &vni])?;
     Ok(())

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use netloom_tests::{
-    ping, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, FAST_RECONCILE, IMAGE,
+    ping, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, LocalOverlay, UnderlayEtcd,
+    FAST_RECONCILE, IMAGE,
 };
 
 const VNI: u32 = 5400;
@@ -35,24 +36,8 @@ fn step(t0: Instant, what: &str) {
 }
 
 fn start_plugins(h: &Host, store: &str) -> Result<()> {
-    h.start_plugin("loom-ipam", &["--store", store])?;
-    let vtep = h.underlay_ip().to_string();
     let grace = PEER_GRACE.as_secs().to_string();
-    let args = [
-        "--scope",
-        "local",
-        "--store",
-        store,
-        "--advertise-addr",
-        &vtep,
-        "--lease-ttl",
-        LEASE_TTL,
-        "--peer-grace",
-        &grace,
-        "--log-level",
-        "info,loom_overlay=debug",
-    ];
-    h.start_plugin("loom-overlay", &args)?;
+    LocalOverlay::new(store).overlay_args(&["--lease-ttl", LEASE_TTL, "--peer-grace", &grace]).start(h)?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_tests::{
-    no_ping, ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, IMAGE,
+    no_ping, ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, LocalOverlay, UnderlayEtcd, IMAGE,
 };
 
 const NETNS_DIR: &str = "/run/netloom/loom-overlay/netns";
@@ -145,6 +145,7 @@ fn global_scenario(c: &Cluster) -> Result<()> {
     ping(h2, "b2", &a2)?;
     fetch(h1, "a2", &b2, "b2")?;
     fetch(h2, "b1", "a1", "a1").context("by name, through Docker's DNS")?;
+    fetch(h1, "a1", "b1", "b1").context("by name, the other way")?;
     let url = format!("http://{}:8080/etc/hostname", h1.underlay_ip());
     let got =
         h2.exec(&["timeout", "5", "busybox", "wget", "-q", "-O-", &url]).context("a1's published port from h2")?;
@@ -228,11 +229,7 @@ fn overlay_global_docker20() {
 
 /// loom-ipam and loom-overlay (local scope) on `h`, both on `store`.
 fn start_local_plugins(h: &Host, store: &str, extra: &[&str]) -> Result<()> {
-    h.start_plugin("loom-ipam", &["--store", store, "--log-level", "info"])?;
-    let vtep = h.underlay_ip().to_string();
-    let mut args = vec!["--scope", "local", "--store", store, "--advertise-addr", vtep.as_str(), "--log-level", LOG];
-    args.extend_from_slice(extra);
-    h.start_plugin("loom-overlay", &args)?;
+    LocalOverlay::new(store).log_level(LOG).overlay_args(extra).start(h)?;
     Ok(())
 }
 
