@@ -1,6 +1,6 @@
 //! The names loom-overlay answers, and who may ask for them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 
@@ -34,9 +34,20 @@ pub struct Directory {
     inner: Arc<RwLock<Index>>,
 }
 
+/// One address set a name stands for, on one network.
+#[derive(Debug, Clone)]
+struct Entry {
+    network: Arc<str>,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+}
+
 #[derive(Default)]
 struct Index {
-    // Filled in by the DNS work: endpoints by lower-cased name, askers by address.
+    /// Lower-cased name (no trailing dot) -> where it is, in (network, endpoint) order.
+    endpoints: HashMap<String, Vec<Entry>>,
+    /// Source address -> the network keys of the containers asking from it.
+    askers: HashMap<IpAddr, BTreeSet<String>>,
 }
 
 impl Directory {
@@ -45,20 +56,81 @@ impl Directory {
     }
 
     /// Replaces every endpoint's names (the whole set, as the store has it now).
-    pub fn set_endpoints(&self, endpoints: Vec<NamedEndpoint>) {
-        let _ = (endpoints, &self.inner);
-        todo!("DNS")
+    pub fn set_endpoints(&self, mut endpoints: Vec<NamedEndpoint>) {
+        endpoints.sort_by(|a, b| (&a.network, &a.endpoint).cmp(&(&b.network, &b.endpoint)));
+        let mut index: HashMap<String, Vec<Entry>> = HashMap::new();
+        for endpoint in &endpoints {
+            let entry =
+                Entry { network: Arc::from(endpoint.network.as_str()), ipv4: endpoint.ipv4, ipv6: endpoint.ipv6 };
+            for key in names_of(endpoint) {
+                index.entry(key).or_default().push(entry.clone());
+            }
+        }
+        self.write().endpoints = index;
     }
 
     /// Replaces the containers of this host that may ask.
     pub fn set_askers(&self, askers: Vec<Asker>) {
-        let _ = askers;
-        todo!("DNS")
+        let mut index: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
+        for asker in askers {
+            for address in &asker.addresses {
+                index.entry(address.to_canonical()).or_default().extend(asker.networks.iter().cloned());
+            }
+        }
+        self.write().askers = index;
     }
 
     /// What to answer `source` asking `name` (as sent, with or without the trailing dot).
     pub fn lookup(&self, source: IpAddr, name: &str, kind: QueryKind) -> Lookup {
-        let _ = (source, name, kind);
-        todo!("DNS")
+        let index = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(networks) = index.askers.get(&source.to_canonical()) else {
+            return Lookup::Refused;
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let entries = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            index.endpoints.get(&name.to_ascii_lowercase())
+        } else {
+            index.endpoints.get(name)
+        };
+        let mut visible = entries.into_iter().flatten().filter(|e| networks.contains(&*e.network)).peekable();
+        if visible.peek().is_none() {
+            return Lookup::NotOurs;
+        }
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for entry in visible {
+            let address = match kind {
+                QueryKind::A => entry.ipv4.map(IpAddr::V4),
+                QueryKind::Aaaa => entry.ipv6.map(IpAddr::V6),
+                QueryKind::Other => None,
+            };
+            if let Some(address) = address.filter(|a| !addresses.contains(a)) {
+                addresses.push(address);
+            }
+        }
+        Lookup::Found(addresses)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// Every name an endpoint answers to, lower-cased, without duplicates.
+fn names_of(endpoint: &NamedEndpoint) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for name in endpoint.names.iter().map(|n| normalized(n)).filter(|n| !n.is_empty()) {
+        for network in endpoint.network_names.iter().map(|n| normalized(n)).filter(|n| !n.is_empty()) {
+            keys.insert(format!("{name}.{network}"));
+        }
+        keys.insert(name);
+    }
+    keys
+}
+
+fn normalized(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+#[path = "directory_tests.rs"]
+mod tests;

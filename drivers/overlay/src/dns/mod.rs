@@ -13,10 +13,13 @@
 //!   forwarded to the host's upstream resolvers (its resolv.conf), SERVFAIL at once without one.
 
 mod directory;
+mod forward;
 mod lookup;
 mod server;
 mod upstream;
 
 pub use directory::{Asker, Directory, NamedEndpoint};
+// The outcome of a lookup is part of the interface even where only this module reads it.
+#[allow(unused_imports)]
 pub use lookup::{Lookup, QueryKind};
 pub use server::{DnsConfig, DnsServer};
