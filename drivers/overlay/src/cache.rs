@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use netloom_store::{KeyValue, Revision, Store, StoreResult, WatchEvent};
+use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::records::{self, HostRecord, NetworkConfig, PeerRecord, HOSTS, NETWORKS, PEERS, ROOT};
+use crate::records::{self, HostRecord, NameRecord, NetworkConfig, PeerRecord, HOSTS, NAMES, NETWORKS, PEERS, ROOT};
 
 #[derive(Debug, Default)]
 pub struct Cache {
@@ -20,7 +21,9 @@ pub struct Cache {
     pub hosts: BTreeMap<String, (HostRecord, Revision)>,
     pub networks: BTreeMap<String, (NetworkConfig, Revision)>,
     /// network key → endpoint id → record.
-    pub peers: BTreeMap<String, BTreeMap<String, (PeerRecord, Revision)>>,
+    pub peers: Tables<PeerRecord>,
+    /// The containers' names (local scope), like `peers`.
+    pub names: Tables<NameRecord>,
 }
 
 /// What a change touches.
@@ -83,19 +86,12 @@ impl Cache {
                     Err(e) => warn!("{e:#}"),
                 }
             }
-        } else if let Some((network, endpoint)) = split_peer(&kv.key) {
-            let have = self.peers.get(network).and_then(|t| t.get(endpoint)).map(|(_, r)| *r);
-            if newer(have, kv.revision) {
-                match records::decode::<PeerRecord>(&kv.key, &kv.value) {
-                    Ok(peer) => {
-                        self.peers
-                            .entry(network.to_string())
-                            .or_default()
-                            .insert(endpoint.to_string(), (peer, kv.revision));
-                        affected.networks.insert(network.to_string());
-                    }
-                    Err(e) => warn!("{e:#}"),
-                }
+        } else if let Some((network, endpoint)) = split(&kv.key, NAMES) {
+            // Names touch no network's FDB; the watch refreshes the names answered itself.
+            put_entry(&mut self.names, network, endpoint, kv);
+        } else if let Some((network, endpoint)) = split(&kv.key, PEERS) {
+            if put_entry(&mut self.peers, network, endpoint, kv) {
+                affected.networks.insert(network.to_string());
             }
         }
         affected
@@ -115,14 +111,10 @@ impl Cache {
                 self.networks.remove(network);
                 affected.networks.insert(network.to_string());
             }
-        } else if let Some((network, endpoint)) = split_peer(key) {
-            if older(self.peers.get(network).and_then(|t| t.get(endpoint)).map(|(_, r)| *r)) {
-                if let Some(table) = self.peers.get_mut(network) {
-                    table.remove(endpoint);
-                    if table.is_empty() {
-                        self.peers.remove(network);
-                    }
-                }
+        } else if let Some((network, endpoint)) = split(key, NAMES) {
+            delete_entry(&mut self.names, network, endpoint, older);
+        } else if let Some((network, endpoint)) = split(key, PEERS) {
+            if delete_entry(&mut self.peers, network, endpoint, older) {
                 affected.networks.insert(network.to_string());
             }
         }
@@ -140,8 +132,49 @@ fn newer(have: Option<Revision>, revision: Revision) -> bool {
     have.is_none_or(|have| revision > have || revision == 0)
 }
 
-fn split_peer(key: &str) -> Option<(&str, &str)> {
-    key.strip_prefix(PEERS)?.split_once('/')
+/// network key → endpoint id → record.
+pub type Tables<T> = BTreeMap<String, BTreeMap<String, (T, Revision)>>;
+
+/// `<prefix><network>/<endpoint>` → (network, endpoint).
+fn split<'k>(key: &'k str, prefix: &str) -> Option<(&'k str, &'k str)> {
+    key.strip_prefix(prefix)?.split_once('/')
+}
+
+/// Records a write of one endpoint's record; false when it is not news (older, or unreadable).
+fn put_entry<T: DeserializeOwned>(tables: &mut Tables<T>, network: &str, endpoint: &str, kv: &KeyValue) -> bool {
+    let have = tables.get(network).and_then(|t| t.get(endpoint)).map(|(_, r)| *r);
+    if !newer(have, kv.revision) {
+        return false;
+    }
+    match records::decode::<T>(&kv.key, &kv.value) {
+        Ok(record) => {
+            tables.entry(network.to_string()).or_default().insert(endpoint.to_string(), (record, kv.revision));
+            true
+        }
+        Err(e) => {
+            warn!("{e:#}");
+            false
+        }
+    }
+}
+
+/// Records a deletion of one endpoint's record if `older` says the copy's entry predates it.
+fn delete_entry<T>(
+    tables: &mut Tables<T>,
+    network: &str,
+    endpoint: &str,
+    older: impl Fn(Option<Revision>) -> bool,
+) -> bool {
+    if !older(tables.get(network).and_then(|t| t.get(endpoint)).map(|(_, r)| *r)) {
+        return false;
+    }
+    if let Some(table) = tables.get_mut(network) {
+        table.remove(endpoint);
+        if table.is_empty() {
+            tables.remove(network);
+        }
+    }
+    true
 }
 
 #[cfg(test)]

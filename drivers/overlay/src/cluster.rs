@@ -213,7 +213,10 @@ impl Shared {
             updated.members.remove(host);
             let txn = Txn::new().when(Condition::Revision(network_key(key), revision));
             let txn = if updated.members.is_empty() {
-                let mut txn = txn.delete(network_key(key)).delete_prefix(records::peers_prefix(key));
+                let mut txn = txn
+                    .delete(network_key(key))
+                    .delete_prefix(records::peers_prefix(key))
+                    .delete_prefix(records::names_prefix(key));
                 for subnet in config.subnets() {
                     txn = txn.delete(subnet_index_key(&subnet));
                 }
@@ -272,7 +275,8 @@ impl Shared {
         let txn = Txn::new()
             .when(Condition::Revision(network_key(key), revision))
             .delete(network_key(key))
-            .delete_prefix(records::peers_prefix(key));
+            .delete_prefix(records::peers_prefix(key))
+            .delete_prefix(records::names_prefix(key));
         if !self.store.txn(txn).await?.committed() {
             bail!("network {} changed in the store while it was being removed; try again", records::short(key));
         }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::*;
 use crate::cluster::Shared;
+use crate::dns_setup::{DnsListen, DnsSettings};
 use crate::fabric::Fabric;
 use crate::overlay::Config;
 use crate::state::State;
@@ -40,6 +41,7 @@ fn a_request_stuck_in_the_store_holds_up_only_its_network() {
                 netns_dir: None,
                 firewall: None,
                 guard_firewall: netloom_firewall::BackendKind::Nftables,
+                dns: DnsSettings { listen: DnsListen::Off, resolv_conf: "/etc/resolv.conf".into() },
             };
             let overlay = Arc::new(Overlay {
                 config,
@@ -53,6 +55,8 @@ fn a_request_stuck_in_the_store_holds_up_only_its_network() {
                 state: std::sync::Mutex::new(State::default()),
                 turns: KeyedLocks::default(),
                 fdb_turns: KeyedLocks::default(),
+                directory: None,
+                dns_server: std::sync::Mutex::new(None),
             });
             let driver = Arc::new(Driver(overlay.clone()));
 

@@ -8,12 +8,15 @@ use netloom_plugin_api::{CommonArgs, Plugin};
 mod cache;
 mod cluster;
 mod dns;
+mod dns_setup;
 mod fabric;
 mod garp;
 mod gateway;
 mod guard;
 mod handlers;
 mod liveness;
+mod names;
+mod names_sync;
 mod network;
 mod options;
 mod overlay;
@@ -28,6 +31,7 @@ mod state;
 mod sync;
 mod underlay;
 
+use dns_setup::{DnsListen, DnsSettings};
 use records::Mode;
 
 /// The longest time between two full checks of the kernel's peer entries against the store.
@@ -81,6 +85,15 @@ struct Args {
     /// or none (no docker_gwbridge rules; the VXLAN guard then uses the auto-detected backend)
     #[arg(long, value_enum, default_value_t = FirewallChoice::Auto)]
     firewall: FirewallChoice,
+
+    /// Local scope: where container names of every host are answered (add its address to
+    /// dockerd's --dns): ADDR, ADDR:PORT, or none [default: the advertise address, port 53]
+    #[arg(long, value_name = "ADDR[:PORT]|none")]
+    dns_addr: Option<DnsListen>,
+
+    /// The upstream resolvers names not of loom-overlay are forwarded to (re-read when it changes)
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +135,10 @@ async fn main() -> ExitCode {
         netns_dir: args.netns_dir.clone(),
         firewall: None,
         guard_firewall: BackendKind::Nftables,
+        dns: DnsSettings {
+            listen: args.dns_addr.unwrap_or(DnsListen::Advertise),
+            resolv_conf: args.dns_resolv_conf.clone(),
+        },
     };
     netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
         // Resolved once logging is up: the fallback to iptables says why in the log.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use netloom_plugin_api::locks::LOCK_WAIT;
 use netloom_plugin_api::{PluginError, PluginResult};
+use netloom_store::Txn;
 use tracing::{debug, info, warn};
 
 use crate::options::VXLAN_OVERHEAD;
@@ -168,11 +169,16 @@ impl Overlay {
         }
     }
 
+    /// Withdraws an endpoint's peer record and its container's names together.
     pub async fn unpublish(&self, ep: &LocalEndpoint) {
         let Ok(shared) = &self.shared else { return };
-        let key = records::peer_key(&ep.network, &ep.id);
-        match shared.store.delete(&key).await {
-            Ok(_) => self.state().deleted(&key),
+        let (key, name_key) = (records::peer_key(&ep.network, &ep.id), records::name_key(&ep.network, &ep.id));
+        match shared.store.txn(Txn::new().delete(key.clone()).delete(name_key.clone())).await {
+            Ok(_) => {
+                let mut state = self.state();
+                state.deleted(&key);
+                state.deleted(&name_key);
+            }
             Err(e) => warn!(endpoint = %short(&ep.id), "withdrawing the endpoint: {e}; retrying in the background"),
         }
     }

@@ -20,6 +20,8 @@ use netloom_store::DriverRecords;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Shared;
+use crate::dns::{Directory, DnsServer};
+use crate::dns_setup::DnsSettings;
 use crate::fabric::Fabric;
 use crate::gateway::Gateway;
 use crate::guard::VxlanGuard;
@@ -46,6 +48,7 @@ pub struct Config {
     pub firewall: Option<netloom_firewall::BackendKind>,
     /// The VXLAN guard's backend (also with `--firewall none`).
     pub guard_firewall: netloom_firewall::BackendKind,
+    pub dns: DnsSettings,
 }
 
 pub struct Overlay {
@@ -67,6 +70,10 @@ pub struct Overlay {
     pub turns: KeyedLocks,
     /// One turn per network key for programming its FDB and neighbour entries.
     pub fdb_turns: KeyedLocks,
+    /// The names the DNS server answers (local scope with DNS on), kept from the copy of the store.
+    pub directory: Option<Directory>,
+    /// Serving while held.
+    pub dns_server: std::sync::Mutex<Option<DnsServer>>,
 }
 
 impl Overlay {

@@ -19,8 +19,8 @@ struct GoneHost {
     host: String,
     /// The local-scope networks it is a member of.
     memberships: Vec<String>,
-    /// Network key → its endpoints there.
-    peers: BTreeMap<String, Vec<String>>,
+    /// Network key → its endpoints there (peer and name records).
+    peers: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Overlay {
@@ -100,7 +100,7 @@ impl Overlay {
             self.publish_own_in(shared, &underlay, key).await;
         }
         // Peers of this host in networks it no longer has.
-        let stale: Vec<(String, Revision, String)> = {
+        let stale: Vec<(String, String, Revision)> = {
             let state = self.state();
             let mine: BTreeSet<&str> = state.networks.values().map(|n| n.config.key.as_str()).collect();
             state
@@ -109,13 +109,15 @@ impl Overlay {
                 .iter()
                 .filter(|(network, _)| !mine.contains(network.as_str()))
                 .flat_map(|(network, table)| {
-                    table.iter().filter(|(_, (peer, _))| peer.host == self.host).map(|(endpoint, (_, revision))| {
-                        (records::peer_key(network, endpoint), *revision, endpoint.clone())
-                    })
+                    table
+                        .iter()
+                        .filter(|(_, (peer, _))| peer.host == self.host)
+                        .map(|(endpoint, (_, revision))| (network.clone(), endpoint.clone(), *revision))
                 })
                 .collect()
         };
         self.withdraw_stale(shared, stale).await;
+        self.withdraw_stale_names(shared).await;
     }
 
     /// One network's part of [`Self::publish_own`]; the caller holds the network's turn.
@@ -150,19 +152,26 @@ impl Overlay {
         let stale = published
             .iter()
             .filter(|(endpoint, (peer, _))| peer.host == self.host && !wanted.contains(*endpoint))
-            .map(|(endpoint, (_, revision))| (records::peer_key(key, endpoint), *revision, endpoint.clone()))
+            .map(|(endpoint, (_, revision))| (key.to_string(), endpoint.clone(), *revision))
             .collect();
         self.withdraw_stale(shared, stale).await;
     }
 
-    /// Deletes peer records of this host, each only if unchanged since it was read.
-    async fn withdraw_stale(&self, shared: &Shared, stale: Vec<(String, Revision, String)>) {
-        for (key, revision, endpoint) in stale {
-            let txn = Txn::new().when(Condition::Revision(key.clone(), revision)).delete(key.clone());
+    /// Deletes peer records of this host (network key, endpoint, revision), each only if unchanged
+    /// since it was read, with their name records.
+    async fn withdraw_stale(&self, shared: &Shared, stale: Vec<(String, String, Revision)>) {
+        for (network, endpoint, revision) in stale {
+            let (key, name_key) = (records::peer_key(&network, &endpoint), records::name_key(&network, &endpoint));
+            let txn = Txn::new()
+                .when(Condition::Revision(key.clone(), revision))
+                .delete(key.clone())
+                .delete(name_key.clone());
             match shared.store.txn(txn).await {
                 Ok(outcome) if outcome.committed() => {
                     info!(endpoint = %short(&endpoint), "stale endpoint of this host withdrawn");
-                    self.state().deleted(&key);
+                    let mut state = self.state();
+                    state.deleted(&key);
+                    state.deleted(&name_key);
                 }
                 Ok(_) => {}
                 Err(e) => debug!("withdrawing endpoint {}: {e}", short(&endpoint)),
@@ -223,16 +232,16 @@ impl Overlay {
                     .filter(|(c, _)| c.members.contains_key(host))
                     .map(|(c, _)| c.key.clone())
                     .collect();
-                let peers = state
-                    .cache
-                    .peers
-                    .iter()
-                    .map(|(network, table)| {
-                        let endpoints = table.iter().filter(|(_, (p, _))| p.host == *host).map(|(e, _)| e.clone());
-                        (network.clone(), endpoints.collect::<Vec<_>>())
-                    })
-                    .filter(|(_, endpoints)| !endpoints.is_empty())
-                    .collect();
+                let published = state.cache.peers.iter().flat_map(|(network, table)| {
+                    table.iter().filter(|(_, (p, _))| p.host == *host).map(move |(e, _)| (network, e))
+                });
+                let named = state.cache.names.iter().flat_map(|(network, table)| {
+                    table.iter().filter(|(_, (n, _))| n.host == *host).map(move |(e, _)| (network, e))
+                });
+                let mut peers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for (network, endpoint) in published.chain(named) {
+                    peers.entry(network.clone()).or_default().insert(endpoint.clone());
+                }
                 gone.push(GoneHost { host: host.clone(), memberships, peers });
             }
         }
@@ -248,7 +257,8 @@ impl Overlay {
             for (network, endpoints) in peers {
                 let mut txn = Txn::new().when(Condition::Absent(records::host_key(&host)));
                 for endpoint in &endpoints {
-                    txn = txn.delete(records::peer_key(&network, endpoint));
+                    txn =
+                        txn.delete(records::peer_key(&network, endpoint)).delete(records::name_key(&network, endpoint));
                 }
                 match shared.store.txn(txn).await {
                     Ok(outcome) if outcome.committed() => {

@@ -8,6 +8,7 @@
 //! | `overlay/networks/<network>` | [`NetworkConfig`] |
 //! | `overlay/subnets/<subnet>` | the network key using that subnet (local scope) |
 //! | `overlay/peers/<network>/<endpoint>` | [`PeerRecord`]: an endpoint's IP, MAC and VTEP |
+//! | `overlay/names/<network>/<endpoint>` | [`NameRecord`]: the container's name and aliases (local scope) |
 //!
 //! `<network>` is Docker's network id in global scope (the same on every host) and `vni-<N>` in
 //! local scope, where each host's `docker network create` gives the network another id.
@@ -32,6 +33,7 @@ pub const HOSTS: &str = "overlay/hosts/";
 pub const NETWORKS: &str = "overlay/networks/";
 pub const SUBNETS: &str = "overlay/subnets/";
 pub const PEERS: &str = "overlay/peers/";
+pub const NAMES: &str = "overlay/names/";
 
 pub fn host_key(host: &str) -> String {
     format!("{HOSTS}{host}")
@@ -51,6 +53,14 @@ pub fn peers_prefix(network: &str) -> String {
 
 pub fn peer_key(network: &str, endpoint: &str) -> String {
     format!("{PEERS}{network}/{endpoint}")
+}
+
+pub fn names_prefix(network: &str) -> String {
+    format!("{NAMES}{network}/")
+}
+
+pub fn name_key(network: &str, endpoint: &str) -> String {
+    format!("{NAMES}{network}/{endpoint}")
 }
 
 /// The network key a local-scope network with `vni` has on every host.
@@ -119,6 +129,22 @@ pub struct PeerRecord {
     pub mac: String,
     pub ipv4: Option<IpAddr>,
     pub ipv6: Option<IpAddr>,
+}
+
+/// The names Docker gives an endpoint's container on the host holding it, answered by every
+/// host's DNS server while the endpoint's [`PeerRecord`] (its addresses) exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    pub host: String,
+    pub endpoint: String,
+    pub container: String,
+    /// Without Docker's leading '/'.
+    pub name: String,
+    /// The container's aliases on the network (`--network-alias`, the short id).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The Docker network's name on the holding host (`<name>.<network name>` is answered).
+    pub network_name: String,
 }
 
 /// A live host.

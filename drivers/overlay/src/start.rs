@@ -10,17 +10,20 @@ use anyhow::{Context, Result};
 use netloom_dataplane::{Netlink, Netns};
 use netloom_driver_kit::restore;
 use netloom_ipam::{Ipam, IpamConfig};
+use netloom_plugin_api::engine::Engine;
 use netloom_plugin_api::locks::KeyedLocks;
 use netloom_plugin_api::Settings;
 use netloom_store::{self as store, DriverRecords, StoreOptions};
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::Shared;
+use crate::dns::Directory;
+use crate::dns_setup::DnsListen;
 use crate::fabric::{endpoint_owner, Fabric};
 use crate::gateway::Gateway;
 use crate::guard::VxlanGuard;
 use crate::overlay::{Config, Overlay};
-use crate::records::short;
+use crate::records::{short, Mode};
 use crate::state::State;
 use crate::sync::supervise;
 
@@ -59,6 +62,8 @@ impl Overlay {
             }
         };
         let gone_at_once = config.peer_grace.is_zero();
+        let answers_names = config.mode == Mode::Local && config.dns.listen != DnsListen::Off && shared.is_ok();
+        let directory = answers_names.then(Directory::new);
         let overlay = Arc::new(Overlay {
             config,
             host,
@@ -71,6 +76,8 @@ impl Overlay {
             state: std::sync::Mutex::new(State { gone_at_once, ..State::default() }),
             turns: KeyedLocks::default(),
             fdb_turns: KeyedLocks::default(),
+            directory,
+            dns_server: std::sync::Mutex::new(None),
         });
         overlay.load().await?;
         if let Err(e) = overlay.underlay().await {
@@ -79,6 +86,7 @@ impl Overlay {
         overlay.restore().await;
         overlay.sync_gateway().await;
         overlay.sync_guard(false).await;
+        overlay.start_dns().await?;
         if overlay.shared.is_ok() {
             supervise("store watch", overlay.clone(), |ov: Arc<Overlay>| async move { ov.watch().await });
             supervise("host liveness", overlay.clone(), |ov: Arc<Overlay>| async move {
@@ -89,6 +97,7 @@ impl Overlay {
                 overlay.clone(),
                 |ov: Arc<Overlay>| async move { ov.reconcile_periodically().await },
             );
+            follow_container_names(settings, &overlay)?;
         }
         Ok(overlay)
     }
@@ -166,6 +175,23 @@ impl Overlay {
             Err(e) => warn!("listing network namespaces: {e:#}"),
         }
     }
+}
+
+/// Local scope, with dockerd to ask: this host's container names published and its containers
+/// known as DNS askers.
+fn follow_container_names(settings: &Settings, overlay: &Arc<Overlay>) -> Result<()> {
+    let Some(docker_host) = settings.docker_host.as_deref() else { return Ok(()) };
+    if overlay.config.mode != Mode::Local {
+        return Ok(());
+    }
+    let engine = Engine::new(docker_host)?;
+    // Docker knows a plugin's driver by its socket's file name.
+    let driver = settings.socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    supervise("container names", overlay.clone(), move |ov: Arc<Overlay>| {
+        let (engine, driver) = (engine.clone(), driver.clone());
+        async move { ov.follow_container_names(&engine, &driver).await }
+    });
+    Ok(())
 }
 
 /// The outer error stops the driver: the store refuses our TLS settings or credentials. The inner

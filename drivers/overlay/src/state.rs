@@ -37,6 +37,8 @@ pub struct State {
     pub kept_networks: BTreeSet<String>,
     /// docker_gwbridge's firewall policy as last programmed.
     pub gateway_policy: Option<netloom_firewall::NetworkPolicy>,
+    /// Network key → the Docker network's name on this host, as Docker last said.
+    pub docker_names: BTreeMap<String, String>,
 }
 
 impl State {

@@ -20,11 +20,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
+use netloom_store::WatchEvent;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{Affected, Cache};
 use crate::overlay::Overlay;
-use crate::records::ROOT;
+use crate::records::{NAMES, PEERS, ROOT};
 
 /// Events taken in one go before reprogramming.
 const BATCH: usize = 1024;
@@ -99,6 +100,7 @@ impl Overlay {
                     }
                     // The hosts are known: the guard first, then the FDB.
                     self.sync_guard(false).await;
+                    self.refresh_names();
                     self.resync().await;
                     self.sync_gateway().await;
                 }
@@ -124,15 +126,23 @@ impl Overlay {
                 }
                 let mut affected = Affected::default();
                 let mut ended = None;
+                // This host's own writes too, which the copy has already.
+                let mut names_touched = false;
                 {
                     let mut state = self.state();
                     for item in batch {
                         match item {
-                            Ok(event) => affected.merge(state.cache.apply(&event)),
+                            Ok(event) => {
+                                names_touched |= touches_names(&event);
+                                affected.merge(state.cache.apply(&event));
+                            }
                             Err(e) => ended = Some(e),
                         }
                     }
                     state.generation += 1;
+                }
+                if names_touched {
+                    self.refresh_names();
                 }
                 if affected.all {
                     // A host came or went: the guard accepts a new one before an FDB entry points
@@ -183,6 +193,7 @@ impl Overlay {
                 }
             }
         }
+        self.refresh_names();
         // Re-applied even if unchanged here: someone may have flushed the firewall.
         if let Some(guard) = &self.guard {
             guard.sync(&self.state, true, false).await;
@@ -211,6 +222,15 @@ impl Overlay {
             self.remove_deleted_network(key).await;
         }
     }
+}
+
+/// Whether an event changes a name record or a peer record (whose addresses names answer).
+fn touches_names(event: &WatchEvent) -> bool {
+    let key = match event {
+        WatchEvent::Put(kv) => kv.key.as_str(),
+        WatchEvent::Delete { key, .. } => key.as_str(),
+    };
+    key.starts_with(NAMES) || key.starts_with(PEERS)
 }
 
 #[cfg(test)]
