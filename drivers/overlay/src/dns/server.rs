@@ -9,7 +9,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA};
-use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use hickory_server::Server;
@@ -116,7 +116,8 @@ impl RequestHandler for Handler {
                 send(response, builder.error_msg(&request.metadata, ResponseCode::Refused)).await
             }
             Lookup::Found(addresses) => {
-                let name = Name::from(query.name());
+                // As asked: some resolvers check the case they randomized.
+                let name = query.original().name().clone();
                 let records: Vec<Record> =
                     addresses.iter().map(|a| Record::from_rdata(name.clone(), self.ttl, rdata(*a))).collect();
                 let mut metadata = Metadata::response_from_request(&request.metadata);

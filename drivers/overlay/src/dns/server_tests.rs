@@ -171,6 +171,7 @@ async fn names_of_the_directory_are_answered_over_udp_and_tcp() {
 
     let answer = ask_tcp(at, ASKER, &query("WEB.front.", RecordType::AAAA)).await;
     assert_eq!(addresses(&answer), vec!["fd00::2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(answer.answers[0].name.to_ascii(), "WEB.front.");
 
     let answer = ask_udp(at, ASKER, &query("web.", RecordType::TXT)).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
