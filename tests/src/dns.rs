@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
@@ -107,6 +107,17 @@ pub struct Waited {
     pub reply: DnsReply,
 }
 
+/// A name that came or went while something was done (`DnsProbe::during`).
+#[derive(Debug, Clone)]
+pub struct Arrival<T> {
+    /// What the action returned.
+    pub outcome: T,
+    pub seen: Waited,
+    /// From the action's start, and from its return, until the name answered as wanted.
+    pub since_start: Duration,
+    pub since_return: Duration,
+}
+
 /// Latencies of a burst of queries (`DnsProbe::burst`), over the answered ones.
 #[derive(Debug, Clone, Copy)]
 pub struct Burst {
@@ -154,6 +165,35 @@ impl DnsProbe {
             after: Duration::from_millis(number(line, "after_ms")?),
             at_unix_ms: number(line, "at_unix_ms")?,
             reply: DnsReply::parse(&rest)?,
+        })
+    }
+
+    /// Starts asking for `name` from `from`, runs `act` (e.g. `docker run` or `docker rm` of that
+    /// name on another host), and waits until the name has an address (`present`) or has none:
+    /// when, relative to the action.
+    pub fn during<T>(
+        &self,
+        from: AskFrom,
+        server: &str,
+        (name, present): (&str, bool),
+        limit: Duration,
+        act: impl FnOnce() -> Result<T>,
+    ) -> Result<Arrival<T>> {
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| self.wait(from, server, name, present, limit));
+            // The probe is asking (and told the name is not there yet, or still is) before the
+            // action starts.
+            std::thread::sleep(Duration::from_millis(300));
+            let started = SystemTime::now();
+            let outcome = act();
+            let returned = SystemTime::now();
+            let seen = waiter.join().map_err(|_| anyhow::anyhow!("the waiting probe panicked"))?;
+            let (outcome, seen) = (outcome?, seen?);
+            let since = |t: SystemTime| {
+                let t = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+                Duration::from_millis(seen.at_unix_ms.saturating_sub(t) as u64)
+            };
+            Ok(Arrival { since_start: since(started), since_return: since(returned), outcome, seen })
         })
     }
 

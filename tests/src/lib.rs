@@ -94,7 +94,7 @@ pub use baseline::{embedded_store_keys, record_files, HostState};
 pub use cleanup::{own_netns, RootNsSnapshot};
 pub use cluster::{scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN};
 pub use counters::{ping_replies, NftCounters};
-pub use dns::{AskFrom, Burst, DnsProbe, DnsReply, DnsUpstream, Waited, EMBEDDED_RESOLVER};
+pub use dns::{Arrival, AskFrom, Burst, DnsProbe, DnsReply, DnsUpstream, Waited, EMBEDDED_RESOLVER};
 pub use dockerd::{docker_cli, DockerVersion};
 pub use etcd::{Etcd, UnderlayEtcd};
 pub use host::UNDERLAY_V6_PREFIX_LEN;

@@ -5,6 +5,10 @@
 //! netloom-probe udp-send ADDR:PORT COUNT HEX   send COUNT datagrams holding the bytes HEX
 //! netloom-probe udp-echo ADDR:PORT             answer every datagram with its own bytes
 //! netloom-probe udp-ask  ADDR:PORT TEXT        send TEXT, print the answer (3 tries, 1 s each)
+//! netloom-probe dns-serve ADDR:PORT NAME=IPV4...       answer A for NAME, NXDOMAIN for other names
+//! netloom-probe dns-ask   ADDR:PORT NAME               one A query: `rcode=.. answers=N ADDR..`
+//! netloom-probe dns-wait  ADDR:PORT NAME present|absent MS   ask until NAME has (lacks) an address
+//! netloom-probe dns-burst ADDR:PORT NAME COUNT         COUNT queries in a row: latency p50/p99
 //! ```
 //!
 //! It needs no privilege: an ordinary UDP socket is all an attacker has, too.
@@ -13,16 +17,24 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod dns;
+
+const USAGE: &str = "usage: netloom-probe udp-send ADDR:PORT COUNT HEX | udp-echo ADDR:PORT | udp-ask ADDR:PORT TEXT \
+                     | dns-serve ADDR:PORT NAME=IPV4... | dns-ask ADDR:PORT NAME \
+                     | dns-wait ADDR:PORT NAME present|absent MS | dns-burst ADDR:PORT NAME COUNT";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let res =
-        match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            ["udp-send", addr, count, hex] => send(addr, count, hex),
-            ["udp-echo", addr] => echo(addr),
-            ["udp-ask", addr, text] => ask(addr, text),
-            _ => Err("usage: netloom-probe udp-send ADDR:PORT COUNT HEX | udp-echo ADDR:PORT | udp-ask ADDR:PORT TEXT"
-                .into()),
-        };
+    let res = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["udp-send", addr, count, hex] => send(addr, count, hex),
+        ["udp-echo", addr] => echo(addr),
+        ["udp-ask", addr, text] => ask(addr, text),
+        ["dns-serve", addr, ref records @ ..] if !records.is_empty() => dns::serve(addr, records),
+        ["dns-ask", addr, name] => dns::ask(addr, name),
+        ["dns-wait", addr, name, want, limit_ms] => dns::wait(addr, name, want, limit_ms),
+        ["dns-burst", addr, name, count] => dns::burst(addr, name, count),
+        _ => Err(USAGE.into()),
+    };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
