@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_server::proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_server::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +19,8 @@ use crate::dns::directory::{Asker, NamedEndpoint};
 const ASKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+/// More A records than fit in 512 bytes.
+const MANY: u8 = 60;
 const WAIT: Duration = Duration::from_secs(3);
 
 fn directory() -> Directory {
@@ -97,7 +99,7 @@ fn addresses(answer: &Message) -> Vec<IpAddr> {
 }
 
 /// A stand-in upstream on one loopback port (UDP and TCP): `missing.example` is NXDOMAIN,
-/// `big.example` is truncated over UDP, every other name is UPSTREAM_ANSWER.
+/// `big.example` is truncated over UDP, `many.example` has MANY addresses, every other name is UPSTREAM_ANSWER.
 struct Upstream {
     addr: SocketAddr,
     udp_queries: Arc<AtomicUsize>,
@@ -145,6 +147,12 @@ impl Upstream {
         match name.to_ascii().as_str() {
             "missing.example." => answer.metadata.response_code = ResponseCode::NXDomain,
             "big.example." if !over_tcp => answer.metadata.truncation = true,
+            "many.example." => {
+                for last in 1..=MANY {
+                    let address = Ipv4Addr::new(192, 0, 2, last);
+                    answer.add_answer(Record::from_rdata(name.clone(), 300, RData::A(A(address))));
+                }
+            }
             _ => {
                 answer.add_answer(Record::from_rdata(name, 300, RData::A(A(UPSTREAM_ANSWER))));
             }
@@ -229,6 +237,28 @@ async fn a_truncated_udp_answer_is_asked_again_over_tcp() {
     assert_eq!(addresses(&answer), vec![IpAddr::V4(UPSTREAM_ANSWER)]);
     assert_eq!(upstream.udp_queries.load(Ordering::SeqCst), 1);
     assert_eq!(upstream.tcp_queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_client_takes_over_udp_is_truncated_and_whole_over_tcp() {
+    let (_upstream, server) = with_upstream().await;
+    let at = server.local_addr;
+    let answer = ask_tcp(at, ASKER, &query("many.example.", RecordType::A)).await;
+    assert!(!answer.metadata.truncation);
+    assert_eq!(addresses(&answer).len(), usize::from(MANY));
+
+    let answer = ask_udp(at, ASKER, &query("many.example.", RecordType::A)).await;
+    assert!(answer.metadata.truncation);
+    assert!(addresses(&answer).len() < usize::from(MANY));
+
+    let mut with_edns = query("many.example.", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    with_edns.set_edns(edns);
+    let answer = ask_udp(at, ASKER, &with_edns).await;
+    assert!(!answer.metadata.truncation);
+    assert_eq!(addresses(&answer).len(), usize::from(MANY));
+    assert_eq!(answer.edns.map(|e| e.max_payload()), Some(4096));
 }
 
 #[tokio::test]
