@@ -59,6 +59,11 @@
 //!   as unknown to Docker: give those plugins `--docker-host none`. Scratch plugins get `none`.
 //! - `Host::start_plugin_behind_proxy` puts a `PluginProxy` between dockerd and the driver, which
 //!   can swallow requests (Docker forgets a network without the driver hearing of it).
+//! - Container names on loom-overlay (Docker 23+): `HostConfig::dns_on_own_address` gives dockerd
+//!   `--dns <the host's underlay address>`, where loom-overlay answers by default; `DnsUpstream`
+//!   is the site's resolver (in the underlay) for `--dns-resolv-conf`; `DnsProbe` asks from a
+//!   host or a container (`EMBEDDED_RESOLVER` is Docker's resolver in a container's namespace).
+//!   busybox's nslookup exits 1 when it finds nothing.
 //! - dockerd loads br_netfilter, after which bridged traffic in every namespace (the underlay's
 //!   br0 too) passes that namespace's iptables: keep the underlay's firewall empty.
 //!
