@@ -3,6 +3,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::etcd::Etcd;
 use common::served::Served;
@@ -117,4 +118,64 @@ async fn two_hosts_share_pools_through_etcd() {
     let ea = call(&mut ca, "IpamDriver.RequestAddress", ep.clone()).await;
     let eb = call(&mut cb, "IpamDriver.RequestAddress", ep).await;
     assert_ne!(ea["Address"], eb["Address"]);
+}
+
+/// etcd with authentication on: loom-ipam with the right user and password file serves and
+/// stores its pools there; with a wrong password it stops within seconds, saying authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_user_and_password_the_binary_serves_with_the_right_one_and_stops_on_a_wrong_one() {
+    let etcd = Etcd::start().await;
+    {
+        let mut admin = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await.unwrap();
+        admin.user_add("root", "right horse", None).await.unwrap();
+        admin.user_grant_role("root", "root").await.unwrap();
+        admin.auth_enable().await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+    std::fs::write(&right, "right horse\n").unwrap();
+    std::fs::write(&wrong, "battery staple\n").unwrap();
+    let url = etcd.url();
+    let args = |password: &Path| -> Vec<String> {
+        ["--host-id", "h1", "--store", &url, "--store-user", "root", "--store-password-file"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([password.display().to_string()])
+            .collect()
+    };
+
+    let right_args = args(&right);
+    let right_args: Vec<&str> = right_args.iter().map(String::as_str).collect();
+    {
+        let served = Served::start(BIN, &dir.path().join("right.sock"), &dir.path().join("state-right"), &right_args);
+        let mut c = served.client().await;
+        let request =
+            json!({"AddressSpace": "GlobalDefault", "Pool": "10.31.0.0/24", "SubPool": "", "Options": {}, "V6": false});
+        let pool = call(&mut c, "IpamDriver.RequestPool", request).await;
+        assert_eq!(pool["Pool"], "10.31.0.0/24");
+    }
+    let mut admin = etcd_client::Client::connect(
+        [format!("http://{}", etcd.endpoint())],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "right horse")),
+    )
+    .await
+    .unwrap();
+    let keys =
+        admin.get("/netloom/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    assert!(!keys.kvs().is_empty(), "the pool was stored in the etcd that wants a password");
+
+    let wrong_args = args(&wrong);
+    let wrong_args: Vec<&str> = wrong_args.iter().map(String::as_str).collect();
+    let (status, stderr, took) = Served::run_to_exit(
+        BIN,
+        &dir.path().join("wrong.sock"),
+        &dir.path().join("state-wrong"),
+        &wrong_args,
+        Duration::from_secs(20),
+    );
+    eprintln!("wrong password: {status:?} after {took:?}: {}", stderr.trim());
+    let status = status.expect("loom-ipam with a wrong password must stop by itself");
+    assert!(!status.success(), "a wrong password must be a failure: {status}");
+    assert!(took < Duration::from_secs(10), "stopped only after {took:?}");
+    assert!(stderr.contains("authentication"), "the message must name authentication: {stderr}");
 }

@@ -9,34 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_plugin_api::client::PluginClient;
-use netloom_tests::{ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, IMAGE};
+use netloom_tests::{
+    ping, scenario, wait_until, Cluster, DockerVersion, Host, HostConfig, LocalOverlay, UnderlayEtcd, IMAGE,
+};
 use serde_json::json;
-
-const LOG: &str = "info,loom_overlay=debug";
 
 fn step(t0: Instant, what: &str) {
     eprintln!("[ownership] {:6.2}s {what}", t0.elapsed().as_secs_f64());
-}
-
-fn start_plugins(h: &Host, store: &str) -> Result<()> {
-    h.start_plugin("loom-ipam", &["--store", store, "--log-level", "info"])?;
-    let vtep = h.underlay_ip().to_string();
-    h.start_plugin(
-        "loom-overlay",
-        &[
-            "--scope",
-            "local",
-            "--store",
-            store,
-            "--advertise-addr",
-            &vtep,
-            "--reconcile-interval",
-            "1",
-            "--log-level",
-            LOG,
-        ],
-    )?;
-    Ok(())
 }
 
 fn sleeper(h: &Host, name: &str, network: &str, extra: &[&str]) -> Result<String> {
@@ -85,7 +64,7 @@ fn ownership_scenario(c: &Cluster) -> Result<()> {
         c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
     let (h1, h2) = (&hosts[0], &hosts[1]);
     for h in [h1, h2] {
-        start_plugins(h, &store)?;
+        LocalOverlay::new(&store).overlay_args(&["--reconcile-interval", "1"]).start(h)?;
     }
     step(t0, "hosts up");
 
@@ -157,21 +136,27 @@ fn ownership_scenario(c: &Cluster) -> Result<()> {
     wait_until(Duration::from_secs(20), Duration::from_millis(200), "the record to be written back", || {
         Ok(members(&network_record(c, "vni-5300")?) == members(&record))
     })?;
-    // Another network under the same key (VNI reused with another subnet): not joined.
-    overlay.sigterm()?;
-    let mut foreign = record.clone();
-    foreign["subnet_v4"] = json!("10.86.0.0/24");
-    foreign["members"] = json!({"elsewhere": "0123456789ab"});
-    etcdctl(c, &["put", key, &foreign.to_string()])?;
-    overlay.start()?;
-    let log = overlay.log_path().to_path_buf();
-    wait_until(Duration::from_secs(20), Duration::from_millis(200), "the refusal in h1's log", || {
-        Ok(std::fs::read_to_string(&log)?.contains("is another network now"))
-    })?;
-    let now = network_record(c, "vni-5300")?;
-    ensure!(members(&now) == vec!["elsewhere".to_string()], "h1 joined the foreign record: {now}");
-    ensure!(now["subnet_v4"] == "10.86.0.0/24", "the foreign record was rewritten: {now}");
-    step(t0, "a planted record with another subnet not joined");
+    // Another network under the same key (the key freed and reused while h1 was down, or a
+    // record rewritten behind its back): not joined, whether the subnet or the VNI differs.
+    let planted: [(&str, &str, serde_json::Value); 2] =
+        [("another subnet", "subnet_v4", json!("10.86.0.0/24")), ("another VNI", "vni", json!(5301))];
+    for (what, field, value) in planted {
+        overlay.sigterm()?;
+        let mut foreign = record.clone();
+        foreign[field] = value.clone();
+        foreign["members"] = json!({"elsewhere": "0123456789ab"});
+        etcdctl(c, &["put", key, &foreign.to_string()])?;
+        let log = overlay.log_path().to_path_buf();
+        let refusals_before = std::fs::read_to_string(&log)?.matches("is another network now").count();
+        overlay.start()?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), "the refusal in h1's log", || {
+            Ok(std::fs::read_to_string(&log)?.matches("is another network now").count() > refusals_before)
+        })?;
+        let now = network_record(c, "vni-5300")?;
+        ensure!(members(&now) == vec!["elsewhere".to_string()], "{what}: h1 joined the foreign record: {now}");
+        ensure!(now[field] == value, "{what}: the foreign record was rewritten: {now}");
+        step(t0, &format!("a planted record with {what} not joined"));
+    }
     etcdctl(c, &["del", key])?;
 
     h1.docker(&["rm", "-f", "a1", "d1"])?;

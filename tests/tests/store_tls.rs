@@ -6,21 +6,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use netloom_tests::{bin_dir, ping, scenario, Cluster, DockerVersion, Host, HostConfig, UnderlayEtcd, IMAGE};
+use netloom_tests::{
+    bin_dir, ping, scenario, Cluster, DockerVersion, Host, HostConfig, LocalOverlay, UnderlayEtcd, IMAGE,
+};
 
 const SUBNET: &str = "10.99.0.0/24";
 /// A misconfigured binary must have stopped well before this.
 const FAST: Duration = Duration::from_secs(8);
-
-fn start_plugins(h: &Host, store: &str, tls: &[String]) -> Result<()> {
-    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
-    let ipam = [&["--store", store, "--log-level", "info"][..], &tls].concat();
-    h.start_plugin("loom-ipam", &ipam)?;
-    let vtep = h.underlay_ip().to_string();
-    let overlay = [&["--scope", "local", "--store", store, "--advertise-addr", vtep.as_str()][..], &tls].concat();
-    h.start_plugin("loom-overlay", &overlay)?;
-    Ok(())
-}
 
 /// Runs `binary` on `h` with `args` (and a socket and state of its own) and expects it to exit
 /// non-zero within [`FAST`] saying `want`.
@@ -66,8 +58,9 @@ fn tls_scenario(c: &Cluster) -> Result<()> {
     ensure!(refusals == 4);
 
     // With the CA and the client certificate everything works as over plain etcd.
-    start_plugins(t1, &store, &tls)?;
-    start_plugins(t2, &store, &tls)?;
+    for h in [t1, t2] {
+        LocalOverlay::new(&store).store_options(&tls).log_level("info").start(h)?;
+    }
     for h in [t1, t2] {
         h.network_create("loom-overlay", "secure", &["--ipam-driver", "loom-ipam", "--subnet", SUBNET])?;
     }

@@ -29,7 +29,7 @@ pub mod consul;
 mod embedded;
 #[cfg(feature = "etcd")]
 mod etcd;
-#[cfg(feature = "etcd")]
+#[cfg(any(feature = "etcd", feature = "consul"))]
 mod tls_sniff;
 
 pub use self::credentials::{

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// Consul refuses larger transactions with HTTP 413.
 pub const MAX_TXN_OPS: usize = 64;
@@ -67,6 +68,8 @@ struct State {
 
 pub struct FakeConsul {
     addr: SocketAddr,
+    /// Serves HTTPS when set, as an agent with `tls.https` configured.
+    tls: Option<TlsAcceptor>,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     server: Mutex<JoinHandle<()>>,
@@ -79,12 +82,22 @@ impl FakeConsul {
 
     /// An agent with ACLs on: every request must send `token` as `X-Consul-Token`.
     pub async fn start_with_token(token: Option<&str>) -> Self {
+        Self::start_with(token, None).await
+    }
+
+    /// An agent serving HTTPS only: a plain HTTP request is answered the way Go's TLS server
+    /// answers it (HTTP 400, "Client sent an HTTP request to an HTTPS server.").
+    pub async fn start_tls(tls: TlsAcceptor) -> Self {
+        Self::start_with(None, Some(tls)).await
+    }
+
+    async fn start_with(token: Option<&str>, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake consul");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State { index: 1, token: token.map(str::to_string), ..State::default() }));
         let changed = Arc::new(Notify::new());
-        let server = Mutex::new(serve(listener, state.clone(), changed.clone()));
-        FakeConsul { addr, state, changed, server }
+        let server = Mutex::new(serve(listener, tls.clone(), state.clone(), changed.clone()));
+        FakeConsul { addr, tls, state, changed, server }
     }
 
     pub fn url(&self) -> String {
@@ -175,7 +188,7 @@ impl FakeConsul {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        *self.server.lock().unwrap() = serve(listener, self.state.clone(), self.changed.clone());
+        *self.server.lock().unwrap() = serve(listener, self.tls.clone(), self.state.clone(), self.changed.clone());
     }
 }
 
@@ -202,19 +215,48 @@ impl Drop for FakeConsul {
     }
 }
 
-fn serve(listener: TcpListener, state: Arc<Mutex<State>>, changed: Arc<Notify>) -> JoinHandle<()> {
+fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Owned here, so stopping the server also drops every open connection.
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (st, ch) = (state.clone(), changed.clone());
+            let (st, ch, tls) = (state.clone(), changed.clone(), tls.clone());
             connections.spawn(async move {
                 let svc = service_fn(move |req| handle(req, st.clone(), ch.clone()));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                match tls {
+                    None => {
+                        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(tls) => {
+                        let Some(stream) = accept_tls(stream, &tls).await else { return };
+                        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
             });
         }
     })
+}
+
+/// The TLS handshake, or Go's answer to a plain request on a TLS port (then `None`).
+async fn accept_tls(
+    mut stream: tokio::net::TcpStream,
+    tls: &TlsAcceptor,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    let peeked = stream.peek(&mut first).await.ok()?;
+    if peeked == 1 && first[0] != 0x16 {
+        let answer = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+        let _ = stream.write_all(answer.as_bytes()).await;
+        return None;
+    }
+    tls.accept(stream).await.ok()
 }
 
 fn invalidate(st: &mut State, id: &str) {

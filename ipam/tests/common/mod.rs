@@ -6,7 +6,11 @@ pub mod counting;
 pub mod etcd;
 pub mod fake_consul;
 pub mod flaky;
+#[path = "../../store/tests/common/local_etcd.rs"]
+pub mod local_etcd;
 pub mod model;
+#[path = "../../store/tests/common/pki.rs"]
+pub mod pki;
 pub mod scenarios;
 pub mod served;
 pub mod silent;

@@ -43,6 +43,46 @@ impl Served {
         Self { child, socket: socket.to_path_buf() }
     }
 
+    /// Runs `bin` the same way, expecting it to stop by itself within `limit`: its exit status
+    /// (None: still running at `limit`, then killed), its stderr and how long it ran.
+    pub fn run_to_exit(
+        bin: &str,
+        socket: &Path,
+        state: &Path,
+        args: &[&str],
+        limit: Duration,
+    ) -> (Option<ExitStatus>, String, Duration) {
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .env("NETLOOM_DOCKER_HOST", "none")
+            .env("NO_COLOR", "1")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = started.elapsed();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        (status, stderr, took)
+    }
+
     pub async fn client(&self) -> PluginClient {
         PluginClient::connect(&self.socket).await.unwrap()
     }

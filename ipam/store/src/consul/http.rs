@@ -7,10 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::tls;
 use crate::kv::{StoreError, StoreOptions, StoreResult};
 
 pub const BACKEND: &str = "consul";
@@ -19,11 +21,14 @@ pub const BACKEND: &str = "consul";
 pub const TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
 
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https` with `--store-ca`, else `http`.
+    scheme: &'static str,
     endpoints: Vec<String>,
     /// Index of the endpoint that answered last; tried first.
     preferred: AtomicUsize,
     pub timeout: Duration,
+    connect_timeout: Duration,
     token: Option<String>,
 }
 
@@ -36,15 +41,41 @@ pub struct Response {
 }
 
 impl Http {
-    /// The ACL token is `--store-token-file`'s, else `CONSUL_HTTP_TOKEN`'s.
-    pub fn new(endpoints: Vec<String>, options: &StoreOptions) -> Self {
+    /// The ACL token is `--store-token-file`'s, else `CONSUL_HTTP_TOKEN`'s; TLS with `--store-ca`.
+    pub fn new(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let (tls_config, scheme) = match &options.credentials.tls {
+            Some(material) => {
+                let config = tls::client_config(material).map_err(|detail| StoreError::Tls {
+                    backend: BACKEND,
+                    endpoints: endpoints.join(","),
+                    detail,
+                })?;
+                (config, "https")
+            }
+            // Never used for http:// URIs; the builder wants a configuration all the same.
+            None => (tls::client_config_without_roots(), "http"),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let token =
             options.credentials.token.clone().or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|t| !t.is_empty());
-        Self { client, endpoints, preferred: AtomicUsize::new(0), timeout: options.request_timeout, token }
+        Ok(Self {
+            client,
+            scheme,
+            endpoints,
+            preferred: AtomicUsize::new(0),
+            timeout: options.request_timeout,
+            connect_timeout: options.connect_timeout,
+            token,
+        })
     }
 
     pub fn endpoints(&self) -> String {
@@ -66,6 +97,27 @@ impl Http {
         StoreError::Auth { backend: BACKEND, endpoints: self.endpoints(), detail }
     }
 
+    /// Whether this client speaks plain HTTP (no `--store-ca`).
+    pub fn plain(&self) -> bool {
+        self.scheme == "http"
+    }
+
+    /// Whether an agent answers in TLS.
+    pub async fn speaks_tls(&self) -> bool {
+        crate::tls_sniff::any_speaks_tls(&self.endpoints, self.connect_timeout).await
+    }
+
+    pub fn tls_refused(&self, detail: String) -> StoreError {
+        let hint = if self.scheme == "https" {
+            "check --store-ca (the CA that signed the agent's certificate) and, when the agent verifies \
+             incoming connections, --store-cert/--store-key"
+        } else {
+            "the agent speaks TLS: give its CA with --store-ca (and a client certificate with \
+             --store-cert/--store-key if it asks for one)"
+        };
+        StoreError::Tls { backend: BACKEND, endpoints: self.endpoints(), detail: format!("{detail}; {hint}") }
+    }
+
     pub fn protocol(&self, detail: impl Into<String>) -> StoreError {
         StoreError::Protocol { backend: BACKEND, endpoints: self.endpoints(), detail: detail.into() }
     }
@@ -85,7 +137,7 @@ impl Http {
         for i in 0..self.endpoints.len() {
             let idx = (first + i) % self.endpoints.len();
             let endpoint = &self.endpoints[idx];
-            let uri = format!("http://{endpoint}{path_and_query}");
+            let uri = format!("{}://{endpoint}{path_and_query}", self.scheme);
             let mut req = Request::builder().method(method.clone()).uri(&uri);
             if let Some(token) = &self.token {
                 req = req.header("X-Consul-Token", token);
@@ -104,6 +156,11 @@ impl Http {
             };
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(resp)) if resp.status == 403 => return Err(self.denied(endpoint, &resp.body)),
+                Ok(Ok(resp))
+                    if resp.status == 400 && String::from_utf8_lossy(&resp.body).contains(tls::PLAIN_TO_TLS) =>
+                {
+                    return Err(self.tls_refused(format!("{endpoint} answered a plain HTTP request with HTTP 400")));
+                }
                 Ok(Ok(resp)) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(resp);
@@ -111,6 +168,9 @@ impl Http {
                 Ok(Err(e)) => {
                     let connect_failed =
                         e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect());
+                    if tls::is_tls_failure(&*e) {
+                        return Err(self.tls_refused(format!("{endpoint}: {}", error_chain(&*e))));
+                    }
                     last_error = format!("{endpoint}: {}", error_chain(&*e));
                     if !connect_failed {
                         // The request may have reached Consul: sending it elsewhere could apply it twice.

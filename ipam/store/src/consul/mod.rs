@@ -6,6 +6,7 @@
 mod api;
 mod base64;
 mod http;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +56,13 @@ impl ConsulStore {
         match store.ctx.read(&prefix, Duration::ZERO).await {
             Ok(_) => {}
             Err(e @ (StoreError::Auth { .. } | StoreError::Tls { .. })) => return Err(e),
+            // A TLS agent may drop a plain request without answering it.
+            Err(e) if store.ctx.http.plain() && store.ctx.http.speaks_tls().await => {
+                return Err(store
+                    .ctx
+                    .http
+                    .tls_refused(format!("the agent answers in TLS; a plain HTTP request got no answer ({e})")));
+            }
             Err(e) => warn!("consul is not answering yet: {e}; carrying on"),
         }
         Ok(store)
@@ -62,17 +70,8 @@ impl ConsulStore {
 
     /// A store that sends nothing until it is used.
     pub fn connect(endpoints: Vec<String>, options: &StoreOptions) -> StoreResult<Self> {
-        if options.credentials.tls.is_some() {
-            return Err(StoreError::Tls {
-                backend: http::BACKEND,
-                endpoints: endpoints.join(","),
-                detail: "this build speaks plain HTTP to Consul only; reach it over a trusted network or a local \
-                         agent, without --store-ca/--store-cert/--store-key"
-                    .into(),
-            });
-        }
         let ctx = Arc::new(Ctx {
-            http: Http::new(endpoints, options),
+            http: Http::new(endpoints, options)?,
             keys: KeySpace::new(&options.prefix),
             session_ttl: options.lease_ttl.max(MIN_SESSION_TTL),
         });
