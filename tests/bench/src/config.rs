@@ -52,6 +52,25 @@ impl Config {
         }
     }
 
+    /// `quick` in a quick run, else `full`.
+    fn sized(&self, quick: usize, full: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+
+    /// Lookups in the DNS section's timed burst.
+    pub fn dns_queries(&self) -> usize {
+        self.sized(50, 200)
+    }
+
+    /// Containers started (and removed) on one host while the other asks for their names.
+    pub fn dns_rounds(&self) -> usize {
+        self.sized(3, 5)
+    }
+
     /// Endpoints for the "RSS with many endpoints" and reconcile figures.
     pub fn footprint_endpoints(&self) -> usize {
         if self.quick {

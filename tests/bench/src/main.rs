@@ -6,6 +6,7 @@
 mod attach;
 mod chart;
 mod config;
+mod dns;
 mod docker_util;
 mod driver_cost;
 mod footprint;

@@ -15,10 +15,13 @@ pub enum Section {
     Throughput,
     /// RSS, socket-ready time, reconcile time.
     Footprint,
+    /// Container names across hosts: lookup latency, time for a name to come or go.
+    Dns,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [Section::Driver, Section::Footprint, Section::Attach, Section::Throughput];
+    pub const ALL: [Section; 5] =
+        [Section::Driver, Section::Footprint, Section::Attach, Section::Throughput, Section::Dns];
 
     pub fn run(self, config: &Config, report: &mut Report) -> Result<()> {
         match self {
@@ -26,6 +29,7 @@ impl Section {
             Section::Driver => crate::driver_cost::run(config, report),
             Section::Throughput => crate::throughput::run(config, report),
             Section::Footprint => crate::footprint::run(config, report),
+            Section::Dns => crate::dns::run(config, report),
         }
     }
 }
