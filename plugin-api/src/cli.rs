@@ -149,13 +149,39 @@ impl CommonArgs {
     }
 
     pub fn init_logging(&self) -> anyhow::Result<()> {
-        let filter = EnvFilter::try_new(&self.log_level)
+        EnvFilter::try_new(&self.log_level)
             .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", self.log_level))?;
+        let filter = EnvFilter::new(quiet_libraries(&self.log_level));
         let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
         let result = match self.log_format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().flatten_event(true).try_init(),
         };
         result.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+    }
+}
+
+/// Libraries that log every request they serve at info: kept at warn unless `--log-level` names
+/// them (e.g. `info,hickory_server=info` to see every DNS query).
+const CHATTY: &[&str] = &["hickory_server"];
+
+fn quiet_libraries(level: &str) -> String {
+    let mut directives = level.to_string();
+    for target in CHATTY {
+        if !level.contains(target) {
+            directives.push_str(&format!(",{target}=warn"));
+        }
+    }
+    directives
+}
+
+#[cfg(test)]
+mod logging_tests {
+    use super::quiet_libraries;
+
+    #[test]
+    fn chatty_libraries_stay_at_warn_unless_named() {
+        assert_eq!(quiet_libraries("info"), "info,hickory_server=warn");
+        assert_eq!(quiet_libraries("debug,hickory_server=info"), "debug,hickory_server=info");
     }
 }
