@@ -60,6 +60,7 @@ impl Overlay {
     /// One pass: Docker's view of this driver's networks and docker_gwbridge, against the store's.
     async fn names_pass(&self, engine: &Engine, driver: &str) -> Result<(), EngineError> {
         let Ok(shared) = &self.shared else { return Ok(()) };
+        let started = Instant::now();
         let overlays = engine.networks_of_driver(driver).await?;
         let gwbridge = engine.network(GATEWAY_BRIDGE).await?;
         let (keys, held) = {
@@ -72,6 +73,11 @@ impl Overlay {
                 .collect();
             (keys, state.endpoints.keys().cloned().collect::<BTreeSet<String>>())
         };
+        // Before the containers are inspected: dockerd answers that only once a starting
+        // container has started, and by then it may already be asking.
+        if let Some(directory) = &self.directory {
+            directory.set_askers(names::askers(&overlays, gwbridge.as_ref(), &keys));
+        }
         let mut wanted = Vec::new();
         let mut docker_names = BTreeMap::new();
         for network in &overlays {
@@ -94,17 +100,16 @@ impl Overlay {
                 wanted.push((key.clone(), record));
             }
         }
-        if let Some(directory) = &self.directory {
-            directory.set_askers(names::askers(&overlays, gwbridge.as_ref(), &keys));
-        }
         let plan = {
             let mut state = self.state();
             state.docker_names = docker_names;
             names::plan(wanted, &state.cache.names, &self.host, &held_endpoints(&state))
         };
+        let (writes, deletes) = (plan.writes.len(), plan.deletes.len());
         self.write_names(shared, plan.writes).await;
         self.delete_names(shared, plan.deletes).await;
         self.refresh_names();
+        debug!(writes, deletes, elapsed_ms = started.elapsed().as_millis() as u64, "container names pass");
         Ok(())
     }
 
