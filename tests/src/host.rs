@@ -496,6 +496,19 @@ impl Host {
         lock(&self.plugins).clone()
     }
 
+    /// An error naming each of the host's plugins that has exited (a crash the scenario would
+    /// otherwise not notice).
+    pub fn plugins_still_running(&self) -> Result<()> {
+        let exited: Vec<String> = self
+            .plugins()
+            .iter()
+            .filter(|p| !p.is_running())
+            .map(|p| format!("{} ({:?})", p.name(), p.exit_status()))
+            .collect();
+        anyhow::ensure!(exited.is_empty(), "on {}, exited: {}", self.name(), exited.join(", "));
+        Ok(())
+    }
+
     // ---- diagnostics and teardown -----------------------------------------------------------
 
     /// The tails of this host's logs (dockerd, plugins, holder, other spawned processes).

@@ -161,11 +161,8 @@ fn dns_scenario(c: &Cluster) -> Result<()> {
     n2.docker(&["rm", "-f", "bob2"])?;
     n1.docker(&["network", "rm", NET, APART])?;
     n2.docker(&["network", "rm", NET])?;
-    for h in [n1, n2] {
-        for p in h.plugins() {
-            ensure!(p.is_running(), "{} on {} exited: {:?}", p.name(), h.name(), p.exit_status());
-        }
-    }
+    n1.plugins_still_running()?;
+    n2.plugins_still_running()?;
     step(t0, "removed");
     Ok(())
 }
