@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::{NetworkRequest, Outcome};
 use crate::options::{overlay_mtu, single_subnet, OverlayOptions};
 use crate::overlay::{store_error, Overlay};
-use crate::ports::attach_gateway;
+use crate::ports::after_join;
 use crate::records::{self, short, LocalEndpoint, LocalNetwork, Mode};
 
 /// The key every CreateNetwork takes besides its network's: a second Docker network for the same
@@ -124,7 +124,9 @@ impl NetworkDriver for Driver {
                 ov.put_endpoint(&record).await?;
                 ov.state().endpoints.insert(record.id.clone(), record);
             }
-            tokio::spawn(attach_gateway(ov.clone(), req.network_id.clone(), ep.id.clone(), req.sandbox_key.clone()));
+        }
+        if !net.config.internal && (ov.gateway.is_some() || ov.directory.is_some()) {
+            tokio::spawn(after_join(ov.clone(), req.network_id.clone(), ep.id.clone(), req.sandbox_key.clone()));
         }
         // No gateway: Docker gives the container a docker_gwbridge leg for the outside world.
         Ok(JoinResponse {

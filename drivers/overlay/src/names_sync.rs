@@ -6,6 +6,7 @@
 //! cannot be reached, what is published stays.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use netloom_plugin_api::engine::{Engine, EngineError};
@@ -14,6 +15,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Shared;
+use crate::dns::Asker;
 use crate::names;
 use crate::overlay::Overlay;
 use crate::records::{self, short, NameRecord};
@@ -76,7 +78,14 @@ impl Overlay {
         // Before the containers are inspected: dockerd answers that only once a starting
         // container has started, and by then it may already be asking.
         if let Some(directory) = &self.directory {
-            directory.set_askers(names::askers(&overlays, gwbridge.as_ref(), &keys));
+            let askers = {
+                let mut state = self.state();
+                state.docker_askers = names::askers(&overlays, gwbridge.as_ref(), &keys);
+                let State { joined_askers, endpoints, .. } = &mut *state;
+                joined_askers.retain(|endpoint, _| endpoints.contains_key(endpoint));
+                all_askers(&state)
+            };
+            directory.set_askers(askers);
         }
         let mut wanted = Vec::new();
         let mut docker_names = BTreeMap::new();
@@ -159,6 +168,20 @@ impl Overlay {
         self.delete_names(shared, stale).await;
     }
 
+    /// A container that joined `endpoint` may ask from its docker_gwbridge `address` at once,
+    /// before Docker lists it.
+    pub fn learn_asker(&self, endpoint: &str, address: IpAddr) {
+        let Some(directory) = &self.directory else { return };
+        let askers = {
+            let mut state = self.state();
+            let Some(network) = state.endpoints.get(endpoint).map(|e| e.network.clone()) else { return };
+            let asker = Asker { addresses: vec![address], networks: BTreeSet::from([network]) };
+            state.joined_askers.insert(endpoint.to_string(), asker);
+            all_askers(&state)
+        };
+        directory.set_askers(askers);
+    }
+
     /// The DNS directory's endpoints rebuilt from the copy of the store.
     pub fn refresh_names(&self) {
         let Some(directory) = &self.directory else { return };
@@ -168,6 +191,10 @@ impl Overlay {
         };
         directory.set_endpoints(endpoints);
     }
+}
+
+fn all_askers(state: &State) -> Vec<Asker> {
+    state.docker_askers.iter().chain(state.joined_askers.values()).cloned().collect()
 }
 
 /// (network key, endpoint id) of every endpoint this host holds.

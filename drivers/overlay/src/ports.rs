@@ -73,30 +73,42 @@ impl Overlay {
     }
 }
 
-/// After Join, Docker gives the container its docker_gwbridge leg: once it is there, loom-overlay
-/// programs the bridge (first container on the host) and the container's published ports.
-pub async fn attach_gateway(ov: Arc<Overlay>, network: String, endpoint: String, sandbox: String) {
-    let Some(gateway) = &ov.gateway else { return };
+/// After Join, Docker gives the container its docker_gwbridge leg: once it is there, the container
+/// may ask for names (its DNS queries come from that address), and loom-overlay programs the
+/// bridge (first container on the host) and the container's published ports.
+pub async fn after_join(ov: Arc<Overlay>, network: String, endpoint: String, sandbox: String) {
+    let Some(address) = gateway_leg(&ov, &endpoint, &sandbox).await else { return };
+    ov.learn_asker(&endpoint, address);
+    attach_gateway(ov, network, endpoint, address).await;
+}
+
+/// The container's docker_gwbridge address, once it has one (None after 10 s, or on an error).
+async fn gateway_leg(ov: &Overlay, endpoint: &str, sandbox: &str) -> Option<IpAddr> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let address = loop {
+    loop {
         let found = match Gateway::policy(ov.fabric.netlink()).await {
-            Ok(Some(policy)) => gateway::address_in_sandbox(&sandbox, &policy.subnets).await,
+            Ok(Some(policy)) => gateway::address_in_sandbox(sandbox, &policy.subnets).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
         match found {
-            Ok(Some(address)) => break address,
+            Ok(Some(address)) => return Some(address),
             Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             Ok(None) => {
-                debug!(endpoint = %short(&endpoint), "no docker_gwbridge leg appeared; nothing to publish");
-                return;
+                debug!(endpoint = %short(endpoint), "no docker_gwbridge leg appeared");
+                return None;
             }
             Err(e) => {
-                debug!(endpoint = %short(&endpoint), "looking for the docker_gwbridge leg: {e:#}");
-                return;
+                debug!(endpoint = %short(endpoint), "looking for the docker_gwbridge leg: {e:#}");
+                return None;
             }
         }
-    };
+    }
+}
+
+/// Programs docker_gwbridge and publishes the endpoint's ports on the container's `address` there.
+async fn attach_gateway(ov: Arc<Overlay>, network: String, endpoint: String, address: IpAddr) {
+    let Some(gateway) = &ov.gateway else { return };
     // The endpoint's network turn: a Leave or DeleteEndpoint meanwhile waits, then withdraws.
     let _turn = match ov.turn(&network, format!("publishing the ports of {}", short(&endpoint))).await {
         Ok(turn) => turn,

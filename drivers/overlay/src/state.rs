@@ -10,6 +10,7 @@ use netloom_store::{KeyValue, Revision};
 
 use crate::cache::Cache;
 use crate::cluster::same_identity;
+use crate::dns::Asker;
 use crate::fabric::NetDataplane;
 use crate::liveness::Absence;
 use crate::records::{LocalEndpoint, LocalNetwork};
@@ -39,6 +40,11 @@ pub struct State {
     pub gateway_policy: Option<netloom_firewall::NetworkPolicy>,
     /// Network key → the Docker network's name on this host, as Docker last said.
     pub docker_names: BTreeMap<String, String>,
+    /// This host's containers that may ask for names, as Docker last said.
+    pub docker_askers: Vec<Asker>,
+    /// Endpoint id → its container as an asker, learnt at Join before Docker says (kept while
+    /// the endpoint is).
+    pub joined_askers: BTreeMap<String, Asker>,
 }
 
 impl State {
