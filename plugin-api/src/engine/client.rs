@@ -87,6 +87,12 @@ impl Engine {
         self.inspect_each(listed.into_iter().filter(|n| n.ipam_driver() == ipam_driver)).await
     }
 
+    /// The subnets of every network dockerd has (one list call, nothing inspected).
+    pub async fn local_subnets(&self) -> Result<Vec<ipnetwork::IpNetwork>, EngineError> {
+        let listed: Vec<RawNetwork> = self.get_versioned("/networks").await?;
+        Ok(listed.into_iter().flat_map(|n| n.into_model().pools).filter_map(|pool| pool.subnet).collect())
+    }
+
     /// One network by id or name; `None` when Docker has no such network.
     pub async fn network(&self, id_or_name: &str) -> Result<Option<DockerNetwork>, EngineError> {
         let path = format!("/networks/{}", query_value(id_or_name));
@@ -102,6 +108,19 @@ impl Engine {
     ) -> Result<Option<ContainerNames>, EngineError> {
         let path = format!("/containers/{}/json", query_value(container_id));
         Ok(self.get_versioned_opt::<RawContainer>(&path).await?.and_then(|c| c.names_on(network)))
+    }
+
+    /// Like [`Self::container_names`], with every address the container has on any network of
+    /// this host (the source of its packets to the host depends on its default route).
+    pub async fn container_on(
+        &self,
+        container_id: &str,
+        network: &str,
+    ) -> Result<Option<(ContainerNames, Vec<std::net::IpAddr>)>, EngineError> {
+        let path = format!("/containers/{}/json", query_value(container_id));
+        let Some(container) = self.get_versioned_opt::<RawContainer>(&path).await? else { return Ok(None) };
+        let addresses = container.addresses();
+        Ok(container.names_on(network).map(|names| (names, addresses)))
     }
 
     /// The cluster store dockerd was started with (`--cluster-store`, Docker 20.10 and older);

@@ -92,6 +92,16 @@ async fn networks_of_an_ipam_driver_are_those_with_it_in_their_ipam_config() {
 }
 
 #[tokio::test]
+async fn the_subnets_of_every_network_come_from_one_list_call() {
+    let fake = docker_20_10();
+    let engine = Engine::new(&fake.url()).unwrap();
+    let subnets = engine.local_subnets().await.unwrap();
+    let expected: ipnetwork::IpNetwork = "10.9.0.0/24".parse().unwrap();
+    assert_eq!(subnets, [expected, expected]);
+    assert_eq!(fake.requests(), ["/version", "/v1.41/networks"]);
+}
+
+#[tokio::test]
 async fn unknown_networks_and_containers_are_none_and_other_errors_are_errors() {
     let fake = docker_20_10();
     let engine = Engine::new(&fake.url()).unwrap();

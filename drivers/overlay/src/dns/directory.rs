@@ -4,6 +4,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 
+use ipnetwork::IpNetwork;
+
 use super::lookup::{Lookup, QueryKind};
 
 /// One endpoint's names on one network, on any host (from the store).
@@ -48,6 +50,10 @@ struct Index {
     endpoints: HashMap<String, Vec<Entry>>,
     /// Source address -> the network keys of the containers asking from it.
     askers: HashMap<IpAddr, BTreeSet<String>>,
+    /// The subnets of this host's Docker networks: a sender inside one that is no asker is a
+    /// container of this host on another network (the default bridge sends its queries straight
+    /// to dockerd's `--dns` servers), so its queries are forwarded, never answered with names.
+    container_subnets: Vec<IpNetwork>,
 }
 
 impl Directory {
@@ -80,10 +86,19 @@ impl Directory {
         self.write().askers = index;
     }
 
+    /// Replaces the subnets of this host's Docker networks.
+    pub fn set_container_subnets(&self, subnets: Vec<IpNetwork>) {
+        self.write().container_subnets = subnets;
+    }
+
     /// What to answer `source` asking `name` (as sent, with or without the trailing dot).
     pub fn lookup(&self, source: IpAddr, name: &str, kind: QueryKind) -> Lookup {
         let index = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(networks) = index.askers.get(&source.to_canonical()) else {
+        let source = source.to_canonical();
+        let Some(networks) = index.askers.get(&source) else {
+            if index.container_subnets.iter().any(|subnet| subnet.contains(source)) {
+                return Lookup::NotOurs;
+            }
             return Lookup::Refused;
         };
         let name = name.strip_suffix('.').unwrap_or(name);

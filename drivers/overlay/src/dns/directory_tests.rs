@@ -147,3 +147,17 @@ fn replacing_endpoints_and_askers_forgets_the_old_ones() {
     directory.set_askers(vec![]);
     assert_eq!(directory.lookup(ASKER, "api", QueryKind::A), Lookup::Refused);
 }
+
+#[test]
+fn another_container_of_this_host_is_forwarded_but_never_answered_names() {
+    let directory = directory();
+    let bridge_container = v4("172.17.0.5");
+    let lan_host = v4("192.168.1.20");
+    assert_eq!(directory.lookup(bridge_container, "web", QueryKind::A), Lookup::Refused, "before its subnet is known");
+    directory.set_container_subnets(vec!["172.17.0.0/16".parse().unwrap()]);
+    for name in ["web", "web.front", "example.com"] {
+        assert_eq!(directory.lookup(bridge_container, name, QueryKind::A), Lookup::NotOurs, "{name}");
+        assert_eq!(directory.lookup(lan_host, name, QueryKind::A), Lookup::Refused, "{name}");
+    }
+    assert_eq!(directory.lookup(ASKER, "web", QueryKind::A), Lookup::Found(vec![v4("10.0.1.2")]));
+}
