@@ -97,6 +97,10 @@ pub(crate) struct RawAttachment {
     /// API 1.44 and later.
     #[serde(rename = "DNSNames")]
     pub dns_names: Option<Vec<String>>,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "GlobalIPv6Address")]
+    pub global_ipv6_address: String,
 }
 
 /// One object of the `GET /events` stream.
@@ -171,6 +175,17 @@ impl RawPoolConfig {
 }
 
 impl RawContainer {
+    /// The container's addresses on every network it is on.
+    pub(crate) fn addresses(&self) -> Vec<IpAddr> {
+        let networks = self.network_settings.as_ref().and_then(|s| s.networks.as_ref());
+        networks
+            .into_iter()
+            .flat_map(|n| n.values())
+            .flat_map(|a| [parse_opt::<IpAddr>(Some(&a.ip_address)), parse_opt(Some(&a.global_ipv6_address))])
+            .flatten()
+            .collect()
+    }
+
     /// The container's names on `network` (the network's name or full id).
     pub(crate) fn names_on(self, network: &str) -> Option<ContainerNames> {
         let networks = self.network_settings?.networks?;
@@ -256,6 +271,18 @@ mod tests {
         let on_20_10 = r#"{"Name":"/db","NetworkSettings":{"Networks":{"back":{"NetworkID":"n2","Aliases":null}}}}"#;
         let names = serde_json::from_str::<RawContainer>(on_20_10).unwrap().names_on("back").unwrap();
         assert_eq!(names, ContainerNames { name: "db".into(), aliases: vec![] });
+    }
+
+    #[test]
+    fn a_containers_addresses_on_every_network() {
+        let json = r#"{"Name":"/web","NetworkSettings":{"Networks":{
+            "bridge":{"NetworkID":"b","IPAddress":"172.17.0.2","GlobalIPv6Address":""},
+            "front":{"NetworkID":"n1","IPAddress":"10.9.0.2","GlobalIPv6Address":"fd00::2"},
+            "none":{"NetworkID":"z","IPAddress":"","GlobalIPv6Address":""}}}}"#;
+        let raw = serde_json::from_str::<RawContainer>(json).unwrap();
+        let want: Vec<IpAddr> = ["172.17.0.2", "10.9.0.2", "fd00::2"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(raw.addresses(), want);
+        assert!(RawContainer::default().addresses().is_empty());
     }
 
     #[test]
