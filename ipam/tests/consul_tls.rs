@@ -8,12 +8,11 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::fake_consul::FakeConsul;
+use common::opening::{is_tls, open, refused};
 use common::pki::{Issued, TestPki};
-use netloom_ipam::store::{open_with, CredentialFiles, StoreOptions};
-use netloom_ipam::StoreError;
+use netloom_ipam::store::CredentialFiles;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -21,8 +20,6 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// A refusal must come well within this, not after retries.
-const FAST: Duration = Duration::from_secs(10);
 
 /// The agent's TLS: its certificate, and when `client_ca` is given, only clients it issued.
 fn acceptor(server: &Issued, client_ca: Option<&Path>) -> TlsAcceptor {
@@ -42,26 +39,6 @@ fn acceptor(server: &Issued, client_ca: Option<&Path>) -> TlsAcceptor {
     let chain = CertificateDer::pem_file_iter(&server.cert).unwrap().map(Result::unwrap).collect();
     let key = PrivateKeyDer::from_pem_file(&server.key).unwrap();
     TlsAcceptor::from(Arc::new(builder.with_single_cert(chain, key).unwrap()))
-}
-
-async fn open(url: &str, files: &CredentialFiles, state: &Path) -> Result<(), StoreError> {
-    let credentials = files.load(Some(url)).expect("the options fit together");
-    let options = StoreOptions { credentials, ..StoreOptions::default() };
-    let store = open_with(Some(url), state, options).await?;
-    store.put("tls-test/key", b"value".to_vec()).await?;
-    let read = store.get("tls-test/key").await?.expect("the key just written");
-    assert_eq!(read.value, b"value");
-    Ok(())
-}
-
-/// Opens with `files`, expecting a TLS refusal within [`FAST`]; returns its text.
-async fn refused(url: &str, files: &CredentialFiles, state: &Path) -> String {
-    let started = Instant::now();
-    let err = open(url, files, state).await.expect_err("opening with wrong settings must fail");
-    let took = started.elapsed();
-    assert!(matches!(err, StoreError::Tls { .. }) && err.to_string().contains("TLS"), "wrong kind of error: {err:?}");
-    assert!(took < FAST, "refused only after {took:?}: {err}");
-    err.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,7 +63,7 @@ async fn https_with_the_agents_ca_works_and_each_wrong_setting_is_refused_naming
         ),
     ];
     for (case, files, says) in &cases {
-        let message = refused(&url, files, &state).await;
+        let message = refused(&url, files, &state, is_tls).await;
         eprintln!("{case}: {message}");
         assert!(message.contains(says), "{case}: the message should say {says}: {message}");
     }
@@ -116,7 +93,7 @@ async fn an_agent_that_verifies_clients_takes_only_a_certificate_its_ca_issued()
         ),
     ];
     for (case, files) in &cases {
-        let message = refused(&url, files, &state).await;
+        let message = refused(&url, files, &state, is_tls).await;
         eprintln!("{case}: {message}");
     }
 }

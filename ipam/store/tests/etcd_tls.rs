@@ -6,48 +6,13 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use common::local_etcd::LocalEtcd;
+use common::opening::{is_auth, is_tls, open, refused};
 use common::pki::TestPki;
 use netloom_store::{open_with, CredentialFiles, StoreError, StoreOptions};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// A refusal must come well within this, not after retries.
-const FAST: Duration = Duration::from_secs(10);
-
-async fn open(url: &str, files: &CredentialFiles, state: &std::path::Path) -> Result<(), StoreError> {
-    let credentials = files.load(Some(url)).expect("the options fit together");
-    let options = StoreOptions { credentials, ..StoreOptions::default() };
-    let store = open_with(Some(url), state, options).await?;
-    store.put("tls-test/key", b"value".to_vec()).await?;
-    let read = store.get("tls-test/key").await?.expect("the key just written");
-    assert_eq!(read.value, b"value");
-    Ok(())
-}
-
-/// Opens with `files`, expecting a refusal of the kind `is_kind` within [`FAST`]; returns its text.
-async fn refused(
-    url: &str,
-    files: &CredentialFiles,
-    state: &std::path::Path,
-    is_kind: fn(&StoreError) -> bool,
-) -> String {
-    let started = Instant::now();
-    let err = open(url, files, state).await.expect_err("opening with wrong settings must fail");
-    let took = started.elapsed();
-    assert!(is_kind(&err), "wrong kind of error: {err:?}");
-    assert!(took < FAST, "refused only after {took:?}: {err}");
-    err.to_string()
-}
-
-fn is_tls(e: &StoreError) -> bool {
-    matches!(e, StoreError::Tls { .. }) && e.to_string().contains("TLS")
-}
-
-fn is_auth(e: &StoreError) -> bool {
-    matches!(e, StoreError::Auth { .. }) && e.to_string().contains("authentication")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_with_a_client_certificate_works_and_each_wrong_setting_is_refused_naming_tls() {

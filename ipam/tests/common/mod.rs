@@ -9,6 +9,8 @@ pub mod flaky;
 #[path = "../../store/tests/common/local_etcd.rs"]
 pub mod local_etcd;
 pub mod model;
+#[path = "../../store/tests/common/opening.rs"]
+pub mod opening;
 #[path = "../../store/tests/common/pki.rs"]
 pub mod pki;
 pub mod scenarios;

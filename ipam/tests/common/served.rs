@@ -21,13 +21,7 @@ impl Served {
     /// dockerd of the machine would have none of the test's pools and networks, and reconciling
     /// against it would release them).
     pub fn start(bin: &str, socket: &Path, state: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(bin)
-            .env("NETLOOM_DOCKER_HOST", "none")
-            .arg("--socket")
-            .arg(socket)
-            .arg("--state-dir")
-            .arg(state)
-            .args(args)
+        let mut child = command(bin, socket, state, args)
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
@@ -53,14 +47,8 @@ impl Served {
         limit: Duration,
     ) -> (Option<ExitStatus>, String, Duration) {
         let started = Instant::now();
-        let mut child = Command::new(bin)
-            .env("NETLOOM_DOCKER_HOST", "none")
+        let mut child = command(bin, socket, state, args)
             .env("NO_COLOR", "1")
-            .arg("--socket")
-            .arg(socket)
-            .arg("--state-dir")
-            .arg(state)
-            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
@@ -92,6 +80,13 @@ impl Served {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
         self.child.wait().unwrap()
     }
+}
+
+/// `bin --socket <socket> --state-dir <state> <args>`, asking no dockerd unless `args` names one.
+fn command(bin: &str, socket: &Path, state: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(bin);
+    command.env("NETLOOM_DOCKER_HOST", "none").arg("--socket").arg(socket).arg("--state-dir").arg(state).args(args);
+    command
 }
 
 impl Drop for Served {
