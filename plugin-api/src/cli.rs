@@ -33,6 +33,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_interval: u64,
 
+    /// Serve Prometheus metrics as GET http://HOST:PORT/metrics [default: off]
+    #[arg(long, value_name = "HOST:PORT", env = "NETLOOM_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as netloom=debug
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "NETLOOM_LOG")]
     pub log_level: String,
@@ -146,6 +150,11 @@ impl CommonArgs {
             docker_host: Some(self.docker_host.clone()).filter(|h| !h.is_empty() && h != "none"),
             reconcile_interval: std::time::Duration::from_secs(self.reconcile_interval),
         }
+    }
+
+    /// `--metrics-addr`, unless empty (the environment variable set to nothing).
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.metrics_addr.as_deref().filter(|addr| !addr.is_empty())
     }
 
     pub fn init_logging(&self) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod host_ports;
 pub mod ids;
 pub mod locks;
+pub mod metrics;
 pub mod options;
 pub mod port_holder;
 pub mod server;
@@ -65,6 +66,10 @@ where
     let engine = settings.docker_host.as_deref().map(engine::Engine::new).transpose()?;
     let _lock = socket::StateLock::acquire(&settings.state_dir)?;
     socket::prepare(&settings.socket)?;
+    let metrics_listener = match args.metrics_addr() {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     siblings::set_own_socket(&settings.socket);
     let started = std::time::Instant::now();
     let plugin = build(settings.clone()).await?;
@@ -90,7 +95,11 @@ where
             None
         }
     };
+    let metrics_server = metrics_listener.map(|listener| tokio::spawn(metrics::serve(listener, plugin.clone())));
     server::serve(listener, plugin, shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     if let Some(reconciler) = reconciler {
         reconciler.stop().await;
     }

@@ -77,7 +77,9 @@ impl Plugin {
                 .unwrap_or_default();
             Err(PluginError::new(format!("internal error in {method}: {what}; see the plugin's log")))
         });
-        let elapsed_us = started.elapsed().as_micros() as u64;
+        let elapsed = started.elapsed();
+        crate::metrics::global().request_done(method, outcome.as_ref().err().map(PluginError::status), elapsed);
+        let elapsed_us = elapsed.as_micros() as u64;
         match outcome {
             Ok(value) => {
                 info!(method, network = ids.network, endpoint = ids.endpoint, pool = ids.pool, elapsed_us, "ok");

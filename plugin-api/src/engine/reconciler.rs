@@ -243,6 +243,7 @@ impl Reconciler {
             };
             match outcome {
                 Ok(()) => {
+                    crate::metrics::global().removed(&subject);
                     state.suspects.forget(&subject);
                     report.released.push(subject);
                 }
