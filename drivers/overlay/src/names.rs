@@ -56,11 +56,13 @@ fn unique<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<String> {
 }
 
 /// This host's containers on loom-overlay networks, as the DNS server knows a query's sender:
-/// their addresses on docker_gwbridge (where Docker's resolver forwards from) and on the overlays,
-/// and the network keys they are on. `keys`: Docker network id → network key.
+/// their addresses on docker_gwbridge (where Docker's resolver forwards from), on the overlays and
+/// any `more` (container id → its addresses on other networks, one of which may hold its default
+/// route), and the network keys they are on. `keys`: Docker network id → network key.
 pub fn askers(
     overlays: &[DockerNetwork],
     gwbridge: Option<&DockerNetwork>,
+    more: &BTreeMap<String, Vec<IpAddr>>,
     keys: &BTreeMap<String, String>,
 ) -> Vec<Asker> {
     let mut by_container: BTreeMap<&str, Asker> = BTreeMap::new();
@@ -75,6 +77,15 @@ pub fn askers(
     for endpoint in gwbridge.map(|n| n.endpoints.as_slice()).unwrap_or_default() {
         if let Some(asker) = by_container.get_mut(endpoint.container_id.as_str()) {
             asker.addresses.extend(endpoint.ipv4.map(|a| a.ip()));
+        }
+    }
+    for (container, addresses) in more {
+        if let Some(asker) = by_container.get_mut(container.as_str()) {
+            for address in addresses {
+                if !asker.addresses.contains(address) {
+                    asker.addresses.push(*address);
+                }
+            }
         }
     }
     by_container.into_values().collect()

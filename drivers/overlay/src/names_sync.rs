@@ -77,16 +77,13 @@ impl Overlay {
         };
         // Before the containers are inspected: dockerd answers that only once a starting
         // container has started, and by then it may already be asking.
+        self.set_docker_askers(names::askers(&overlays, gwbridge.as_ref(), &BTreeMap::new(), &keys));
         if let Some(directory) = &self.directory {
-            let askers = {
-                let mut state = self.state();
-                state.docker_askers = names::askers(&overlays, gwbridge.as_ref(), &keys);
-                let State { joined_askers, endpoints, .. } = &mut *state;
-                joined_askers.retain(|endpoint, _| endpoints.contains_key(endpoint));
-                all_askers(&state)
-            };
-            directory.set_askers(askers);
+            // Other containers of this host (a default-bridge one asks the --dns servers itself)
+            // have their other names forwarded.
+            directory.set_container_subnets(engine.local_subnets().await?);
         }
+        let mut more = BTreeMap::new();
         let mut wanted = Vec::new();
         let mut docker_names = BTreeMap::new();
         for network in &overlays {
@@ -97,7 +94,10 @@ impl Overlay {
                     continue;
                 }
                 // None: the container went meanwhile.
-                let Some(found) = engine.container_names(&endpoint.container_id, &network.id).await? else { continue };
+                let Some((found, addresses)) = engine.container_on(&endpoint.container_id, &network.id).await? else {
+                    continue;
+                };
+                more.insert(endpoint.container_id.clone(), addresses);
                 let record = NameRecord {
                     host: self.host.clone(),
                     endpoint: endpoint.endpoint_id.clone(),
@@ -108,6 +108,9 @@ impl Overlay {
                 };
                 wanted.push((key.clone(), record));
             }
+        }
+        if !more.is_empty() {
+            self.set_docker_askers(names::askers(&overlays, gwbridge.as_ref(), &more, &keys));
         }
         let plan = {
             let mut state = self.state();
@@ -166,6 +169,20 @@ impl Overlay {
             names::stale(&state.cache.names, &self.host, &held_endpoints(&state))
         };
         self.delete_names(shared, stale).await;
+    }
+
+    /// This host's containers as Docker lists them, with those learnt at Join whose endpoint is
+    /// still here.
+    fn set_docker_askers(&self, askers: Vec<Asker>) {
+        let Some(directory) = &self.directory else { return };
+        let askers = {
+            let mut state = self.state();
+            state.docker_askers = askers;
+            let State { joined_askers, endpoints, .. } = &mut *state;
+            joined_askers.retain(|endpoint, _| endpoints.contains_key(endpoint));
+            all_askers(&state)
+        };
+        directory.set_askers(askers);
     }
 
     /// A container that joined `endpoint` may ask from its docker_gwbridge `address` at once,

@@ -161,19 +161,24 @@ fn askers_are_containers_by_their_gateway_and_overlay_addresses() {
     ];
     let gwbridge = network("gw", vec![endpoint("g1", "c1", "172.18.0.3/16"), endpoint("g9", "other", "172.18.0.9/16")]);
     let keys = BTreeMap::from([("d1".to_string(), "vni-1".to_string()), ("d2".to_string(), "vni-2".to_string())]);
-    let askers = askers(&overlays, Some(&gwbridge), &keys);
+    let more = BTreeMap::from([
+        // Its address on a bridge network (which may hold its default route), and one it has already.
+        ("c1".to_string(), vec!["172.17.0.5".parse().unwrap(), "10.9.0.2".parse().unwrap()]),
+        ("c3".to_string(), vec!["172.17.0.6".parse().unwrap()]),
+    ]);
+    let askers = askers(&overlays, Some(&gwbridge), &more, &keys);
     let ip = |text: &str| text.parse::<IpAddr>().unwrap();
     assert_eq!(
         askers,
         vec![
             Asker {
-                addresses: vec![ip("10.9.0.2"), ip("10.8.0.2"), ip("172.18.0.3")],
+                addresses: vec![ip("10.9.0.2"), ip("10.8.0.2"), ip("172.18.0.3"), ip("172.17.0.5")],
                 networks: BTreeSet::from(["vni-1".to_string(), "vni-2".to_string()]),
             },
             Asker { addresses: vec![ip("10.9.0.3")], networks: BTreeSet::from(["vni-1".to_string()]) },
         ]
     );
-    assert_eq!(super::askers(&overlays, None, &BTreeMap::new()), vec![]);
+    assert_eq!(super::askers(&overlays, None, &more, &BTreeMap::new()), vec![]);
 }
 
 #[test]
