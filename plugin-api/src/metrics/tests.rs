@@ -3,9 +3,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hyper::StatusCode;
 use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Metrics;
-use crate::engine::reconcile::{HeldAllocation, Subject};
+use crate::engine::reconcile::{HeldAllocation, ReconcileConfig, Reconciler, Subject};
+use crate::engine::Engine;
 use crate::error::PluginResult;
 use crate::server::Plugin;
 use crate::wire::ipam::{
@@ -94,7 +96,7 @@ impl IpamDriver for HoldingIpam {
         unreachable!("not asked")
     }
     async fn release_pool(&self, _req: ReleasePoolRequest) -> PluginResult<()> {
-        unreachable!("not asked")
+        Ok(())
     }
     async fn request_address(&self, _req: RequestAddressRequest) -> PluginResult<RequestAddressResponse> {
         unreachable!("not asked")
@@ -132,4 +134,47 @@ async fn a_driver_adds_its_own_metrics_to_the_registry() {
     let text = metrics.render(&Plugin::default()).await;
     assert!(text.contains("netloom_store_operations_total 4\n"), "{text}");
     assert!(text.contains("netloom_requests_total"), "{text}");
+}
+
+/// A dockerd with no network at all, on TCP: `tcp://` and its address.
+async fn docker_without_networks() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = vec![0; 4096];
+            let read = stream.read(&mut head).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..read]);
+            let body = match head.split(' ').nth(1) {
+                Some("/version") => r#"{"Version":"fake","ApiVersion":"1.44","MinAPIVersion":"1.12"}"#,
+                _ => "[]",
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn the_reconciler_counts_what_it_removes() {
+    let docker = docker_without_networks().await;
+    let pool = HeldAllocation::Pool { pool_id: "stray".into(), subnet: "10.9.0.0/24".parse().unwrap() };
+    let plugin = Plugin::ipam(HoldingIpam(vec![pool]));
+    let config = ReconcileConfig { interval: Duration::from_secs(60), confirm_after: Duration::ZERO };
+    let reconciler = Reconciler::new(Engine::new(&docker).unwrap(), "loom-ipam", &plugin, config);
+    // The process's registry: other tests of this process may remove pools too, so compare.
+    let pools_removed = || async {
+        let text = super::global().render(&Plugin::default()).await;
+        let line = lines_starting(&text, "netloom_reconciler_removals_total{kind=\"pool\"} ").pop();
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before = pools_removed().await;
+    assert!(reconciler.pass().await.released.is_empty(), "suspected first");
+    assert_eq!(pools_removed().await, before);
+    assert_eq!(reconciler.pass().await.released, [Subject::Pool { pool_id: "stray".into() }]);
+    assert_eq!(pools_removed().await, before + 1);
 }
