@@ -3,6 +3,7 @@
 
 // The harness loom-ipam's binary tests use too.
 #[path = "../../../ipam/tests/common/served.rs"]
+#[allow(dead_code)]
 mod served;
 
 use std::path::Path;
