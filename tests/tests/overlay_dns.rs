@@ -4,8 +4,8 @@
 //! underlay knows `outside.example`.
 //! - `ping NAME`, `ping NAME.NETWORK` and `ping ALIAS` across hosts both ways, at the right
 //!   address (ping's and nslookup's);
-//! - a container on another loom-overlay network of the same host resolves the outside but none
-//!   of those names;
+//! - a container on another loom-overlay network of the same host, and one on Docker's default
+//!   bridge (which asks the DNS address directly), resolve the outside but none of those names;
 //! - the DNS address answers a container's direct query, and no LAN host (a neighbour, the other
 //!   host's own namespace): 0 answers, not even for outside names;
 //! - a removed container stops resolving and a new one starts resolving on the other host
@@ -119,6 +119,18 @@ fn dns_scenario(c: &Cluster) -> Result<()> {
     ensure!(direct.addresses.is_empty(), "carl asking {} for bob got {direct:?}", dns_addr(n1));
     step(t0, &format!("carl resolves {OUTSIDE} but no name of {NET} (direct query: {direct:?})"));
 
+    // ---- a default-bridge container asks the DNS address straight (Docker copies dockerd's --dns
+    // into its resolv.conf): the outside is forwarded for it, no name of NET is answered ----
+    sleeper(n1, "dora", "bridge", &[])?;
+    ensure!(nslookup(n1, "dora", OUTSIDE)? == vec![IpAddr::from(OUTSIDE_IP)], "dora cannot resolve {OUTSIDE}");
+    let mut leaked = 0;
+    for name in ["bob", "bob.names", "robert", "ana"] {
+        leaked += nslookup(n1, "dora", name)?.len();
+        leaked += probe.ask(AskFrom::Container(n1, "dora"), &dns_addr(n1), name)?.addresses.len();
+    }
+    ensure!(leaked == 0, "dora (default bridge) got {leaked} answers for names of {NET}");
+    step(t0, &format!("a default-bridge container resolves {OUTSIDE} through the DNS address, no name of {NET}"));
+
     // ---- the DNS address answers containers only ----
     let from_ana = probe.ask(ana_asks, &dns_addr(n1), "bob")?;
     ensure!(from_ana.addresses == vec![bob], "ana asking {} directly for bob got {from_ana:?}", dns_addr(n1));
@@ -157,7 +169,7 @@ fn dns_scenario(c: &Cluster) -> Result<()> {
     ping_name(n1, "ana", "bob2", bob2)?;
     step(t0, "removal and arrival seen on the other host");
 
-    n1.docker(&["rm", "-f", "ana", "carl"])?;
+    n1.docker(&["rm", "-f", "ana", "carl", "dora"])?;
     n2.docker(&["rm", "-f", "bob2"])?;
     n1.docker(&["network", "rm", NET, APART])?;
     n2.docker(&["network", "rm", NET])?;
