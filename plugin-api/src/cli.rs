@@ -17,7 +17,7 @@ pub struct CommonArgs {
     pub state_dir: Option<PathBuf>,
 
     /// Store URL: etcd://h1:2379,h2:2379 or consul://host:8500 [default: embedded store in --state-dir]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "NETLOOM_STORE")]
     pub store: Option<String>,
 
     #[command(flatten)]
