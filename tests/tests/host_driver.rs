@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use netloom_tests::{no_ping, ping, scenario_tests, Cluster, DockerVersion, Host, HostConfig, IMAGE};
+use netloom_tests::{no_ping, ping, scenario_tests, wait_until, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 fn host_ping(h: &Host, target: &str, v6: bool) -> Result<()> {
     let family = if v6 { "-6" } else { "-4" };
@@ -101,6 +101,11 @@ fn host_scenario(c: &Cluster, docker: DockerVersion, firewall: &str) -> Result<(
     let url = format!("http://{host_ip}:8080/etc/hostname");
     let wget = ["timeout", "5", "busybox", "wget", "-q", "-O-"];
     let from_outside = || fetch("outside", c.underlay_exec(&[&wget[..], &[url.as_str()]].concat()));
+    // `docker run -d` returns once httpd is started, not once it listens: wait for it inside first.
+    let inside = format!("http://{}:80/etc/hostname", h.container_ip("web", "lh")?);
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), "web's httpd to listen", || {
+        Ok(h.container_exec("web", &[&wget[..], &[inside.as_str()]].concat()).is_ok())
+    })?;
     ensure!(from_outside()? == "web", "from outside");
     ensure!(
         fetch("the host", h.exec(&[&wget[..], &["http://127.0.0.1:8080/etc/hostname"]].concat()))? == "web",
