@@ -2,7 +2,7 @@
 //! --metrics-addr, scraped from the host's own namespace while Docker creates a network, runs and
 //! removes containers and is refused a network with an unknown option: the request counts by
 //! method and outcome, the duration histogram, and the network and endpoint gauges follow what
-//! Docker did.
+//! Docker did. A driver without --metrics-addr opens no TCP port.
 
 use anyhow::{ensure, Context, Result};
 use netloom_tests::{scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
@@ -25,6 +25,12 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 fn metrics_scenario(c: &Cluster) -> Result<()> {
     let h = c.add_host(HostConfig::new("h1", DockerVersion::V26))?;
     h.start_plugin("loom-bridge", &["--metrics-addr", METRICS])?;
+    // Off by default: a driver started without --metrics-addr listens on no TCP port (shown to
+    // see loom-bridge's listener first, so the check can fail).
+    h.start_plugin("loom-null", &[])?;
+    let listeners = h.exec(&["ss", "-Hltnp"])?;
+    ensure!(listeners.contains("loom-bridge"), "ss does not show loom-bridge's metrics listener: {listeners}");
+    ensure!(!listeners.contains("loom-null"), "loom-null listens on TCP without --metrics-addr: {listeners}");
     let before = scrape(&h)?;
     ensure!(sample(&before, "netloom_networks", &[]) == Some(0.0), "networks before any: {before}");
 
