@@ -67,6 +67,22 @@ pub trait NetworkDriver: Send + Sync + 'static {
     async fn revoke_external_connectivity(&self, _req: EndpointRef) -> PluginResult<()> {
         Ok(())
     }
+    /// Driver-specific facts for `loomctl status` (firewall backend, store and its health,
+    /// overlay peers, ...); `Null` when there is nothing beyond what `held_networks` says.
+    async fn status_details(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Everything the driver holds for one of its networks (`loomctl inspect`): links, rules,
+    /// peers, addresses. `network` is Docker's network id.
+    async fn inspect_network(&self, network: &str) -> PluginResult<serde_json::Value> {
+        Err(crate::error::PluginError::new(format!("this driver cannot inspect network {network}")))
+    }
+
+    /// A driver's own `Netloom.<call>` method (e.g. loom-overlay's `Netloom.RotateKey`).
+    async fn control(&self, call: &str, _body: serde_json::Value) -> PluginResult<serde_json::Value> {
+        Err(crate::error::PluginError::unknown_method(&format!("Netloom.{call}")))
+    }
 }
 
 /// `IpamDriver.*`.
@@ -88,5 +104,9 @@ pub trait IpamDriver: Send + Sync + 'static {
     /// `release_pool`. `None`: not reconciled.
     async fn held_allocations(&self) -> Option<Vec<HeldAllocation>> {
         None
+    }
+    /// Driver-specific facts for `loomctl status` (store and its health, pools).
+    async fn status_details(&self) -> serde_json::Value {
+        serde_json::Value::Null
     }
 }

@@ -1,0 +1,69 @@
+//! Encrypted overlay networks (`-o encrypted`): the VXLAN traffic of such a network between
+//! hosts rides in WireGuard tunnels between the member hosts.
+//!
+//! Per host, one WireGuard device (`loomwg0`, a TUN device served in userspace by boringtun when
+//! the kernel has no WireGuard) lives in a namespace of its own (`<netns-dir>/ovl-crypt`) with
+//! this host's tunnel address and nothing else. The VXLAN links of encrypted networks are made
+//! in that namespace (their UDP socket stays there) and then moved into their network's
+//! namespace, so encrypted VNIs are only reachable through the tunnel: a VXLAN packet from the
+//! LAN cannot reach them, and their frames never leave the host in clear. The WireGuard UDP
+//! socket itself is in the host's namespace, on the advertise address.
+//!
+//! Keys: [`keys`] (private key in the state directory, 0600; only public keys go to the store).
+
+pub mod engine;
+pub mod keys;
+
+use std::net::{IpAddr, SocketAddr};
+
+pub use keys::{KeyPair, PublicKey};
+
+/// The WireGuard device's name inside the tunnel namespace.
+pub const DEVICE: &str = "loomwg0";
+/// The tunnel namespace's file name under the netns dir.
+pub const NETNS_NAME: &str = "ovl-crypt";
+/// Bytes WireGuard adds over an IPv4 underlay: outer IPv4 (20), UDP (8), header (16), tag (16).
+pub const WIREGUARD_OVERHEAD_V4: u32 = 60;
+/// ... over an IPv6 underlay (outer IPv6 is 40 bytes).
+pub const WIREGUARD_OVERHEAD_V6: u32 = 80;
+/// Default UDP port of the WireGuard socket (on the advertise address).
+pub const DEFAULT_PORT: u16 = 51820;
+
+/// Another member host, as the tunnel needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPeer {
+    pub host: String,
+    pub public_key: PublicKey,
+    /// Its WireGuard socket on the underlay.
+    pub endpoint: SocketAddr,
+    /// Its address inside the tunnel namespace (its encrypted VXLAN links' local address).
+    pub tunnel_ip: IpAddr,
+}
+
+/// Which WireGuard serves the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    Kernel,
+    Userspace,
+}
+
+impl std::fmt::Display for TunnelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelKind::Kernel => "kernel WireGuard",
+            TunnelKind::Userspace => "userspace WireGuard (boringtun)",
+        })
+    }
+}
+
+/// Packet and byte counts of the tunnel (for metrics and `loomctl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Datagrams dropped: unknown sender, failed authentication, no session yet.
+    pub dropped: u64,
+    pub handshakes: u64,
+}
