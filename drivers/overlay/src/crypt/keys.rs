@@ -16,7 +16,7 @@ impl std::fmt::Debug for PublicKey {
 
 impl PublicKey {
     /// Standard base64 (as `wg` prints keys): what the store holds.
-    pub fn to_base64(&self) -> String {
+    pub fn to_base64(self) -> String {
         String::new()
     }
 
