@@ -8,7 +8,7 @@ packages=(
     # run time
     iproute2 iptables nftables util-linux procps
     # tests: Docker 20.10 with its containerd and runc, etcd, container image and traffic tools
-    docker.io containerd runc etcd-server etcd-client busybox-static iperf3
+    docker.io containerd runc etcd-server etcd-client busybox-static iperf3 tcpdump
     # tests: certificates for the TLS stores, and the systemd units' verifier
     openssl systemd
     # the benchmark's charts
