@@ -77,9 +77,11 @@
 //! test processes that died (by recorded pid files and the `nlt-`/`netloom-` name prefixes).
 
 mod baseline;
+mod capture;
 mod cleanup;
 mod cluster;
 mod counters;
+mod crafted;
 mod dns;
 mod dockerd;
 mod etcd;
@@ -96,9 +98,11 @@ mod scratch;
 mod util;
 
 pub use baseline::{embedded_store_keys, record_files, HostState};
+pub use capture::{parse_pcap, Capture, Frame, OuterUdp, Seen, Watch};
 pub use cleanup::{own_netns, RootNsSnapshot};
 pub use cluster::{scenario, Cluster, UNDERLAY_NET, UNDERLAY_PREFIX_LEN};
 pub use counters::{ping_replies, NftCounters};
+pub use crafted::{InnerUdp, CRAFTED_SRC_MAC};
 pub use dns::{Arrival, AskFrom, Burst, DnsProbe, DnsReply, DnsUpstream, Waited, EMBEDDED_RESOLVER};
 pub use dockerd::{docker_cli, DockerVersion};
 pub use etcd::{Etcd, UnderlayEtcd};
