@@ -20,6 +20,7 @@ mod supervise;
 pub mod sysctl;
 mod vlan;
 mod vxlan;
+mod wireguard;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;

@@ -12,10 +12,16 @@
 //! Keys: [`keys`] (private key in the state directory, 0600; only public keys go to the store).
 
 pub mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub mod keys;
+mod tun;
+mod userspace;
 
 use std::net::{IpAddr, SocketAddr};
 
+#[allow(unused_imports)] // the driver takes them from here once it wires the tunnel in
+pub use engine::{Tunnel, TunnelConfig, DEFAULT_TUN_PATH};
 pub use keys::{KeyPair, PublicKey};
 
 /// The WireGuard device's name inside the tunnel namespace.

@@ -1,0 +1,372 @@
+//! The userspace WireGuard data path: boringtun sessions between a TUN device and a UDP socket,
+//! served by three OS threads (TUN -> peers, peers -> TUN, timers). Blocking threads rather than
+//! async tasks: every packet is one read, one seal or open and one write, and the runtime's
+//! threads must stay free for the driver's API.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519;
+use tracing::{debug, info, warn};
+
+use super::{tun, KeyPair, PublicKey, TunnelPeer, TunnelStats};
+
+/// How often a stopped engine's threads notice, and how often session timers run.
+const TICK: Duration = Duration::from_millis(250);
+/// Largest IP packet a TUN device hands over.
+const MAX_PACKET: usize = 65_535;
+/// WireGuard's data message: 16 bytes of header, the sealed packet, a 16-byte tag.
+const DATA_OVERHEAD: usize = 32;
+const DATA_MESSAGE: u8 = 4;
+const HANDSHAKE_INIT: u8 = 1;
+const HANDSHAKE_RESPONSE: u8 = 2;
+/// Room for any message boringtun writes (a handshake initiation is the largest short one).
+const OUT_BUFFER: usize = MAX_PACKET + DATA_OVERHEAD + 148;
+
+/// One peer host: its session state behind its own lock.
+struct Peer {
+    config: TunnelPeer,
+    tunn: Mutex<Tunn>,
+}
+
+impl Peer {
+    fn session(&self) -> MutexGuard<'_, Tunn> {
+        // A panic while holding the lock leaves boringtun's state usable; keep serving.
+        self.tunn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The peers, looked up by tunnel address (sending) and by endpoint (receiving). Replaced whole.
+#[derive(Default)]
+struct PeerTable {
+    by_tunnel_ip: HashMap<IpAddr, Arc<Peer>>,
+    by_endpoint: HashMap<SocketAddr, Arc<Peer>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    dropped: AtomicU64,
+    handshakes: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+struct Shared {
+    tun: File,
+    udp: UdpSocket,
+    own_tunnel_ip: IpAddr,
+    peers: RwLock<Arc<PeerTable>>,
+    key: Mutex<x25519::StaticSecret>,
+    next_index: AtomicU32,
+    counters: Counters,
+    stop: AtomicBool,
+}
+
+/// One of the engine's threads.
+type Loop = fn(&Shared);
+
+/// The running data path; dropping it stops the threads (the TUN device goes with its file).
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub(crate) fn start(tun: File, udp: UdpSocket, own_tunnel_ip: IpAddr, key: &KeyPair) -> Result<Engine> {
+        udp.set_read_timeout(Some(TICK)).context("setting the WireGuard socket's read timeout")?;
+        let shared = Arc::new(Shared {
+            tun,
+            udp,
+            own_tunnel_ip,
+            peers: RwLock::default(),
+            key: Mutex::new(key.static_secret()),
+            next_index: AtomicU32::new(first_session_index()),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+        });
+        let mut engine = Engine { shared, threads: Vec::new() };
+        let loops: [(&str, Loop); 3] =
+            [("wg-tun", Shared::tun_loop), ("wg-udp", Shared::udp_loop), ("wg-timers", Shared::timer_loop)];
+        for (name, body) in loops {
+            let shared = engine.shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || body(&shared))
+                .with_context(|| format!("starting thread {name}"))?;
+            engine.threads.push(thread);
+        }
+        Ok(engine)
+    }
+
+    /// Replaces the peer set; a peer whose key, endpoint and tunnel address are unchanged keeps
+    /// its sessions. Peers that would be ambiguous (the same tunnel address or endpoint as one
+    /// before them, or this host's own address) are left out with a warning.
+    pub(crate) fn set_peers(&self, peers: &[TunnelPeer]) {
+        let old = self.shared.table();
+        let mut table = PeerTable::default();
+        let mut fresh = Vec::new();
+        for wanted in peers {
+            if wanted.tunnel_ip == self.shared.own_tunnel_ip
+                || table.by_tunnel_ip.contains_key(&wanted.tunnel_ip)
+                || table.by_endpoint.contains_key(&wanted.endpoint)
+            {
+                warn!(host = %wanted.host, tunnel_ip = %wanted.tunnel_ip, endpoint = %wanted.endpoint,
+                    "tunnel peer left out: its tunnel address or endpoint is already taken");
+                continue;
+            }
+            let peer = match old.by_tunnel_ip.get(&wanted.tunnel_ip) {
+                Some(kept) if kept.config == *wanted => kept.clone(),
+                _ => {
+                    let peer = Arc::new(self.shared.new_peer(wanted.clone()));
+                    fresh.push(peer.clone());
+                    peer
+                }
+            };
+            table.by_tunnel_ip.insert(wanted.tunnel_ip, peer.clone());
+            table.by_endpoint.insert(wanted.endpoint, peer);
+        }
+        let count = table.by_tunnel_ip.len();
+        *self.shared.peers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        // Greet new and changed peers at once: after a key change on either side, traffic flows
+        // again after one round trip instead of after the next handshake retry.
+        let mut out = vec![0u8; 256];
+        for peer in &fresh {
+            self.shared.initiate(peer, &mut out);
+        }
+        debug!(peers = count, new = fresh.len(), "tunnel peers set");
+    }
+
+    /// A new own key: every session starts over with it (one handshake per peer).
+    pub(crate) fn set_key(&self, key: &KeyPair) {
+        let secret = key.static_secret();
+        let public = x25519::PublicKey::from(&secret);
+        *self.shared.key.lock().unwrap_or_else(|p| p.into_inner()) = secret.clone();
+        let table = self.shared.table();
+        let mut out = vec![0u8; 256];
+        for peer in table.by_tunnel_ip.values() {
+            peer.session().set_static_private(secret.clone(), public, None);
+            self.shared.initiate(peer, &mut out);
+        }
+        info!(public_key = %key.public, peers = table.by_tunnel_ip.len(), "tunnel key replaced");
+    }
+
+    pub(crate) fn stats(&self) -> TunnelStats {
+        let c = &self.shared.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TunnelStats {
+            tx_packets: read(&c.tx_packets),
+            tx_bytes: read(&c.tx_bytes),
+            rx_packets: read(&c.rx_packets),
+            rx_bytes: read(&c.rx_bytes),
+            dropped: read(&c.dropped),
+            handshakes: read(&c.handshakes),
+        }
+    }
+
+    /// The public keys of the peers in service (for status).
+    pub(crate) fn peer_keys(&self) -> Vec<PublicKey> {
+        self.shared.table().by_tunnel_ip.values().map(|p| p.config.public_key).collect()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Session indexes start at a random point so a restarted engine's indexes differ from the
+/// last run's, which peers may still have sessions for.
+fn first_session_index() -> u32 {
+    let mut bytes = [0u8; 4];
+    let _ = File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut bytes));
+    u32::from_ne_bytes(bytes) & 0x00ff_ffff
+}
+
+impl Shared {
+    fn table(&self) -> Arc<PeerTable> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn new_peer(&self, config: TunnelPeer) -> Peer {
+        let secret = self.key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // boringtun keeps 24 bits of the index (the low 8 are its session counter).
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let tunn = Tunn::new(secret, x25519::PublicKey::from(config.public_key.0), None, None, index, None);
+        Peer { config, tunn: Mutex::new(tunn) }
+    }
+
+    fn initiate(&self, peer: &Peer, out: &mut [u8]) {
+        let mut session = peer.session();
+        if let TunnResult::WriteToNetwork(message) = session.format_handshake_initiation(out, false) {
+            self.send(message, peer.config.endpoint);
+        }
+    }
+
+    /// Sends one WireGuard message; data messages count as sent packets (keepalives do not).
+    fn send(&self, message: &[u8], to: SocketAddr) {
+        match self.udp.send_to(message, to) {
+            Ok(_) => {
+                if message.first() == Some(&DATA_MESSAGE) && message.len() > DATA_OVERHEAD {
+                    bump(&self.counters.tx_packets, 1);
+                    bump(&self.counters.tx_bytes, (message.len() - DATA_OVERHEAD) as u64);
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.dropped, 1);
+                debug!(to = %to, error = %e, "sending a WireGuard message failed");
+            }
+        }
+    }
+
+    /// Packets from the tunnel namespace, sealed for the peer that owns their destination.
+    fn tun_loop(&self) {
+        let mut packet = vec![0u8; MAX_PACKET];
+        let mut out = vec![0u8; OUT_BUFFER];
+        while !self.stopping() {
+            if !tun::wait_readable(&self.tun, TICK) {
+                continue;
+            }
+            let len = match (&self.tun).read(&mut packet) {
+                Ok(len) => len,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+                Err(e) => {
+                    warn!(error = %e, "reading the tunnel device failed");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            };
+            let packet = &packet[..len];
+            let peer = Tunn::dst_address(packet).and_then(|dst| self.table().by_tunnel_ip.get(&dst).cloned());
+            let Some(peer) = peer else {
+                bump(&self.counters.dropped, 1);
+                continue;
+            };
+            let mut session = peer.session();
+            match session.encapsulate(packet, &mut out) {
+                TunnResult::WriteToNetwork(message) => self.send(message, peer.config.endpoint),
+                TunnResult::Err(e) => {
+                    bump(&self.counters.dropped, 1);
+                    debug!(host = %peer.config.host, error = ?e, "sealing a packet failed");
+                }
+                // Queued until the handshake completes.
+                _ => {}
+            }
+        }
+    }
+
+    /// Datagrams from peers, opened and written to the tunnel namespace. Only known endpoints
+    /// are heard, and a peer may only send packets from its own tunnel address.
+    fn udp_loop(&self) {
+        let mut datagram = vec![0u8; OUT_BUFFER];
+        let mut out = vec![0u8; OUT_BUFFER];
+        while !self.stopping() {
+            let (len, from) = match self.udp.recv_from(&mut datagram) {
+                Ok(received) => received,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    continue
+                }
+                Err(e) => {
+                    warn!(error = %e, "receiving on the WireGuard socket failed");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            };
+            let Some(peer) = self.table().by_endpoint.get(&from).cloned() else {
+                bump(&self.counters.dropped, 1);
+                continue;
+            };
+            self.open(&peer, from, &datagram[..len], &mut out);
+        }
+    }
+
+    fn open(&self, peer: &Peer, from: SocketAddr, datagram: &[u8], out: &mut [u8]) {
+        let mut session = peer.session();
+        let mut input = datagram;
+        let mut source = Some(from.ip());
+        loop {
+            match session.decapsulate(source, input, out) {
+                TunnResult::WriteToNetwork(message) => {
+                    if matches!(datagram.first(), Some(&HANDSHAKE_INIT) | Some(&HANDSHAKE_RESPONSE)) && source.is_some()
+                    {
+                        bump(&self.counters.handshakes, 1);
+                    }
+                    self.send(message, peer.config.endpoint);
+                    // Then whatever waited for the session, until boringtun says done.
+                    input = &[];
+                    source = None;
+                }
+                TunnResult::WriteToTunnelV4(packet, sender) => {
+                    self.deliver(peer, IpAddr::V4(sender), packet);
+                    return;
+                }
+                TunnResult::WriteToTunnelV6(packet, sender) => {
+                    self.deliver(peer, IpAddr::V6(sender), packet);
+                    return;
+                }
+                TunnResult::Done => return,
+                TunnResult::Err(e) => {
+                    if source.is_some() {
+                        bump(&self.counters.dropped, 1);
+                        debug!(host = %peer.config.host, error = ?e, "a WireGuard message was refused");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, peer: &Peer, sender: IpAddr, packet: &[u8]) {
+        if sender != peer.config.tunnel_ip {
+            bump(&self.counters.dropped, 1);
+            debug!(host = %peer.config.host, sender = %sender, "a peer sent a packet from an address not its own");
+            return;
+        }
+        match (&self.tun).write(packet) {
+            Ok(written) if written == packet.len() => {
+                bump(&self.counters.rx_packets, 1);
+                bump(&self.counters.rx_bytes, packet.len() as u64);
+            }
+            Ok(_) => bump(&self.counters.dropped, 1),
+            Err(e) => {
+                bump(&self.counters.dropped, 1);
+                debug!(error = %e, "writing to the tunnel device failed");
+            }
+        }
+    }
+
+    /// Handshake retries, rekeying and keepalives.
+    fn timer_loop(&self) {
+        let mut out = vec![0u8; OUT_BUFFER];
+        while !self.stopping() {
+            std::thread::sleep(TICK);
+            for peer in self.table().by_tunnel_ip.values() {
+                let mut session = peer.session();
+                if let TunnResult::WriteToNetwork(message) = session.update_timers(&mut out) {
+                    self.send(message, peer.config.endpoint);
+                }
+            }
+        }
+    }
+}
