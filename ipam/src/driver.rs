@@ -78,4 +78,8 @@ impl IpamDriver for IpamPlugin {
             }
         }
     }
+
+    async fn status_details(&self) -> serde_json::Value {
+        crate::status::details(&self.ipam).await
+    }
 }

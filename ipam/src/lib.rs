@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod driver;
 pub mod error;
 mod ipam;
+mod status;
 
 pub use alloc::defaults::DefaultPool;
 pub use alloc::{AddressGrant, AddressInfo, Leftover, PoolGrant, PoolInfo, Reclaimed, VniInfo};

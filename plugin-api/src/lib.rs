@@ -16,6 +16,7 @@ pub mod port_holder;
 pub mod server;
 pub mod siblings;
 pub mod socket;
+pub mod status;
 pub mod wire;
 
 use std::future::Future;
@@ -71,6 +72,7 @@ where
         None => None,
     };
     siblings::set_own_socket(&settings.socket);
+    status::started(name);
     let started = std::time::Instant::now();
     let plugin = build(settings.clone()).await?;
     let (_bound, listener) = socket::BoundSocket::bind(&settings.socket)?;

@@ -109,6 +109,9 @@ impl Plugin {
                 Some(driver) => reply(&crate::siblings::SubnetsResponse { networks: driver.claimed_subnets() }),
                 None => Err(PluginError::unknown_method(method)),
             },
+            "Netloom" if method == crate::status::STATUS => reply(&crate::status::status(self).await),
+            "Netloom" if method == crate::status::INSPECT => crate::status::inspect(self, body).await,
+            "Netloom" => crate::status::control(self, method, body).await,
             "NetworkDriver" => match &self.network {
                 Some(driver) => dispatch_network(driver.as_ref(), method, body).await,
                 None => Err(PluginError::unknown_method(method)),

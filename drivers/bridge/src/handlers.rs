@@ -34,6 +34,14 @@ impl NetworkDriver for BridgeDriver {
         Some(self.registry.held())
     }
 
+    async fn status_details(&self) -> serde_json::Value {
+        BridgeDriver::status_details(self)
+    }
+
+    async fn inspect_network(&self, network: &str) -> PluginResult<serde_json::Value> {
+        self.inspect(network).await
+    }
+
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let options = BridgeOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let (subnet_v4, gateway_v4) = single_pool(&req.ipv4_data, "IPv4")?;

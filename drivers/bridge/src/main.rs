@@ -4,6 +4,7 @@ mod driver;
 mod handlers;
 mod options;
 mod state;
+mod status;
 
 const ABOUT: &str = "Docker's bridge network as a remote driver: a Linux bridge per network, NAT, isolation and \
                      published ports in the kernel.";

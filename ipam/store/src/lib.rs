@@ -12,6 +12,7 @@ mod credentials;
 mod escape;
 mod files;
 mod kv;
+mod observed;
 mod open;
 mod records;
 mod url;
@@ -41,6 +42,7 @@ pub use self::kv::{
     Condition, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
     WatchStream, DEFAULT_PREFIX,
 };
+pub use self::observed::{check_all, operation_counts, OperationCount, OperationCounts, StoreHealth, OPERATIONS};
 pub use self::open::{open, open_with};
 pub use self::records::{DriverRecords, EndpointRecord, NetworkRecord, RecordStore};
 pub use self::url::StoreUrl;

@@ -21,7 +21,7 @@ pub async fn open_with(url: Option<&str>, state_dir: &Path, options: StoreOption
     validate_prefix(&options.prefix).map_err(|reason| StoreError::InvalidUrl { url: url_text.to_string(), reason })?;
     let store = connect(parsed, url, state_dir, &options).await?;
     tracing::info!(store = %store.describe(), prefix = %options.prefix, "store opened");
-    Ok(store)
+    Ok(crate::observed::Observed::wrap(store))
 }
 
 async fn connect(

@@ -7,6 +7,7 @@
 
 mod held;
 mod http;
+mod store;
 
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -88,6 +89,7 @@ impl Metrics {
                 metrics.removals.clone(),
             );
             r.register_collector(Box::new(metrics.held.clone()));
+            r.register_collector(Box::new(store::StoreCollector));
         });
         metrics
     }
