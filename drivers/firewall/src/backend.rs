@@ -79,3 +79,23 @@ pub async fn sweep_other_backend(
     }
     Ok(swept)
 }
+
+/// For a driver that stops: removes the shared skeleton of the backend `kind` (loopback guard,
+/// netloom's chains, the `inet netloom` table with its compat rule) once no netloom owner has
+/// anything left in it, so that a host where nothing uses netloom any more keeps none of its
+/// rules (a managed plugin has no uninstall hook; this is its last chance). Any owner's rules
+/// (this or another driver's networks, published ports, the VXLAN guard) keep everything in
+/// place. A driver that starts again puts the skeleton back in [`open`]. Returns whether the
+/// skeleton went.
+pub async fn remove_skeleton_if_unused(kind: BackendKind) -> Result<bool> {
+    let swept = tokio::task::spawn_blocking(move || match kind {
+        BackendKind::Iptables => iptables::sweep::sweep(&|_| false),
+        BackendKind::Nftables => nft::sweep::sweep(&|_| false),
+    })
+    .await?
+    .with_context(|| format!("removing netloom's unused {kind} skeleton"))?;
+    if swept.skeleton {
+        info!(backend = %kind, "removed netloom's {kind} skeleton: no netloom owner is left");
+    }
+    Ok(swept.skeleton)
+}

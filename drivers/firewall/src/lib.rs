@@ -141,7 +141,7 @@ mod tag;
 
 use anyhow::Result;
 
-pub use backend::{open, sweep_other_backend};
+pub use backend::{open, remove_skeleton_if_unused, sweep_other_backend};
 pub use compat::FORWARD_MARK;
 pub use error::FirewallError;
 pub use firewall::Firewall;

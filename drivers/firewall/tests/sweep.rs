@@ -154,3 +154,42 @@ fn sweeping_a_clean_host_changes_nothing() {
     assert_eq!(rules_of(&before), rules_of(&after));
     assert_eq!(before, after, "sweeping created tables");
 }
+
+/// A stopping driver removes the skeleton of its backend only once no owner has rules there:
+/// with a network (or the VXLAN guard) left everything stays; after the last one nothing of
+/// netloom does.
+fn skeleton_goes_with_the_last_owner_at_exit(kind: BackendKind) {
+    common::require_root_and_tools();
+    let ns = Ns::new(&format!("exit-{kind}"));
+    let before = snapshot(&ns);
+    let fw = Fw::open(&ns, kind);
+    let remove_unused = |fw: &Fw| -> bool {
+        fw.call(move |_| Box::pin(netloom_firewall::remove_skeleton_if_unused(kind))).expect("remove_skeleton")
+    };
+    let a = policy(NET_A, "loomA", "198.18.1.0/24");
+    add(&fw, &a);
+    let with_network = snapshot(&ns);
+    assert!(with_network.contains("loopback") || with_network.contains("127.0.0.0/8"), "{with_network}");
+    assert!(!remove_unused(&fw), "a network's rules are left: the skeleton stays");
+    assert_eq!(snapshot(&ns), with_network);
+    let a2 = a.clone();
+    fw.call(move |fw| Box::pin(async move { fw.remove_network(&a2).await })).expect("remove_network");
+    fw.call(|fw| Box::pin(async move { fw.set_vxlan_guard(4789, &["192.0.2.1".parse().unwrap()]).await }))
+        .expect("set_vxlan_guard");
+    assert!(!remove_unused(&fw), "the VXLAN guard is left: the skeleton stays");
+    assert!(count(&ns, kind, VXLAN_GUARD_OWNER) > 0);
+    fw.call(|fw| Box::pin(async move { fw.remove_vxlan_guard().await })).expect("remove_vxlan_guard");
+    assert!(remove_unused(&fw), "no owner left: the skeleton goes");
+    assert_eq!(rules_of(&snapshot(&ns)), rules_of(&before), "rules left behind");
+    assert!(!remove_unused(&fw), "nothing left to remove");
+}
+
+#[test]
+fn iptables_skeleton_goes_with_the_last_owner_at_exit() {
+    skeleton_goes_with_the_last_owner_at_exit(BackendKind::Iptables);
+}
+
+#[test]
+fn nftables_skeleton_goes_with_the_last_owner_at_exit() {
+    skeleton_goes_with_the_last_owner_at_exit(BackendKind::Nftables);
+}

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -79,10 +79,13 @@ where
     Fut: Future<Output = Result<D>>,
 {
     let args: FirewallDriverArgs = parse_args(name, about);
-    netloom_plugin_api::run(name, &args.common, |settings| async move {
+    let opened = Arc::new(OnceLock::new());
+    let opened_kind = opened.clone();
+    let code = netloom_plugin_api::run(name, &args.common, |settings| async move {
         let (netlink, registry) = open(&settings, name, kind).await?;
         // Resolved here, once logging is up, so that the choice of `auto` is logged.
         let firewall = netloom_firewall::open(args.firewall.resolve()).await.context("setting up the firewall")?;
+        let _ = opened_kind.set(firewall.kind());
         // In the background: it touches only the backend not in use, whose rules applied until
         // now anyway, and listing iptables would hold up the socket for tens of milliseconds.
         let in_use = firewall.kind();
@@ -93,7 +96,15 @@ where
         });
         Ok(Plugin::network(start(netlink, firewall, registry).await?))
     })
-    .await
+    .await;
+    // Networks (this driver's or another's) keep their rules and the skeleton; with none left,
+    // nothing of netloom stays in the firewall.
+    if let Some(kind) = opened.get() {
+        if let Err(e) = netloom_firewall::remove_skeleton_if_unused(*kind).await {
+            warn!("removing netloom's unused firewall skeleton at exit: {e:#}");
+        }
+    }
+    code
 }
 
 /// The store and the driver's records in it, and a netlink connection.
