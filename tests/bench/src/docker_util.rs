@@ -12,6 +12,8 @@ pub const IPERF_PORT: u16 = 5201;
 /// The overlay networks of `create_overlay_networks`.
 pub const BUILTIN_OVERLAY: &str = "builtin-ov";
 pub const LOOM_OVERLAY: &str = "loom-ov";
+/// The encrypted loom-overlay network of `create_encrypted_overlay`.
+pub const LOOM_OVERLAY_ENCRYPTED: &str = "loom-ov-enc";
 
 /// A network namespace as `nsenter --net=` takes it (a path inside the host's mount namespace).
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +112,14 @@ pub fn overlay_hosts(c: &Cluster) -> Result<Vec<Arc<Host>>> {
 pub fn create_overlay_networks(h: &Host) -> Result<()> {
     h.docker(&["network", "create", "-d", "overlay", "--subnet", "10.70.0.0/24", BUILTIN_OVERLAY])?;
     h.docker(&["network", "create", "-d", "loom-overlay", "--subnet", "10.71.0.0/24", LOOM_OVERLAY])?;
+    Ok(())
+}
+
+/// Creates `LOOM_OVERLAY_ENCRYPTED` (`-o encrypted`: its traffic between hosts in WireGuard
+/// tunnels) on the hosts of `overlay_hosts`.
+pub fn create_encrypted_overlay(h: &Host) -> Result<()> {
+    let (d, o, s) = ("loom-overlay", "encrypted", "10.72.0.0/24");
+    h.docker(&["network", "create", "-d", d, "-o", o, "--subnet", s, LOOM_OVERLAY_ENCRYPTED])?;
     Ok(())
 }
 
