@@ -423,10 +423,22 @@ fn rotation(c: &Cluster) -> Result<()> {
     ensure!(printed.trim() == new1, "--rotate-key printed {printed:?}, the store has {new1}");
     let file_after = std::fs::read(&key_file)?;
     ensure!(file_after != file_before, "{} did not change", key_file.display());
-    // Both directions keep working on the new key, also for fresh handshakes.
     ping(h2, "s2", &s1)?;
     ping(h1, "s1", &s2)?;
     step(t0, &format!("h1's key {key1} -> {new1}; traffic flows both ways"));
+
+    // Sessions made before the rotation go on until their next handshake; a restarted h2 has
+    // none, so the next packet needs a handshake with h1's new key.
+    overlay_plugin(h2)?.restart()?;
+    let restarted = Instant::now();
+    eventually("s2 to reach s1 after h2's driver restarted", || Ok(ping(h2, "s2", &s1).is_ok()))?;
+    step(
+        t0,
+        &format!(
+            "a new handshake with h1's new key: s2 reached s1 {:?} after h2's driver restarted",
+            restarted.elapsed()
+        ),
+    );
     h1.plugins_still_running()?;
     h2.plugins_still_running()?;
     Ok(())
@@ -494,10 +506,12 @@ fn leaving(c: &Cluster) -> Result<()> {
     ping(h1, "p1", &h2.container_ip("p2", "plain")?).context("plain after h2 left the tunnel")?;
     create_secret(h2, &[])?;
     let s3 = server(h2, "s3", "secret")?;
+    let rejoined = Instant::now();
     eventually("h1 to reach s3 on h2", || Ok(ping(h1, "s1", &s3).is_ok()))?;
+    let reached = rejoined.elapsed();
     h2.docker(&["rm", "-f", "s3"])?;
     h2.docker(&["network", "rm", "secret"])?;
-    step(t0, "h2 rejoined and left again");
+    step(t0, &format!("h2 rejoined (s1 on h1 reached s3 on h2 {reached:?} after s3 started) and left again"));
 
     h1.docker(&["rm", "-f", "s1"])?;
     h1.docker(&["network", "rm", "secret"])?;
@@ -543,7 +557,7 @@ fn bad_input(c: &Cluster) -> Result<()> {
             Ok(id) => bail!("an encrypted network with MTU {mtu} was created: {id}"),
             Err(e) => format!("{e:#}"),
         };
-        step(t0, &format!("MTU {mtu} refused: {}", err.lines().last().unwrap_or_default()));
+        step(t0, &format!("MTU {mtu} refused: {}", daemon_error(&err)));
         let lower = err.to_lowercase();
         ensure!(lower.contains("mtu") && lower.contains(&mtu.to_string()), "the refusal does not name the MTU: {err}");
         ensure!(
@@ -557,6 +571,12 @@ fn bad_input(c: &Cluster) -> Result<()> {
     create_secret(h1, &["-o", &option])?;
     server(h1, "s1", "secret")?;
     ensure!(mtu_of(h1, "s1")? == SECRET_MTU, "s1's MTU is {}", mtu_of(h1, "s1")?);
+    // What the checks after a refusal look for is there while the network is.
+    let present = left_behind(c, &etcd, &baseline, h1)?;
+    eprintln!("[overlay-encrypted] while secret exists on h1: {present:?}");
+    for what in ["network secret", "store key", "namespace", "device", "key file"] {
+        ensure!(present.iter().any(|l| l.starts_with(what)), "no {what} seen while secret exists: {present:?}");
+    }
     h1.docker(&["rm", "-f", "s1"])?;
     h1.docker(&["network", "rm", "secret"])?;
     nothing_left(c, &etcd, &baseline, h1, "removing the encrypted network")?;
@@ -567,7 +587,7 @@ fn bad_input(c: &Cluster) -> Result<()> {
         Ok(id) => bail!("notun created an encrypted network without a TUN device: {id}"),
         Err(e) => format!("{e:#}"),
     };
-    step(t0, &format!("encrypted on a host without TUN refused: {}", err.lines().last().unwrap_or_default()));
+    step(t0, &format!("encrypted on a host without TUN refused: {}", daemon_error(&err)));
     ensure!(err.contains("/nonexistent"), "the refusal does not name the TUN device: {err}");
     nothing_left(c, &etcd, &baseline, notun, "the refusal without TUN")?;
     create_plain(notun)?;
@@ -583,21 +603,33 @@ fn bad_input(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// After a refused or removed encrypted network on `h`: Docker has no `secret`, the store holds
-/// the keys it held before (`baseline`), `h` has no overlay namespace, tunnel device or key.
-fn nothing_left(c: &Cluster, etcd: &UnderlayEtcd, baseline: &[String], h: &Host, after: &str) -> Result<()> {
+/// What an encrypted network left on `h` and in the store: `secret` in Docker, store keys that
+/// were not there before (`baseline`), overlay namespaces, the tunnel's device and key on `h`.
+fn left_behind(c: &Cluster, etcd: &UnderlayEtcd, baseline: &[String], h: &Host) -> Result<Vec<String>> {
+    let mut left = Vec::new();
     let networks = h.docker(&["network", "ls", "--format", "{{.Name}}"])?;
-    ensure!(!networks.lines().any(|n| n == "secret"), "after {after}, Docker lists secret on {}", h.name());
-    let keys = etcd.keys(c, 0, STORE_PREFIX)?;
+    if networks.lines().any(|n| n == "secret") {
+        left.push("network secret in Docker".to_owned());
+    }
     // Allocation bitmaps and the space index may stay once made, and host leases come and go.
     let kept = |k: &&String| k.contains("/bits/") || k.contains("/ipam/spaces/") || k.contains("/hosts/");
-    let added: Vec<&String> = keys.iter().filter(|k| !baseline.contains(k) && !kept(k)).collect();
-    ensure!(added.is_empty(), "after {after}, the store has new keys {added:?}");
+    let keys = etcd.keys(c, 0, STORE_PREFIX)?;
+    left.extend(keys.iter().filter(|k| !baseline.contains(k) && !kept(k)).map(|k| format!("store key {k}")));
     let namespaces = h.sh(&format!("ls {NETNS_DIR} 2>/dev/null || true"))?;
-    ensure!(namespaces.trim().is_empty(), "after {after}, {} has namespaces {namespaces:?}", h.name());
-    let left = tunnel_leftovers(h)?;
+    left.extend(namespaces.split_whitespace().map(|n| format!("namespace {n}")));
+    left.extend(tunnel_leftovers(h)?.into_iter().filter(|l| !l.starts_with("namespace")));
+    Ok(left)
+}
+
+fn nothing_left(c: &Cluster, etcd: &UnderlayEtcd, baseline: &[String], h: &Host, after: &str) -> Result<()> {
+    let left = left_behind(c, etcd, baseline, h)?;
     ensure!(left.is_empty(), "after {after}, {} keeps {left:?}", h.name());
     Ok(())
+}
+
+/// The daemon's answer in a failed docker command's error.
+fn daemon_error(err: &str) -> &str {
+    err.lines().find(|l| l.contains("Error response")).unwrap_or(err)
 }
 
 // ---- Docker 20.10, global scope ----------------------------------------------------------------
