@@ -28,6 +28,11 @@ pub struct CommonArgs {
     #[arg(long, value_name = "URL", default_value = crate::engine::DEFAULT_DOCKER_HOST, env = "NETLOOM_DOCKER_HOST")]
     pub docker_host: String,
 
+    /// The name Docker knows this driver by, when it is not the socket's file name: a managed
+    /// plugin's name (netloom/loom-bridge:latest), whose socket is still loom-bridge.sock
+    #[arg(long, value_name = "NAME", env = "NETLOOM_DOCKER_DRIVER_NAME")]
+    pub docker_driver_name: Option<String>,
+
     /// Seconds between two reconciliations against Docker (also run at start and on Docker's
     /// network events)
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -104,6 +109,9 @@ pub struct Settings {
     /// `None`: `--docker-host none`, no reconciliation against Docker.
     pub docker_host: Option<String>,
     pub reconcile_interval: std::time::Duration,
+    /// The name Docker's networks give this driver (`--docker-driver-name`, else the socket's
+    /// file stem).
+    pub docker_driver_name: String,
 }
 
 impl Settings {
@@ -141,9 +149,11 @@ impl Settings {
 
 impl CommonArgs {
     pub fn settings(&self, name: &str) -> Settings {
+        let socket = self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/docker/plugins/{name}.sock")));
         Settings {
+            docker_driver_name: docker_driver_name(self.docker_driver_name.as_deref(), &socket),
+            socket,
             name: name.to_string(),
-            socket: self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/docker/plugins/{name}.sock"))),
             state_dir: self.state_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/var/lib/netloom/{name}"))),
             store: self.store.clone().filter(|s| !s.is_empty()),
             store_credentials: self.store_credentials.files(),
@@ -170,6 +180,15 @@ impl CommonArgs {
     }
 }
 
+/// Docker calls a plugin by its socket's file name, unless it is a managed plugin (named by
+/// `docker plugin create`), whose name has to be given.
+fn docker_driver_name(given: Option<&str>, socket: &std::path::Path) -> String {
+    match given.map(str::trim).filter(|name| !name.is_empty()) {
+        Some(name) => name.to_string(),
+        None => socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+    }
+}
+
 /// Libraries that log every request they serve at info: kept at warn unless `--log-level` names
 /// them (e.g. `info,hickory_server=info` to see every DNS query).
 const CHATTY: &[&str] = &["hickory_server"];
@@ -187,6 +206,15 @@ fn quiet_libraries(level: &str) -> String {
 #[cfg(test)]
 mod logging_tests {
     use super::quiet_libraries;
+
+    #[test]
+    fn docker_knows_a_driver_by_its_socket_unless_a_name_is_given() {
+        use super::docker_driver_name;
+        let socket = std::path::Path::new("/run/docker/plugins/loom-bridge.sock");
+        assert_eq!(docker_driver_name(None, socket), "loom-bridge");
+        assert_eq!(docker_driver_name(Some(" "), socket), "loom-bridge");
+        assert_eq!(docker_driver_name(Some("netloom/loom-bridge:latest"), socket), "netloom/loom-bridge:latest");
+    }
 
     #[test]
     fn chatty_libraries_stay_at_warn_unless_named() {

@@ -110,13 +110,12 @@ where
 }
 
 /// Starts the loop that removes what Docker no longer has (it ends at once for a plugin whose
-/// drivers keep nothing to reconcile). Docker knows the driver by its socket's file name.
+/// drivers keep nothing to reconcile). Docker knows the driver by `Settings::docker_driver_name`.
 fn start_reconciling(
     engine: engine::Engine,
     settings: &Settings,
     plugin: &Plugin,
 ) -> engine::reconcile::RunningReconciler {
-    let driver_name = settings.socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let config = engine::ReconcileConfig::every(settings.reconcile_interval);
-    engine::Reconciler::new(engine, &driver_name, plugin, config).spawn()
+    engine::Reconciler::new(engine, &settings.docker_driver_name, plugin, config).spawn()
 }

@@ -185,8 +185,7 @@ fn follow_container_names(settings: &Settings, overlay: &Arc<Overlay>) -> Result
         return Ok(());
     }
     let engine = Engine::new(docker_host)?;
-    // Docker knows a plugin's driver by its socket's file name.
-    let driver = settings.socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let driver = settings.docker_driver_name.clone();
     supervise("container names", overlay.clone(), move |ov: Arc<Overlay>| {
         let (engine, driver) = (engine.clone(), driver.clone());
         async move { ov.follow_container_names(&engine, &driver).await }
