@@ -14,6 +14,7 @@
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod gso;
 pub mod keys;
 mod tun;
 mod userspace;

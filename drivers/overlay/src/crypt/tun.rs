@@ -53,3 +53,12 @@ pub(crate) fn wait_readable(file: &File, timeout: Duration) -> bool {
     let rc = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
     rc > 0
 }
+
+pub(crate) fn set_nonblocking(file: &File) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor this file owns.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -17,6 +17,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use tracing::{debug, info, warn};
 
+use super::gso::{self, Outbox};
 use super::{tun, KeyPair, PublicKey, TunnelPeer, TunnelStats};
 
 /// How often a stopped engine's threads notice, and how often session timers run.
@@ -30,6 +31,8 @@ const HANDSHAKE_INIT: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
 /// Room for any message boringtun writes (a handshake initiation is the largest short one).
 const OUT_BUFFER: usize = MAX_PACKET + DATA_OVERHEAD + 148;
+/// Packets sealed before the batch is sent.
+const BATCH: usize = 64;
 
 /// One peer host: its session state behind its own lock.
 struct Peer {
@@ -88,6 +91,10 @@ pub(crate) struct Engine {
 impl Engine {
     pub(crate) fn start(tun: File, udp: UdpSocket, own_tunnel_ip: IpAddr, key: &KeyPair) -> Result<Engine> {
         udp.set_read_timeout(Some(TICK)).context("setting the WireGuard socket's read timeout")?;
+        tun::set_nonblocking(&tun).context("making the tunnel device non-blocking")?;
+        if !gso::enable_gro(&udp) {
+            debug!("no UDP GRO on the WireGuard socket: datagrams arrive one by one");
+        }
         let shared = Arc::new(Shared {
             tun,
             udp,
@@ -224,15 +231,10 @@ impl Shared {
         }
     }
 
-    /// Sends one WireGuard message; data messages count as sent packets (keepalives do not).
+    /// Sends one WireGuard message.
     fn send(&self, message: &[u8], to: SocketAddr) {
         match self.udp.send_to(message, to) {
-            Ok(_) => {
-                if message.first() == Some(&DATA_MESSAGE) && message.len() > DATA_OVERHEAD {
-                    bump(&self.counters.tx_packets, 1);
-                    bump(&self.counters.tx_bytes, (message.len() - DATA_OVERHEAD) as u64);
-                }
-            }
+            Ok(_) => self.count_sent(message),
             Err(e) => {
                 bump(&self.counters.dropped, 1);
                 debug!(to = %to, error = %e, "sending a WireGuard message failed");
@@ -240,17 +242,31 @@ impl Shared {
         }
     }
 
-    /// Packets from the tunnel namespace, sealed for the peer that owns their destination.
+    /// Data messages count as sent packets (keepalives and handshakes do not).
+    fn count_sent(&self, message: &[u8]) {
+        if message.first() == Some(&DATA_MESSAGE) && message.len() > DATA_OVERHEAD {
+            bump(&self.counters.tx_packets, 1);
+            bump(&self.counters.tx_bytes, (message.len() - DATA_OVERHEAD) as u64);
+        }
+    }
+
+    /// Packets from the tunnel namespace, sealed for the peer that owns their destination. The
+    /// device is read until it is empty (or a batch is full), then the batch leaves at once.
     fn tun_loop(&self) {
         let mut packet = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; OUT_BUFFER];
+        let mut outbox = Outbox::new(BATCH * (1500 + DATA_OVERHEAD) + OUT_BUFFER);
+        let mut table = self.table();
         while !self.stopping() {
-            if !tun::wait_readable(&self.tun, TICK) {
-                continue;
-            }
             let len = match (&self.tun).read(&mut packet) {
                 Ok(len) => len,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.flush(&mut outbox);
+                    if tun::wait_readable(&self.tun, TICK) {
+                        table = self.table();
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     warn!(error = %e, "reading the tunnel device failed");
                     std::thread::sleep(TICK);
@@ -258,31 +274,45 @@ impl Shared {
                 }
             };
             let packet = &packet[..len];
-            let peer = Tunn::dst_address(packet).and_then(|dst| self.table().by_tunnel_ip.get(&dst).cloned());
-            let Some(peer) = peer else {
+            let Some(peer) = Tunn::dst_address(packet).and_then(|dst| table.by_tunnel_ip.get(&dst)) else {
                 bump(&self.counters.dropped, 1);
                 continue;
             };
-            let mut session = peer.session();
-            match session.encapsulate(packet, &mut out) {
-                TunnResult::WriteToNetwork(message) => self.send(message, peer.config.endpoint),
+            let sealed = match peer.session().encapsulate(packet, outbox.room()) {
+                TunnResult::WriteToNetwork(message) => Some(message.len()),
                 TunnResult::Err(e) => {
                     bump(&self.counters.dropped, 1);
                     debug!(host = %peer.config.host, error = ?e, "sealing a packet failed");
+                    None
                 }
                 // Queued until the handshake completes.
-                _ => {}
+                _ => None,
+            };
+            if let Some(len) = sealed {
+                outbox.push(peer.config.endpoint, len);
+            }
+            if outbox.len() >= BATCH || outbox.free() < OUT_BUFFER {
+                self.flush(&mut outbox);
             }
         }
     }
 
-    /// Datagrams from peers, opened and written to the tunnel namespace. Only known endpoints
-    /// are heard, and a peer may only send packets from its own tunnel address.
+    fn flush(&self, outbox: &mut Outbox) {
+        if outbox.is_empty() {
+            return;
+        }
+        let (_, lost) = outbox.flush(&self.udp, |message| self.count_sent(message));
+        bump(&self.counters.dropped, lost as u64);
+    }
+
+    /// Datagrams from peers (several at a time when the kernel coalesced them), opened and
+    /// written to the tunnel namespace. Only known endpoints are heard, and a peer may only send
+    /// packets from its own tunnel address.
     fn udp_loop(&self) {
-        let mut datagram = vec![0u8; OUT_BUFFER];
+        let mut datagrams = vec![0u8; 1 << 18];
         let mut out = vec![0u8; OUT_BUFFER];
         while !self.stopping() {
-            let (len, from) = match self.udp.recv_from(&mut datagram) {
+            let (len, from, segment) = match gso::recv(&self.udp, &mut datagrams) {
                 Ok(received) => received,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
                     continue
@@ -294,10 +324,12 @@ impl Shared {
                 }
             };
             let Some(peer) = self.table().by_endpoint.get(&from).cloned() else {
-                bump(&self.counters.dropped, 1);
+                bump(&self.counters.dropped, datagrams[..len].chunks(segment.max(1)).count() as u64);
                 continue;
             };
-            self.open(&peer, from, &datagram[..len], &mut out);
+            for datagram in datagrams[..len].chunks(segment.max(1)) {
+                self.open(&peer, from, datagram, &mut out);
+            }
         }
     }
 
