@@ -65,11 +65,6 @@
 //!   (routed access to container addresses, as Docker ≤ 27 with FORWARD ACCEPT).
 //! * **internal**: nothing leaves or enters `B` except `B`'s own traffic (not even DNATed
 //!   traffic or replies); no NAT.
-//! * **untracked inside the network** (icc only): packets in on `B` from `S` to an address of
-//!   `S` that is not local skip conntrack (raw prerouting, `notrack`): with br_netfilter on,
-//!   every bridged packet would otherwise be tracked and walk the NAT hooks, and the icc accept
-//!   does not look at state. What goes to the host's own addresses (the gateway, where hairpin
-//!   replies arrive masqueraded) stays tracked, and so does everything without icc.
 //!
 //! `add_network` with a changed policy (options, bridge name) replaces the network's earlier
 //! rules.

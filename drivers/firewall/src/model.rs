@@ -313,21 +313,6 @@ impl NetworkPolicy {
             .collect()
     }
 
-    /// The subnets whose traffic between two containers of the network skips conntrack: packets
-    /// in on the bridge from the subnet to an address of it that is not the host's own. dockerd
-    /// turns br_netfilter on, so every bridged packet would otherwise be tracked (and walk the NAT
-    /// hooks) although icc accepts it without looking at its state. Packets to the host's own
-    /// addresses stay tracked: the replies of a hairpin connection go to the gateway (masqueraded
-    /// there) and must be un-NATed. None without icc, where the forward rules tell replies and
-    /// published ports from new connections by their conntrack state.
-    pub(crate) fn untracked_subnets(&self) -> Vec<IpNetwork> {
-        if self.icc {
-            self.canonical_subnets()
-        } else {
-            Vec::new()
-        }
-    }
-
     /// The network's NAT, whichever backend renders it: per subnet its egress (with
     /// `masquerade`) and hairpin, then localhost; nothing for an internal network.
     pub(crate) fn nat_rules(&self) -> Vec<Nat> {

@@ -146,12 +146,6 @@ fn scenario(kind: BackendKind, real_dockerd: bool) {
     assert!(ok_from(&got[8], "c2"), "icc: {:?}", got[8]);
     assert!(ok_from(&got[9], "c1"), "published from docker0: {:?}", got[9]);
     assert_eq!(got[10], None, "host_ip restricts the DNAT");
-    // Traffic between two containers of one network skips conntrack; the hairpin connection,
-    // whose replies come back masqueraded to the gateway, is tracked (it works only so).
-    let tracked = lab.host.sh("cat /proc/net/nf_conntrack");
-    assert!(tracked.contains("src=198.18.1.3 dst=198.18.0.1 "), "hairpin not tracked:\n{tracked}");
-    assert!(tracked.contains("src=198.18.0.2 dst=198.18.0.1 "), "published port not tracked:\n{tracked}");
-    assert!(!tracked.contains("src=198.18.1.2 dst=198.18.1.3 "), "icc traffic tracked:\n{tracked}");
 
     let blocked = probes(&[
         (c3, "198.18.1.2:80"),   // B → A directly
@@ -237,10 +231,8 @@ fn no_icc(kind: BackendKind) {
     let a = policy(NET_A, "loomA", "198.18.1.0/24");
     add(&fw, &a);
     assert!(!snapshot(&lab.host).contains("loomOld"), "rules of the old bridge stayed");
-    assert!(snapshot(&lab.host).contains("notrack"), "icc traffic is untracked");
     let a = NetworkPolicy { icc: false, ..a };
     add(&fw, &a);
-    assert!(!snapshot(&lab.host).contains("notrack"), "without icc, every packet is tracked");
     add_ports(&fw, &a, EP1, &[tcp(None, 8080, "198.18.1.2", 80)]).unwrap();
     let _s = [Server::start(lab.c("c1"), 80, "c1"), Server::start(&lab.client, 9000, "client")];
     let got =

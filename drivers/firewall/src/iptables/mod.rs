@@ -189,7 +189,7 @@ impl Inner {
 /// The tables netloom's skeleton has rules in.
 const SKELETON_TABLES: [&str; 3] = ["raw", "filter", "nat"];
 /// The tables networks and published ports have rules in.
-const NETWORK_TABLES: [&str; 3] = ["raw", "filter", "nat"];
+const NETWORK_TABLES: [&str; 2] = ["filter", "nat"];
 /// Every table netloom has rules in (the VXLAN guard's too).
 const ALL_TABLES: [&str; 4] = ["raw", "mangle", "filter", "nat"];
 
@@ -426,7 +426,9 @@ impl Inner {
                 if any_wanted || table == "raw" {
                     ensure_skeleton_in(ipt, table, &chains, &listed)?;
                 }
-                self.sync_networks(ipt, table, &listed, &wanted)?;
+                if table != "raw" {
+                    self.sync_networks(ipt, table, &listed, &wanted)?;
+                }
             }
         }
         Ok(())

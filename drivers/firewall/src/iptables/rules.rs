@@ -4,7 +4,6 @@
 //! ```text
 //! raw PREROUTING           ! -i lo -d 127.0.0.0/8 (ip6tables: ::1/128) -j DROP  (inserted first)
 //! raw PREROUTING           [VXLAN guard] -p udp --dport P dst-type LOCAL -j LOOM-VXLAN
-//! raw PREROUTING           per network with icc: -i B -s S -d S ! dst-type LOCAL -j CT --notrack
 //! raw LOOM-VXLAN           [VXLAN guard] -s <peer> -j RETURN …, -j DROP
 //! mangle FORWARD           [VXLAN guard] -p udp --dport P -j DROP            (inserted first)
 //! filter FORWARD           -j LOOM-FORWARD                                      (inserted first)
@@ -203,11 +202,6 @@ pub(crate) fn network_rules(net: &NetworkPolicy, v6: bool) -> Vec<IptRule> {
             Nat::Localhost => nat(&["-s", LOOPBACK_V4, "-o", b, "-j", "MASQUERADE"]),
         }
     }
-    for subnet in net.untracked_subnets().into_iter().filter(|s| s.is_ipv6() == v6) {
-        let s = subnet.to_string();
-        let spec = ["-i", b, "-s", &s, "-d", &s, "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", "CT", "--notrack"];
-        rules.push(IptRule::new("raw", "PREROUTING", Position::Append, &spec, c));
-    }
     rules
 }
 
@@ -404,7 +398,6 @@ mod tests {
                 format!("-t nat -A LOOM-POSTROUTING -s 198.51.100.0/24 ! -o br-loom1 {c} -j MASQUERADE"),
                 format!("-t nat -A LOOM-POSTROUTING -s 198.51.100.0/24 -o br-loom1 -m conntrack --ctstate DNAT {c} -j MASQUERADE"),
                 format!("-t nat -A LOOM-POSTROUTING -s 127.0.0.0/8 -o br-loom1 {c} -j MASQUERADE"),
-                format!("-t raw -A PREROUTING -i br-loom1 -s 198.51.100.0/24 -d 198.51.100.0/24 -m addrtype ! --dst-type LOCAL {c} -j CT --notrack"),
             ]
         );
     }
@@ -439,22 +432,8 @@ mod tests {
                 format!("-t filter -A LOOM-ISOLATION-1 -i br-loom1 ! -o br-loom1 {c} -j DROP"),
                 format!("-t filter -A LOOM-ISOLATION-1 ! -i br-loom1 -o br-loom1 {c} -j DROP"),
                 format!("-t filter -A LOOM-FORWARD -i br-loom1 -o br-loom1 {c} -j ACCEPT"),
-                format!("-t raw -A PREROUTING -i br-loom1 -s 198.51.100.0/24 -d 198.51.100.0/24 -m addrtype ! --dst-type LOCAL {c} -j CT --notrack"),
             ]
         );
-    }
-
-    #[test]
-    fn untracked_rule_matches_its_listing() {
-        // As `iptables -S` prints it back: options reordered, the comment quoted or not.
-        let listed = "-s 198.51.100.0/24 -d 198.51.100.0/24 -i br-loom1 -m addrtype ! --dst-type LOCAL \
-                      -m comment --comment netloom:net=0123456789abcdef -j CT --notrack";
-        let rules = network_rules(&net(false, true, true), false);
-        let raw = rules.iter().find(|r| r.table == "raw").unwrap();
-        assert_eq!(normalized(listed), normalized(&raw.spec_string()));
-        let v6 = network_rules(&net(false, true, true), true);
-        assert_eq!(v6.iter().filter(|r| r.table == "raw").count(), 1);
-        assert!(network_rules(&net(false, true, false), false).iter().all(|r| r.table != "raw"));
     }
 
     #[test]

@@ -187,20 +187,14 @@ fn cond(c: &Cond) -> Vec<RawExpr> {
             out.push(lookup(set, REG_1, None).u32(sys::NFTNL_EXPR_LOOKUP_FLAGS, libc::NFT_LOOKUP_F_INV as u32));
             out
         }
-        Cond::FibDaddrLocal => fib_daddr_local(true),
-        Cond::FibDaddrNotLocal => fib_daddr_local(false),
+        Cond::FibDaddrLocal => vec![
+            RawExpr::new(c"fib")
+                .u32(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR)
+                .u32(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
+                .u32(sys::NFTNL_EXPR_FIB_DREG, REG_1),
+            cmp(true, REG_1, u32::from(libc::RTN_LOCAL).to_ne_bytes().to_vec()),
+        ],
     }
-}
-
-/// `fib daddr type local` (`local`) or `fib daddr type != local`.
-fn fib_daddr_local(local: bool) -> Vec<RawExpr> {
-    vec![
-        RawExpr::new(c"fib")
-            .u32(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR)
-            .u32(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
-            .u32(sys::NFTNL_EXPR_FIB_DREG, REG_1),
-        cmp(local, REG_1, u32::from(libc::RTN_LOCAL).to_ne_bytes().to_vec()),
-    ]
 }
 
 /// `ip saddr <net>` (`source`) or `ip daddr <net>`, IPv4 or IPv6 by the network.
@@ -277,7 +271,6 @@ fn action(a: &Action) -> Vec<RawExpr> {
             ]
         }
         Action::Dnat(m) => dnat(m),
-        Action::Notrack => vec![RawExpr::new(c"notrack")],
     }
 }
 
@@ -331,21 +324,6 @@ mod tests {
         assert!(lookup.u32s.contains(&(sys::NFTNL_EXPR_LOOKUP_FLAGS, 1)), "an inverted lookup");
         let port = compile(&r).into_iter().nth(3).unwrap();
         assert_eq!(port.bytes, [(sys::NFTNL_EXPR_CMP_DATA, vec![0x12, 0xb5])]);
-    }
-
-    #[test]
-    fn untracked_traffic_compares_addresses_before_the_fib_lookup() {
-        let subnet: IpNetwork = "192.0.2.0/24".parse().unwrap();
-        let r = NftRule {
-            conds: vec![Cond::Saddr(subnet), Cond::Daddr(subnet), Cond::FibDaddrNotLocal],
-            action: Action::Notrack,
-        };
-        let exprs = compile(&r);
-        let fib = exprs.iter().position(|e| e.name.to_str().unwrap() == "fib").unwrap();
-        assert_eq!(fib, 10, "after both address compares");
-        let op = exprs[fib + 1].u32s.iter().find(|(a, _)| *a == sys::NFTNL_EXPR_CMP_OP).map(|(_, op)| *op);
-        assert_eq!(op, Some(libc::NFT_CMP_NEQ as u32), "type != local");
-        assert_eq!(exprs.last().unwrap().name.to_str().unwrap(), "notrack");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //!   map fwd_out     { type ifname : verdict }                # bridge → jump net-<tag>-fwd-out
 //!   map nat_in      { type ifname : verdict }                # bridge → jump net-<tag>-nat-in
 //!   map nat_out     { type ifname : verdict }                # bridge → jump net-<tag>-nat-out
-//!   map raw_out     { type ifname : verdict }                # bridge → jump net-<tag>-raw-out
 //!   map ports4      { type inet_proto . inet_service : ipv4_addr . inet_service }
 //!   map ports4_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
 //!   map ports6      { type inet_proto . inet_service : ipv6_addr . inet_service }
@@ -26,9 +25,7 @@
 //!     iifname vmap @nat_out; oifname vmap @nat_in }
 //!   chain loopback    { type filter hook prerouting priority raw;      # before conntrack and DNAT
 //!     iifname != "lo" ip daddr 127.0.0.0/8 drop; iifname != "lo" ip6 daddr ::1 drop }
-//!   chain untracked   { type filter hook prerouting priority raw;      # before conntrack
-//!     iifname vmap @raw_out }
-//!   chain net-<tag>-{fwd-in,fwd-out,nat-in,nat-out,raw-out}   # one network's policy, comment = network id
+//!   chain net-<tag>-{fwd-in,fwd-out,nat-in,nat-out}   # one network's policy, comment = network id
 //!
 //!   # the VXLAN guard, while loom-overlay has networks (port P):
 //!   set vxlan_peers4 { type ipv4_addr }; set vxlan_peers6 { type ipv6_addr }   # member VTEPs
@@ -43,10 +40,6 @@
 //! ```
 //!
 //! `<mark-accept>` is `meta mark set meta mark | FORWARD_MARK accept` (see the crate doc).
-//!
-//! `net-<tag>-raw-out` of a network with icc holds, per subnet S, `ip saddr S ip daddr S fib daddr
-//! type != local notrack`: traffic between two containers of the network skips conntrack (see
-//! [`crate::model::NetworkPolicy::untracked_subnets`]).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -63,8 +56,7 @@ pub(crate) const MAP_FWD_IN: &str = "fwd_in";
 pub(crate) const MAP_FWD_OUT: &str = "fwd_out";
 pub(crate) const MAP_NAT_IN: &str = "nat_in";
 pub(crate) const MAP_NAT_OUT: &str = "nat_out";
-pub(crate) const MAP_RAW_OUT: &str = "raw_out";
-pub(crate) const VMAPS: [&str; 5] = [MAP_FWD_IN, MAP_FWD_OUT, MAP_NAT_IN, MAP_NAT_OUT, MAP_RAW_OUT];
+pub(crate) const VMAPS: [&str; 4] = [MAP_FWD_IN, MAP_FWD_OUT, MAP_NAT_IN, MAP_NAT_OUT];
 
 pub(crate) const CHAIN_FORWARD: &str = "forward";
 pub(crate) const CHAIN_PREROUTING: &str = "prerouting";
@@ -72,7 +64,6 @@ pub(crate) const CHAIN_OUTPUT: &str = "output";
 pub(crate) const CHAIN_POSTROUTING: &str = "postrouting";
 pub(crate) const CHAIN_PORTS: &str = "ports";
 pub(crate) const CHAIN_LOOPBACK: &str = "loopback";
-pub(crate) const CHAIN_UNTRACKED: &str = "untracked";
 pub(crate) const CHAIN_VXLAN_IN: &str = "vxlan-in";
 pub(crate) const CHAIN_VXLAN_FWD: &str = "vxlan-fwd";
 pub(crate) const SET_VXLAN4: &str = "vxlan_peers4";
@@ -302,7 +293,6 @@ pub(crate) struct NetChains {
     pub fwd_out: String,
     pub nat_in: String,
     pub nat_out: String,
-    pub raw_out: String,
 }
 
 impl NetChains {
@@ -316,22 +306,20 @@ impl NetChains {
             fwd_out: format!("net-{tag}-fwd-out"),
             nat_in: format!("net-{tag}-nat-in"),
             nat_out: format!("net-{tag}-nat-out"),
-            raw_out: format!("net-{tag}-raw-out"),
         }
     }
 
-    pub fn all(&self) -> [&str; 5] {
-        [&self.fwd_in, &self.fwd_out, &self.nat_in, &self.nat_out, &self.raw_out]
+    pub fn all(&self) -> [&str; 4] {
+        [&self.fwd_in, &self.fwd_out, &self.nat_in, &self.nat_out]
     }
 
     /// (map, chain) pairs: the verdict-map elements that lead to these chains.
-    pub fn vmap_targets(&self) -> [(&'static str, &str); 5] {
+    pub fn vmap_targets(&self) -> [(&'static str, &str); 4] {
         [
             (MAP_FWD_IN, &self.fwd_in),
             (MAP_FWD_OUT, &self.fwd_out),
             (MAP_NAT_IN, &self.nat_in),
             (MAP_NAT_OUT, &self.nat_out),
-            (MAP_RAW_OUT, &self.raw_out),
         ]
     }
 }
@@ -340,7 +328,7 @@ impl NetChains {
 pub(crate) fn tag_of_chain(name: &str) -> Option<&str> {
     let rest = name.strip_prefix("net-")?;
     let (tag, kind) = rest.split_once('-')?;
-    matches!(kind, "fwd-in" | "fwd-out" | "nat-in" | "nat-out" | "raw-out").then_some(tag)
+    matches!(kind, "fwd-in" | "fwd-out" | "nat-in" | "nat-out").then_some(tag)
 }
 
 /// A match.
@@ -368,7 +356,6 @@ pub(crate) enum Cond {
         v6: bool,
     },
     FibDaddrLocal,
-    FibDaddrNotLocal,
 }
 
 /// A verdict or statement ending a rule.
@@ -384,8 +371,6 @@ pub(crate) enum Action {
     Masquerade,
     Snat(IpAddr),
     Dnat(PortMap),
-    /// Conntrack skips the packet.
-    Notrack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,11 +430,6 @@ pub(crate) fn skeleton() -> Vec<BaseChain> {
                 rule(vec![Cond::IifNot("lo".into()), Cond::Daddr(loopback6)], Action::Drop),
             ],
         },
-        BaseChain {
-            name: CHAIN_UNTRACKED,
-            hook: Some((Hook::PreRouting, PRIORITY_RAW, false)),
-            rules: vec![rule(vec![], Action::IifVmap(MAP_RAW_OUT))],
-        },
     ]
 }
 
@@ -463,8 +443,6 @@ pub(crate) struct NetRules {
     pub nat_in: Vec<NftRule>,
     /// NAT of packets coming out of the bridge: masquerade/SNAT.
     pub nat_out: Vec<NftRule>,
-    /// Before conntrack, packets coming out of the bridge: traffic between containers untracked.
-    pub raw_out: Vec<NftRule>,
 }
 
 pub(crate) fn network_rules(net: &NetworkPolicy) -> NetRules {
@@ -503,12 +481,7 @@ pub(crate) fn network_rules(net: &NetworkPolicy) -> NetRules {
             Nat::Localhost => nat_in.push(rule(vec![Cond::Saddr(loopback_v4())], Action::Masquerade)),
         }
     }
-    let raw_out = net
-        .untracked_subnets()
-        .into_iter()
-        .map(|s| rule(vec![Cond::Saddr(s), Cond::Daddr(s), Cond::FibDaddrNotLocal], Action::Notrack))
-        .collect();
-    NetRules { fwd_in, fwd_out, nat_in, nat_out, raw_out }
+    NetRules { fwd_in, fwd_out, nat_in, nat_out }
 }
 
 impl fmt::Display for Cond {
@@ -531,7 +504,6 @@ impl fmt::Display for Cond {
             Cond::UdpDport(p) => write!(f, "udp dport {p}"),
             Cond::SaddrNotIn { set, v6 } => write!(f, "{} saddr != @{set}", if *v6 { "ip6" } else { "ip" }),
             Cond::FibDaddrLocal => f.write_str("fib daddr type local"),
-            Cond::FibDaddrNotLocal => f.write_str("fib daddr type != local"),
         }
     }
 }
@@ -558,7 +530,6 @@ impl fmt::Display for Action {
                     m.name
                 )
             }
-            Action::Notrack => f.write_str("notrack"),
         }
     }
 }
@@ -623,31 +594,6 @@ mod tests {
                 "ip saddr 127.0.0.0/8 masquerade",
             ]
         );
-    }
-
-    #[test]
-    fn traffic_between_containers_skips_conntrack_with_icc_only() {
-        for (internal, isolate) in [(false, false), (false, true), (true, true)] {
-            let r = network_rules(&net(internal, isolate, true));
-            assert_eq!(
-                render(&r.raw_out),
-                [
-                    "ip saddr 198.51.100.0/24 ip daddr 198.51.100.0/24 fib daddr type != local notrack",
-                    "ip6 saddr 2001:db8:1::/64 ip6 daddr 2001:db8:1::/64 fib daddr type != local notrack",
-                ],
-                "internal {internal}, isolate {isolate}"
-            );
-            let r = network_rules(&net(internal, isolate, false));
-            assert!(r.raw_out.is_empty(), "without icc, replies are told by their state");
-        }
-        let untracked = skeleton().into_iter().find(|c| c.name == CHAIN_UNTRACKED).unwrap();
-        assert_eq!(untracked.hook.map(|(_, prio, nat)| (prio, nat)), Some((-300, false)));
-        assert_eq!(render(&untracked.rules), ["iifname vmap @raw_out"]);
-        let c = NetChains::of("0123456789abcdef");
-        assert_eq!(c.raw_out, "net-0123456789ab-raw-out");
-        assert_eq!(tag_of_chain(&c.raw_out), Some("0123456789ab"));
-        assert!(c.vmap_targets().contains(&(MAP_RAW_OUT, c.raw_out.as_str())));
-        assert!(sets().iter().any(|s| s.name == MAP_RAW_OUT && s.data == SetData::Verdict));
     }
 
     #[test]

@@ -336,7 +336,6 @@ impl Firewall for NftFirewall {
             tx.rules(&table, &chains.fwd_out, &rules.fwd_out);
             tx.rules(&table, &chains.nat_in, &rules.nat_in);
             tx.rules(&table, &chains.nat_out, &rules.nat_out);
-            tx.rules(&table, &chains.raw_out, &rules.raw_out);
             tx.elems(SET_BRIDGES, &[NewElem::key(key.clone())], MsgType::Add);
             for (map, chain) in chains.vmap_targets() {
                 tx.elems(
