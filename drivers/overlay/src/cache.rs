@@ -12,7 +12,9 @@ use netloom_store::{KeyValue, Revision, Store, StoreResult, WatchEvent};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::records::{self, HostRecord, NameRecord, NetworkConfig, PeerRecord, HOSTS, NAMES, NETWORKS, PEERS, ROOT};
+use crate::records::{
+    self, HostRecord, NameRecord, NetworkConfig, PeerRecord, TunnelRecord, HOSTS, NAMES, NETWORKS, PEERS, ROOT, TUNNELS,
+};
 
 #[derive(Debug, Default)]
 pub struct Cache {
@@ -24,6 +26,8 @@ pub struct Cache {
     pub peers: Tables<PeerRecord>,
     /// The containers' names (local scope), like `peers`.
     pub names: Tables<NameRecord>,
+    /// host → its end of the encrypted overlays.
+    pub tunnels: BTreeMap<String, (TunnelRecord, Revision)>,
 }
 
 /// What a change touches.
@@ -32,11 +36,15 @@ pub struct Affected {
     /// A host came or went: every network.
     pub all: bool,
     pub networks: BTreeSet<String>,
+    /// A host's tunnel record changed (the tunnel's peers; also every encrypted network's FDB,
+    /// which `all` covers).
+    pub tunnels: bool,
 }
 
 impl Affected {
     pub fn merge(&mut self, other: Affected) {
         self.all |= other.all;
+        self.tunnels |= other.tunnels;
         self.networks.extend(other.networks);
     }
 
@@ -86,6 +94,17 @@ impl Cache {
                     Err(e) => warn!("{e:#}"),
                 }
             }
+        } else if let Some(host) = kv.key.strip_prefix(TUNNELS) {
+            if newer(self.tunnels.get(host).map(|(_, r)| *r), kv.revision) {
+                match records::decode::<TunnelRecord>(&kv.key, &kv.value) {
+                    Ok(record) => {
+                        let changed = self.tunnels.get(host).map(|(t, _)| t) != Some(&record);
+                        (affected.all, affected.tunnels) = (changed, changed);
+                        self.tunnels.insert(host.to_string(), (record, kv.revision));
+                    }
+                    Err(e) => warn!("{e:#}"),
+                }
+            }
         } else if let Some((network, endpoint)) = split(&kv.key, NAMES) {
             // Names touch no network's FDB; the watch refreshes the names answered itself.
             put_entry(&mut self.names, network, endpoint, kv);
@@ -111,6 +130,11 @@ impl Cache {
                 self.networks.remove(network);
                 affected.networks.insert(network.to_string());
             }
+        } else if let Some(host) = key.strip_prefix(TUNNELS) {
+            if older(self.tunnels.get(host).map(|(_, r)| *r)) {
+                self.tunnels.remove(host);
+                (affected.all, affected.tunnels) = (true, true);
+            }
         } else if let Some((network, endpoint)) = split(key, NAMES) {
             delete_entry(&mut self.names, network, endpoint, older);
         } else if let Some((network, endpoint)) = split(key, PEERS) {
@@ -119,6 +143,11 @@ impl Cache {
             }
         }
         affected
+    }
+
+    /// Every host's tunnel address (the VTEP of its encrypted networks).
+    pub fn tunnel_ips(&self) -> BTreeMap<String, std::net::IpAddr> {
+        self.tunnels.iter().map(|(host, (t, _))| (host.clone(), t.tunnel_ip)).collect()
     }
 
     /// The peer table of one network (empty if none).
@@ -225,5 +254,26 @@ mod tests {
         assert!(cache.peers_of("n1").is_empty() && cache.peers.is_empty());
         assert!(cache.apply(&WatchEvent::Delete { key: "overlay/hosts/h1".into(), revision: 8 }).all);
         assert!(cache.hosts.is_empty());
+    }
+
+    #[test]
+    fn tunnel_records_are_followed() {
+        let mut cache = Cache::default();
+        let tunnel = TunnelRecord {
+            public_key: "a2V5".into(),
+            endpoint: "10.250.0.2:51820".parse().unwrap(),
+            tunnel_ip: "100.64.0.2".parse().unwrap(),
+        };
+        let affected = cache.apply(&WatchEvent::Put(kv("overlay/tunnels/h2", records::encode(&tunnel), 3)));
+        assert!(affected.tunnels && affected.all, "{affected:?}");
+        assert_eq!(cache.tunnel_ips()["h2"], tunnel.tunnel_ip);
+        assert!(cache.apply(&WatchEvent::Put(kv("overlay/tunnels/h2", records::encode(&tunnel), 4))).is_empty());
+        // The claim of an address is not a tunnel record.
+        assert!(cache.apply(&WatchEvent::Put(kv("overlay/tunnel-ips/100.64.0.2", b"h2".to_vec(), 5))).is_empty());
+        let mut rotated = tunnel.clone();
+        rotated.public_key = "bmV3".into();
+        assert!(cache.apply(&WatchEvent::Put(kv("overlay/tunnels/h2", records::encode(&rotated), 6))).tunnels);
+        let affected = cache.apply(&WatchEvent::Delete { key: "overlay/tunnels/h2".into(), revision: 7 });
+        assert!(affected.tunnels && cache.tunnels.is_empty());
     }
 }

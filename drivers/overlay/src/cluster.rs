@@ -40,6 +40,7 @@ pub struct NetworkRequest {
     /// Whether the user gave the MTU (else another host's choice is taken).
     pub mtu_given: bool,
     pub internal: bool,
+    pub encrypted: bool,
 }
 
 impl NetworkRequest {
@@ -60,6 +61,7 @@ impl NetworkRequest {
             subnet_v6: self.subnet_v6,
             mtu: self.mtu,
             internal: self.internal,
+            encrypted: self.encrypted,
             created_by: self.host.clone(),
             created_at: records::now(),
             members,
@@ -417,9 +419,17 @@ fn is_member(req: &NetworkRequest) -> impl Fn(Option<&NetworkConfig>) -> bool + 
     move |now| now.is_some_and(|c| c.members.get(&req.host) == Some(&req.docker_id))
 }
 
-/// Two records of one network: same VNI, same subnets.
+/// Two records of one network: same VNI, same subnets, both encrypted or both plain.
 pub fn same_identity(a: &NetworkConfig, b: &NetworkConfig) -> bool {
-    a.vni == b.vni && a.subnets() == b.subnets()
+    a.vni == b.vni && a.subnets() == b.subnets() && a.encrypted == b.encrypted
+}
+
+fn encryption(encrypted: bool) -> &'static str {
+    if encrypted {
+        "encrypted"
+    } else {
+        "plain (not encrypted)"
+    }
 }
 
 /// A record read back from the store must be the network this host has.
@@ -429,13 +439,15 @@ fn check_same_identity(current: &NetworkConfig, mine: &NetworkConfig) -> Result<
     }
     let list = |c: &NetworkConfig| c.subnets().iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
     bail!(
-        "the store's record {} is another network now (VNI {}, subnet {}), not this host's (VNI {}, subnet {}): not joined; \
-         remove this host's Docker network and create it again",
+        "the store's record {} is another network now (VNI {}, subnet {}{}), not this host's (VNI {}, subnet {}{}): not \
+         joined; remove this host's Docker network and create it again",
         current.key,
         current.vni,
         list(current),
+        if current.encrypted { ", encrypted" } else { "" },
         mine.vni,
-        list(mine)
+        list(mine),
+        if mine.encrypted { ", encrypted" } else { "" },
     )
 }
 
@@ -449,6 +461,15 @@ fn check_same_network(config: &NetworkConfig, req: &NetworkRequest) -> Result<()
             config.vni,
             theirs.join(" "),
             ours.join(" ")
+        );
+    }
+    if config.encrypted != req.encrypted {
+        bail!(
+            "the overlay with VNI {} is {} on the other hosts, but this request is {}; give the same -o encrypted \
+             option as they did",
+            config.vni,
+            encryption(config.encrypted),
+            encryption(req.encrypted)
         );
     }
     if req.mtu_given && req.mtu != config.mtu {
@@ -500,6 +521,7 @@ mod tests {
             mtu: 1450,
             mtu_given: false,
             internal: false,
+            encrypted: false,
         };
         shared.create_global(&request).await.unwrap();
         let live =

@@ -68,6 +68,7 @@ fn request(host: &str, docker_id: &str, subnet: &str, vni: Option<u32>) -> Netwo
         mtu: 1450,
         mtu_given: false,
         internal: false,
+        encrypted: false,
     }
 }
 
@@ -149,4 +150,41 @@ async fn a_membership_change_whose_answer_was_lost_is_read_back() {
     }
     assert!(h1.network(&created.key).await.unwrap().is_none());
     assert_eq!(h1.ipam.vnis().await.unwrap(), vec![], "the VNI is free again");
+}
+
+#[tokio::test]
+async fn an_encrypted_network_is_joined_only_encrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(None, dir.path(), DEFAULT_PREFIX).await.unwrap();
+    let (h1, h2) = (shared(&store, "h1").await, shared(&store, "h2").await);
+    let secret = |host: &str, docker_id: &str, subnet: &str, vni| NetworkRequest {
+        encrypted: true,
+        ..request(host, docker_id, subnet, vni)
+    };
+    let (created, _, _) = h1.join_local(&secret("h1", "d1", "10.9.0.0/24", Some(5000))).await.unwrap();
+    assert!(created.encrypted);
+
+    // It works: h2 joins it encrypted, by VNI and by subnet alike.
+    let (joined, outcome, _) = h2.join_local(&secret("h2", "d2", "10.9.0.0/24", None)).await.unwrap();
+    assert_eq!((outcome, joined.encrypted, joined.vni), (Outcome::Joined, true, 5000));
+    h2.leave_local("vni-5000", "h2").await.unwrap();
+
+    // Plain where the record is encrypted: refused, naming both; the record is unchanged.
+    for vni in [Some(5000), None] {
+        let err = h2.join_local(&request("h2", "d3", "10.9.0.0/24", vni)).await.unwrap_err().to_string();
+        assert!(err.contains("is encrypted on the other hosts, but this request is plain (not encrypted)"), "{err}");
+    }
+    let (now, _) = h1.network("vni-5000").await.unwrap().unwrap();
+    assert_eq!(members(&now), vec![("h1", "d1")]);
+
+    // And the other way round.
+    h2.join_local(&request("h2", "d4", "10.8.0.0/24", Some(5001))).await.unwrap();
+    let err = h1.join_local(&secret("h1", "d5", "10.8.0.0/24", Some(5001))).await.unwrap_err().to_string();
+    assert!(err.contains("is plain (not encrypted) on the other hosts, but this request is encrypted"), "{err}");
+
+    // A restored record that changed its encryption is another network.
+    let mut plain_now = created.clone();
+    plain_now.encrypted = false;
+    let err = h1.restore_local(&plain_now, "h1", "d1").await.unwrap_err().to_string();
+    assert!(err.contains("subnet 10.9.0.0/24, encrypted), not this host's (VNI 5000, subnet 10.9.0.0/24)"), "{err}");
 }

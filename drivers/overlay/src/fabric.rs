@@ -47,6 +47,8 @@ pub struct NetDataplane {
     pub netlink: Netlink,
     pub bridge: Link,
     pub vxlan: Link,
+    /// Its VXLAN socket is in the tunnel namespace: frames to other hosts go through WireGuard.
+    pub encrypted: bool,
 }
 
 pub struct Fabric {
@@ -79,8 +81,15 @@ impl Fabric {
     }
 
     /// Namespace, bridge and VXLAN link of `config`, made or repaired; what exists in the right
-    /// shape is left alone (entries, ports and traffic keep going).
-    pub async fn ensure_network(&self, config: &NetworkConfig, vtep: IpAddr) -> Result<NetDataplane> {
+    /// shape is left alone (entries, ports and traffic keep going). The VXLAN link is made
+    /// through `underlay` (the tunnel namespace's connection for an encrypted network, with
+    /// `vtep` its tunnel address), where its UDP socket then stays; else in the host's namespace.
+    pub async fn ensure_network(
+        &self,
+        config: &NetworkConfig,
+        vtep: IpAddr,
+        underlay: Option<&Netlink>,
+    ) -> Result<NetDataplane> {
         let owner = network_owner(&config.key);
         let netns = Netns::ensure(self.netns_path(config.vni))?;
         let netlink = Netlink::connect_in(&netns)?;
@@ -105,10 +114,18 @@ impl Fabric {
             proxy_arp: true,
             owner: &owner,
         };
-        let vxlan = self.netlink.ensure_vxlan_in(&spec, &netns, &netlink).await?;
+        let vxlan = underlay.unwrap_or(&self.netlink).ensure_vxlan_in(&spec, &netns, &netlink).await?;
         netlink.attach(&vxlan, &bridge).await?;
         let vxlan = netlink.link(VXLAN).await?.ok_or_else(|| anyhow!("{VXLAN} vanished"))?;
-        Ok(NetDataplane { network: config.key.clone(), vni: config.vni, netns, netlink, bridge, vxlan })
+        Ok(NetDataplane {
+            network: config.key.clone(),
+            vni: config.vni,
+            netns,
+            netlink,
+            bridge,
+            vxlan,
+            encrypted: config.encrypted,
+        })
     }
 
     /// Removes a network's namespace and everything in it. The VXLAN link is deleted first, so

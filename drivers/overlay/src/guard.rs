@@ -220,6 +220,7 @@ mod tests {
                     subnet_v6: None,
                     mtu: 1450,
                     internal: false,
+                    encrypted: false,
                     created_by: "h1".into(),
                     created_at: 0,
                     members: Default::default(),

@@ -23,7 +23,7 @@ use netloom_plugin_api::{NetworkDriver, PluginError, PluginResult};
 use tracing::{debug, info, warn};
 
 use crate::cluster::{NetworkRequest, Outcome};
-use crate::options::{overlay_mtu, single_subnet, OverlayOptions};
+use crate::options::{overlay_mtu, single_subnet, Encapsulation, OverlayOptions};
 use crate::overlay::{store_error, Overlay};
 use crate::ports::after_join;
 use crate::records::{self, short, LocalEndpoint, LocalNetwork, Mode};
@@ -31,6 +31,9 @@ use crate::records::{self, short, LocalEndpoint, LocalNetwork, Mode};
 /// The key every CreateNetwork takes besides its network's: a second Docker network for the same
 /// overlay is seen and refused.
 const CREATING: &str = "\0create-network";
+
+/// `Netloom.RotateKey`: a new WireGuard key for this host's tunnel.
+pub const ROTATE_KEY: &str = "RotateKey";
 
 /// The `NetworkDriver` the plugin server holds; the background tasks hold the same `Overlay`.
 pub struct Driver(pub Arc<Overlay>);
@@ -145,6 +148,16 @@ impl NetworkDriver for Driver {
         ov.withdraw_ports(&req.endpoint_id).await;
         Ok(())
     }
+
+    async fn control(&self, call: &str, _body: serde_json::Value) -> PluginResult<serde_json::Value> {
+        match call {
+            ROTATE_KEY => {
+                let public = self.0.rotate_key().await?;
+                Ok(serde_json::json!({ "PublicKey": public.to_base64() }))
+            }
+            _ => Err(PluginError::unknown_method(&format!("Netloom.{call}"))),
+        }
+    }
 }
 
 impl Driver {
@@ -166,7 +179,8 @@ impl Driver {
             return ov.ensure_dataplane(&existing.config).await;
         }
         let underlay = ov.underlay().await?;
-        let mtu = overlay_mtu(options.mtu, underlay.mtu, subnet_v6.is_some()).map_err(PluginError::from)?;
+        let encap = Encapsulation { encrypted: options.encrypted, underlay_v6: underlay.vtep.is_ipv6() };
+        let mtu = overlay_mtu(options.mtu, underlay.mtu, subnet_v6.is_some(), encap).map_err(PluginError::from)?;
         let request = NetworkRequest {
             docker_id: req.network_id.clone(),
             host: ov.host.clone(),
@@ -176,6 +190,7 @@ impl Driver {
             mtu,
             mtu_given: options.mtu.is_some(),
             internal: req.options.internal(),
+            encrypted: options.encrypted,
         };
         let (config, outcome, revision) = match ov.config.mode {
             Mode::Global => {
@@ -222,7 +237,7 @@ impl Driver {
             return Err(e);
         }
         info!(network = %short(&req.network_id), key = %config.key, vni = config.vni, mtu = config.mtu,
-              outcome = ?outcome, "network ready");
+              encrypted = config.encrypted, outcome = ?outcome, "network ready");
         Ok(())
     }
 

@@ -73,13 +73,18 @@ impl State {
     }
 }
 
-/// Every other host the store mentions (peers, local-scope members) without a lease record, with
-/// the VTEP its peer records give.
+/// Every other host the store mentions (peers, local-scope members, tunnel records) without a
+/// lease record, with the VTEP its peer (or tunnel) records give.
 pub fn absent_hosts(cache: &Cache, own_host: &str) -> BTreeMap<String, Option<IpAddr>> {
     let mut absent: BTreeMap<String, Option<IpAddr>> = BTreeMap::new();
     for (peer, _) in cache.peers.values().flat_map(|table| table.values()) {
         if peer.host != own_host && !cache.hosts.contains_key(&peer.host) {
             absent.insert(peer.host.clone(), Some(peer.vtep));
+        }
+    }
+    for (host, (tunnel, _)) in &cache.tunnels {
+        if host != own_host && !cache.hosts.contains_key(host) {
+            absent.entry(host.clone()).or_insert(Some(tunnel.endpoint.ip()));
         }
     }
     for (config, _) in cache.networks.values() {
@@ -145,6 +150,7 @@ impl Overlay {
         }
         if !gone.is_empty() {
             self.sync_guard(false).await;
+            self.sync_tunnel_peers().await;
             self.sync_all().await;
         }
     }

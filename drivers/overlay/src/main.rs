@@ -28,9 +28,16 @@ mod probe;
 mod reconcile;
 mod records;
 mod removal;
+mod rotate;
 mod start;
 mod state;
 mod sync;
+#[cfg(test)]
+mod test_overlay;
+mod tunnel_ips;
+mod tunnel_setup;
+#[cfg(test)]
+mod tunnel_tests;
 mod underlay;
 
 use dns_setup::{DnsListen, DnsSettings};
@@ -96,6 +103,25 @@ struct Args {
     /// The upstream resolvers names not of loom-overlay are forwarded to (re-read when it changes)
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     dns_resolv_conf: std::path::PathBuf,
+
+    /// UDP port of the WireGuard socket (on the advertise address) that carries encrypted
+    /// networks (`-o encrypted`) between hosts
+    #[arg(long, default_value_t = crypt::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    wireguard_port: u16,
+
+    /// Where each host's tunnel address (the VXLAN endpoint of its encrypted networks, inside its
+    /// tunnel namespace) is taken from; the same on every host
+    #[arg(long, value_name = "CIDR", default_value = tunnel_ips::DEFAULT_SUBNET)]
+    tunnel_subnet: ipnetwork::IpNetwork,
+
+    /// The TUN clone device the userspace WireGuard opens (for tests)
+    #[arg(long, value_name = "PATH", default_value = crypt::DEFAULT_TUN_PATH, hide = true)]
+    tun_device: std::path::PathBuf,
+
+    /// Ask the running loom-overlay (over --socket) for a new WireGuard key for this host's
+    /// tunnel, print its public key and exit
+    #[arg(long)]
+    rotate_key: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +150,13 @@ impl FirewallChoice {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.rotate_key {
+        return rotate::ask_driver(&args.common.settings("loom-overlay").socket).await;
+    }
+    if let Err(e) = tunnel_ips::candidates(args.tunnel_subnet, "") {
+        eprintln!("loom-overlay: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let choice = args.firewall;
     let mut config = overlay::Config {
         mode: args.scope,
@@ -141,12 +174,20 @@ async fn main() -> ExitCode {
             listen: args.dns_addr.unwrap_or(DnsListen::Advertise),
             resolv_conf: args.dns_resolv_conf.clone(),
         },
+        crypt: tunnel_setup::CryptSettings {
+            port: args.wireguard_port,
+            subnet: args.tunnel_subnet,
+            tun_device: args.tun_device.clone(),
+            // Set from the common --state-dir below.
+            state_dir: std::path::PathBuf::new(),
+        },
     };
     netloom_plugin_api::run("loom-overlay", &args.common, |settings| async move {
         // Resolved once logging is up: the fallback to iptables says why in the log.
         (config.firewall, config.guard_firewall) = choice.backends();
         // The store is re-checked at least this often, also when Docker is asked less often.
         config.reconcile_every = settings.reconcile_interval.min(STORE_CHECK_EVERY);
+        config.crypt.state_dir = settings.state_dir.clone();
         let overlay = overlay::Overlay::start(&settings, config).await?;
         Ok(Plugin::network(handlers::Driver(overlay)))
     })

@@ -10,7 +10,7 @@ use netloom_plugin_api::{PluginError, PluginResult};
 use netloom_store::Txn;
 use tracing::{debug, info, warn};
 
-use crate::options::VXLAN_OVERHEAD;
+use crate::options::Encapsulation;
 use crate::overlay::{store_error, Overlay};
 use crate::peers;
 use crate::records::{self, short, LocalEndpoint, LocalNetwork, NetworkConfig, PeerRecord};
@@ -22,16 +22,25 @@ impl Overlay {
             return Ok(());
         }
         let underlay = self.underlay().await?;
-        if underlay.mtu < config.mtu + VXLAN_OVERHEAD {
+        let overhead = Encapsulation { encrypted: config.encrypted, underlay_v6: underlay.vtep.is_ipv6() }.overhead();
+        if underlay.mtu < config.mtu + overhead {
             warn!(
                 network = %short(&config.key),
                 "the network's MTU {} needs an underlay MTU of {}, but {} has {}; large packets will be fragmented",
-                config.mtu, config.mtu + VXLAN_OVERHEAD, underlay.iface, underlay.mtu
+                config.mtu, config.mtu + overhead, underlay.iface, underlay.mtu
             );
         }
-        let dp =
-            self.fabric.ensure_network(config, underlay.vtep).await.map_err(|e| PluginError::new(format!("{e:#}")))?;
-        self.state().dataplanes.insert(config.key.clone(), Arc::new(dp));
+        let failed = |e: anyhow::Error| PluginError::new(format!("{e:#}"));
+        if config.encrypted {
+            // Held until the network's links exist, so the tunnel is not removed under them.
+            let crypt = self.ensure_tunnel(&underlay).await?;
+            let host = crypt.as_ref().ok_or_else(|| PluginError::new("the tunnel vanished"))?;
+            let dp = self.fabric.ensure_network(config, host.tunnel_ip, Some(&host.netlink)).await.map_err(failed)?;
+            self.state().dataplanes.insert(config.key.clone(), Arc::new(dp));
+        } else {
+            let dp = self.fabric.ensure_network(config, underlay.vtep, None).await.map_err(failed)?;
+            self.state().dataplanes.insert(config.key.clone(), Arc::new(dp));
+        }
         self.sync_network(&config.key).await;
         Ok(())
     }
@@ -43,7 +52,10 @@ impl Overlay {
             .take(key, &format!("the peer entries of network {}", short(key)), "teardown", LOCK_WAIT)
             .await;
         let dp = self.state().dataplanes.remove(key);
-        self.fabric.teardown_network(vni, dp).await
+        let result = self.fabric.teardown_network(vni, dp).await;
+        drop(_fdb);
+        self.release_tunnel_if_unused().await;
+        result
     }
 
     /// Makes one network's FDB and neighbour entries what the peer table says. What is wanted is
@@ -67,7 +79,9 @@ impl Overlay {
                 debug!(network = %short(key), "the store's record is another network: no remote peers");
                 peers::Desired::default()
             } else {
-                peers::desired(&state.cache.peers_of(key), |h| state.liveness(h), &self.host, self.config.port)
+                let tunnel_ips = dp.encrypted.then(|| state.cache.tunnel_ips());
+                let liveness = |h: &str| state.liveness(h);
+                peers::desired(&state.cache.peers_of(key), liveness, &self.host, self.config.port, tunnel_ips.as_ref())
             };
             let local_macs: Vec<[u8; 6]> = state
                 .endpoints

@@ -10,7 +10,11 @@ use netloom_plugin_api::options::{OptionReader, IPV6_MIN_MTU, MIN_MTU, MTU};
 use netloom_plugin_api::wire::network::IpamData;
 use netloom_plugin_api::{PluginError, PluginResult};
 
+use crate::crypt::{WIREGUARD_OVERHEAD_V4, WIREGUARD_OVERHEAD_V6};
+
 pub const VXLANID_LIST: &str = "com.docker.network.driver.overlay.vxlanid_list";
+/// Docker's key for an encrypted overlay (`-o encrypted`, value empty or a boolean).
+pub const ENCRYPTED: &str = "encrypted";
 
 /// Bytes VXLAN adds to every frame: outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -20,24 +24,30 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 pub struct OverlayOptions {
     /// The network's VNI (`vxlanid_list` with one entry); None: allocated in the store.
     pub vni: Option<u32>,
-    /// The containers' MTU; None: the underlay's less the VXLAN overhead.
+    /// The containers' MTU; None: the underlay's less the VXLAN (and WireGuard) overhead.
     pub mtu: Option<u32>,
+    /// `-o encrypted`: traffic between hosts rides in WireGuard tunnels.
+    pub encrypted: bool,
 }
 
 impl OverlayOptions {
     pub fn parse(generic: &BTreeMap<String, String>) -> Result<Self> {
-        if generic.contains_key("encrypted") {
-            bail!(
-                "loom-overlay does not encrypt traffic (-o encrypted); run it over an encrypted underlay \
-                 (WireGuard, IPsec) instead"
-            );
-        }
-        let options = OptionReader::new(generic, &[VXLANID_LIST, MTU], "loom-overlay")?;
+        let options = OptionReader::new(generic, &[VXLANID_LIST, MTU, ENCRYPTED], "loom-overlay")?;
         // The MTU's range depends on the underlay and the address families: see overlay_mtu.
         Ok(OverlayOptions {
             vni: options.parsed(VXLANID_LIST, parse_vni_list)?,
             mtu: options.parsed(MTU, parse_mtu)?.flatten(),
+            encrypted: options.parsed(ENCRYPTED, parse_encrypted)?.unwrap_or(false),
         })
+    }
+}
+
+/// Docker's swarm overlay takes `-o encrypted` with no value; a boolean is accepted too.
+fn parse_encrypted(value: &str) -> Result<bool> {
+    match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => bail!("{ENCRYPTED}={value:?} is not understood; use -o {ENCRYPTED} (or =true, =1) to encrypt, =false or =0 not to"),
     }
 }
 
@@ -67,26 +77,65 @@ fn parse_mtu(value: &str) -> Result<Option<u32>> {
     Ok((mtu != 0).then_some(mtu))
 }
 
+/// What the underlay carries per frame of an overlay network: VXLAN, and for an encrypted network
+/// WireGuard too (more over an IPv6 underlay, whose outer header is larger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encapsulation {
+    pub encrypted: bool,
+    pub underlay_v6: bool,
+}
+
+impl Encapsulation {
+    #[cfg(test)]
+    pub const PLAIN: Encapsulation = Encapsulation { encrypted: false, underlay_v6: false };
+
+    /// Bytes WireGuard adds (0 for a plain network).
+    pub fn wireguard(self) -> u32 {
+        match (self.encrypted, self.underlay_v6) {
+            (false, _) => 0,
+            (true, false) => WIREGUARD_OVERHEAD_V4,
+            (true, true) => WIREGUARD_OVERHEAD_V6,
+        }
+    }
+
+    /// Bytes the underlay carries on top of a container's packet.
+    pub fn overhead(self) -> u32 {
+        VXLAN_OVERHEAD + self.wireguard()
+    }
+
+    /// What takes the overhead, for messages.
+    fn describe(self) -> String {
+        match self.encrypted {
+            false => format!("VXLAN takes {VXLAN_OVERHEAD} bytes"),
+            true => format!(
+                "WireGuard takes {} bytes (over {}) and VXLAN {VXLAN_OVERHEAD}",
+                self.wireguard(),
+                if self.underlay_v6 { "IPv6" } else { "IPv4" }
+            ),
+        }
+    }
+}
+
 /// The containers' MTU on an overlay over an underlay link of MTU `underlay`: the one asked for,
-/// or the largest that fits once VXLAN has added its 50 bytes.
-pub fn overlay_mtu(requested: Option<u32>, underlay: u32, ipv6: bool) -> Result<u32> {
+/// or the largest that fits once VXLAN (and WireGuard) have added their bytes.
+pub fn overlay_mtu(requested: Option<u32>, underlay: u32, ipv6: bool, encap: Encapsulation) -> Result<u32> {
     let minimum = if ipv6 { IPV6_MIN_MTU } else { MIN_MTU };
     let family = if ipv6 { "IPv6" } else { "IPv4" };
-    let fits = underlay.saturating_sub(VXLAN_OVERHEAD);
+    let fits = underlay.saturating_sub(encap.overhead());
+    let takes = encap.describe();
     if fits < minimum {
         bail!(
-            "the underlay's MTU {underlay} is too small for an overlay: VXLAN takes {VXLAN_OVERHEAD} bytes, \
-             leaving {fits}, below {family}'s minimum of {minimum}"
+            "the underlay's MTU {underlay} is too small for an overlay: {takes}, leaving {fits}, below {family}'s \
+             minimum of {minimum}"
         );
     }
     match requested {
         None => Ok(fits),
         Some(mtu) if mtu < minimum => {
-            bail!("{MTU}={mtu} is too small for the overlay: {family} needs at least {minimum}")
+            bail!("{MTU}={mtu} is too small for the overlay: {family} needs at least {minimum} ({takes})")
         }
         Some(mtu) if mtu > fits => bail!(
-            "{MTU}={mtu} is too large for the overlay: the underlay's MTU is {underlay} and VXLAN takes \
-             {VXLAN_OVERHEAD} bytes, so at most {fits}"
+            "{MTU}={mtu} is too large for the overlay: the underlay's MTU is {underlay} and {takes}, so at most {fits}"
         ),
         Some(mtu) => Ok(mtu),
     }
@@ -123,8 +172,11 @@ mod tests {
         assert_eq!(opts(&[]).unwrap(), OverlayOptions::default());
         assert_eq!(
             opts(&[(VXLANID_LIST, "5000"), (MTU, "1400")]).unwrap(),
-            OverlayOptions { vni: Some(5000), mtu: Some(1400) }
+            OverlayOptions { vni: Some(5000), mtu: Some(1400), encrypted: false }
         );
+        for (value, on) in [("", true), ("true", true), ("1", true), ("false", false), ("0", false)] {
+            assert_eq!(opts(&[(ENCRYPTED, value)]).unwrap().encrypted, on, "encrypted={value:?}");
+        }
         assert_eq!(opts(&[(MTU, "0")]).unwrap().mtu, None);
         assert_eq!(opts(&[(VXLANID_LIST, " 4096 ,")]).unwrap().vni, Some(4096));
         for (pairs, text) in [
@@ -134,7 +186,8 @@ mod tests {
             (vec![(VXLANID_LIST, "5000,5001")], "names 2 VNIs"),
             (vec![(VXLANID_LIST, "")], "is empty"),
             (vec![(MTU, "big")], "is not a number"),
-            (vec![("encrypted", "")], "does not encrypt"),
+            (vec![(ENCRYPTED, "yes")], "encrypted=\"yes\" is not understood; use -o encrypted (or =true, =1)"),
+            (vec![(ENCRYPTED, "aes")], "=false or =0 not to"),
             (vec![("com.docker.network.bridge.name", "x")], "unknown option(s) com.docker.network.bridge.name"),
         ] {
             let err = opts(&pairs).unwrap_err().to_string();
@@ -144,19 +197,48 @@ mod tests {
 
     #[test]
     fn mtu() {
-        assert_eq!(overlay_mtu(None, 1500, false).unwrap(), 1450);
-        assert_eq!(overlay_mtu(None, 9000, true).unwrap(), 8950);
-        assert_eq!(overlay_mtu(Some(1400), 1500, false).unwrap(), 1400);
-        assert_eq!(overlay_mtu(Some(1450), 1500, false).unwrap(), 1450);
-        let err = overlay_mtu(Some(1451), 1500, false).unwrap_err().to_string();
+        let plain = Encapsulation::PLAIN;
+        assert_eq!(overlay_mtu(None, 1500, false, plain).unwrap(), 1450);
+        assert_eq!(overlay_mtu(None, 9000, true, plain).unwrap(), 8950);
+        assert_eq!(overlay_mtu(Some(1400), 1500, false, plain).unwrap(), 1400);
+        assert_eq!(overlay_mtu(Some(1450), 1500, false, plain).unwrap(), 1450);
+        let err = overlay_mtu(Some(1451), 1500, false, plain).unwrap_err().to_string();
         assert!(err.contains("too large") && err.contains("at most 1450"), "{err}");
-        let err = overlay_mtu(Some(60), 1500, false).unwrap_err().to_string();
+        let err = overlay_mtu(Some(60), 1500, false, plain).unwrap_err().to_string();
         assert!(err.contains("too small for the overlay") && err.contains("at least 68"), "{err}");
-        let err = overlay_mtu(Some(1200), 1500, true).unwrap_err().to_string();
+        let err = overlay_mtu(Some(1200), 1500, true, plain).unwrap_err().to_string();
         assert!(err.contains("IPv6 needs at least 1280"), "{err}");
-        let err = overlay_mtu(None, 100, false).unwrap_err().to_string();
+        let err = overlay_mtu(None, 100, false, plain).unwrap_err().to_string();
         assert!(err.contains("underlay's MTU 100 is too small"), "{err}");
-        assert!(overlay_mtu(None, 1300, true).is_err(), "1250 is below IPv6's minimum");
+        assert!(overlay_mtu(None, 1300, true, plain).is_err(), "1250 is below IPv6's minimum");
+    }
+
+    #[test]
+    fn encrypted_mtu() {
+        let over_v4 = Encapsulation { encrypted: true, underlay_v6: false };
+        let over_v6 = Encapsulation { encrypted: true, underlay_v6: true };
+        assert_eq!(over_v4.overhead(), 110);
+        assert_eq!(over_v6.overhead(), 130);
+        assert_eq!(overlay_mtu(None, 1500, false, over_v4).unwrap(), 1390);
+        assert_eq!(overlay_mtu(None, 1500, false, over_v6).unwrap(), 1370);
+        assert_eq!(overlay_mtu(Some(1390), 1500, false, over_v4).unwrap(), 1390);
+        assert_eq!(overlay_mtu(Some(1000), 1500, false, over_v4).unwrap(), 1000);
+        let err = overlay_mtu(Some(1391), 1500, false, over_v4).unwrap_err().to_string();
+        assert!(
+            err.contains("at most 1390") && err.contains("WireGuard takes 60") && err.contains("VXLAN 50"),
+            "{err}"
+        );
+        let err = overlay_mtu(Some(1371), 1500, false, over_v6).unwrap_err().to_string();
+        assert!(err.contains("at most 1370") && err.contains("WireGuard takes 80 bytes (over IPv6)"), "{err}");
+        let err = overlay_mtu(Some(60), 1500, false, over_v4).unwrap_err().to_string();
+        assert!(err.contains("at least 68") && err.contains("WireGuard takes 60"), "{err}");
+        // IPv6 inside: 1280 at least, which a 1500 underlay with WireGuard over IPv6 still gives.
+        let err = overlay_mtu(Some(1279), 1500, true, over_v6).unwrap_err().to_string();
+        assert!(err.contains("IPv6 needs at least 1280"), "{err}");
+        let err = overlay_mtu(None, 1400, true, over_v6).unwrap_err().to_string();
+        assert!(err.contains("underlay's MTU 1400 is too small") && err.contains("leaving 1270"), "{err}");
+        // A plain network on the same underlay keeps its MTU.
+        assert_eq!(overlay_mtu(None, 1400, true, Encapsulation::PLAIN).unwrap(), 1350);
     }
 
     #[test]

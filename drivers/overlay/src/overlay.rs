@@ -2,7 +2,8 @@
 //! handles, the in-memory maps and the locks that order work on them.
 //!
 //! Lock order, outermost first: a network's turn (`turns`, by Docker network id: requests, and
-//! the reconciler's work on that network), docker_gwbridge's firewall (`gateway_lock`), the FDB
+//! the reconciler's work on that network), docker_gwbridge's firewall (`gateway_lock`), the
+//! tunnel (`crypt`), the FDB
 //! turn of a network (`fdb_turns`, by network key: programming its peer entries), and `state`,
 //! which is only ever held to read or update the maps.
 //!
@@ -27,6 +28,7 @@ use crate::gateway::Gateway;
 use crate::guard::VxlanGuard;
 use crate::records::{self, host_key, short, HostRecord, LocalEndpoint, LocalNetwork, Mode};
 use crate::state::State;
+use crate::tunnel_setup::{CryptHost, CryptSettings};
 use crate::underlay::{self, Underlay};
 
 /// How long background work waits for a network busy with a request before leaving it to the
@@ -49,6 +51,7 @@ pub struct Config {
     /// The VXLAN guard's backend (also with `--firewall none`).
     pub guard_firewall: netloom_firewall::BackendKind,
     pub dns: DnsSettings,
+    pub crypt: CryptSettings,
 }
 
 pub struct Overlay {
@@ -74,6 +77,9 @@ pub struct Overlay {
     pub directory: Option<Directory>,
     /// Serving while held.
     pub dns_server: std::sync::Mutex<Option<DnsServer>>,
+    /// This host's end of the encrypted overlays while it has one (after the network turns,
+    /// before the FDB turns and `state`).
+    pub crypt: tokio::sync::Mutex<Option<CryptHost>>,
 }
 
 impl Overlay {

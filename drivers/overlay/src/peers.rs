@@ -26,11 +26,16 @@ pub struct Desired {
 /// endpoint that lost any of its MAC and addresses so is left out altogether (its host is not
 /// there to say otherwise). `own_port` is this host's VXLAN port: remotes on the same port get
 /// entries without a port.
+///
+/// `tunnel_ips` is given for an encrypted network: its frames go to the peer host's tunnel
+/// address (host → address, from the hosts' tunnel records) instead of its VTEP, and an endpoint
+/// of a host without a tunnel record gets no entry until it has one.
 pub fn desired(
     peers: &BTreeMap<String, (PeerRecord, Revision)>,
     liveness: impl Fn(&str) -> Liveness,
     own_host: &str,
     own_port: u16,
+    tunnel_ips: Option<&BTreeMap<String, IpAddr>>,
 ) -> Desired {
     let counts = |p: &PeerRecord| p.host == own_host || liveness(&p.host) != Liveness::Gone;
     let mut current: Vec<(&PeerRecord, Revision, Option<[u8; 6]>)> =
@@ -58,8 +63,15 @@ pub fn desired(
         if claimed_since && liveness(&peer.host) == Liveness::Absent {
             continue;
         }
+        let dst = match tunnel_ips {
+            None => peer.vtep,
+            Some(ips) => match ips.get(&peer.host) {
+                Some(ip) => *ip,
+                None => continue,
+            },
+        };
         let port = (peer.port != own_port).then_some(peer.port);
-        out.fdb.insert(mac_addr, FdbEntry { mac: mac_addr, dst: peer.vtep, port });
+        out.fdb.insert(mac_addr, FdbEntry { mac: mac_addr, dst, port });
         for ip in [peer.ipv4, peer.ipv6].into_iter().flatten() {
             out.neighbours.insert(ip, mac_addr);
         }
@@ -148,13 +160,13 @@ mod tests {
             (peer("dead", "e3", "10.250.0.3", "02:42:0a:09:00:04", "10.9.0.4"), 7),
             (peer("h2", "bad", "10.250.0.2", "not-a-mac", "10.9.0.9"), 8),
         ]);
-        let want = desired(&peers, hosts(&["h1", "h2"]), "h1", 4789);
+        let want = desired(&peers, hosts(&["h1", "h2"]), "h1", 4789, None);
         assert_eq!(want.fdb.len(), 1, "{want:?}");
         assert_eq!(want.fdb[&B], FdbEntry { mac: B, dst: "10.250.0.2".parse().unwrap(), port: None });
         assert_eq!(want.neighbours, BTreeMap::from([("10.9.0.3".parse().unwrap(), B)]));
 
         // Another port is spelled out.
-        let want = desired(&peers, hosts(&["h1", "h2"]), "h1", 8472);
+        let want = desired(&peers, hosts(&["h1", "h2"]), "h1", 8472, None);
         assert_eq!(want.fdb[&B].port, Some(4789));
     }
 
@@ -165,7 +177,7 @@ mod tests {
             (peer("h2", "new", "10.250.0.2", "02:42:0a:09:00:03", "10.9.0.2"), 9),
             (peer("h3", "old", "10.250.0.3", "02:42:0a:09:00:02", "10.9.0.2"), 4),
         ]);
-        let want = desired(&peers, hosts(&["h1", "h2", "h3"]), "h1", 4789);
+        let want = desired(&peers, hosts(&["h1", "h2", "h3"]), "h1", 4789, None);
         assert_eq!(want.neighbours[&"10.9.0.2".parse::<IpAddr>().unwrap()], B);
         assert_eq!(want.fdb.len(), 2, "both MACs are still reachable");
     }
@@ -182,17 +194,45 @@ mod tests {
             (peer("down", "e2", "10.250.0.3", "02:42:0a:09:00:03", "10.9.0.3"), 6),
             (peer("gone", "e4", "10.250.0.4", "02:42:0a:09:00:04", "10.9.0.4"), 7),
         ]);
-        let want = desired(&peers, liveness, "h1", 4789);
+        let want = desired(&peers, liveness, "h1", 4789, None);
         assert_eq!(want.fdb.len(), 2, "the absent host's endpoints stay, the gone one's go: {want:?}");
         assert_eq!(want.fdb[&A].dst, "10.250.0.3".parse::<IpAddr>().unwrap());
         // 10.9.0.2 taken by a newer endpoint on a live host: the absent one's entries go, both.
         peers.insert("e5".into(), (peer("h2", "e5", "10.250.0.2", "02:42:0a:09:00:05", "10.9.0.2"), 8));
         // Its MAC taken by a newer endpoint on this very host: the same.
         peers.insert("e6".into(), (peer("h1", "e6", "10.250.0.1", "02:42:0a:09:00:03", "10.9.0.6"), 9));
-        let want = desired(&peers, liveness, "h1", 4789);
+        let want = desired(&peers, liveness, "h1", 4789, None);
         let mac5 = mac::parse("02:42:0a:09:00:05").unwrap();
         assert_eq!(want.fdb.keys().copied().collect::<Vec<_>>(), vec![mac5], "{want:?}");
         assert_eq!(want.neighbours, BTreeMap::from([("10.9.0.2".parse().unwrap(), mac5)]));
+    }
+
+    #[test]
+    fn encrypted_networks_point_at_tunnel_addresses() {
+        let peers = table(vec![
+            (peer("h1", "e1", "10.250.0.1", "02:42:0a:09:00:02", "10.9.0.2"), 5),
+            (peer("h2", "e2", "10.250.0.2", "02:42:0a:09:00:03", "10.9.0.3"), 6),
+            (peer("h3", "e3", "10.250.0.3", "02:42:0a:09:00:04", "10.9.0.4"), 7),
+        ]);
+        let live = hosts(&["h1", "h2", "h3"]);
+        // h3 has no tunnel record yet: its endpoint waits for one.
+        let tunnels: BTreeMap<String, IpAddr> = BTreeMap::from([
+            ("h1".into(), "100.64.0.1".parse().unwrap()),
+            ("h2".into(), "100.64.0.2".parse().unwrap()),
+        ]);
+        let want = desired(&peers, &live, "h1", 4789, Some(&tunnels));
+        assert_eq!(want.fdb.len(), 1, "{want:?}");
+        assert_eq!(want.fdb[&B], FdbEntry { mac: B, dst: "100.64.0.2".parse().unwrap(), port: None });
+        assert_eq!(want.neighbours, BTreeMap::from([("10.9.0.3".parse().unwrap(), B)]));
+        // Once it has one, it gets its entry; no entry ever points at an underlay address.
+        let mut tunnels = tunnels;
+        tunnels.insert("h3".into(), "100.64.0.3".parse().unwrap());
+        let want = desired(&peers, &live, "h1", 4789, Some(&tunnels));
+        assert_eq!(want.fdb.len(), 2);
+        assert!(want.fdb.values().all(|e| e.dst.to_string().starts_with("100.64.")), "{want:?}");
+        // The same table for a plain network points at the VTEPs.
+        let plain = desired(&peers, &live, "h1", 4789, None);
+        assert!(plain.fdb.values().all(|e| e.dst.to_string().starts_with("10.250.")), "{plain:?}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ struct GoneHost {
     memberships: Vec<String>,
     /// Network key → its endpoints there (peer and name records).
     peers: BTreeMap<String, BTreeSet<String>>,
+    /// The tunnel address in its tunnel record, if it has one.
+    tunnel: Option<std::net::IpAddr>,
 }
 
 impl Overlay {
@@ -242,10 +244,14 @@ impl Overlay {
                 for (network, endpoint) in published.chain(named) {
                     peers.entry(network.clone()).or_default().insert(endpoint.clone());
                 }
-                gone.push(GoneHost { host: host.clone(), memberships, peers });
+                let tunnel = state.cache.tunnels.get(host).map(|(t, _)| t.tunnel_ip);
+                gone.push(GoneHost { host: host.clone(), memberships, peers, tunnel });
             }
         }
-        for GoneHost { host, memberships, peers } in gone {
+        for GoneHost { host, memberships, peers, tunnel } in gone {
+            if let Some(tunnel_ip) = tunnel {
+                self.forget_tunnel_of(shared, &host, tunnel_ip).await;
+            }
             // Local-scope networks it was a member of: the last member out deletes them (a host
             // that comes back writes its membership again).
             for key in memberships {
@@ -267,6 +273,57 @@ impl Overlay {
                     Ok(_) => {}
                     Err(e) => debug!("deleting peers of host {host}: {e}"),
                 }
+            }
+        }
+    }
+
+    /// A gone host's tunnel record and its claim of a tunnel address, each only while the host is
+    /// still absent.
+    async fn forget_tunnel_of(&self, shared: &Shared, host: &str, tunnel_ip: std::net::IpAddr) {
+        let mut txn = Txn::new().when(Condition::Absent(records::host_key(host))).delete(records::tunnel_key(host));
+        let claim = records::tunnel_ip_key(tunnel_ip);
+        match shared.store.get(&claim).await {
+            Ok(Some(kv)) if kv.value == host.as_bytes() => {
+                txn = txn.when(Condition::Revision(claim.clone(), kv.revision)).delete(claim);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!("reading the tunnel address claim of host {host}: {e}");
+                return;
+            }
+        }
+        match shared.store.txn(txn).await {
+            Ok(outcome) if outcome.committed() => {
+                info!(host = %host, "tunnel record of a host gone for good deleted");
+                self.state().deleted(&records::tunnel_key(host));
+            }
+            Ok(_) => {}
+            Err(e) => debug!("deleting the tunnel record of host {host}: {e}"),
+        }
+    }
+
+    /// Encrypted networks of this host whose kernel objects could not be made (their tunnel could
+    /// not start, say, at a start-up with the store unreachable) are tried again.
+    pub async fn retry_missing_dataplanes(&self) {
+        let missing: Vec<_> = {
+            let state = self.state();
+            state
+                .networks
+                .values()
+                .filter(|n| n.config.encrypted && !state.dataplanes.contains_key(&n.config.key))
+                .cloned()
+                .collect()
+        };
+        for net in missing {
+            let Some(_turn) = self.background_turn(&net.docker_id, "setting up the network again").await else {
+                continue;
+            };
+            if self.state().dataplanes.contains_key(&net.config.key) {
+                continue;
+            }
+            match self.ensure_dataplane(&net.config).await {
+                Ok(()) => info!(network = %short(&net.config.key), "network set up again"),
+                Err(e) => debug!(network = %short(&net.config.key), "setting up the network again: {e}"),
             }
         }
     }

@@ -9,6 +9,8 @@
 //! | `overlay/subnets/<subnet>` | the network key using that subnet (local scope) |
 //! | `overlay/peers/<network>/<endpoint>` | [`PeerRecord`]: an endpoint's IP, MAC and VTEP |
 //! | `overlay/names/<network>/<endpoint>` | [`NameRecord`]: the container's name and aliases (local scope) |
+//! | `overlay/tunnels/<host>` | [`TunnelRecord`]: the host's WireGuard public key, endpoint and tunnel address, while it has encrypted networks |
+//! | `overlay/tunnel-ips/<ip>` | the host holding that tunnel address (claimed with a create-if-absent write) |
 //!
 //! `<network>` is Docker's network id in global scope (the same on every host) and `vni-<N>` in
 //! local scope, where each host's `docker network create` gives the network another id.
@@ -34,6 +36,16 @@ pub const NETWORKS: &str = "overlay/networks/";
 pub const SUBNETS: &str = "overlay/subnets/";
 pub const PEERS: &str = "overlay/peers/";
 pub const NAMES: &str = "overlay/names/";
+pub const TUNNELS: &str = "overlay/tunnels/";
+pub const TUNNEL_IPS: &str = "overlay/tunnel-ips/";
+
+pub fn tunnel_key(host: &str) -> String {
+    format!("{TUNNELS}{host}")
+}
+
+pub fn tunnel_ip_key(ip: IpAddr) -> String {
+    format!("{TUNNEL_IPS}{ip}")
+}
 
 pub fn host_key(host: &str) -> String {
     format!("{HOSTS}{host}")
@@ -104,6 +116,9 @@ pub struct NetworkConfig {
     /// `--internal`: no docker_gwbridge leg.
     #[serde(default)]
     pub internal: bool,
+    /// `-o encrypted`: its VXLAN traffic between hosts rides in the hosts' WireGuard tunnels.
+    #[serde(default)]
+    pub encrypted: bool,
     pub created_by: String,
     pub created_at: u64,
     /// Local scope: host → its Docker network id, for every host that created the network; the
@@ -145,6 +160,20 @@ pub struct NameRecord {
     pub aliases: Vec<String>,
     /// The Docker network's name on the holding host (`<name>.<network name>` is answered).
     pub network_name: String,
+}
+
+/// A host's end of the encrypted overlays: what the others need to reach it through WireGuard.
+/// Written when its first encrypted network appears, deleted with its last (or, for a host gone
+/// for good, with its peer records). Only public data: the private key stays in the host's state
+/// directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRecord {
+    /// Standard base64, as `wg` prints keys.
+    pub public_key: String,
+    /// Its WireGuard UDP socket on the underlay.
+    pub endpoint: std::net::SocketAddr,
+    /// Its address inside the tunnel namespace: the VTEP of its encrypted networks.
+    pub tunnel_ip: IpAddr,
 }
 
 /// A live host.

@@ -78,6 +78,7 @@ impl Overlay {
             fdb_turns: KeyedLocks::default(),
             directory,
             dns_server: std::sync::Mutex::new(None),
+            crypt: tokio::sync::Mutex::new(None),
         });
         overlay.load().await?;
         if let Err(e) = overlay.underlay().await {
@@ -143,6 +144,8 @@ impl Overlay {
             }
         }
         self.remove_leftovers().await;
+        // No encrypted network left (or none restored): a tunnel of an earlier run goes.
+        self.release_tunnel_if_unused().await;
         restore::done(started, networks.len(), endpoints.len());
     }
 

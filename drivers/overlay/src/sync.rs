@@ -149,6 +149,10 @@ impl Overlay {
                     // at it, and drops a departed one.
                     self.sync_guard(false).await;
                 }
+                if affected.tunnels {
+                    // The tunnel knows a new host before an encrypted network's entry points at it.
+                    self.sync_tunnel_peers().await;
+                }
                 if !affected.is_empty() {
                     self.apply_affected(affected).await;
                     // A network removed on another host may have been this host's last.
@@ -205,7 +209,10 @@ impl Overlay {
 
     /// Everything against the copy of the store just listed.
     async fn resync(&self) {
+        self.repair_tunnel().await;
+        self.sync_tunnel_peers().await;
         self.repair_dataplanes().await;
+        self.retry_missing_dataplanes().await;
         self.sync_all().await;
         self.publish_own().await;
         self.restore_local_networks().await;
