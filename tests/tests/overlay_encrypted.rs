@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_tests::{
-    ping, ping_replies, scenario, wait_until, Capture, Cluster, DockerVersion, Host, HostConfig, InnerUdp,
+    ping, ping_replies, scenario, wait_until, Capture, Cluster, DockerVersion, Frame, Host, HostConfig, InnerUdp,
     LocalOverlay, NftCounters, UnderlayEtcd, Watch, CRAFTED_SRC_MAC, IMAGE,
 };
 
@@ -274,14 +274,20 @@ fn side_by_side(c: &Cluster) -> Result<()> {
     h1.container_exec("s1", &["ping", "-c", "2", "-W", "2", "-s", &big, &s2]).context("full-size ping on secret")?;
     step(t0, "both networks carry ping both ways; MTU secret 1390, plain 1450; full-size packets cross");
 
+    let chain = format!(
+        "chain ingress {{\n type filter hook ingress device \"eth0\" priority -500; policy accept;\n \
+         udp dport {ECHO_PORT} counter name to_echo\n }}"
+    );
+    let at_s2 = NftCounters::in_container(h2, "s2", "netdev", "nlt_replay", &["to_echo"], &chain)?;
     let secret_watch = Watch { marker: MARKER.as_bytes(), port: Some(WG_PORT), vni: Some((VXLAN_PORT, SECRET_VNI)) };
-    let mark = cap.mark()?;
+    let secret_start = cap.mark()?;
     send_marker(h1, "s1", &s2)?;
     send_marker(h2, "s2", &s1)?;
-    let secret = cap.since(mark, &secret_watch)?;
+    let secret = cap.since(secret_start, &secret_watch)?;
     step(t0, &format!("marker over secret, both ways: {secret}"));
     let plain_watch = Watch { marker: MARKER.as_bytes(), port: Some(WG_PORT), vni: Some((VXLAN_PORT, PLAIN_VNI)) };
     let mark = cap.mark()?;
+    let sealed = cap.frames()?[secret_start..mark].to_vec();
     send_marker(h1, "p1", &p2)?;
     send_marker(h2, "p2", &p1)?;
     let plain = cap.since(mark, &plain_watch)?;
@@ -292,11 +298,59 @@ fn side_by_side(c: &Cluster) -> Result<()> {
     ensure!(secret.marker_hits == 0, "the marker sent over secret is on the wire in clear: {secret}");
     ensure!(secret.vni_frames == 0, "VXLAN frames of the encrypted VNI on the wire: {secret}");
 
+    replay(t0, &sealed, &at_s2, h1, h2, &lan)?;
     inject(c, t0, h1, h2, &lan)?;
     ping(h1, "s1", &s2).context("secret after the attacks")?;
     ping(h1, "p1", &p2).context("plain after the attacks")?;
     h1.plugins_still_running()?;
     h2.plugins_still_running()?;
+    Ok(())
+}
+
+/// The WireGuard data messages h1 sent h2 while the marker crossed (`sealed`, some carrying
+/// datagrams to s2's echo port), sent to h2 again from the LAN host and from h1's own namespace:
+/// none may reach s2 (counted at its eth0 by UDP port, where the originals were counted first).
+fn replay(t0: Instant, sealed: &[Frame], at_s2: &NftCounters, h1: &Host, h2: &Host, lan: &Host) -> Result<()> {
+    let originals = at_s2.get("to_echo")?;
+    ensure!(originals >= 21, "only {originals} datagrams to s2's echo port counted while the marker crossed");
+    let data: Vec<String> = sealed
+        .iter()
+        .filter_map(|f| f.outer_udp())
+        .filter(|u| u.src == h1.underlay_ip() && u.dst == h2.underlay_ip() && u.dport == WG_PORT)
+        // WireGuard's transport data messages (type 4); handshakes and cookies are other types.
+        .filter(|u| u.payload.first() == Some(&4))
+        .map(|u| hex(u.payload))
+        .take(40)
+        .collect();
+    ensure!(data.len() >= 21, "only {} WireGuard data messages h1 -> h2 captured", data.len());
+    let chain = format!(
+        "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n \
+         ip saddr {} udp sport != {WG_PORT} udp dport {WG_PORT} counter name from_h1\n \
+         ip saddr {} udp dport {WG_PORT} counter name from_lan\n }}",
+        h1.underlay_ip(),
+        lan.underlay_ip()
+    );
+    let at_h2 = NftCounters::in_host(h2, "inet", "nlt_replay", &["from_h1", "from_lan"], &chain)?;
+    let to = format!("{}:{WG_PORT}", h2.underlay_ip());
+    for from in [lan, h1] {
+        for message in &data {
+            from.exec(&[PROBE, "udp-send", &to, "1", message])?;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (from_lan, from_h1) = (at_h2.get("from_lan")?, at_h2.get("from_h1")?);
+    let replayed = at_s2.get("to_echo")? - originals;
+    step(
+        t0,
+        &format!(
+            "replay of {} captured WireGuard data messages: {from_lan} from the LAN host and {from_h1} from h1 reached \
+             h2, {replayed} datagrams reached s2 (the originals: {originals})",
+            data.len()
+        ),
+    );
+    let sent = data.len() as u64;
+    ensure!(from_lan >= sent && from_h1 >= sent, "the replay did not run");
+    ensure!(replayed == 0, "{replayed} replayed datagrams reached s2");
     Ok(())
 }
 
