@@ -1,7 +1,8 @@
 //! `loomctl` against real drivers under Docker 26: `status --json` names a loom-bridge network by
 //! its Docker name with its endpoint count as containers come and go, the tables and `inspect`
-//! show its bridge and the containers' addresses, and `doctor` passes on a good host and fails,
-//! naming the store, once the store of loom-ipam stops answering.
+//! show its bridge and the containers' addresses (and loom-host's routes, loom-macvlan's parent),
+//! and `doctor` passes on a good host and fails, naming the store, once the store of loom-ipam
+//! stops answering.
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_tests::{bin_dir, scenario, Cluster, DockerVersion, Etcd, Host, HostConfig, IMAGE};
@@ -87,6 +88,29 @@ fn loomctl_scenario(c: &Cluster) -> Result<()> {
     ensure!(addresses.iter().any(|a| a.starts_with(&format!("{w1_ip}/"))), "w1's {w1_ip} not in {addresses:?}");
     ensure!(inspected["docker"]["containers"][0]["name"] == "w1", "Docker's view: {inspected}");
     eprintln!("[loomctl] status:\n{table}");
+
+    // loom-host: the kernel's route to the container; loom-macvlan: the network's parent.
+    h.start_plugin("loom-host", &[])?;
+    h.start_plugin("loom-macvlan", &[])?;
+    h.network_create("loom-host", "routed", &["--subnet", "10.69.0.0/24"])?;
+    h.network_create("loom-macvlan", "segment", &["--internal", "--subnet", "10.70.0.0/24"])?;
+    h.docker(&["run", "-d", "--name", "r1", "--network", "routed", IMAGE, "sleep", "600"])?;
+    h.docker(&["run", "-d", "--name", "s1", "--network", "segment", IMAGE, "sleep", "600"])?;
+    let r1_ip = h.container_ip("r1", "routed")?;
+    let (routed, code) = loomctl(&h, "inspect routed")?;
+    ensure!(code == 0, "loomctl inspect routed exited {code}: {routed}");
+    let routed: Value = serde_json::from_str(&routed).context("inspect printed no JSON")?;
+    let routes = &routed["held"]["endpoints"][0]["routes"];
+    ensure!(routes.as_array().is_some_and(|r| r.contains(&format!("{r1_ip}/32").into())), "r1's route: {routed}");
+    let (segment, code) = loomctl(&h, "inspect segment")?;
+    ensure!(code == 0, "loomctl inspect segment exited {code}: {segment}");
+    let segment: Value = serde_json::from_str(&segment).context("inspect printed no JSON")?;
+    ensure!(segment["held"]["parent"]["present"] == true, "segment's parent: {segment}");
+    let status = status_json(&h)?;
+    let segment = network(driver(&status, "loom-macvlan")?, "segment")?;
+    ensure!(segment["subnets"] == serde_json::json!(["10.70.0.0/24"]) && segment["endpoints"] == 1, "{segment}");
+    h.docker(&["rm", "-f", "r1", "s1"])?;
+    h.docker(&["network", "rm", "routed", "segment"])?;
 
     // The doctor passes with the store up, and fails naming loom-ipam's store once it is down.
     let (report, code) = loomctl(&h, "doctor")?;

@@ -37,6 +37,14 @@ impl NetworkDriver for HostDriver {
         Some(self.registry.held())
     }
 
+    async fn status_details(&self) -> serde_json::Value {
+        HostDriver::status_details(self)
+    }
+
+    async fn inspect_network(&self, network: &str) -> PluginResult<serde_json::Value> {
+        self.inspect(network).await
+    }
+
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let options = HostOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;

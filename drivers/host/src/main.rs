@@ -6,6 +6,7 @@ mod options;
 mod plumbing;
 mod policy;
 mod state;
+mod status;
 
 const ABOUT: &str = "Host-routed container networking: a veth per container, a route per container address on \
                      the host, a link-local gateway; no bridge and no NAT unless asked for.";

@@ -31,6 +31,14 @@ impl NetworkDriver for MacvlanDriver {
         Some(self.registry.held())
     }
 
+    async fn status_details(&self) -> serde_json::Value {
+        MacvlanDriver::status_details(self)
+    }
+
+    async fn inspect_network(&self, network: &str) -> PluginResult<serde_json::Value> {
+        self.inspect(network).await
+    }
+
     async fn create_network(&self, req: CreateNetworkRequest) -> PluginResult<()> {
         let mut options = MacvlanOptions::parse(&req.options.generic()).map_err(PluginError::from)?;
         let pools_v4 = pools(&req.ipv4_data, "IPv4")?;

@@ -5,6 +5,7 @@ mod handlers;
 mod options;
 mod parent;
 mod state;
+mod status;
 
 const ABOUT: &str = "Docker's macvlan network as a remote driver: every container gets a macvlan link with its \
                      own MAC address on a host interface's segment (-o parent=eth0, or eth0.50 for a VLAN).";
