@@ -103,7 +103,7 @@ impl Overlay {
         Ok(overlay)
     }
 
-    async fn load(&self) -> Result<()> {
+    pub(crate) async fn load(&self) -> Result<()> {
         let networks = self.local.networks().await.context("reading private network records")?;
         let endpoints = self.local.endpoints().await.context("reading private endpoint records")?;
         info!(networks = networks.len(), endpoints = endpoints.len(), "private records loaded");
@@ -116,7 +116,7 @@ impl Overlay {
     /// Start-up reconciliation: every recorded network's namespace, bridge and VXLAN link, every
     /// endpoint whose veth still exists back on its bridge, leftovers removed. FDB and neighbour
     /// entries are left as they are until the shared store has been read.
-    async fn restore(&self) {
+    pub(crate) async fn restore(&self) {
         let started = Instant::now();
         let (networks, endpoints) = {
             let state = self.state();

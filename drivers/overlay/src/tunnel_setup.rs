@@ -89,8 +89,10 @@ impl Overlay {
         let path = self.crypt_netns_path();
         let mut undo = Undo::default();
         let result = async {
+            // A namespace already there holds encrypted networks' VXLAN sockets: it stays.
+            let had_netns = path.exists();
             let netns = Netns::ensure(&path).context("making the tunnel namespace")?;
-            undo.netns = Some(path.clone());
+            undo.netns = (!had_netns).then(|| path.clone());
             let had_key = settings.state_dir.join(crate::crypt::keys::KEY_FILE).exists();
             let key = KeyPair::load_or_create(&settings.state_dir)?;
             undo.key = (!had_key).then(|| settings.state_dir.clone());
@@ -286,46 +288,38 @@ impl Overlay {
     }
 
     /// The reconciler's check: a tunnel device that went missing is started again (same key,
-    /// same address).
+    /// same address), as is a tunnel that encrypted networks here need but that is not running.
     pub async fn repair_tunnel(&self) {
         let mut crypt = self.crypt.lock().await;
-        let Some(host) = crypt.as_mut() else { return };
-        match host.netlink.link(DEVICE).await {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
+        match crypt.as_ref() {
+            Some(host) => match host.netlink.link(DEVICE).await {
+                Ok(Some(_)) => return,
+                Ok(None) => {
+                    warn!("the tunnel device {DEVICE} is missing; starting the tunnel again");
+                    if let Some(old) = crypt.take() {
+                        // Frees the WireGuard port for the new one; the device is gone already.
+                        let _ = old.tunnel.remove().await;
+                    }
+                }
+                Err(e) => {
+                    debug!("checking the tunnel device: {e:#}");
+                    return;
+                }
+            },
+            None if !self.state().dataplanes.values().any(|dp| dp.encrypted) => return,
+            None => warn!("encrypted networks are here but their tunnel is not running; starting it"),
+        }
+        drop(crypt);
+        let underlay = match self.underlay().await {
+            Ok(underlay) => underlay,
             Err(e) => {
-                debug!("checking the tunnel device: {e:#}");
+                warn!("starting the tunnel again: {}", e.message());
                 return;
             }
-        }
-        warn!("the tunnel device {DEVICE} is missing; starting the tunnel again");
-        let result = async {
-            let key = KeyPair::load_or_create(&self.config.crypt.state_dir)?;
-            let underlay = self.underlay().await.map_err(|e| anyhow!("{}", e.message()))?;
-            let path = self.crypt_netns_path();
-            let overhead = if underlay.vtep.is_ipv6() { WIREGUARD_OVERHEAD_V6 } else { WIREGUARD_OVERHEAD_V4 };
-            let config = TunnelConfig {
-                netns: &path,
-                tunnel_ip: host.tunnel_ip,
-                tunnel_subnet: self.config.crypt.subnet,
-                listen: host.endpoint,
-                mtu: underlay.mtu.saturating_sub(overhead),
-                tun_path: &self.config.crypt.tun_device,
-                underlay_netns: None,
-            };
-            let tunnel = Tunnel::start(&config, &key).await?;
-            tunnel.set_peers(&host.peers)?;
-            Ok::<_, anyhow::Error>(tunnel)
-        }
-        .await;
-        match result {
-            Ok(tunnel) => {
-                let old = std::mem::replace(&mut host.tunnel, tunnel);
-                // The device is gone already; this stops the old data path.
-                drop(old);
-                info!("tunnel started again");
-            }
-            Err(e) => warn!("starting the tunnel again: {e:#}"),
+        };
+        match self.ensure_tunnel(&underlay).await {
+            Ok(_) => info!("tunnel started again"),
+            Err(e) => warn!("{}", e.message()),
         }
     }
 }

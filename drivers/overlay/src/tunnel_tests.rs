@@ -204,3 +204,53 @@ fn encrypted_networks_ride_the_tunnel_until_the_last_goes() {
         })
     });
 }
+
+#[test]
+fn a_restarted_driver_brings_its_tunnel_back_and_repairs_a_lost_device() {
+    in_new_netns(|| {
+        Box::pin(async {
+            loopback_up().await;
+            let dir = tempfile::tempdir().unwrap();
+            let shared = store::open(None, &dir.path().join("shared"), DEFAULT_PREFIX).await.unwrap();
+            let host = || {
+                let mut h = TestHost::new("h1", Mode::Local, dir.path());
+                h.advertise = Some("127.0.0.1");
+                h
+            };
+            let before = {
+                let overlay = host().overlay(shared.clone()).await;
+                let driver = Driver(overlay.clone());
+                driver.create_network(request(create("s1", "10.9.0.0/24", json!({"encrypted": ""})))).await.unwrap();
+                tunnel_record(&shared, "h1").await.unwrap()
+                // The driver goes away: its userspace device with it.
+            };
+            let device = |ov: Arc<Overlay>| async move {
+                let crypt = ov.crypt.lock().await;
+                crypt.as_ref().unwrap().netlink.link(crate::crypt::DEVICE).await.unwrap()
+            };
+
+            let overlay = host().overlay(shared.clone()).await;
+            overlay.load().await.unwrap();
+            overlay.restore().await;
+            assert_eq!(tunnel_record(&shared, "h1").await.unwrap(), before, "same key, address and endpoint");
+            assert!(device(overlay.clone()).await.is_some(), "the device is back");
+            let dp =
+                overlay.state().dataplane("vni-4096").or_else(|| overlay.state().dataplanes.values().next().cloned());
+            assert_eq!(local_of(&dp.unwrap()).await, before.tunnel_ip);
+
+            // The device deleted by hand: the reconciler starts it again, same address.
+            {
+                let crypt = overlay.crypt.lock().await;
+                let netlink = &crypt.as_ref().unwrap().netlink;
+                netlink.delete_link(crate::crypt::DEVICE).await.unwrap();
+            }
+            assert!(device(overlay.clone()).await.is_none());
+            overlay.reconcile_once().await;
+            assert!(device(overlay.clone()).await.is_some(), "the device is made again");
+            assert_eq!(overlay.crypt.lock().await.as_ref().unwrap().tunnel_ip, before.tunnel_ip);
+
+            Driver(overlay.clone()).delete_network(request(json!({"NetworkID": "s1"}))).await.unwrap();
+            assert_no_tunnel(&shared, &overlay, dir.path()).await;
+        })
+    });
+}
