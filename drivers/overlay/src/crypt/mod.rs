@@ -11,6 +11,7 @@
 //!
 //! Keys: [`keys`] (private key in the state directory, 0600; only public keys go to the store).
 
+mod coalesce;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;

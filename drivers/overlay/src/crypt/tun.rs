@@ -11,6 +11,8 @@ use netloom_dataplane::Netns;
 
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// Every packet read or written is preceded by a `virtio_net_hdr` (see `coalesce`).
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
@@ -23,7 +25,7 @@ struct IfReq {
 }
 
 /// Opens `tun_path` inside `ns` and attaches a TUN device (layer 3, no packet information
-/// header) named `name`. The device lives as long as the returned file.
+/// header, a virtio header instead) named `name`. The device lives as long as the returned file.
 pub(crate) fn open_in(ns: &Netns, tun_path: &Path, name: &str) -> Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         bail!("{name:?} is not a valid interface name");
@@ -34,7 +36,8 @@ pub(crate) fn open_in(ns: &Netns, tun_path: &Path, name: &str) -> Result<File> {
         let file = OpenOptions::new().read(true).write(true).open(&path).with_context(|| {
             format!("opening {} (the TUN device userspace WireGuard needs; is the tun module loaded?)", path.display())
         })?;
-        let mut request = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _union_rest: [0; 22] };
+        let mut request =
+            IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, _union_rest: [0; 22] };
         request.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: the request is a properly sized, initialised ifreq that outlives the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut request as *mut IfReq) };

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -17,6 +17,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use tracing::{debug, info, warn};
 
+use super::coalesce::{Coalescer, Written, VNET_HDR_LEN};
 use super::gso::{self, Outbox};
 use super::{tun, KeyPair, PublicKey, TunnelPeer, TunnelStats};
 
@@ -77,6 +78,12 @@ struct Shared {
     next_index: AtomicU32,
     counters: Counters,
     stop: AtomicBool,
+}
+
+/// Opened packets on their way to the device, with what reached it.
+struct Delivery {
+    coalescer: Coalescer,
+    written: Written,
 }
 
 /// One of the engine's threads.
@@ -253,7 +260,7 @@ impl Shared {
     /// Packets from the tunnel namespace, sealed for the peer that owns their destination. The
     /// device is read until it is empty (or a batch is full), then the batch leaves at once.
     fn tun_loop(&self) {
-        let mut packet = vec![0u8; MAX_PACKET];
+        let mut packet = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
         let mut outbox = Outbox::new(BATCH * (1500 + DATA_OVERHEAD) + OUT_BUFFER);
         let mut table = self.table();
         while !self.stopping() {
@@ -273,7 +280,9 @@ impl Shared {
                     continue;
                 }
             };
-            let packet = &packet[..len];
+            let Some(packet) = packet.get(VNET_HDR_LEN..len) else {
+                continue;
+            };
             let Some(peer) = Tunn::dst_address(packet).and_then(|dst| table.by_tunnel_ip.get(&dst)) else {
                 bump(&self.counters.dropped, 1);
                 continue;
@@ -311,6 +320,7 @@ impl Shared {
     fn udp_loop(&self) {
         let mut datagrams = vec![0u8; 1 << 18];
         let mut out = vec![0u8; OUT_BUFFER];
+        let mut delivery = Delivery { coalescer: Coalescer::new(), written: Written::default() };
         while !self.stopping() {
             let (len, from, segment) = match gso::recv(&self.udp, &mut datagrams) {
                 Ok(received) => received,
@@ -328,17 +338,20 @@ impl Shared {
                 continue;
             };
             for datagram in datagrams[..len].chunks(segment.max(1)) {
-                self.open(&peer, from, datagram, &mut out);
+                self.open(&peer, from, datagram, &mut out, &mut delivery);
             }
+            self.deliver(&mut delivery);
         }
     }
 
-    fn open(&self, peer: &Peer, from: SocketAddr, datagram: &[u8], out: &mut [u8]) {
+    /// Opens one datagram; a packet in it goes to `coalescer` if its sender is the peer's
+    /// tunnel address (a peer may not speak for others).
+    fn open(&self, peer: &Peer, from: SocketAddr, datagram: &[u8], out: &mut [u8], into: &mut Delivery) {
         let mut session = peer.session();
         let mut input = datagram;
         let mut source = Some(from.ip());
         loop {
-            match session.decapsulate(source, input, out) {
+            let (packet, sender) = match session.decapsulate(source, input, out) {
                 TunnResult::WriteToNetwork(message) => {
                     if matches!(datagram.first(), Some(&HANDSHAKE_INIT) | Some(&HANDSHAKE_RESPONSE)) && source.is_some()
                     {
@@ -348,15 +361,10 @@ impl Shared {
                     // Then whatever waited for the session, until boringtun says done.
                     input = &[];
                     source = None;
+                    continue;
                 }
-                TunnResult::WriteToTunnelV4(packet, sender) => {
-                    self.deliver(peer, IpAddr::V4(sender), packet);
-                    return;
-                }
-                TunnResult::WriteToTunnelV6(packet, sender) => {
-                    self.deliver(peer, IpAddr::V6(sender), packet);
-                    return;
-                }
+                TunnResult::WriteToTunnelV4(packet, sender) => (packet, IpAddr::V4(sender)),
+                TunnResult::WriteToTunnelV6(packet, sender) => (packet, IpAddr::V6(sender)),
                 TunnResult::Done => return,
                 TunnResult::Err(e) => {
                     if source.is_some() {
@@ -365,27 +373,23 @@ impl Shared {
                     }
                     return;
                 }
+            };
+            if sender != peer.config.tunnel_ip {
+                bump(&self.counters.dropped, 1);
+                debug!(host = %peer.config.host, sender = %sender, "a peer sent a packet from an address not its own");
+                return;
             }
+            return into.coalescer.push(packet, &self.tun, &mut into.written);
         }
     }
 
-    fn deliver(&self, peer: &Peer, sender: IpAddr, packet: &[u8]) {
-        if sender != peer.config.tunnel_ip {
-            bump(&self.counters.dropped, 1);
-            debug!(host = %peer.config.host, sender = %sender, "a peer sent a packet from an address not its own");
-            return;
-        }
-        match (&self.tun).write(packet) {
-            Ok(written) if written == packet.len() => {
-                bump(&self.counters.rx_packets, 1);
-                bump(&self.counters.rx_bytes, packet.len() as u64);
-            }
-            Ok(_) => bump(&self.counters.dropped, 1),
-            Err(e) => {
-                bump(&self.counters.dropped, 1);
-                debug!(error = %e, "writing to the tunnel device failed");
-            }
-        }
+    /// Writes what is left in the run and counts what reached the device.
+    fn deliver(&self, into: &mut Delivery) {
+        into.coalescer.flush(&self.tun, &mut into.written);
+        let written = std::mem::take(&mut into.written);
+        bump(&self.counters.rx_packets, written.packets);
+        bump(&self.counters.rx_bytes, written.bytes);
+        bump(&self.counters.dropped, written.lost);
     }
 
     /// Handshake retries, rekeying and keepalives.
