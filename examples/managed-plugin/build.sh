@@ -154,6 +154,9 @@ case "$driver" in
       "options": ["rbind", "rslave"],
       "settable": ["source"]
     }'
+        # Its per-network namespaces are bound inside the plugin's own mount namespace: stopping
+        # the plugin (disable -f) with networks in use deletes them, and their containers lose
+        # the overlay interface. Remove loom-overlay networks before disabling the plugin.
         devices='{ "name": "tun", "description": "userspace WireGuard of encrypted networks", "path": "/dev/net/tun", "settable": ["path"] }'
         loom_args="--advertise-addr eth0"
         ;;
