@@ -317,9 +317,10 @@ fn replay(t0: Instant, sealed: &[Frame], at_s2: &NftCounters, h1: &Host, h2: &Ho
         .iter()
         .filter_map(|f| f.outer_udp())
         .filter(|u| u.src == h1.underlay_ip() && u.dst == h2.underlay_ip() && u.dport == WG_PORT)
+        .flat_map(|u| wireguard_messages(u.payload))
         // WireGuard's transport data messages (type 4); handshakes and cookies are other types.
-        .filter(|u| u.payload.first() == Some(&4))
-        .map(|u| hex(u.payload))
+        .filter(|m| m.first() == Some(&4))
+        .map(hex)
         .take(40)
         .collect();
     ensure!(data.len() >= 21, "only {} WireGuard data messages h1 -> h2 captured", data.len());
@@ -352,6 +353,22 @@ fn replay(t0: Instant, sealed: &[Frame], at_s2: &NftCounters, h1: &Host, h2: &Ho
     ensure!(from_lan >= sent && from_h1 >= sent, "the replay did not run");
     ensure!(replayed == 0, "{replayed} replayed datagrams reached s2");
     Ok(())
+}
+
+/// The WireGuard messages in a captured datagram. The engine sends runs of equal-sized messages as
+/// one segmented send, which a capture on the veth underlay sees before segmentation: one datagram
+/// holding them back to back. Each data message starts with its type and the receiver's index,
+/// the same for all messages to one peer, which gives the segment size.
+fn wireguard_messages(payload: &[u8]) -> Vec<&[u8]> {
+    const HEAD: usize = 8;
+    // The shortest message: type, receiver, counter (16 bytes) and the tag (16).
+    const SHORTEST: usize = 32;
+    if payload.len() < 2 * SHORTEST {
+        return vec![payload];
+    }
+    let segment =
+        (SHORTEST..payload.len()).find(|&at| payload[at..].starts_with(&payload[..HEAD])).unwrap_or(payload.len());
+    payload.chunks(segment).collect()
 }
 
 /// Crafted VXLAN frames to h2 carrying a UDP datagram to a container there, counted on arrival in
@@ -732,6 +749,16 @@ fn global_scope(c: &Cluster) -> Result<()> {
     g1.plugins_still_running()?;
     g2.plugins_still_running()?;
     Ok(())
+}
+
+#[test]
+fn wireguard_messages_of_a_segmented_send() {
+    let message = |n: u8| [&[4, 0, 0, 0, 9, 9, 9, 9][..], &[n; 40]].concat();
+    let run = [message(1), message(2), message(3)[..36].to_vec()].concat();
+    let split = wireguard_messages(&run);
+    assert_eq!(split.len(), 3);
+    assert_eq!(split[1], &message(2)[..]);
+    assert_eq!(wireguard_messages(&message(7)), vec![&message(7)[..]]);
 }
 
 #[test]
