@@ -22,7 +22,6 @@ mod userspace;
 
 use std::net::{IpAddr, SocketAddr};
 
-#[allow(unused_imports)] // the driver takes them from here once it wires the tunnel in
 pub use engine::{Tunnel, TunnelConfig, DEFAULT_TUN_PATH};
 pub use keys::{KeyPair, PublicKey};
 
