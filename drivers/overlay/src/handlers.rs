@@ -142,6 +142,14 @@ impl NetworkDriver for Driver {
         Some(self.0.held())
     }
 
+    async fn status_details(&self) -> serde_json::Value {
+        self.0.status_details()
+    }
+
+    async fn inspect_network(&self, network: &str) -> PluginResult<serde_json::Value> {
+        self.0.inspect(network)
+    }
+
     async fn leave(&self, req: EndpointRef) -> PluginResult<()> {
         let ov = &self.0;
         let _turn = ov.turn(&req.network_id, format!("Leave of {}", short(&req.endpoint_id))).await?;

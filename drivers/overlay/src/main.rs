@@ -31,6 +31,7 @@ mod removal;
 mod rotate;
 mod start;
 mod state;
+mod status;
 mod sync;
 #[cfg(test)]
 mod test_overlay;

@@ -80,6 +80,7 @@ impl Overlay {
             dns_server: std::sync::Mutex::new(None),
             crypt: tokio::sync::Mutex::new(None),
         });
+        crate::status::register_metrics(&overlay);
         overlay.load().await?;
         if let Err(e) = overlay.underlay().await {
             error!("{e}");
