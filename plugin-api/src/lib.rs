@@ -72,7 +72,7 @@ where
         None => None,
     };
     siblings::set_own_socket(&settings.socket);
-    status::started(name);
+    status::started(name, &settings.docker_driver_name);
     let started = std::time::Instant::now();
     let plugin = build(settings.clone()).await?;
     let (_bound, listener) = socket::BoundSocket::bind(&settings.socket)?;

@@ -1,8 +1,8 @@
 //! Prometheus metrics of a driver under a real dockerd (Docker 26): loom-bridge with
 //! --metrics-addr, scraped from the host's own namespace while Docker creates a network, runs and
 //! removes containers and is refused a network with an unknown option: the request counts by
-//! method and outcome, the duration histogram, and the network and endpoint gauges follow what
-//! Docker did. A driver without --metrics-addr opens no TCP port.
+//! method and outcome, the duration histogram, the store operations, and the network and endpoint
+//! gauges follow what Docker did. A driver without --metrics-addr opens no TCP port.
 
 use anyhow::{ensure, Context, Result};
 use netloom_tests::{scenario, Cluster, DockerVersion, Host, HostConfig, IMAGE};
@@ -54,6 +54,9 @@ fn metrics_scenario(c: &Cluster) -> Result<()> {
     ensure!(failed == Some(1.0), "CreateNetwork error: {failed:?}: {text}");
     let timed = sample(&text, "netloom_request_duration_seconds_count", &[create_endpoint]);
     ensure!(timed == Some(2.0), "CreateEndpoint durations counted: {timed:?}");
+    // Its records went to its store: counted by operation and outcome.
+    let stored = sample(&text, "netloom_store_operations_total", &["outcome=\"ok\""]);
+    ensure!(stored.is_some_and(|n| n > 0.0), "no store operation counted: {stored:?}: {text}");
 
     h.docker(&["rm", "-f", "m2"])?;
     let text = scrape(&h)?;

@@ -1,7 +1,7 @@
 //! What every driver says about itself, with Docker's names for its networks.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use netloom_plugin_api::engine::{DockerNetwork, Engine};
 use netloom_plugin_api::status::{ask_status, sockets_in, StatusReply};
@@ -13,6 +13,7 @@ use crate::{DOCKER_LIMIT, DRIVER_LIMIT};
 pub struct Driver {
     /// The socket's name without `.sock`: Docker's name for the driver.
     pub name: String,
+    pub socket: PathBuf,
     /// Why it did not answer.
     pub status: Result<StatusReply, String>,
     /// Docker's networks of this driver (by network driver, or by IPAM driver for an IPAM
@@ -33,6 +34,14 @@ impl Driver {
         }
     }
 
+    /// Docker's name for the driver: a managed plugin's is `netloom/loom-bridge:latest`.
+    pub fn docker_driver(&self) -> &str {
+        match &self.status {
+            Ok(status) if !status.docker_driver_name.is_empty() => &status.docker_driver_name,
+            _ => &self.name,
+        }
+    }
+
     /// Whether this is an IPAM plugin: it says its allocations instead of networks.
     pub fn is_ipam(&self) -> bool {
         self.status.as_ref().is_ok_and(|s| s.details.get("allocations").is_some())
@@ -44,7 +53,7 @@ pub async fn drivers(dir: &Path, engine: Option<&Engine>) -> Vec<Driver> {
     let asked = sockets_in(dir).into_iter().map(|socket| async move {
         let name = socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let status = ask_status(&socket, DRIVER_LIMIT).await.map_err(|e| format!("{e:#}"));
-        let mut driver = Driver { name, status, docker: None };
+        let mut driver = Driver { name, socket, status, docker: None };
         if let (Some(engine), true) = (engine, driver.up()) {
             driver.docker = Some(docker_networks(engine, &driver).await);
         }
@@ -56,9 +65,9 @@ pub async fn drivers(dir: &Path, engine: Option<&Engine>) -> Vec<Driver> {
 async fn docker_networks(engine: &Engine, driver: &Driver) -> Result<Vec<DockerNetwork>, String> {
     let asked = async {
         if driver.is_ipam() {
-            engine.networks_of_ipam(&driver.name).await
+            engine.networks_of_ipam(driver.docker_driver()).await
         } else {
-            engine.networks_of_driver(&driver.name).await
+            engine.networks_of_driver(driver.docker_driver()).await
         }
     };
     match tokio::time::timeout(DOCKER_LIMIT, asked).await {

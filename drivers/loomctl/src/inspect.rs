@@ -1,10 +1,10 @@
 //! `loomctl inspect NETWORK`: Docker's view of the network (when dockerd can be asked) and
 //! everything its driver holds for it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use netloom_plugin_api::engine::{DockerNetwork, Engine};
 use netloom_plugin_api::status::{ask_inspect, sockets_in};
 use serde_json::{json, Value};
@@ -25,14 +25,9 @@ pub async fn run(dir: &Path, engine: Option<&Engine>, wanted: &str) -> Result<Ex
     };
     let (driver, held) = match &docker {
         Some(network) => {
-            let socket = dir.join(format!("{}.sock", network.driver));
-            if !socket.exists() {
-                bail!(
-                    "network {wanted} is a {} network, and {} does not exist: not a netloom driver, or not running",
-                    network.driver,
-                    socket.display()
-                );
-            }
+            let socket = socket_of(dir, &network.driver).await.with_context(|| {
+                format!("network {wanted} is a {} network, and no netloom driver here serves it", network.driver)
+            })?;
             (network.driver.clone(), ask_inspect(&socket, &network.id, DRIVER_LIMIT).await?)
         }
         None => ask_every_driver(dir, wanted).await?,
@@ -45,6 +40,17 @@ pub async fn run(dir: &Path, engine: Option<&Engine>, wanted: &str) -> Result<Ex
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The socket of the driver Docker calls `driver`: `<dir>/<driver>.sock`, else the one whose
+/// status says so (a managed plugin's socket is under its plugin id).
+async fn socket_of(dir: &Path, driver: &str) -> Option<PathBuf> {
+    let plain = dir.join(format!("{driver}.sock"));
+    if plain.exists() {
+        return Some(plain);
+    }
+    let drivers = crate::gather::drivers(dir, None).await;
+    drivers.into_iter().find(|d| d.up() && d.docker_driver() == driver).map(|d| d.socket)
 }
 
 /// Docker does not know `wanted` (or cannot be asked): the first driver that holds it answers.

@@ -33,6 +33,7 @@ fn driver_json(driver: &Driver) -> Value {
         .collect();
     let mut out = json!({
         "name": driver.name,
+        "docker_driver_name": driver.docker_driver(),
         "up": true,
         "version": status.version,
         "pid": status.pid,

@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use netloom_plugin_api::engine::DockerNetwork;
 use netloom_plugin_api::status::{NetworkStatus, StatusReply, StoreStatus};
 use serde_json::json;
@@ -34,8 +36,10 @@ pub fn bridge(docker: Option<Result<Vec<DockerNetwork>, String>>) -> Driver {
     };
     Driver {
         name: "loom-bridge".into(),
+        socket: PathBuf::from("/run/docker/plugins/loom-bridge.sock"),
         status: Ok(StatusReply {
             name: "loom-bridge".into(),
+            docker_driver_name: "loom-bridge".into(),
             version: "0.1.0".into(),
             pid: 42,
             uptime_seconds: 3725,
@@ -50,7 +54,12 @@ pub fn bridge(docker: Option<Result<Vec<DockerNetwork>, String>>) -> Driver {
 }
 
 pub fn down(name: &str) -> Driver {
-    Driver { name: name.into(), status: Err("connecting: Connection refused".into()), docker: None }
+    Driver {
+        name: name.into(),
+        socket: PathBuf::from(format!("/run/docker/plugins/{name}.sock")),
+        status: Err("connecting: Connection refused".into()),
+        docker: None,
+    }
 }
 
 #[test]

@@ -42,7 +42,9 @@ pub use self::kv::{
     Condition, KeyValue, Op, Revision, Store, StoreError, StoreOptions, StoreResult, Txn, TxnOutcome, WatchEvent,
     WatchStream, DEFAULT_PREFIX,
 };
-pub use self::observed::{check_all, operation_counts, OperationCount, OperationCounts, StoreHealth, OPERATIONS};
+pub use self::observed::{
+    check_all, operation_counts, Observed, OperationCount, OperationCounts, StoreHealth, OPERATIONS,
+};
 pub use self::open::{open, open_with};
 pub use self::records::{DriverRecords, EndpointRecord, NetworkRecord, RecordStore};
 pub use self::url::StoreUrl;

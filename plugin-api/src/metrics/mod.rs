@@ -2,7 +2,7 @@
 //! server, the reconciler), and served as `GET /metrics` on `--metrics-addr`.
 //!
 //! A driver adds its own metrics to the same registry with [`Metrics::register`], e.g.
-//! `metrics::global().register(|r| r.register("netloom_store_operations", "...", family.clone()))`;
+//! `metrics::global().register(|r| r.register("netloom_dns_queries", "...", family.clone()))`;
 //! [`prometheus_client`] is re-exported so it needs no dependency of its own.
 
 mod held;

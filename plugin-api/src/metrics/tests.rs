@@ -15,6 +15,7 @@ use crate::wire::ipam::{
     RequestPoolRequest, RequestPoolResponse,
 };
 use crate::IpamDriver;
+use netloom_store::{KeyValue, StoreError, StoreResult, Txn, TxnOutcome};
 
 fn lines_starting<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     text.lines().filter(|line| line.starts_with(prefix)).collect()
@@ -128,11 +129,11 @@ async fn ipam_gauges_count_pools_once_and_gateways_as_addresses() {
 async fn a_driver_adds_its_own_metrics_to_the_registry() {
     let metrics = Metrics::new();
     let operations: Counter = Counter::default();
-    metrics.register(|r| r.register("netloom_store_operations", "Store operations", operations.clone()));
+    metrics.register(|r| r.register("netloom_example_operations", "Example operations", operations.clone()));
     operations.inc_by(4);
     metrics.request_done("Plugin.Activate", None, Duration::from_millis(1));
     let text = metrics.render(&Plugin::default()).await;
-    assert!(text.contains("netloom_store_operations_total 4\n"), "{text}");
+    assert!(text.contains("netloom_example_operations_total 4\n"), "{text}");
     assert!(text.contains("netloom_requests_total"), "{text}");
 }
 
@@ -177,4 +178,54 @@ async fn the_reconciler_counts_what_it_removes() {
     assert_eq!(pools_removed().await, before);
     assert_eq!(reconciler.pass().await.released, [Subject::Pool { pool_id: "stray".into() }]);
     assert_eq!(pools_removed().await, before + 1);
+}
+
+/// A store that answers every read with nothing and refuses every write as unreachable.
+struct ReadOnly;
+
+#[async_trait]
+impl netloom_store::Store for ReadOnly {
+    fn describe(&self) -> String {
+        "etcd://192.0.2.1:2379".into()
+    }
+    async fn get(&self, _: &str) -> StoreResult<Option<KeyValue>> {
+        Ok(None)
+    }
+    async fn list(&self, _: &str) -> StoreResult<Vec<KeyValue>> {
+        Ok(Vec::new())
+    }
+    async fn put(&self, _: &str, _: Vec<u8>) -> StoreResult<u64> {
+        Err(StoreError::Unavailable { backend: "etcd", endpoints: "192.0.2.1:2379".into(), detail: "down".into() })
+    }
+    async fn delete(&self, _: &str) -> StoreResult<bool> {
+        Ok(false)
+    }
+    async fn txn(&self, _: Txn) -> StoreResult<TxnOutcome> {
+        Ok(TxnOutcome::Conflict)
+    }
+    async fn watch(&self, _: &str) -> StoreResult<netloom_store::WatchStream> {
+        Err(StoreError::Protocol { backend: "etcd", endpoints: "192.0.2.1:2379".into(), detail: "no".into() })
+    }
+    async fn put_leased(&self, _: &str, _: Vec<u8>) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn store_operations_are_counted_by_op_and_outcome() {
+    use netloom_store::Store;
+    let store = netloom_store::Observed::wrap(std::sync::Arc::new(ReadOnly));
+    store.get("a").await.unwrap();
+    store.get("b").await.unwrap();
+    assert!(store.put("a", b"1".to_vec()).await.is_err());
+    assert!(!store.txn(Txn::new()).await.unwrap().committed());
+    assert!(store.watch("x").await.is_err());
+    let text = Metrics::new().render(&Plugin::default()).await;
+    assert!(text.contains("# TYPE netloom_store_operations_total counter\n"), "{text}");
+    assert!(text.contains("netloom_store_operations_total{op=\"get\",outcome=\"ok\"} 2\n"), "{text}");
+    assert!(text.contains("netloom_store_operations_total{op=\"put\",outcome=\"unavailable\"} 1\n"), "{text}");
+    assert!(text.contains("netloom_store_operations_total{op=\"txn\",outcome=\"conflict\"} 1\n"), "{text}");
+    assert!(text.contains("netloom_store_operations_total{op=\"watch\",outcome=\"error\"} 1\n"), "{text}");
+    assert!(text.contains("netloom_store_operation_seconds_total{op=\"get\"} "), "{text}");
+    assert!(!text.contains("op=\"list\""), "an operation never made has no series: {text}");
 }

@@ -9,15 +9,18 @@ use serde_json::{json, Value};
 use super::{StatusReply, INSPECT, STATUS};
 use crate::client::PluginClient;
 
-/// The netloom sockets (`loom-*.sock`) in `dir`, by name.
+/// The netloom sockets (`loom-*.sock`) in `dir` and in its subdirectories (a managed plugin's
+/// socket is in `<dir>/<plugin id>/`), by path.
 pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut sockets: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("loom-") && n.ends_with(".sock"))
-        })
-        .collect();
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|e| e.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+    };
+    let is_socket = |p: &PathBuf| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("loom-") && n.ends_with(".sock"))
+    };
+    let top = entries(dir);
+    let nested = top.iter().filter(|p| p.is_dir()).flat_map(|sub| entries(sub));
+    let mut sockets: Vec<PathBuf> = top.iter().cloned().chain(nested).filter(is_socket).collect();
     sockets.sort();
     sockets
 }

@@ -32,30 +32,43 @@ const STORE_CHECK_LIMIT: Duration = Duration::from_millis(1500);
 /// How long a driver may take to say what it holds or its details.
 const DRIVER_LIMIT: Duration = Duration::from_secs(2);
 
-static STARTED: OnceLock<(String, Instant)> = OnceLock::new();
-
-/// Records the binary's name and start; the status call reports both.
-pub fn started(name: &str) {
-    let _ = STARTED.set((name.to_string(), Instant::now()));
+/// The binary's name, Docker's name for the driver, and when it started.
+struct Process {
+    name: String,
+    docker_driver_name: String,
+    since: Instant,
 }
 
-fn process() -> &'static (String, Instant) {
-    STARTED.get_or_init(|| (String::new(), Instant::now()))
+static STARTED: OnceLock<Process> = OnceLock::new();
+
+/// Records the binary's name, the name Docker's networks give the driver (a managed plugin's is
+/// `netloom/loom-bridge:latest`) and the start; the status call reports them.
+pub fn started(name: &str, docker_driver_name: &str) {
+    let _ = STARTED.set(Process {
+        name: name.to_string(),
+        docker_driver_name: docker_driver_name.to_string(),
+        since: Instant::now(),
+    });
+}
+
+fn process() -> &'static Process {
+    STARTED.get_or_init(|| Process { name: String::new(), docker_driver_name: String::new(), since: Instant::now() })
 }
 
 /// `Netloom.Status`.
 pub async fn status(plugin: &Plugin) -> StatusReply {
-    let (name, since) = process();
+    let process = process();
     let (mut networks, mut details) = tokio::join!(networks(plugin), details(plugin));
     let firewall = take_string(&mut details, "firewall");
     fill_in(&mut networks, &details);
     let stores: Vec<StoreStatus> =
         netloom_store::check_all(STORE_CHECK_LIMIT).await.into_iter().map(StoreStatus::from).collect();
     StatusReply {
-        name: name.clone(),
+        name: process.name.clone(),
+        docker_driver_name: process.docker_driver_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
-        uptime_seconds: since.elapsed().as_secs(),
+        uptime_seconds: process.since.elapsed().as_secs(),
         firewall,
         store: StoreStatus::primary(&stores),
         stores,

@@ -8,6 +8,10 @@ use serde_json::Value;
 pub struct StatusReply {
     /// The binary's name, e.g. `loom-bridge`.
     pub name: String,
+    /// Docker's name for the driver: the socket's name, or a managed plugin's
+    /// `netloom/loom-bridge:latest`.
+    #[serde(default)]
+    pub docker_driver_name: String,
     pub version: String,
     pub pid: u32,
     pub uptime_seconds: u64,

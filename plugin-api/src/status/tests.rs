@@ -157,7 +157,10 @@ async fn the_status_is_asked_over_the_socket_and_a_dead_socket_fails_in_time() {
         let _ = stopped.await;
     }));
     std::fs::write(dir.path().join("other.sock"), b"").unwrap();
-    assert_eq!(sockets_in(dir.path()), vec![path.clone()]);
+    let managed = dir.path().join("4f1c2d").join("loom-bridge.sock");
+    std::fs::create_dir(managed.parent().unwrap()).unwrap();
+    std::fs::write(&managed, b"").unwrap();
+    assert_eq!(sockets_in(dir.path()), vec![managed, path.clone()]);
 
     let reply = ask_status(&path, Duration::from_secs(5)).await.unwrap();
     assert_eq!(reply.networks.len(), 2);
