@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use netloom_tests::{
-    ping, ping_replies, scenario, wait_until, Capture, Cluster, DockerVersion, Frame, Host, HostConfig, InnerUdp,
-    LocalOverlay, NftCounters, UnderlayEtcd, Watch, CRAFTED_SRC_MAC, IMAGE,
+    bin_dir, ping, ping_replies, scenario, wait_until, Capture, Cluster, DockerVersion, Frame, Host, HostConfig,
+    InnerUdp, LocalOverlay, NftCounters, UnderlayEtcd, Watch, CRAFTED_SRC_MAC, IMAGE,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_netloom-probe");
@@ -497,6 +497,21 @@ fn rotation(c: &Cluster) -> Result<()> {
     ping(h2, "s2", &s1)?;
     ping(h1, "s1", &s2)?;
     step(t0, &format!("h1's key {key1} -> {new1}; traffic flows both ways"));
+
+    // The private key is readable nowhere but in its file: not in the store, not in what the
+    // driver tells loomctl. Each place is first shown to hold the public key (the search works).
+    let private = String::from_utf8(file_after)?.trim().to_owned();
+    ensure!(!private.is_empty() && private != new1, "the key file holds no private key: {private:?}");
+    let endpoint = UnderlayEtcd::endpoint(c, 0);
+    let store = c.underlay_exec(&["etcdctl", "--endpoints", &endpoint, "get", "--prefix", STORE_PREFIX])?;
+    let loomctl = bin_dir().join("loomctl");
+    let status = h1.sh(&format!("{} --docker-host none status --json", loomctl.display()))?;
+    for (place, text) in [("the store", &store), ("loomctl status --json", &status)] {
+        ensure!(text.contains(&new1), "{place} does not show h1's public key {new1}: the search cannot work");
+        let hits = text.matches(private.as_str()).count();
+        step(t0, &format!("h1's private key in {place}: {hits} hits (public key found)"));
+        ensure!(hits == 0, "h1's private key is readable in {place}");
+    }
 
     // Sessions made before the rotation go on until their next handshake; a restarted h2 has
     // none, so the next packet needs a handshake with h1's new key.
