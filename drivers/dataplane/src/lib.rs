@@ -21,6 +21,7 @@ pub mod sysctl;
 mod vlan;
 mod vxlan;
 mod wireguard;
+mod wireguard_control;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -35,6 +36,7 @@ pub use routing::{connected_route_of, describe_interface, overlaps, ConnectedRou
 pub use supervise::supervise;
 pub use vlan::{vlan_message, VlanSpec, VLAN_IDS};
 pub use vxlan::{vxlan_info_of, vxlan_message, VxlanInfo, VxlanSpec};
+pub use wireguard_control::{WireguardControl, WireguardKey, WireguardPeerSpec, WireguardTotals};
 
 /// A netlink connection in the calling thread's network namespace.
 #[derive(Clone)]

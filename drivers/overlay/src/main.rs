@@ -115,6 +115,11 @@ struct Args {
     #[arg(long, value_name = "CIDR", default_value = tunnel_ips::DEFAULT_SUBNET)]
     tunnel_subnet: ipnetwork::IpNetwork,
 
+    /// Which WireGuard carries encrypted networks: the kernel's when it has WireGuard, else a
+    /// userspace one on a TUN device (auto); or only one of them
+    #[arg(long, value_name = "auto|kernel|userspace", default_value = "auto")]
+    wireguard: crypt::WireguardMode,
+
     /// The TUN clone device the userspace WireGuard opens (for tests)
     #[arg(long, value_name = "PATH", default_value = crypt::DEFAULT_TUN_PATH, hide = true)]
     tun_device: std::path::PathBuf,
@@ -179,6 +184,7 @@ async fn main() -> ExitCode {
             port: args.wireguard_port,
             subnet: args.tunnel_subnet,
             tun_device: args.tun_device.clone(),
+            wireguard: args.wireguard,
             // Set from the common --state-dir below.
             state_dir: std::path::PathBuf::new(),
         },

@@ -62,6 +62,7 @@ impl<'a> TestHost<'a> {
                 port: self.wireguard_port,
                 subnet: crate::tunnel_ips::DEFAULT_SUBNET.parse().unwrap(),
                 tun_device: self.tun_device,
+                wireguard: crate::crypt::WireguardMode::Userspace,
                 state_dir: self.dir.join("state"),
             },
         };

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::Shared;
 use crate::crypt::{
-    KeyPair, PublicKey, Tunnel, TunnelConfig, TunnelPeer, DEVICE, NETNS_NAME, WIREGUARD_OVERHEAD_V4,
+    KeyPair, PublicKey, Tunnel, TunnelConfig, WireguardMode, TunnelPeer, DEVICE, NETNS_NAME, WIREGUARD_OVERHEAD_V4,
     WIREGUARD_OVERHEAD_V6,
 };
 use crate::overlay::Overlay;
@@ -40,6 +40,8 @@ pub struct CryptSettings {
     pub subnet: IpNetwork,
     /// The TUN clone device (hidden flag; tests point it at nothing).
     pub tun_device: PathBuf,
+    /// Which WireGuard serves the tunnel (`--wireguard`).
+    pub wireguard: WireguardMode,
     /// Holds the private key.
     pub state_dir: PathBuf,
 }
@@ -108,6 +110,7 @@ impl Overlay {
                 mtu: underlay.mtu.saturating_sub(overhead),
                 tun_path: &settings.tun_device,
                 underlay_netns: None,
+                mode: settings.wireguard,
             };
             let tunnel = Tunnel::start(&config, &key).await?;
             let netlink = Netlink::connect_in(&netns)?;

@@ -35,6 +35,7 @@ impl Host {
             mtu: UNDERLAY_MTU - WIREGUARD_OVERHEAD_V4,
             tun_path,
             underlay_netns: Some(self.underlay.path()),
+            mode: WireguardMode::Userspace,
         }
     }
 

@@ -16,13 +16,16 @@ pub mod engine;
 #[cfg(test)]
 mod engine_tests;
 mod gso;
+mod kernel;
 pub mod keys;
 mod tun;
 mod userspace;
 
 use std::net::{IpAddr, SocketAddr};
 
-pub use engine::{Tunnel, TunnelConfig, DEFAULT_TUN_PATH};
+use tracing::warn;
+
+pub use engine::{Tunnel, TunnelConfig, WireguardMode, DEFAULT_TUN_PATH};
 pub use keys::{KeyPair, PublicKey};
 
 /// The WireGuard device's name inside the tunnel namespace.
@@ -73,4 +76,22 @@ pub struct TunnelStats {
     /// Datagrams dropped: unknown sender, failed authentication, no session yet.
     pub dropped: u64,
     pub handshakes: u64,
+}
+
+/// The peers a tunnel can serve, in order: one whose tunnel address or endpoint repeats an
+/// earlier one's, or whose tunnel address is this host's own, would make the tunnel ambiguous
+/// and is left out with a warning.
+pub(crate) fn usable_peers(peers: &[TunnelPeer], own_tunnel_ip: IpAddr) -> Vec<&TunnelPeer> {
+    let mut usable: Vec<&TunnelPeer> = Vec::new();
+    for peer in peers {
+        let taken = peer.tunnel_ip == own_tunnel_ip
+            || usable.iter().any(|kept| kept.tunnel_ip == peer.tunnel_ip || kept.endpoint == peer.endpoint);
+        if taken {
+            warn!(host = %peer.host, tunnel_ip = %peer.tunnel_ip, endpoint = %peer.endpoint,
+                "tunnel peer left out: its tunnel address or endpoint is already taken");
+            continue;
+        }
+        usable.push(peer);
+    }
+    usable
 }
