@@ -28,6 +28,7 @@ pub struct TestHost<'a> {
     pub vxlan_port: u16,
     pub wireguard_port: u16,
     pub tun_device: PathBuf,
+    pub wireguard: crate::crypt::WireguardMode,
 }
 
 impl<'a> TestHost<'a> {
@@ -40,6 +41,7 @@ impl<'a> TestHost<'a> {
             vxlan_port: 4789,
             wireguard_port: crate::crypt::DEFAULT_PORT,
             tun_device: crate::crypt::DEFAULT_TUN_PATH.into(),
+            wireguard: crate::crypt::WireguardMode::Userspace,
         }
     }
 
@@ -62,7 +64,7 @@ impl<'a> TestHost<'a> {
                 port: self.wireguard_port,
                 subnet: crate::tunnel_ips::DEFAULT_SUBNET.parse().unwrap(),
                 tun_device: self.tun_device,
-                wireguard: crate::crypt::WireguardMode::Userspace,
+                wireguard: self.wireguard,
                 state_dir: self.dir.join("state"),
             },
         };

@@ -111,6 +111,47 @@ fn an_encrypted_network_that_cannot_start_leaves_nothing() {
     });
 }
 
+/// `--wireguard kernel`: on a kernel without WireGuard (this machine's) an encrypted network is
+/// refused naming the missing module and leaves nothing; where the kernel has it, the device is
+/// the kernel's.
+#[test]
+fn wireguard_kernel_mode_needs_the_kernel_module() {
+    in_new_netns(|| {
+        Box::pin(async {
+            loopback_up().await;
+            let dir = tempfile::tempdir().unwrap();
+            let shared = store::open(None, &dir.path().join("shared"), DEFAULT_PREFIX).await.unwrap();
+            let mut host = TestHost::new("h1", Mode::Local, dir.path());
+            host.advertise = Some("127.0.0.1");
+            host.wireguard = crate::crypt::WireguardMode::Kernel;
+            let overlay = host.overlay(shared.clone()).await;
+            let driver = Driver(overlay.clone());
+            let kernel_has_it =
+                netloom_dataplane::Netlink::connect().unwrap().kernel_has_wireguard("loomwgprobe").await.unwrap();
+            // The path works: a plain network is made (and the host's own record written).
+            driver.create_network(request(create("plain", "10.8.0.0/24", json!({})))).await.unwrap();
+            let before = keys(&shared, "").await;
+            let made = driver.create_network(request(create("secret", "10.9.0.0/24", json!({"encrypted": ""})))).await;
+            if kernel_has_it {
+                println!("this kernel has WireGuard: checking that it serves the tunnel");
+                made.unwrap();
+                let crypt = overlay.crypt.lock().await;
+                assert_eq!(crypt.as_ref().unwrap().tunnel.kind(), crate::crypt::TunnelKind::Kernel);
+                drop(crypt);
+                driver.delete_network(request(json!({"NetworkID": "secret"}))).await.unwrap();
+            } else {
+                println!("this kernel has no WireGuard: checking the refusal");
+                let message = made.unwrap_err().message().to_string();
+                assert!(message.contains("CONFIG_WIREGUARD"), "the missing module is named: {message}");
+                assert!(message.contains("--wireguard auto or userspace"), "what to do is said: {message}");
+                assert_eq!(keys(&shared, "").await, before, "the store is as before");
+            }
+            assert_no_tunnel(&shared, &overlay, dir.path()).await;
+            driver.delete_network(request(json!({"NetworkID": "plain"}))).await.unwrap();
+        })
+    });
+}
+
 #[test]
 fn encrypted_networks_ride_the_tunnel_until_the_last_goes() {
     in_new_netns(|| {
