@@ -65,18 +65,24 @@ async fn assert_no_tunnel(store: &Arc<dyn Store>, overlay: &Overlay, dir: &Path)
     assert!(overlay.crypt.lock().await.is_none());
 }
 
+/// One host "h1" on its loopback with a store of its own, set up by `tweak`.
+async fn lone_host(dir: &Path, tweak: impl FnOnce(&mut TestHost)) -> (Arc<dyn Store>, Arc<Overlay>, Driver) {
+    loopback_up().await;
+    let shared = store::open(None, &dir.join("shared"), DEFAULT_PREFIX).await.unwrap();
+    let mut host = TestHost::new("h1", Mode::Local, dir);
+    host.advertise = Some("127.0.0.1");
+    tweak(&mut host);
+    let overlay = host.overlay(shared.clone()).await;
+    (shared, overlay.clone(), Driver(overlay))
+}
+
 #[test]
 fn an_encrypted_network_that_cannot_start_leaves_nothing() {
     in_new_netns(|| {
         Box::pin(async {
-            loopback_up().await;
             let dir = tempfile::tempdir().unwrap();
-            let shared = store::open(None, &dir.path().join("shared"), DEFAULT_PREFIX).await.unwrap();
-            let mut host = TestHost::new("h1", Mode::Local, dir.path());
-            host.advertise = Some("127.0.0.1");
-            host.tun_device = dir.path().join("no-tun-here");
-            let overlay = host.overlay(shared.clone()).await;
-            let driver = Driver(overlay.clone());
+            let (shared, overlay, driver) =
+                lone_host(dir.path(), |host| host.tun_device = dir.path().join("no-tun-here")).await;
 
             // The path works: a plain network is made.
             driver.create_network(request(create("plain", "10.8.0.0/24", json!({})))).await.unwrap();
@@ -118,14 +124,9 @@ fn an_encrypted_network_that_cannot_start_leaves_nothing() {
 fn wireguard_kernel_mode_needs_the_kernel_module() {
     in_new_netns(|| {
         Box::pin(async {
-            loopback_up().await;
             let dir = tempfile::tempdir().unwrap();
-            let shared = store::open(None, &dir.path().join("shared"), DEFAULT_PREFIX).await.unwrap();
-            let mut host = TestHost::new("h1", Mode::Local, dir.path());
-            host.advertise = Some("127.0.0.1");
-            host.wireguard = crate::crypt::WireguardMode::Kernel;
-            let overlay = host.overlay(shared.clone()).await;
-            let driver = Driver(overlay.clone());
+            let (shared, overlay, driver) =
+                lone_host(dir.path(), |host| host.wireguard = crate::crypt::WireguardMode::Kernel).await;
             let kernel_has_it =
                 netloom_dataplane::Netlink::connect().unwrap().kernel_has_wireguard("loomwgprobe").await.unwrap();
             // The path works: a plain network is made (and the host's own record written).
