@@ -7,8 +7,9 @@
 use std::fs::File;
 use std::io::Write;
 
-/// `struct virtio_net_hdr`, which precedes every packet on a device opened with IFF_VNET_HDR.
-pub(crate) const VNET_HDR_LEN: usize = 10;
+use super::checksum;
+#[cfg(test)]
+use super::segment::VNET_BASIC_HDR_LEN;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const IPV4_HEADER: usize = 20;
@@ -19,6 +20,8 @@ const MAX_TOTAL: usize = 65_000;
 
 /// The run being built: one header, then the payloads.
 pub(crate) struct Coalescer {
+    /// The device's virtio header size (the header's fields past the basic ones stay zero).
+    vnet_len: usize,
     buffer: Vec<u8>,
     /// Bytes of the run (headers included) after the virtio header.
     len: usize,
@@ -39,9 +42,10 @@ pub(crate) struct Written {
 }
 
 impl Coalescer {
-    pub(crate) fn new() -> Coalescer {
+    pub(crate) fn new(vnet_len: usize) -> Coalescer {
         Coalescer {
-            buffer: vec![0; VNET_HDR_LEN + MAX_TOTAL + 2048],
+            vnet_len,
+            buffer: vec![0; vnet_len + MAX_TOTAL + 2048],
             len: 0,
             segments: 0,
             segment_size: 0,
@@ -55,7 +59,7 @@ impl Coalescer {
         let payload = joinable_payload(packet);
         if let Some(payload) = payload {
             if self.takes(packet, payload) {
-                let start = VNET_HDR_LEN + self.len;
+                let start = self.vnet_len + self.len;
                 self.buffer[start..start + payload].copy_from_slice(&packet[HEADERS..]);
                 self.len += payload;
                 self.segments += 1;
@@ -66,13 +70,13 @@ impl Coalescer {
         self.flush(tun, written);
         match payload {
             Some(payload) if !self.disabled && packet.len() <= MAX_TOTAL => {
-                self.buffer[VNET_HDR_LEN..VNET_HDR_LEN + packet.len()].copy_from_slice(packet);
+                self.buffer[self.vnet_len..self.vnet_len + packet.len()].copy_from_slice(packet);
                 self.len = packet.len();
                 self.segments = 1;
                 self.segment_size = payload;
                 self.closed = false;
             }
-            _ => write_one(tun, packet, written),
+            _ => write_one(tun, self.vnet_len, packet, written),
         }
     }
 
@@ -80,7 +84,7 @@ impl Coalescer {
         if self.segments == 0 || self.closed || self.disabled {
             return false;
         }
-        let head = &self.buffer[VNET_HDR_LEN..VNET_HDR_LEN + HEADERS];
+        let head = &self.buffer[self.vnet_len..self.vnet_len + HEADERS];
         payload <= self.segment_size
             && payload > 0
             && self.segments < MAX_SEGMENTS
@@ -96,11 +100,11 @@ impl Coalescer {
         }
         let len = self.len;
         if segments == 1 {
-            let packet = self.buffer[VNET_HDR_LEN..VNET_HDR_LEN + len].to_vec();
-            return write_one(tun, &packet, written);
+            let packet = self.buffer[self.vnet_len..self.vnet_len + len].to_vec();
+            return write_one(tun, self.vnet_len, &packet, written);
         }
-        let run = &mut self.buffer[..VNET_HDR_LEN + len];
-        join_headers(run, self.segment_size);
+        let run = &mut self.buffer[..self.vnet_len + len];
+        join_headers(run, self.vnet_len, self.segment_size);
         match (&*tun).write(run) {
             Ok(n) if n == run.len() => {
                 written.packets += segments as u64;
@@ -134,9 +138,8 @@ fn same_flow(head: &[u8], packet: &[u8]) -> bool {
     head[1] == packet[1] && head[6] == packet[6] && head[8..10] == packet[8..10] && head[12..24] == packet[12..24]
 }
 
-fn write_one(tun: &File, packet: &[u8], written: &mut Written) {
-    let mut framed = Vec::with_capacity(VNET_HDR_LEN + packet.len());
-    framed.extend_from_slice(&[0; VNET_HDR_LEN]);
+fn write_one(tun: &File, vnet_len: usize, packet: &[u8], written: &mut Written) {
+    let mut framed = vec![0; vnet_len];
     framed.extend_from_slice(packet);
     match (&*tun).write(&framed) {
         Ok(n) if n == framed.len() => {
@@ -149,9 +152,9 @@ fn write_one(tun: &File, packet: &[u8], written: &mut Written) {
 
 /// Fills in the virtio header and the run's IPv4 and UDP headers: lengths of the whole, the IP
 /// checksum, and the UDP pseudo-header sum the kernel completes per segment.
-fn join_headers(run: &mut [u8], segment_size: usize) {
-    let total = run.len() - VNET_HDR_LEN;
-    let (vnet, packet) = run.split_at_mut(VNET_HDR_LEN);
+fn join_headers(run: &mut [u8], vnet_len: usize, segment_size: usize) {
+    let total = run.len() - vnet_len;
+    let (vnet, packet) = run.split_at_mut(vnet_len);
     vnet[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
     vnet[1] = VIRTIO_NET_HDR_GSO_UDP_L4;
     vnet[2..4].copy_from_slice(&(HEADERS as u16).to_le_bytes());
@@ -159,24 +162,11 @@ fn join_headers(run: &mut [u8], segment_size: usize) {
     vnet[6..8].copy_from_slice(&(IPV4_HEADER as u16).to_le_bytes());
     vnet[8..10].copy_from_slice(&6u16.to_le_bytes());
     packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    packet[10..12].copy_from_slice(&[0, 0]);
-    let ip_sum = !fold(sum(&packet[..IPV4_HEADER]));
-    packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    let udp_len = (total - IPV4_HEADER) as u16;
-    packet[24..26].copy_from_slice(&udp_len.to_be_bytes());
-    let pseudo = sum(&packet[12..20]) + libc::IPPROTO_UDP as u32 + udp_len as u32;
-    packet[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
-}
-
-fn sum(bytes: &[u8]) -> u32 {
-    bytes.chunks(2).map(|pair| u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]) as u32).sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+    checksum::set_ipv4_header(&mut packet[..IPV4_HEADER]);
+    let udp_len = total - IPV4_HEADER;
+    packet[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    let pseudo = checksum::pseudo_v4(&packet[12..20], libc::IPPROTO_UDP as u8, udp_len);
+    packet[26..28].copy_from_slice(&pseudo.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -213,13 +203,13 @@ mod tests {
 
     #[test]
     fn joined_headers_carry_the_whole_length_and_valid_ip_checksum() {
-        let mut run = vec![0u8; VNET_HDR_LEN];
+        let mut run = vec![0u8; VNET_BASIC_HDR_LEN];
         run.extend_from_slice(&udp_packet(4789, &[7; 100]));
         run.extend_from_slice(&[7; 100]);
-        join_headers(&mut run, 100);
-        let packet = &run[VNET_HDR_LEN..];
+        join_headers(&mut run, VNET_BASIC_HDR_LEN, 100);
+        let packet = &run[VNET_BASIC_HDR_LEN..];
         assert_eq!(u16::from_be_bytes([packet[2], packet[3]]) as usize, HEADERS + 200);
-        assert_eq!(fold(sum(&packet[..IPV4_HEADER])), 0xffff, "IP checksum verifies");
+        assert_eq!(checksum::sum(&packet[..IPV4_HEADER]), 0xffff, "IP checksum verifies");
         assert_eq!(u16::from_be_bytes([packet[24], packet[25]]) as usize, UDP_HEADER + 200);
         assert_eq!(&run[..2], &[VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4]);
         assert_eq!(u16::from_le_bytes([run[4], run[5]]), 100);

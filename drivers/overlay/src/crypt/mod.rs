@@ -11,6 +11,7 @@
 //!
 //! Keys: [`keys`] (private key in the state directory, 0600; only public keys go to the store).
 
+mod checksum;
 mod coalesce;
 pub mod engine;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod engine_tests;
 mod gso;
 mod kernel;
 pub mod keys;
+mod segment;
 mod tun;
 mod userspace;
 

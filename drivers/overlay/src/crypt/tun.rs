@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use netloom_dataplane::Netns;
+use tracing::info;
+
+use super::segment::{VNET_BASIC_HDR_LEN, VNET_TUNNEL_HDR_LEN};
 
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -15,6 +18,16 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 208, unsigned int)`: which offloads the reader of the device handles.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 216, int)`: the size of the virtio header before each packet.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// Checksums may be left partial, TCP over IPv4 may come unsegmented, also inside a UDP tunnel
+/// (VXLAN), with or without the outer UDP checksum.
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x080;
+const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in the union.
 #[repr(C)]
@@ -47,6 +60,40 @@ pub(crate) fn open_in(ns: &Netns, tun_path: &Path, name: &str) -> Result<File> {
         }
         Ok(file)
     })
+}
+
+/// Asks the device to hand over TCP and VXLAN-carried TCP unsegmented (see `segment`); the
+/// virtio header then has the tunnel layout. Returns the header size in use: the tunnel
+/// header's when the kernel took the offloads, else the basic one with no offloads (a kernel
+/// before 6.17), and packets come one by one as before.
+pub(crate) fn enable_offloads(file: &File) -> usize {
+    let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM;
+    if set_int(file, TUNSETVNETHDRSZ, VNET_TUNNEL_HDR_LEN as libc::c_int).is_ok() {
+        match set_int(file, TUNSETOFFLOAD, offloads as libc::c_int) {
+            Ok(()) => return VNET_TUNNEL_HDR_LEN,
+            Err(e) => info!(error = %e, "the kernel refused segmentation offloads on the tunnel device \
+                (packets are read one by one)"),
+        }
+    }
+    let _ = set_int(file, TUNSETOFFLOAD, 0);
+    let _ = set_int(file, TUNSETVNETHDRSZ, VNET_BASIC_HDR_LEN as libc::c_int);
+    VNET_BASIC_HDR_LEN
+}
+
+fn set_int(file: &File, request: libc::c_ulong, value: libc::c_int) -> std::io::Result<()> {
+    // TUNSETOFFLOAD takes its value as the argument itself, TUNSETVNETHDRSZ through a pointer.
+    // SAFETY: ioctls on a descriptor this file owns; the pointer refers to a live local.
+    let rc = unsafe {
+        if request == TUNSETOFFLOAD {
+            libc::ioctl(file.as_raw_fd(), request as _, value as libc::c_ulong)
+        } else {
+            libc::ioctl(file.as_raw_fd(), request as _, &value as *const libc::c_int)
+        }
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits until `file` has a packet to read; false on timeout (so a loop can check for stop).

@@ -17,14 +17,19 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use tracing::{debug, info, warn};
 
-use super::coalesce::{Coalescer, Written, VNET_HDR_LEN};
+use super::coalesce::{Coalescer, Written};
 use super::gso::{self, Outbox};
+use super::segment::{self, VnetHeader};
 use super::{tun, KeyPair, PublicKey, TunnelPeer, TunnelStats};
 
 /// How often a stopped engine's threads notice, and how often session timers run.
 const TICK: Duration = Duration::from_millis(250);
-/// Largest IP packet a TUN device hands over.
+/// Largest IP packet a TUN device hands over (a segmentation-offload one included).
 const MAX_PACKET: usize = 65_535;
+/// Room to read one packet into: its virtio header, the packet and some slack.
+const READ_BUFFER: usize = 1 << 17;
+/// Largest sealed message of one packet of the device's MTU, and a handshake.
+const MAX_SEALED: usize = 1500 + DATA_OVERHEAD + 148;
 /// WireGuard's data message: 16 bytes of header, the sealed packet, a 16-byte tag.
 const DATA_OVERHEAD: usize = 32;
 const DATA_MESSAGE: u8 = 4;
@@ -71,6 +76,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 struct Shared {
     tun: File,
+    /// Size of the virtio header before each packet on the device (which says how to cut it).
+    vnet_len: usize,
     udp: UdpSocket,
     own_tunnel_ip: IpAddr,
     peers: RwLock<Arc<PeerTable>>,
@@ -99,11 +106,13 @@ impl Engine {
     pub(crate) fn start(tun: File, udp: UdpSocket, own_tunnel_ip: IpAddr, key: &KeyPair) -> Result<Engine> {
         udp.set_read_timeout(Some(TICK)).context("setting the WireGuard socket's read timeout")?;
         tun::set_nonblocking(&tun).context("making the tunnel device non-blocking")?;
+        let vnet_len = tun::enable_offloads(&tun);
         if !gso::enable_gro(&udp) {
             debug!("no UDP GRO on the WireGuard socket: datagrams arrive one by one");
         }
         let shared = Arc::new(Shared {
             tun,
+            vnet_len,
             udp,
             own_tunnel_ip,
             peers: RwLock::default(),
@@ -258,13 +267,15 @@ impl Shared {
     }
 
     /// Packets from the tunnel namespace, sealed for the peer that owns their destination. The
-    /// device is read until it is empty (or a batch is full), then the batch leaves at once.
+    /// device is read until it is empty (or a batch is full), then the batch leaves at once. A
+    /// large packet (segmentation offload) is cut into wire-sized ones first.
     fn tun_loop(&self) {
-        let mut packet = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
+        let mut buffer = vec![0u8; READ_BUFFER];
+        let mut scratch = Vec::with_capacity(2048);
         let mut outbox = Outbox::new(BATCH * (1500 + DATA_OVERHEAD) + OUT_BUFFER);
         let mut table = self.table();
         while !self.stopping() {
-            let len = match (&self.tun).read(&mut packet) {
+            let len = match (&self.tun).read(&mut buffer) {
                 Ok(len) => len,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.flush(&mut outbox);
@@ -280,29 +291,49 @@ impl Shared {
                     continue;
                 }
             };
-            let Some(packet) = packet.get(VNET_HDR_LEN..len) else {
+            if len <= self.vnet_len {
                 continue;
-            };
+            }
+            let (header, packet) = buffer[..len].split_at_mut(self.vnet_len);
             let Some(peer) = Tunn::dst_address(packet).and_then(|dst| table.by_tunnel_ip.get(&dst)) else {
                 bump(&self.counters.dropped, 1);
                 continue;
             };
-            let sealed = match peer.session().encapsulate(packet, outbox.room()) {
-                TunnResult::WriteToNetwork(message) => Some(message.len()),
-                TunnResult::Err(e) => {
-                    bump(&self.counters.dropped, 1);
-                    debug!(host = %peer.config.host, error = ?e, "sealing a packet failed");
-                    None
-                }
-                // Queued until the handshake completes.
-                _ => None,
-            };
-            if let Some(len) = sealed {
-                outbox.push(peer.config.endpoint, len);
+            let header = VnetHeader::parse(header);
+            if header.is_plain() {
+                self.seal(peer, packet, &mut outbox);
+                continue;
             }
-            if outbox.len() >= BATCH || outbox.free() < OUT_BUFFER {
-                self.flush(&mut outbox);
+            let cut = segment::for_each_segment(&header, packet, &mut scratch, |segment| {
+                self.seal(peer, segment, &mut outbox);
+            });
+            if let Err(refused) = cut {
+                bump(&self.counters.dropped, 1);
+                debug!(?refused, ?header, "a packet from the tunnel device could not be cut");
             }
+        }
+    }
+
+    /// Seals one packet into the outbox, sending the batch when it is full.
+    fn seal(&self, peer: &Peer, packet: &[u8], outbox: &mut Outbox) {
+        if outbox.free() < packet.len() + MAX_SEALED {
+            self.flush(outbox);
+        }
+        let sealed = match peer.session().encapsulate(packet, outbox.room()) {
+            TunnResult::WriteToNetwork(message) => Some(message.len()),
+            TunnResult::Err(e) => {
+                bump(&self.counters.dropped, 1);
+                debug!(host = %peer.config.host, error = ?e, "sealing a packet failed");
+                None
+            }
+            // Queued until the handshake completes.
+            _ => None,
+        };
+        if let Some(len) = sealed {
+            outbox.push(peer.config.endpoint, len);
+        }
+        if outbox.len() >= BATCH || outbox.free() < OUT_BUFFER {
+            self.flush(outbox);
         }
     }
 
@@ -320,7 +351,7 @@ impl Shared {
     fn udp_loop(&self) {
         let mut datagrams = vec![0u8; 1 << 18];
         let mut out = vec![0u8; OUT_BUFFER];
-        let mut delivery = Delivery { coalescer: Coalescer::new(), written: Written::default() };
+        let mut delivery = Delivery { coalescer: Coalescer::new(self.vnet_len), written: Written::default() };
         while !self.stopping() {
             let (len, from, segment) = match gso::recv(&self.udp, &mut datagrams) {
                 Ok(received) => received,
