@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use netloom_dataplane::{sysctl, BridgeSpec, Link, Netlink, VethSpec};
+use netloom_dataplane::{sysctl, BridgeSpec, FastPath, Link, Netlink, VethSpec};
 use netloom_driver_kit::guard::{firewall_call, refuse_overlap};
 use netloom_driver_kit::{leftovers, ports, restore, Endpoint, Errors, Network, Registry, Snapshot};
 use netloom_firewall::{Firewall, NetworkPolicy};
@@ -23,6 +23,7 @@ pub struct BridgeDriver {
     pub(crate) netlink: Netlink,
     pub(crate) firewall: Arc<dyn Firewall>,
     pub(crate) registry: Registry<NetworkRecord, EndpointRecord>,
+    pub(crate) fastpath: FastPath,
 }
 
 impl BridgeDriver {
@@ -32,7 +33,8 @@ impl BridgeDriver {
         firewall: Arc<dyn Firewall>,
         registry: Registry<NetworkRecord, EndpointRecord>,
     ) -> Result<Self> {
-        let driver = Self { netlink, firewall, registry };
+        let fastpath = FastPath::new(netlink.clone());
+        let driver = Self { netlink, firewall, registry, fastpath };
         driver.reconcile(&driver.registry.snapshot()).await;
         Ok(driver)
     }
@@ -55,6 +57,12 @@ impl BridgeDriver {
             }
         })
         .await;
+        for net in state.networks.values() {
+            let endpoints: Vec<_> = known.iter().filter(|(n, _)| n.id == net.id).map(|(_, ep)| *ep).collect();
+            if let Err(e) = self.restore_fast_paths(net, &endpoints).await {
+                warn!(network = %short(&net.id), "could not restore the fast path: {e:#}");
+            }
+        }
         let published: Vec<_> =
             known.iter().map(|(net, ep)| (policy(net), ep.id.as_str(), ep.ports.as_slice())).collect();
         restore::ports(&*self.firewall, &published).await;
@@ -130,6 +138,7 @@ impl BridgeDriver {
         let mut errors = Errors::new(format!("removing network {}", short(&net.id)));
         let what = format!("removing network {}", short(&net.id));
         errors.note(firewall_call(&*self.firewall, what, self.firewall.remove_network(&policy(net))).await);
+        self.forget_fast_path(net).await;
         errors.note(leftovers::delete_owned_link(&self.netlink, &net.bridge, &net.owner()).await);
         errors.finish()
     }
@@ -160,7 +169,9 @@ impl BridgeDriver {
     /// Creates (or re-creates) the endpoint's veth pair on its bridge.
     pub(crate) async fn ensure_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
         let host = self.ensure_pair(net, ep).await?;
-        self.attach_endpoint(net, &host).await
+        self.attach_endpoint(net, &host).await?;
+        self.add_fast_path(net, ep, &host).await;
+        Ok(())
     }
 
     /// The endpoint's veth pair, both ends in this namespace; returns the host end.
@@ -176,6 +187,9 @@ impl BridgeDriver {
         let mut errors = Errors::new(format!("removing endpoint {}", short(&ep.id)));
         if let (Some(net), false) = (net, ep.ports.is_empty()) {
             errors.note(ports::withdraw(&*self.firewall, &policy(net), &ep.id, &ep.ports).await);
+        }
+        if let Some(net) = net {
+            errors.note(self.remove_fast_path(net, ep).await);
         }
         errors.note(self.netlink.delete_link(&ep.host_veth).await);
         errors.finish()

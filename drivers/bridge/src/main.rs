@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 mod driver;
+mod fastpath;
 mod handlers;
 mod options;
 mod state;

@@ -6,6 +6,7 @@
 //! error names the object and the cause.
 
 mod addr;
+mod fastpath;
 mod fdb;
 mod link;
 pub mod mac;
@@ -27,6 +28,7 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use rtnetlink::Handle;
 
+pub use fastpath::{block_of as fastpath_block_of, endpoint_mac as fastpath_mac, FastPath, FastPathEntry};
 pub use fdb::{fdb_entry_of, learned_mac_of, FdbEntry};
 pub use link::*;
 pub use macvlan::{macvlan_message, MacVlanMode, MacvlanSpec};
