@@ -346,6 +346,36 @@ mod tests {
     }
 
     #[test]
+    fn over_an_ipv6_underlay_each_segment_gets_its_payload_length_and_a_udp_checksum() {
+        let inner = tcp_packet(2 * MSS + 1, 0x10);
+        let v4 = vxlan(&inner);
+        let mut packet = vec![0x60, 0, 0, 0, 0, 0, UDP, 64];
+        packet.extend((0..32).map(|n| n as u8 + 1));
+        packet.extend_from_slice(&v4[20..]);
+        let header = VnetHeader {
+            gso_type: GSO_TCPV4 | GSO_UDP_TUNNEL_IPV6,
+            csum_start: (INNER_NH + 40) as u16,
+            outer_th_offset: 40,
+            inner_nh_offset: (INNER_NH + 20) as u16,
+            ..tunnel_header()
+        };
+        let segments = cut(&header, &packet).unwrap();
+        assert_eq!(segments.len(), 3);
+        for segment in &segments {
+            assert_eq!(be16(segment, 4), segment.len() - 40, "IPv6 payload length");
+            let udp = &segment[40..];
+            assert_eq!(be16(udp, 4), udp.len(), "UDP length");
+            let mut pseudo = segment[8..40].to_vec();
+            pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, UDP]);
+            assert_ne!(be16(udp, 6), 0, "IPv6 requires a UDP checksum");
+            assert!(verifies(udp, &pseudo), "UDP checksum");
+            let inner = &segment[INNER_NH + 20..];
+            assert!(verifies(&inner[20..], &super::tests::pseudo(inner, TCP, inner.len() - 20)), "TCP checksum");
+        }
+    }
+
+    #[test]
     fn a_plain_tcp_run_is_cut_and_its_segments_verify() {
         let packet = tcp_packet(3 * MSS, 0x18);
         let header = VnetHeader {

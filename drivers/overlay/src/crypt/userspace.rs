@@ -294,6 +294,12 @@ impl Shared {
             if len <= self.vnet_len {
                 continue;
             }
+            if len == buffer.len() {
+                // Possibly cut short (a device set up for larger packets than IPv4 carries).
+                bump(&self.counters.dropped, 1);
+                debug!(len, "a packet from the tunnel device filled the whole read buffer; dropped");
+                continue;
+            }
             let (header, packet) = buffer[..len].split_at_mut(self.vnet_len);
             let Some(peer) = Tunn::dst_address(packet).and_then(|dst| table.by_tunnel_ip.get(&dst)) else {
                 bump(&self.counters.dropped, 1);
