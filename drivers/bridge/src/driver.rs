@@ -23,7 +23,7 @@ pub struct BridgeDriver {
     pub(crate) netlink: Netlink,
     pub(crate) firewall: Arc<dyn Firewall>,
     pub(crate) registry: Registry<NetworkRecord, EndpointRecord>,
-    pub(crate) fastpath: FastPath,
+    pub(crate) fastpath: Arc<FastPath>,
 }
 
 impl BridgeDriver {
@@ -33,7 +33,7 @@ impl BridgeDriver {
         firewall: Arc<dyn Firewall>,
         registry: Registry<NetworkRecord, EndpointRecord>,
     ) -> Result<Self> {
-        let fastpath = FastPath::new(netlink.clone());
+        let fastpath = Arc::new(FastPath::new(netlink.clone()));
         let driver = Self { netlink, firewall, registry, fastpath };
         driver.reconcile(&driver.registry.snapshot()).await;
         Ok(driver)
@@ -170,7 +170,7 @@ impl BridgeDriver {
     pub(crate) async fn ensure_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
         let host = self.ensure_pair(net, ep).await?;
         self.attach_endpoint(net, &host).await?;
-        self.add_fast_path(net, ep, &host).await;
+        self.spawn_fast_path(net, ep);
         Ok(())
     }
 

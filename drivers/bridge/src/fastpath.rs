@@ -5,9 +5,10 @@
 //! endpoint served through the bridge: it is a shortcut, never what makes traffic flow.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
-use netloom_dataplane::{fastpath_block_of, fastpath_mac, Link};
+use netloom_dataplane::{fastpath_block_of, fastpath_mac};
 use netloom_plugin_api::addressing::short_id as short;
 use tracing::{info, warn};
 
@@ -25,20 +26,28 @@ impl BridgeDriver {
         Ok(self.netlink.link(&net.bridge).await?.map(|bridge| fastpath_block_of(&bridge)))
     }
 
-    /// Puts one endpoint (its host end `host`) on the fast path of its network, if the network
-    /// has one.
-    pub(crate) async fn add_fast_path(&self, net: &NetworkRecord, ep: &EndpointRecord, host: &Link) {
+    /// Puts one endpoint on the fast path of its network, if the network has one, right after
+    /// the request that made it is answered: the endpoint works through the bridge from the
+    /// start, and the two qdisc and filter changes stay out of Docker's wait.
+    pub(crate) fn spawn_fast_path(&self, net: &NetworkRecord, ep: &EndpointRecord) {
         if !wanted(net) {
             return;
         }
-        let added = async {
-            let block = self.block(net).await?.ok_or_else(|| anyhow!("bridge {} is missing", net.bridge))?;
-            self.fastpath.attach_port(block, host).await?;
-            self.fastpath.add(block, &fastpath_mac(&ep.mac)?, host).await
-        };
-        if let Err(e) = added.await {
-            warn!(endpoint = %short(&ep.id), "endpoint served through the bridge only, no fast path: {e:#}");
-        }
+        let (netlink, fastpath) = (self.netlink.clone(), Arc::clone(&self.fastpath));
+        let (bridge, port, mac, id) = (net.bridge.clone(), ep.host_veth.clone(), ep.mac.clone(), ep.id.clone());
+        tokio::spawn(async move {
+            let added = async {
+                let bridge = netlink.link(&bridge).await?.ok_or_else(|| anyhow!("bridge {bridge} is missing"))?;
+                // Gone already: the endpoint was deleted before this ran.
+                let Some(host) = netlink.link(&port).await? else { return Ok(()) };
+                let block = fastpath_block_of(&bridge);
+                fastpath.attach_port(block, &host).await?;
+                fastpath.add(block, &fastpath_mac(&mac)?, &host).await
+            };
+            if let Err(e) = added.await {
+                warn!(endpoint = %short(&id), "endpoint served through the bridge only, no fast path: {e:#}");
+            }
+        });
     }
 
     /// Takes an endpoint off its network's fast path (before its port goes).
