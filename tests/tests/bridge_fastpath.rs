@@ -5,7 +5,7 @@
 //! line, and nothing of it is left in tc once the network is removed.
 
 use anyhow::{ensure, Context, Result};
-use netloom_tests::{ping, ping_replies, scenario_tests, Cluster, DockerVersion, Host, HostConfig, IMAGE};
+use netloom_tests::{bin_dir, ping, ping_replies, scenario_tests, Cluster, DockerVersion, Host, HostConfig, IMAGE};
 
 fn run_container(h: &Host, name: &str, net: &str, ip: &str) -> Result<()> {
     h.docker(&["run", "-d", "--name", name, "--network", net, "--ip", ip, IMAGE, "sleep", "600"])
@@ -62,6 +62,15 @@ fn address_frames_to(h: &Host, container: &str, ip: &str, mac: &str) -> Result<(
     Ok(())
 }
 
+/// The fast path of `network` as `loomctl inspect` shows it.
+fn inspected_fast_path(h: &Host, network: &str) -> Result<serde_json::Value> {
+    let loomctl = bin_dir().join("loomctl");
+    let docker = format!("unix://{}", h.docker_socket().display());
+    let text = h.exec(&[&loomctl.display().to_string(), "--docker-host", &docker, "inspect", network])?;
+    let inspected: serde_json::Value = serde_json::from_str(&text).context("loomctl inspect printed no JSON")?;
+    Ok(inspected["held"]["fast_path"].clone())
+}
+
 fn ports_of(h: &Host, bridge: &str) -> Result<Vec<String>> {
     let out = h.exec(&["ip", "-o", "link", "show", "master", bridge])?;
     Ok(out.lines().filter_map(|l| Some(l.split(": ").nth(1)?.split('@').next()?.to_string())).collect())
@@ -90,6 +99,10 @@ fn fastpath_scenario(c: &Cluster) -> Result<()> {
     // The redirects carry the traffic between the two containers of fp1.
     let (filters, before) = redirects(&h, block);
     ensure!(filters == 2, "fp1's block holds {filters} redirects, not 2:\n{}", block_text(&h, block));
+    let shown = inspected_fast_path(&h, "fp1")?;
+    let listed = shown["redirects"].as_array().map_or(0, Vec::len);
+    ensure!(shown["block"] == block && listed == 2, "loomctl inspect fp1 shows {shown}");
+    ensure!(inspected_fast_path(&h, "fp3")?["enabled"] == false, "fp3 (icc=false) has a fast path");
     let echoes = echoes_received(&h, "a1")?;
     ensure!(replies(&h, "a2", "172.30.11.10", 5)? == 5, "a2 -> a1 over the fast path");
     ensure!(echoes_received(&h, "a1")? - echoes >= 5, "a1 answers on its own network");

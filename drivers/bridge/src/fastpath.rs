@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
-use netloom_dataplane::{fastpath_block_of, fastpath_mac};
+use netloom_dataplane::{fastpath_block_of, fastpath_mac, mac};
 use netloom_plugin_api::addressing::short_id as short;
+use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::driver::BridgeDriver;
@@ -97,5 +98,26 @@ impl BridgeDriver {
             info!(network = %short(&net.id), removed, added, "fast path brought in line with the endpoints");
         }
         Ok(())
+    }
+
+    /// What `loomctl inspect` shows of a network's fast path: its block and redirects as the
+    /// kernel holds them.
+    pub(crate) async fn describe_fast_path(&self, net: &NetworkRecord) -> Value {
+        if !wanted(net) {
+            return json!({ "enabled": false, "why": "icc=false: the ports stay isolated on the bridge" });
+        }
+        let block = match self.block(net).await {
+            Ok(Some(block)) => block,
+            Ok(None) => return json!({ "enabled": true, "block": null }),
+            Err(e) => return json!({ "enabled": true, "error": format!("{e:#}") }),
+        };
+        match self.fastpath.list(block).await {
+            Ok(entries) => {
+                let redirects: Vec<Value> =
+                    entries.iter().map(|e| json!({ "mac": mac::format(&e.mac), "port_index": e.port })).collect();
+                json!({ "enabled": true, "block": block, "redirects": redirects })
+            }
+            Err(e) => json!({ "enabled": true, "block": block, "error": format!("{e:#}") }),
+        }
     }
 }

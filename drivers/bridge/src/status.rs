@@ -41,6 +41,7 @@ impl BridgeDriver {
             "bridge": link(bridge.as_ref()),
             "endpoints": described,
             "firewall": { "backend": self.firewall.kind().to_string(), "rules_installed": rules },
+            "fast_path": self.describe_fast_path(&net).await,
         }))
     }
 }
