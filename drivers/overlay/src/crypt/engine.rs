@@ -207,7 +207,8 @@ async fn start_userspace(config: &TunnelConfig<'_>, key: &KeyPair, ns: &Netns, n
     let tun = tun::open_in(ns, config.tun_path, DEVICE)?;
     address_device(config, netlink).await?;
     let udp = bind_socket(config)?;
-    Engine::start(tun, udp, config.tunnel_ip, key)
+    let inbound = tun::open_inbound(ns, config.tun_path, netlink).await;
+    Engine::start(tun, inbound, udp, config.tunnel_ip, key)
 }
 
 /// MTU, this host's tunnel address, up, and the route to the other hosts' tunnel addresses.

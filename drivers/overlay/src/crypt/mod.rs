@@ -19,6 +19,7 @@ mod engine_tests;
 mod gso;
 mod kernel;
 pub mod keys;
+mod merge;
 mod segment;
 mod tun;
 mod userspace;

@@ -228,10 +228,15 @@ impl Layout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MSS: usize = 100;
+    pub(crate) const MSS: usize = 100;
+
+    /// A VXLAN-carried TCP run of 5.37 segments (the last short) with its virtio header.
+    pub(crate) fn tcp_super_packet() -> (VnetHeader, Vec<u8>) {
+        (tunnel_header(), vxlan(&tcp_packet(5 * MSS + 37, 0x18)))
+    }
 
     /// RFC 1071 checked word by word, independently of the module's sum.
     fn verifies(bytes: &[u8], pseudo: &[u8]) -> bool {

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use netloom_dataplane::Netns;
+use netloom_dataplane::{Netlink, Netns};
 use tracing::info;
 
 use super::segment::{VNET_BASIC_HDR_LEN, VNET_TUNNEL_HDR_LEN};
 
 const IFF_TUN: libc::c_short = 0x0001;
+const IFF_TAP: libc::c_short = 0x0002;
+/// The inbound device's name (the tunnel device's with a suffix).
+pub(crate) const INBOUND_DEVICE: &str = "loomwg0in";
 const IFF_NO_PI: libc::c_short = 0x1000;
 /// Every packet read or written is preceded by a `virtio_net_hdr` (see `coalesce`).
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -40,6 +43,48 @@ struct IfReq {
 /// Opens `tun_path` inside `ns` and attaches a TUN device (layer 3, no packet information
 /// header, a virtio header instead) named `name`. The device lives as long as the returned file.
 pub(crate) fn open_in(ns: &Netns, tun_path: &Path, name: &str) -> Result<File> {
+    open_device(ns, tun_path, name, IFF_TUN)
+}
+
+/// The device opened packets are written to when they can be merged (see `merge`): a TAP
+/// device named after the tunnel's, up, taking UDP-tunnel segmentation offload packets. None
+/// (logged) when the kernel cannot, and then everything goes to the tunnel device as before.
+/// It lives as long as the returned file.
+pub(crate) async fn open_inbound(ns: &Netns, tun_path: &Path, netlink: &Netlink) -> Option<(File, [u8; 6])> {
+    let opened = async {
+        let file = open_device(ns, tun_path, INBOUND_DEVICE, IFF_TAP)?;
+        if enable_offloads(&file) != VNET_TUNNEL_HDR_LEN {
+            bail!("no UDP-tunnel segmentation offload on TAP devices");
+        }
+        accept_any_source(ns)?;
+        let link = netlink.link(INBOUND_DEVICE).await?.ok_or_else(|| anyhow!("{INBOUND_DEVICE} vanished"))?;
+        netlink.set_up(&link).await?;
+        let mac: [u8; 6] = link.mac.clone().try_into().map_err(|_| anyhow!("{INBOUND_DEVICE} has no MAC address"))?;
+        Ok::<_, anyhow::Error>((file, mac))
+    };
+    match opened.await {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            info!(error = format!("{e:#}"), "opened packets are written one run at a time to the tunnel device");
+            None
+        }
+    }
+}
+
+/// Packets from peers come in on the inbound device while the route back to them is the tunnel
+/// device, so reverse-path filtering must be off for it (the effective value is the larger of
+/// `all` and the device's); the tunnel namespace holds nothing else it would protect.
+fn accept_any_source(ns: &Netns) -> Result<()> {
+    ns.run(|| {
+        for conf in ["all", INBOUND_DEVICE] {
+            let path = format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter");
+            std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+        }
+        Ok(())
+    })
+}
+
+fn open_device(ns: &Netns, tun_path: &Path, name: &str, kind: libc::c_short) -> Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         bail!("{name:?} is not a valid interface name");
     }
@@ -50,7 +95,7 @@ pub(crate) fn open_in(ns: &Netns, tun_path: &Path, name: &str) -> Result<File> {
             format!("opening {} (the TUN device userspace WireGuard needs; is the tun module loaded?)", path.display())
         })?;
         let mut request =
-            IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, _union_rest: [0; 22] };
+            IfReq { name: [0; libc::IFNAMSIZ], flags: kind | IFF_NO_PI | IFF_VNET_HDR, _union_rest: [0; 22] };
         request.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: the request is a properly sized, initialised ifreq that outlives the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut request as *mut IfReq) };

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::coalesce::{Coalescer, Written};
 use super::gso::{self, Outbox};
+use super::merge::Merger;
 use super::segment::{self, VnetHeader};
 use super::{tun, KeyPair, PublicKey, TunnelPeer, TunnelStats};
 
@@ -76,6 +77,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 struct Shared {
     tun: File,
+    /// Where merged runs of opened packets go (see `merge`), with its MAC address.
+    inbound: Option<(File, [u8; 6])>,
     /// Size of the virtio header before each packet on the device (which says how to cut it).
     vnet_len: usize,
     udp: UdpSocket,
@@ -90,6 +93,7 @@ struct Shared {
 /// Opened packets on their way to the device, with what reached it.
 struct Delivery {
     coalescer: Coalescer,
+    merger: Option<Merger>,
     written: Written,
 }
 
@@ -103,7 +107,13 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn start(tun: File, udp: UdpSocket, own_tunnel_ip: IpAddr, key: &KeyPair) -> Result<Engine> {
+    pub(crate) fn start(
+        tun: File,
+        inbound: Option<(File, [u8; 6])>,
+        udp: UdpSocket,
+        own_tunnel_ip: IpAddr,
+        key: &KeyPair,
+    ) -> Result<Engine> {
         udp.set_read_timeout(Some(TICK)).context("setting the WireGuard socket's read timeout")?;
         tun::set_nonblocking(&tun).context("making the tunnel device non-blocking")?;
         let vnet_len = tun::enable_offloads(&tun);
@@ -112,6 +122,7 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             tun,
+            inbound,
             vnet_len,
             udp,
             own_tunnel_ip,
@@ -357,7 +368,8 @@ impl Shared {
     fn udp_loop(&self) {
         let mut datagrams = vec![0u8; 1 << 18];
         let mut out = vec![0u8; OUT_BUFFER];
-        let mut delivery = Delivery { coalescer: Coalescer::new(self.vnet_len), written: Written::default() };
+        let merger = self.inbound.as_ref().map(|(_, mac)| Merger::new(*mac));
+        let mut delivery = Delivery { coalescer: Coalescer::new(self.vnet_len), merger, written: Written::default() };
         while !self.stopping() {
             let (len, from, segment) = match gso::recv(&self.udp, &mut datagrams) {
                 Ok(received) => received,
@@ -416,12 +428,28 @@ impl Shared {
                 debug!(host = %peer.config.host, sender = %sender, "a peer sent a packet from an address not its own");
                 return;
             }
-            return into.coalescer.push(packet, &self.tun, &mut into.written);
+            return self.hand_over(packet, into);
         }
+    }
+
+    /// An opened packet goes to the run it can join; the other run is written first, so that
+    /// packets reach the namespace in the order they came.
+    fn hand_over(&self, packet: &[u8], into: &mut Delivery) {
+        if let (Some((device, _)), Some(merger)) = (&self.inbound, &mut into.merger) {
+            into.coalescer.flush(&self.tun, &mut into.written);
+            if merger.push(packet, &mut &*device, &mut into.written) {
+                return;
+            }
+            merger.flush(&mut &*device, &mut into.written);
+        }
+        into.coalescer.push(packet, &self.tun, &mut into.written);
     }
 
     /// Writes what is left in the run and counts what reached the device.
     fn deliver(&self, into: &mut Delivery) {
+        if let (Some((device, _)), Some(merger)) = (&self.inbound, &mut into.merger) {
+            merger.flush(&mut &*device, &mut into.written);
+        }
         into.coalescer.flush(&self.tun, &mut into.written);
         let written = std::mem::take(&mut into.written);
         bump(&self.counters.rx_packets, written.packets);
