@@ -1,6 +1,7 @@
 //! loom-bridge's bypass of the bridge between endpoints of one network (Docker 26, nftables):
 //! the redirects carry container-to-container traffic (their hit counters rise), an icc=false
-//! network gets none and stays isolated, a container of another network addressing frames to a
+//! network gets none and stays isolated, one made with `-o fast_path=false` gets none and talks
+//! through the bridge, a container of another network addressing frames to a
 //! fast-path container's MAC gets nothing through, a restarted driver puts the block back in
 //! line, and nothing of it is left in tc once the network is removed.
 
@@ -84,6 +85,8 @@ fn fastpath_scenario(c: &Cluster) -> Result<()> {
     h.network_create("loom-bridge", "fp2", &["--subnet", "172.30.12.0/24", "-o", &name("lbfp2")])?;
     let no_icc = "com.docker.network.bridge.enable_icc=false";
     h.network_create("loom-bridge", "fp3", &["--subnet", "172.30.13.0/24", "-o", &name("lbfp3"), "-o", no_icc])?;
+    let off = ["--subnet", "172.30.14.0/24", "-o", &name("lbfp4"), "-o", "fast_path=false"];
+    h.network_create("loom-bridge", "fp4", &off)?;
     for (container, net, ip) in [
         ("a1", "fp1", "172.30.11.10"),
         ("a2", "fp1", "172.30.11.11"),
@@ -91,6 +94,8 @@ fn fastpath_scenario(c: &Cluster) -> Result<()> {
         ("b2", "fp2", "172.30.12.11"),
         ("c1", "fp3", "172.30.13.10"),
         ("c2", "fp3", "172.30.13.11"),
+        ("d1", "fp4", "172.30.14.10"),
+        ("d2", "fp4", "172.30.14.11"),
     ] {
         run_container(&h, container, net, ip)?;
     }
@@ -115,6 +120,13 @@ fn fastpath_scenario(c: &Cluster) -> Result<()> {
         ensure!(!qdiscs.contains("clsact"), "icc=false port {port} has {qdiscs}");
     }
     ensure!(replies(&h, "c1", "172.30.13.11", 3)? == 0, "c1 reached c2 on an icc=false network");
+    // Turned off by option: no binding, the containers talk through the bridge.
+    for port in ports_of(&h, "lbfp4")? {
+        let qdiscs = h.exec(&["tc", "qdisc", "show", "dev", &port])?;
+        ensure!(!qdiscs.contains("clsact"), "fast_path=false port {port} has {qdiscs}");
+    }
+    ensure!(replies(&h, "d1", "172.30.14.11", 3)? == 3, "d1 cannot reach d2 through the bridge");
+    ensure!(inspected_fast_path(&h, "fp4")?["enabled"] == false, "fp4 (fast_path=false) has a fast path");
 
     // Another network's container addressing frames to a1's MAC: first shown to work towards a
     // container of its own network, then nothing reaches a1.
@@ -166,8 +178,8 @@ fn fastpath_scenario(c: &Cluster) -> Result<()> {
     ensure!(redirects(&h, block).1 >= before + 2, "the restored redirects carry no traffic");
 
     // Removal leaves nothing in tc.
-    h.docker(&["rm", "-f", "a1", "a2", "b1", "b2", "c1", "c2"])?;
-    for net in ["fp1", "fp2", "fp3"] {
+    h.docker(&["rm", "-f", "a1", "a2", "b1", "b2", "c1", "c2", "d1", "d2"])?;
+    for net in ["fp1", "fp2", "fp3", "fp4"] {
         h.docker(&["network", "rm", net]).with_context(|| format!("removing {net}"))?;
     }
     let qdiscs = h.exec(&["tc", "qdisc", "show"])?;

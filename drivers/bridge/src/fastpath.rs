@@ -1,6 +1,7 @@
 //! The bridge bypass for endpoints of one network (netloom_dataplane's `FastPath`): frames from
 //! one endpoint to another go from port to port, skipping the bridge and br_netfilter's hooks.
-//! Only for networks with icc: an icc=false network's ports are isolated on the bridge and must
+//! Only for networks with icc and without `-o fast_path=false` (which keeps everything on the
+//! bridge, where the host's FORWARD rules see it): an icc=false network's ports are isolated on the bridge and must
 //! stay where the bridge enforces it. A fast path that cannot be set up is logged and the
 //! endpoint served through the bridge: it is a shortcut, never what makes traffic flow.
 
@@ -18,7 +19,7 @@ use crate::state::{EndpointRecord, NetworkRecord};
 
 /// Whether a network's endpoints bypass the bridge between each other.
 pub(crate) fn wanted(net: &NetworkRecord) -> bool {
-    net.options.icc
+    net.options.icc && net.options.fast_path
 }
 
 impl BridgeDriver {
@@ -104,7 +105,12 @@ impl BridgeDriver {
     /// kernel holds them.
     pub(crate) async fn describe_fast_path(&self, net: &NetworkRecord) -> Value {
         if !wanted(net) {
-            return json!({ "enabled": false, "why": "icc=false: the ports stay isolated on the bridge" });
+            let why = if net.options.icc {
+                "fast_path=false: everything goes through the bridge"
+            } else {
+                "icc=false: the ports stay isolated on the bridge"
+            };
+            return json!({ "enabled": false, "why": why });
         }
         let block = match self.block(net).await {
             Ok(Some(block)) => block,

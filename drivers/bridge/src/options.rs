@@ -14,9 +14,21 @@ pub const HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4
 pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
 pub const IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
 pub const HOST_IPV4: &str = "com.docker.network.host_ipv4";
+/// netloom's own: `false` keeps all traffic between the network's containers on the bridge
+/// (through br_netfilter, where the host's FORWARD rules see it), as Docker's bridge does.
+pub const FAST_PATH: &str = "fast_path";
 
-const KNOWN: &[&str] =
-    &[BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4, INHIBIT_IPV4, MTU, IFACE_PREFIX, HOST_IPV4];
+const KNOWN: &[&str] = &[
+    BRIDGE_NAME,
+    ENABLE_ICC,
+    ENABLE_IP_MASQUERADE,
+    HOST_BINDING_IPV4,
+    INHIBIT_IPV4,
+    MTU,
+    IFACE_PREFIX,
+    HOST_IPV4,
+    FAST_PATH,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BridgeOptions {
@@ -33,6 +45,14 @@ pub struct BridgeOptions {
     pub iface_prefix: String,
     /// SNAT to this address instead of masquerading.
     pub snat_source: Option<IpAddr>,
+    /// Frames between the network's endpoints bypass the bridge (with icc only).
+    #[serde(default = "on")]
+    pub fast_path: bool,
+}
+
+/// What records written before the fast path existed get.
+fn on() -> bool {
+    true
 }
 
 impl Default for BridgeOptions {
@@ -46,6 +66,7 @@ impl Default for BridgeOptions {
             mtu: None,
             iface_prefix: "eth".to_string(),
             snat_source: None,
+            fast_path: true,
         }
     }
 }
@@ -63,6 +84,7 @@ impl BridgeOptions {
             mtu: o.mtu()?,
             iface_prefix: o.parsed(IFACE_PREFIX, parse_iface_prefix)?.unwrap_or(defaults.iface_prefix),
             snat_source: o.parsed(HOST_IPV4, parse_host_ipv4)?,
+            fast_path: o.bool(FAST_PATH, defaults.fast_path)?,
         })
     }
 }
@@ -97,6 +119,13 @@ fn parse_iface_prefix(value: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn records_from_before_the_fast_path_get_it() {
+        let mut old = serde_json::to_value(BridgeOptions { fast_path: false, ..BridgeOptions::default() }).unwrap();
+        old.as_object_mut().unwrap().remove("fast_path");
+        assert!(serde_json::from_value::<BridgeOptions>(old).unwrap().fast_path);
+    }
+
     fn opts(pairs: &[(&str, &str)]) -> Result<BridgeOptions> {
         BridgeOptions::parse(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
@@ -104,7 +133,7 @@ mod tests {
     #[test]
     fn defaults_match_docker() {
         let o = opts(&[]).unwrap();
-        assert!(o.icc && o.masquerade && !o.inhibit_ipv4);
+        assert!(o.icc && o.masquerade && !o.inhibit_ipv4 && o.fast_path);
         assert_eq!((o.mtu, o.bridge_name, o.iface_prefix.as_str()), (None, None, "eth"));
     }
 
@@ -117,8 +146,10 @@ mod tests {
             (HOST_BINDING_IPV4, "127.0.0.1"),
             (MTU, "1400"),
             (HOST_IPV4, "192.0.2.7"),
+            (FAST_PATH, "false"),
         ])
         .unwrap();
+        assert!(!o.fast_path);
         assert_eq!(o.bridge_name.as_deref(), Some("br-test"));
         assert!(!o.icc && !o.masquerade);
         assert_eq!(o.host_binding_ipv4, Some(Ipv4Addr::LOCALHOST));
@@ -145,6 +176,7 @@ mod tests {
                 "unknown option(s) com.docker.network.bridge.enable_icc_typo",
             ),
             (vec![(IFACE_PREFIX, "e-th")], "letters or digits"),
+            (vec![(FAST_PATH, "maybe")], "not a boolean"),
         ] {
             let err = format!("{:#}", opts(&pairs).unwrap_err());
             assert!(err.contains(expected), "{pairs:?}: {err}");
