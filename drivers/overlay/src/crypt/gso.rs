@@ -147,8 +147,13 @@ fn send_segmented(socket: &UdpSocket, data: &[u8], segment: usize, to: SocketAdd
 }
 
 /// Receives one datagram, or several coalesced by GRO: (bytes, sender, segment size); the
-/// bytes hold consecutive datagrams of `segment` bytes (the last may be shorter).
-pub(crate) fn recv(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+/// bytes hold consecutive datagrams of `segment` bytes (the last may be shorter). `flags` as
+/// recvmsg(2) takes them (MSG_DONTWAIT: only what is there).
+pub(crate) fn recv(
+    socket: &UdpSocket,
+    buffer: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, SocketAddr, usize)> {
     let mut iov = libc::iovec { iov_base: buffer.as_mut_ptr() as *mut libc::c_void, iov_len: buffer.len() };
     // SAFETY: as in send_segmented; the kernel writes at most the lengths given.
     unsafe {
@@ -162,7 +167,7 @@ pub(crate) fn recv(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<(usize, 
         message.msg_iovlen = 1;
         message.msg_control = control.as_mut_ptr() as *mut libc::c_void;
         message.msg_controllen = space.min(control.len()) as _;
-        let rc = libc::recvmsg(socket.as_raw_fd(), &mut message, 0);
+        let rc = libc::recvmsg(socket.as_raw_fd(), &mut message, flags);
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -259,7 +264,7 @@ mod tests {
         let mut buffer = vec![0u8; 1 << 17];
         let mut datagrams = Vec::new();
         while datagrams.len() < 12 {
-            let (len, from, segment) = recv(&receiver, &mut buffer).unwrap();
+            let (len, from, segment) = recv(&receiver, &mut buffer, 0).unwrap();
             assert_eq!(from, sender.local_addr().unwrap());
             datagrams.extend(buffer[..len].chunks(segment).map(|d| (d.len(), d[0])));
         }

@@ -370,9 +370,18 @@ impl Shared {
         let mut out = vec![0u8; OUT_BUFFER];
         let merger = self.inbound.as_ref().map(|(_, mac)| Merger::new(*mac));
         let mut delivery = Delivery { coalescer: Coalescer::new(self.vnet_len), merger, written: Written::default() };
+        // Opened packets are written once the socket has nothing more to give, so that a run
+        // the sender had to split over two sends is merged whole.
+        let mut holding = false;
         while !self.stopping() {
-            let (len, from, segment) = match gso::recv(&self.udp, &mut datagrams) {
+            let flags = if holding { libc::MSG_DONTWAIT } else { 0 };
+            let (len, from, segment) = match gso::recv(&self.udp, &mut datagrams, flags) {
                 Ok(received) => received,
+                Err(e) if holding && e.kind() == ErrorKind::WouldBlock => {
+                    self.deliver(&mut delivery);
+                    holding = false;
+                    continue;
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
                     continue
                 }
@@ -389,7 +398,7 @@ impl Shared {
             for datagram in datagrams[..len].chunks(segment.max(1)) {
                 self.open(&peer, from, datagram, &mut out, &mut delivery);
             }
-            self.deliver(&mut delivery);
+            holding = true;
         }
     }
 
