@@ -1,9 +1,10 @@
 //! Encrypted overlay networks (`-o encrypted`): the VXLAN traffic of such a network between
 //! hosts rides in WireGuard tunnels between the member hosts.
 //!
-//! Per host, one WireGuard device (`loomwg0`, a TUN device served in userspace by boringtun when
-//! the kernel has no WireGuard) lives in a namespace of its own (`<netns-dir>/ovl-crypt`) with
-//! this host's tunnel address and nothing else. The VXLAN links of encrypted networks are made
+//! Per host, one WireGuard device (`loomwg0`: the kernel's, or a TUN device served in userspace
+//! by boringtun, see [`engine`]) lives in a namespace of its own (`<netns-dir>/ovl-crypt`) with
+//! this host's tunnel address and nothing else but, in userspace, the TAP device opened packets
+//! are written to (`merge`). The VXLAN links of encrypted networks are made
 //! in that namespace (their UDP socket stays there) and then moved into their network's
 //! namespace, so encrypted VNIs are only reachable through the tunnel: a VXLAN packet from the
 //! LAN cannot reach them, and their frames never leave the host in clear. The WireGuard UDP
