@@ -99,3 +99,31 @@ pub(crate) fn usable_peers(peers: &[TunnelPeer], own_tunnel_ip: IpAddr) -> Vec<&
     }
     usable
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(host: &str, endpoint: &str, tunnel_ip: &str) -> TunnelPeer {
+        TunnelPeer {
+            host: host.into(),
+            public_key: PublicKey([host.len() as u8; 32]),
+            endpoint: endpoint.parse().unwrap(),
+            tunnel_ip: tunnel_ip.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn ambiguous_peers_and_this_hosts_address_are_left_out() {
+        let peers = [
+            peer("b", "192.0.2.2:51820", "100.64.0.2"),
+            peer("c-same-tunnel-ip", "192.0.2.3:51820", "100.64.0.2"),
+            peer("d-same-endpoint", "192.0.2.2:51820", "100.64.0.4"),
+            peer("self", "192.0.2.5:51820", "100.64.0.1"),
+            peer("e", "192.0.2.6:51820", "100.64.0.6"),
+        ];
+        let usable: Vec<&str> =
+            usable_peers(&peers, "100.64.0.1".parse().unwrap()).iter().map(|p| p.host.as_str()).collect();
+        assert_eq!(usable, vec!["b", "e"]);
+    }
+}

@@ -21,7 +21,7 @@ use super::coalesce::{Coalescer, Written};
 use super::gso::{self, Outbox};
 use super::merge::Merger;
 use super::segment::{self, VnetHeader};
-use super::{tun, KeyPair, PublicKey, TunnelPeer, TunnelStats};
+use super::{tun, usable_peers, KeyPair, PublicKey, TunnelPeer, TunnelStats};
 
 /// How often a stopped engine's threads notice, and how often session timers run.
 const TICK: Duration = Duration::from_millis(250);
@@ -153,15 +153,7 @@ impl Engine {
         let old = self.shared.table();
         let mut table = PeerTable::default();
         let mut fresh = Vec::new();
-        for wanted in peers {
-            if wanted.tunnel_ip == self.shared.own_tunnel_ip
-                || table.by_tunnel_ip.contains_key(&wanted.tunnel_ip)
-                || table.by_endpoint.contains_key(&wanted.endpoint)
-            {
-                warn!(host = %wanted.host, tunnel_ip = %wanted.tunnel_ip, endpoint = %wanted.endpoint,
-                    "tunnel peer left out: its tunnel address or endpoint is already taken");
-                continue;
-            }
+        for wanted in usable_peers(peers, self.shared.own_tunnel_ip) {
             let peer = match old.by_tunnel_ip.get(&wanted.tunnel_ip) {
                 Some(kept) if kept.config == *wanted => kept.clone(),
                 _ => {
