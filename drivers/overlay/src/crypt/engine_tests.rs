@@ -446,3 +446,43 @@ fn tcp_rate(from: &Netns, to: &Netns, from_ip: IpAddr, to_ip: IpAddr) -> f64 {
     let total = reader.join().unwrap();
     total as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6
 }
+
+/// The kernel's WireGuard between two hosts, where the kernel has it: datagrams cross, only
+/// between the configured peers, and a rotated key is used once the peer knows it. This
+/// machine's kernel has no WireGuard, so here the test only says it was skipped.
+#[test]
+fn kernel_wireguard_between_two_hosts_skipped_without_kernel_wireguard() {
+    with_two_hosts(|a, b| {
+        Box::pin(async move {
+            let probe = Netlink::connect_in(&a.underlay).unwrap();
+            if !probe.kernel_has_wireguard("loomwgprobe").await.unwrap() {
+                println!("SKIPPED: this kernel has no WireGuard (CONFIG_WIREGUARD); the kernel path is not exercised");
+                return;
+            }
+            let (mut config_a, mut config_b) =
+                (a.config(Path::new(DEFAULT_TUN_PATH)), b.config(Path::new(DEFAULT_TUN_PATH)));
+            config_a.mode = WireguardMode::Kernel;
+            config_b.mode = WireguardMode::Kernel;
+            let tunnel_a = Tunnel::start(&config_a, &a.key).await.unwrap();
+            let tunnel_b = Tunnel::start(&config_b, &b.key).await.unwrap();
+            assert_eq!(tunnel_a.kind(), TunnelKind::Kernel);
+            let (sender, receiver) = (a.tunnel_socket(None, 0), b.tunnel_socket(None, 7000));
+            assert_eq!(deliveries(&sender, &receiver, b"no peers yet", Duration::from_millis(500)), 0);
+            tunnel_a.set_peers(&[b.as_peer("b")]).unwrap();
+            tunnel_b.set_peers(&[a.as_peer("a")]).unwrap();
+            assert!(delivered_within(&sender, &receiver, b"kernel", Duration::from_secs(3)), "the tunnel carries");
+            assert!(tunnel_a.stats().tx_bytes > 0 && tunnel_b.stats().rx_bytes > 0);
+
+            let rotated = KeyPair::generate().unwrap();
+            tunnel_a.set_key(&rotated).unwrap();
+            let mut a_rotated = a.as_peer("a");
+            a_rotated.public_key = rotated.public;
+            tunnel_b.set_peers(&[a_rotated]).unwrap();
+            assert!(delivered_within(&sender, &receiver, b"rotated", Duration::from_secs(3)), "after rotation");
+
+            tunnel_a.remove().await.unwrap();
+            tunnel_b.remove().await.unwrap();
+            assert!(a.device().await.is_none() && b.device().await.is_none(), "no device left");
+        })
+    });
+}
