@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::Shared;
 use crate::crypt::{
-    KeyPair, PublicKey, Tunnel, TunnelConfig, WireguardMode, TunnelPeer, DEVICE, NETNS_NAME, WIREGUARD_OVERHEAD_V4,
+    KeyPair, PublicKey, Tunnel, TunnelConfig, TunnelPeer, WireguardMode, DEVICE, NETNS_NAME, WIREGUARD_OVERHEAD_V4,
     WIREGUARD_OVERHEAD_V6,
 };
 use crate::overlay::Overlay;
