@@ -356,6 +356,33 @@ fn batch(kind: BackendKind) {
     fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
 }
 
+/// More policies than one nftables batch carries: all installed, all owned, all removed.
+fn many_batches(kind: BackendKind) {
+    let lab = Lab::new();
+    let fw = Fw::open(&lab.host, kind);
+    let nets: Vec<NetworkPolicy> = (1..=150)
+        .map(|i| policy(&format!("{i:03}{}", "a".repeat(61)), &format!("loomM{i}"), &format!("198.19.{i}.0/24")))
+        .collect();
+    let mut want: Vec<String> = nets.iter().map(|n| n.network_id.clone()).collect();
+    want.sort();
+    fw.call(move |fw| Box::pin(async move { fw.add_networks(&nets).await })).unwrap();
+    let mut ids = owned(&fw);
+    ids.sort();
+    assert_eq!(ids, want, "not every network of a 150-policy install is there");
+    fw.call(|fw| Box::pin(async move { fw.remove_all().await })).unwrap();
+    assert!(owned(&fw).is_empty());
+}
+
+#[test]
+fn iptables_install_of_150_policies() {
+    many_batches(BackendKind::Iptables);
+}
+
+#[test]
+fn nftables_install_of_150_policies() {
+    many_batches(BackendKind::Nftables);
+}
+
 #[test]
 fn iptables_batch_install() {
     batch(BackendKind::Iptables);

@@ -289,6 +289,84 @@ fn network_removal(sock: &mut Socket, network_tag: &str) -> Result<Option<Tx>, N
     Ok(any.then_some(tx))
 }
 
+/// Makes sure the iptables FORWARD compat rule exists for the families `nets` use.
+fn ensure_compat(nets: &[NetworkPolicy]) -> Result<()> {
+    let v4 = nets.iter().any(|n| n.has_v4() || !n.has_v6());
+    let v6 = nets.iter().any(|n| n.has_v6());
+    crate::compat::ensure(v4, v6).context("installing the iptables FORWARD compat rule")
+}
+
+/// Networks installed per batch by `add_networks` (a batch must fit the socket's send buffer).
+const NETWORKS_PER_BATCH: usize = 64;
+
+/// One network's chains, rules and verdict-map entries, in one batch (the compat rule aside).
+fn install_network(sock: &mut Socket, net: &NetworkPolicy) -> Result<()> {
+    let hooked = sock.elems(layout::MAP_FWD_IN).map_err(nl_context("reading a verdict map"))?;
+    let mut tx = Tx::new();
+    add_skeleton(&mut tx, &table());
+    add_network_to(&mut tx, sock, net, &hooked)?;
+    debug!(network = %net.network_id, bridge = %net.bridge, "nft: adding network");
+    apply(sock, tx).map_err(|e| {
+        if e.errno() == Some(Errno::EEXIST) {
+            anyhow!("bridge {} is already used by another network's rules ({e})", net.bridge)
+        } else {
+            anyhow!("{e}")
+        }
+    })
+}
+
+/// Many networks in a few batches: each commit costs the kernel more as the ruleset grows, so
+/// one commit per network made a restore of many quadratic.
+fn install_networks(sock: &mut Socket, nets: &[NetworkPolicy]) -> Result<()> {
+    let hooked = sock.elems(layout::MAP_FWD_IN).map_err(nl_context("reading a verdict map"))?;
+    for batch in nets.chunks(NETWORKS_PER_BATCH) {
+        let mut tx = Tx::new();
+        add_skeleton(&mut tx, &table());
+        for net in batch {
+            add_network_to(&mut tx, sock, net, &hooked)?;
+        }
+        debug!(networks = batch.len(), "nft: adding networks");
+        apply(sock, tx).map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+/// Adds to `tx` the network's chains (flushed and refilled), its rules and its bridge in the
+/// verdict maps; `hooked` is the forward-in map as read before, to unhook the network from a
+/// bridge it had before.
+fn add_network_to(tx: &mut Tx, sock: &mut Socket, net: &NetworkPolicy, hooked: &[netlink::Elem]) -> Result<()> {
+    let table = table();
+    let chains = NetChains::of(&net.network_id);
+    let comment = tag::nft_chain_comment(&net.network_id);
+    for c in chains.all() {
+        tx.add(&netlink::ChainMsg::new(c).comment(&comment), MsgType::Add, format!("chain {c}"));
+        tx.add(&netlink::FlushChain::new(c), MsgType::Del, format!("flush chain {c}"));
+    }
+    let key = layout::ifname_key(&net.bridge);
+    let old_keys = hooked.iter().filter(|e| e.chain.as_deref() == Some(chains.fwd_in.as_str()) && e.key != key);
+    for old in old_keys.map(|e| e.key.clone()) {
+        for (map, chain) in chains.vmap_targets() {
+            let found = sock.elem(map, &old).map_err(nl_context("reading a verdict map"))?;
+            if found.is_some_and(|e| e.chain.as_deref() == Some(chain)) {
+                tx.elems(map, &[NewElem::key(old.clone())], MsgType::Del);
+            }
+        }
+        if sock.elem(SET_BRIDGES, &old).map_err(nl_context("reading the bridge set"))?.is_some() {
+            tx.elems(SET_BRIDGES, &[NewElem::key(old.clone())], MsgType::Del);
+        }
+    }
+    let rules = layout::network_rules(net);
+    tx.rules(&table, &chains.fwd_in, &rules.fwd_in);
+    tx.rules(&table, &chains.fwd_out, &rules.fwd_out);
+    tx.rules(&table, &chains.nat_in, &rules.nat_in);
+    tx.rules(&table, &chains.nat_out, &rules.nat_out);
+    tx.elems(SET_BRIDGES, &[NewElem::key(key.clone())], MsgType::Add);
+    for (map, chain) in chains.vmap_targets() {
+        tx.elems(map, &[NewElem { key: key.clone(), data: ElemData::Jump(chain), comment: None }], MsgType::Add);
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Firewall for NftFirewall {
     fn kind(&self) -> BackendKind {
@@ -300,61 +378,27 @@ impl Firewall for NftFirewall {
         let net = net.clone();
         let id = net.network_id.clone();
         self.run(move |sock| {
-            crate::compat::ensure(net.has_v4() || !net.has_v6(), net.has_v6())
-                .context("installing the iptables FORWARD compat rule")?;
-            let table = table();
-            let mut tx = Tx::new();
-            add_skeleton(&mut tx, &table);
-            let chains = NetChains::of(&net.network_id);
-            let comment = tag::nft_chain_comment(&net.network_id);
-            for c in chains.all() {
-                tx.add(&netlink::ChainMsg::new(c).comment(&comment), MsgType::Add, format!("chain {c}"));
-                tx.add(&netlink::FlushChain::new(c), MsgType::Del, format!("flush chain {c}"));
-            }
-            // The same network on another bridge before (a changed policy): unhook the old one.
-            let key = layout::ifname_key(&net.bridge);
-            let old_keys: Vec<Vec<u8>> = sock
-                .elems(layout::MAP_FWD_IN)
-                .map_err(nl_context("reading a verdict map"))?
-                .into_iter()
-                .filter(|e| e.chain.as_deref() == Some(chains.fwd_in.as_str()) && e.key != key)
-                .map(|e| e.key)
-                .collect();
-            for old in old_keys {
-                for (map, chain) in chains.vmap_targets() {
-                    let found = sock.elem(map, &old).map_err(nl_context("reading a verdict map"))?;
-                    if found.is_some_and(|e| e.chain.as_deref() == Some(chain)) {
-                        tx.elems(map, &[NewElem::key(old.clone())], MsgType::Del);
-                    }
-                }
-                if sock.elem(SET_BRIDGES, &old).map_err(nl_context("reading the bridge set"))?.is_some() {
-                    tx.elems(SET_BRIDGES, &[NewElem::key(old.clone())], MsgType::Del);
-                }
-            }
-            let rules = layout::network_rules(&net);
-            tx.rules(&table, &chains.fwd_in, &rules.fwd_in);
-            tx.rules(&table, &chains.fwd_out, &rules.fwd_out);
-            tx.rules(&table, &chains.nat_in, &rules.nat_in);
-            tx.rules(&table, &chains.nat_out, &rules.nat_out);
-            tx.elems(SET_BRIDGES, &[NewElem::key(key.clone())], MsgType::Add);
-            for (map, chain) in chains.vmap_targets() {
-                tx.elems(
-                    map,
-                    &[NewElem { key: key.clone(), data: ElemData::Jump(chain), comment: None }],
-                    MsgType::Add,
-                );
-            }
-            debug!(network = %net.network_id, bridge = %net.bridge, "nft: adding network");
-            apply(sock, tx).map_err(|e| {
-                if e.errno() == Some(Errno::EEXIST) {
-                    anyhow!("bridge {} is already used by another network's rules ({e})", net.bridge)
-                } else {
-                    anyhow!("{e}")
-                }
-            })
+            ensure_compat(std::slice::from_ref(&net))?;
+            install_network(sock, &net)
         })
         .await
         .with_context(|| format!("installing nftables rules of network {id}"))
+    }
+
+    async fn add_networks(&self, nets: &[NetworkPolicy]) -> Result<()> {
+        for net in nets {
+            net.validate()?;
+        }
+        let nets = nets.to_vec();
+        let count = nets.len();
+        self.run(move |sock| {
+            // One check of the compat rule for all: each check runs iptables, which (as iptables-nft)
+            // reads the whole ruleset, so one per policy made a restore quadratic.
+            ensure_compat(&nets)?;
+            install_networks(sock, &nets)
+        })
+        .await
+        .with_context(|| format!("installing nftables rules of {count} networks"))
     }
 
     async fn remove_network_by_id(&self, network_id: &str) -> Result<()> {
