@@ -38,14 +38,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// The backend's rules for docker_gwbridge; the other backend's, left from before a switch,
-    /// are removed.
+    /// The backend's rules for docker_gwbridge (the other backend's, left from before a switch,
+    /// go in [`crate::start`]'s sweep).
     pub async fn open(kind: BackendKind) -> Result<Gateway> {
-        let firewall = netloom_firewall::open(kind).await?;
-        if let Err(e) = netloom_firewall::sweep_other_backend(kind, |id| id == POLICY_ID).await {
-            warn!("{e:#}");
-        }
-        Ok(Gateway { firewall })
+        Ok(Gateway { firewall: netloom_firewall::open(kind).await? })
     }
 
     /// docker_gwbridge's policy, or None while there is no such bridge.

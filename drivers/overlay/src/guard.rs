@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use netloom_driver_kit::guard::firewall_call;
-use netloom_firewall::{BackendKind, Firewall, VXLAN_GUARD_OWNER};
+use netloom_firewall::{BackendKind, Firewall};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -57,14 +57,10 @@ pub fn wanted(state: &State, expect_network: bool) -> Option<Guard> {
 }
 
 impl VxlanGuard {
-    /// The guard in `kind`'s firewall; the other backend's guard, left from before a switch, is
-    /// removed.
+    /// The guard in `kind`'s firewall (the other backend's guard, left from before a switch,
+    /// goes in [`crate::start`]'s sweep).
     pub async fn open(kind: BackendKind, port: u16) -> Result<VxlanGuard> {
-        let firewall = netloom_firewall::open(kind).await?;
-        if let Err(e) = netloom_firewall::sweep_other_backend(kind, |id| id == VXLAN_GUARD_OWNER).await {
-            warn!("{e:#}");
-        }
-        Ok(Self::with(firewall, port))
+        Ok(Self::with(netloom_firewall::open(kind).await?, port))
     }
 
     fn with(firewall: Arc<dyn Firewall>, port: u16) -> VxlanGuard {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use netloom_dataplane::{Netlink, Netns};
 use netloom_driver_kit::restore;
+use netloom_firewall::{BackendKind, VXLAN_GUARD_OWNER};
 use netloom_ipam::{Ipam, IpamConfig};
 use netloom_plugin_api::engine::Engine;
 use netloom_plugin_api::locks::KeyedLocks;
@@ -20,12 +21,15 @@ use crate::cluster::Shared;
 use crate::dns::Directory;
 use crate::dns_setup::DnsListen;
 use crate::fabric::{endpoint_owner, Fabric};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, POLICY_ID};
 use crate::guard::VxlanGuard;
 use crate::overlay::{Config, Overlay};
 use crate::records::{short, Mode};
 use crate::state::State;
 use crate::sync::supervise;
+
+/// When the rules left in the backend not in use are removed, after start.
+const SWEEP_AFTER_START: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Overlay {
     /// Opens the stores, loads the private records and brings the kernel in line with them,
@@ -61,6 +65,19 @@ impl Overlay {
                 None
             }
         };
+        let mut in_use = Vec::new();
+        if let (Some(kind), Some(_)) = (config.firewall, &gateway) {
+            in_use.push((kind, POLICY_ID));
+        }
+        if guard.is_some() {
+            in_use.push((config.guard_firewall, VXLAN_GUARD_OWNER));
+        }
+        // Left until the socket is up: nothing here uses the other backend, and listing it takes
+        // eight iptables runs, which doubled the start-up on two cores.
+        tokio::spawn(async move {
+            tokio::time::sleep(SWEEP_AFTER_START).await;
+            sweep_other_backends(in_use).await
+        });
         let gone_at_once = config.peer_grace.is_zero();
         let answers_names = config.mode == Mode::Local && config.dns.listen != DnsListen::Off && shared.is_ok();
         let directory = answers_names.then(Directory::new);
@@ -215,4 +232,18 @@ async fn open_shared(settings: &Settings, config: &Config, host: &str) -> Result
         .await
         .map_err(|e| format!("starting the VNI allocator: {e}"));
     Ok(ipam.map(|ipam| Shared { store, ipam }))
+}
+
+/// Removes our rules left in the backend not in use (from before a `--firewall` switch): one
+/// sweep per backend for every owner using it, since each sweep lists every table of both
+/// families.
+async fn sweep_other_backends(in_use: Vec<(BackendKind, &'static str)>) {
+    let mut kinds: Vec<BackendKind> = in_use.iter().map(|(kind, _)| *kind).collect();
+    kinds.dedup();
+    for kind in kinds {
+        let mine: Vec<&'static str> = in_use.iter().filter(|(k, _)| *k == kind).map(|(_, owner)| *owner).collect();
+        if let Err(e) = netloom_firewall::sweep_other_backend(kind, move |id| mine.contains(&id)).await {
+            warn!("{e:#}");
+        }
+    }
 }
