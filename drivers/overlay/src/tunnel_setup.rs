@@ -401,6 +401,7 @@ impl Overlay {
             .collect();
         Some(serde_json::json!({
             "kind": host.tunnel.kind().to_string(),
+            "kernel_wireguard": host.tunnel.kernel_available(),
             "public_key": host.public_key.to_base64(),
             "endpoint": host.endpoint.to_string(),
             "tunnel_ip": host.tunnel_ip.to_string(),

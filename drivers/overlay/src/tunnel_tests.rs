@@ -216,6 +216,9 @@ fn encrypted_networks_ride_the_tunnel_until_the_last_goes() {
             assert_eq!(peers, vec!["h2".to_string()]);
             let status = ov1.tunnel_status().unwrap();
             assert_eq!(status["tunnel_ip"], t1.tunnel_ip.to_string());
+            let kernel =
+                netloom_dataplane::Netlink::connect().unwrap().kernel_has_wireguard("loomwgtest").await.unwrap();
+            assert_eq!(status["kernel_wireguard"], kernel, "the status says whether the kernel has WireGuard");
             assert_eq!(status["peers"][0]["tunnel_ip"], t2.tunnel_ip.to_string());
 
             // Rotation: a new key, published.
