@@ -72,8 +72,8 @@ impl Overlay {
         if guard.is_some() {
             in_use.push((config.guard_firewall, VXLAN_GUARD_OWNER));
         }
-        // Left until the socket is up: nothing here uses the other backend, and listing it takes
-        // eight iptables runs, which doubled the start-up on two cores.
+        // Half a second on, when the socket is normally up: serving needs nothing from the other
+        // backend, and listing it takes eight iptables runs, which doubled the start-up on two cores.
         tokio::spawn(async move {
             tokio::time::sleep(SWEEP_AFTER_START).await;
             sweep_other_backends(in_use).await
@@ -238,8 +238,12 @@ async fn open_shared(settings: &Settings, config: &Config, host: &str) -> Result
 /// sweep per backend for every owner using it, since each sweep lists every table of both
 /// families.
 async fn sweep_other_backends(in_use: Vec<(BackendKind, &'static str)>) {
-    let mut kinds: Vec<BackendKind> = in_use.iter().map(|(kind, _)| *kind).collect();
-    kinds.dedup();
+    let mut kinds: Vec<BackendKind> = Vec::new();
+    for (kind, _) in &in_use {
+        if !kinds.contains(kind) {
+            kinds.push(*kind);
+        }
+    }
     for kind in kinds {
         let mine: Vec<&'static str> = in_use.iter().filter(|(k, _)| *k == kind).map(|(_, owner)| *owner).collect();
         if let Err(e) = netloom_firewall::sweep_other_backend(kind, move |id| mine.contains(&id)).await {
