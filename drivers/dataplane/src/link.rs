@@ -169,7 +169,6 @@ impl Netlink {
         }
         let veth = LinkVeth::new(spec.host_name, spec.peer_name).build();
         self.add_link(veth, spec.mtu, || format!("creating veth pair {} / {}", spec.host_name, spec.peer_name)).await?;
-        let host = self.require(spec.host_name).await?;
         let mut peer = self.require(spec.peer_name).await?;
         if let Some(mtu) = spec.mtu {
             // The builder's MTU applies to the first end only.
@@ -178,8 +177,9 @@ impl Netlink {
                 peer = self.require(spec.peer_name).await?;
             }
         }
+        let mut host = self.require(spec.host_name).await?;
         self.set_alias(&host, spec.owner).await?;
-        let host = self.require(spec.host_name).await?;
+        host.alias = Some(spec.owner.to_string());
         Ok((host, peer))
     }
 
@@ -222,16 +222,16 @@ impl Netlink {
 
     /// Enslaves `link` to `controller` (a bridge) and brings it up.
     pub async fn attach(&self, link: &Link, controller: &Link) -> Result<()> {
-        if link.controller != Some(controller.index) {
-            let msg = LinkUnspec::new_with_index(link.index).controller(controller.index).build();
-            self.handle()
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .with_context(|| format!("attaching {} to {}", link.name, controller.name))?;
+        if link.controller == Some(controller.index) {
+            return self.set_up(link).await;
         }
-        self.set_up(link).await
+        let msg = LinkUnspec::new_with_index(link.index).controller(controller.index).up().build();
+        self.handle()
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| format!("attaching {} to {} and setting it up", link.name, controller.name))
     }
 
     /// Sets a bridge port's flags: `hairpin` lets traffic leave through the port it came in on (a

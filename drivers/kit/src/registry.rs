@@ -263,16 +263,18 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
         Ok(())
     }
 
-    /// Records a new (or retried) endpoint, makes it with `ensure` and, when that fails, undoes
-    /// it with `rollback` and forgets the record.
+    /// Records a new (or retried) endpoint while `ensure` makes it; when either fails, undoes it
+    /// with `rollback` and forgets the record. The two run side by side (the store's commit waits
+    /// on the disk, `ensure` on the kernel); a crash between them leaves a record whose objects
+    /// the restore makes, or owned objects without a record, which the start-up sweep removes.
     pub async fn create_endpoint(
         &self,
         record: &E,
         ensure: impl Future<Output = Result<()>>,
         rollback: impl Future<Output = Result<()>>,
     ) -> PluginResult<()> {
-        self.records.put_endpoint(record).await?;
-        if let Err(e) = ensure.await {
+        let (made, stored) = tokio::join!(ensure, self.records.put_endpoint(record));
+        if let Err(e) = made.and(stored) {
             if let Err(cleanup) = rollback.await {
                 warn!("rolling back endpoint {}: {cleanup:#}", short_id(record.endpoint_id()));
             }
@@ -356,6 +358,8 @@ fn held<N: Network, E: Endpoint>(maps: &Maps<N, E>) -> Vec<HeldNetwork> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use serde::{Deserialize, Serialize};
 
     use super::*;
@@ -378,6 +382,81 @@ mod tests {
 
     fn ep(network_id: &str, id: &str) -> (String, Ep) {
         (id.into(), Ep { network_id: network_id.into(), id: id.into(), address_v4: None, address_v6: None })
+    }
+
+    /// Records in memory; with `refuse_puts`, every write fails as a full disk would.
+    #[derive(Default)]
+    struct MemoryRecords {
+        keys: Mutex<BTreeMap<String, Vec<u8>>>,
+        refuse_puts: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl netloom_store::RecordStore for MemoryRecords {
+        async fn list(&self, prefix: &str) -> netloom_store::StoreResult<Vec<(String, Vec<u8>)>> {
+            let keys = self.keys.lock().unwrap();
+            Ok(keys.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> netloom_store::StoreResult<()> {
+            if self.refuse_puts {
+                return Err(netloom_store::StoreError::Files { path: key.into(), detail: "disk full".into() });
+            }
+            self.keys.lock().unwrap().insert(key.into(), value);
+            Ok(())
+        }
+        async fn delete(&self, key: &str) -> netloom_store::StoreResult<bool> {
+            Ok(self.keys.lock().unwrap().remove(key).is_some())
+        }
+    }
+
+    /// A registry over `store`, and what `create_endpoint` did with one endpoint whose kernel
+    /// objects `ensure` makes (or fails to): the call's result, whether the rollback ran.
+    async fn create_one(store: Arc<MemoryRecords>, ensure_fails: bool) -> (Registry<Net, Ep>, PluginResult<()>, bool) {
+        let registry = Registry::load("test", DriverRecords::with_store(store, "test", "host")).await.unwrap();
+        let (_, record) = ep("n1", "e1");
+        let rolled_back = std::sync::atomic::AtomicBool::new(false);
+        let ensure = async {
+            tokio::task::yield_now().await;
+            if ensure_fails {
+                anyhow::bail!("veth pair refused");
+            }
+            Ok(())
+        };
+        let rollback = async {
+            rolled_back.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        let result = registry.create_endpoint(&record, ensure, rollback).await;
+        (registry, result, rolled_back.into_inner())
+    }
+
+    #[tokio::test]
+    async fn a_created_endpoint_is_stored_and_known() {
+        let store = Arc::new(MemoryRecords::default());
+        let (registry, result, rolled_back) = create_one(store.clone(), false).await;
+        assert!(result.is_ok());
+        assert!(!rolled_back);
+        assert!(registry.maps().endpoints.contains_key("e1"));
+        assert_eq!(store.keys.lock().unwrap().keys().collect::<Vec<_>>(), ["test/host/endpoints/n1/e1"]);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_the_kernel_refuses_is_rolled_back_and_forgotten() {
+        let store = Arc::new(MemoryRecords::default());
+        let (registry, result, rolled_back) = create_one(store.clone(), true).await;
+        assert!(format!("{:?}", result.unwrap_err()).contains("veth pair refused"));
+        assert!(rolled_back);
+        assert!(registry.maps().endpoints.is_empty());
+        assert!(store.keys.lock().unwrap().is_empty(), "the record written side by side is deleted again");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_the_store_refuses_is_rolled_back_in_the_kernel() {
+        let store = Arc::new(MemoryRecords { refuse_puts: true, ..MemoryRecords::default() });
+        let (registry, result, rolled_back) = create_one(store, false).await;
+        assert!(format!("{:?}", result.unwrap_err()).contains("disk full"));
+        assert!(rolled_back, "the kernel objects made side by side are removed");
+        assert!(registry.maps().endpoints.is_empty());
     }
 
     #[test]

@@ -33,6 +33,12 @@ const BARE_SERVER_NS: &str = "bare2";
 const BARE_SERVER_IP: &str = "10.99.0.2";
 /// Where the iperf3 server in the second host's own namespace listens (the underlay path).
 const UNDERLAY_PORT: u16 = 5202;
+/// The bare VXLAN tunnel between the two hosts: a namespace on each, holding only the VXLAN
+/// link (its socket on the host's underlay, on a port and VNI no driver uses), static entries.
+const BARE_VXLAN_NS: &str = "barevx";
+const BARE_VXLAN_PORT: u16 = 4799;
+const BARE_VXLAN_VNI: u32 = 9999;
+const BARE_VXLAN_SUBNET: &str = "10.98.0";
 /// Below this share of the plain overlay's throughput, encryption is reported as under its floor.
 const ENCRYPTED_FLOOR: f64 = 0.2;
 
@@ -164,13 +170,23 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
     }
     // iperf3 servers, kept running until the end of the measurement.
     let mut servers = vec![spawn_iperf3_server(h2, "iperf-underlay", &Netns::Host, UNDERLAY_PORT)?];
-    let mut paths = vec![Path {
-        name: "underlay",
-        host: h1,
-        client: Netns::Host,
-        target: h2.underlay_ip().to_string(),
-        port: UNDERLAY_PORT,
-    }];
+    servers.push(bare_vxlan(h1, h2)?);
+    let mut paths = vec![
+        Path {
+            name: "underlay",
+            host: h1,
+            client: Netns::Host,
+            target: h2.underlay_ip().to_string(),
+            port: UNDERLAY_PORT,
+        },
+        Path {
+            name: "bare VXLAN",
+            host: h1,
+            client: Netns::Named(BARE_VXLAN_NS.into()),
+            target: format!("{BARE_VXLAN_SUBNET}.2"),
+            port: IPERF_PORT,
+        },
+    ];
     for network in networks {
         let (server, client) = (format!("srv-{network}"), format!("cli-{network}"));
         h2.docker(&["run", "-d", "--name", &server, "--network", network, IMAGE, "sleep", "3600"])?;
@@ -190,7 +206,7 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
         });
     }
     let s = measure(config, &paths)?;
-    let (underlay, builtin, loom) = (&s[0], &s[1], &s[2]);
+    let (underlay, vxlan, builtin, loom) = (&s[0], &s[1], &s[2], &s[3]);
     let what = "TCP cross-host";
     compare(
         report,
@@ -198,9 +214,11 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
             (format!("{what}, loom-overlay vs overlay (Docker 20.10)"), loom, "overlay", builtin, Target::AtLeast(1.0)),
             (format!("{what}, loom-overlay vs bare underlay"), loom, "underlay", underlay, Target::AtLeast(0.85)),
             (format!("{what}, overlay (Docker 20.10) vs bare underlay"), builtin, "underlay", underlay, Target::None),
+            (format!("{what}, bare VXLAN tunnel vs bare underlay"), vxlan, "underlay", underlay, Target::None),
+            (format!("{what}, loom-overlay vs bare VXLAN tunnel"), loom, "bare VXLAN", vxlan, Target::None),
         ],
     );
-    if let Some(encrypted) = s.get(3) {
+    if let Some(encrypted) = s.get(4) {
         let name = "loom-overlay encrypted (userspace WireGuard)";
         compare(
             report,
@@ -217,6 +235,33 @@ fn cross_host(config: &Config, report: &mut Report) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The kernel's VXLAN alone between the two hosts, the most any VXLAN overlay can reach on this
+/// underlay: on each host a namespace holding one VXLAN link (made in the host's namespace, so
+/// its socket stays on the underlay, then moved), MTU as loom-overlay's networks, static FDB and
+/// neighbour entries for the other end; an iperf3 server in the second host's.
+fn bare_vxlan(h1: &Host, h2: &Host) -> Result<NsProc> {
+    let hosts = [h1, h2];
+    for (i, h) in hosts.iter().enumerate() {
+        let other = hosts[1 - i];
+        let (mine, theirs) = (i + 1, 2 - i);
+        h.sh(&format!(
+            "set -e
+             ip netns add {BARE_VXLAN_NS}
+             ip -n {BARE_VXLAN_NS} link set lo up
+             ip link add barevx type vxlan id {BARE_VXLAN_VNI} dstport {BARE_VXLAN_PORT} local {local} dev {dev} nolearning
+             ip link set barevx netns {BARE_VXLAN_NS}
+             ip -n {BARE_VXLAN_NS} link set barevx address 02:42:0a:62:00:0{mine} mtu 1450 up
+             ip -n {BARE_VXLAN_NS} addr add {BARE_VXLAN_SUBNET}.{mine}/24 dev barevx
+             ip netns exec {BARE_VXLAN_NS} bridge fdb append 02:42:0a:62:00:0{theirs} dev barevx dst {remote} self permanent
+             ip -n {BARE_VXLAN_NS} neigh replace {BARE_VXLAN_SUBNET}.{theirs} lladdr 02:42:0a:62:00:0{theirs} dev barevx nud permanent",
+            local = h.underlay_ip(),
+            dev = h.underlay_iface(),
+            remote = other.underlay_ip(),
+        ))?;
+    }
+    spawn_iperf3_server(h2, "iperf-barevx", &Netns::Named(BARE_VXLAN_NS.into()), IPERF_PORT)
 }
 
 /// Throughput rows, each (what, ours, anchor's name, anchor, target), by the samples' medians.
