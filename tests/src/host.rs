@@ -496,6 +496,22 @@ impl Host {
         lock(&self.plugins).clone()
     }
 
+    /// Stops the plugin named `name` (SIGTERM, as an upgrade or a config change would) and starts
+    /// the same binary again, on the same socket and state directory, with `args` instead of
+    /// its earlier arguments (which `Plugin::args` gives, to change one flag of).
+    pub fn restart_plugin_with(&self, name: &str, args: &[String]) -> Result<Arc<Plugin>> {
+        let old = {
+            let mut plugins = lock(&self.plugins);
+            let at = plugins.iter().position(|p| p.name() == name);
+            plugins.remove(at.with_context(|| format!("host {} has no plugin named {name}", self.name()))?)
+        };
+        old.sigterm().with_context(|| format!("stopping {name} before its restart"))?;
+        let binary = old.binary().file_name().and_then(|b| b.to_str()).context("plugin binary name")?.to_string();
+        let socket_dir = old.socket().rsplit_once('/').map(|(dir, _)| dir.to_string()).context("plugin socket dir")?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_plugin_in(&socket_dir, &binary, name, &args)
+    }
+
     /// An error naming each of the host's plugins that has exited (a crash the scenario would
     /// otherwise not notice).
     pub fn plugins_still_running(&self) -> Result<()> {

@@ -6,7 +6,8 @@
 //! - loopback: a container and a LAN neighbour route 127.0.0.1 to the host (loom-bridge and
 //!   loom-host), against a host service bound to 127.0.0.1 and ports published on it;
 //! - VXLAN injection: crafted frames to UDP 4789 from a LAN host that is no member and from
-//!   capability-less containers on a member host;
+//!   capability-less containers on a member host; and again after a member's loom-overlay was
+//!   restarted on the other firewall backend (the old backend's guard must go, the new one hold);
 //! - IPv6 publishing: `-p P:80` answers on the host's IPv6 address (TCP and UDP), and
 //!   `-p [v6]:P:80` works;
 //! - one subnet, one network per host (loom-bridge and loom-host);
@@ -432,6 +433,97 @@ fn wait_count(counters: &NftCounters, want: u64) -> Result<u64> {
         Ok(last >= want)
     });
     Ok(last)
+}
+
+/// The VXLAN guard's rules on `h` in `backend`: iptables' `LOOM-VXLAN` chain and its jump (both
+/// families), or nftables' `vxlan-in` and `vxlan-fwd` chains; 0 when there is no guard there.
+fn guard_rules(h: &Host, backend: &str) -> Result<usize> {
+    Ok(match backend {
+        "iptables" => ["iptables-save", "ip6tables-save"]
+            .iter()
+            .map(|save| Ok(h.exec(&[save, "-t", "raw"])?.lines().filter(|l| l.contains("LOOM-VXLAN")).count()))
+            .sum::<Result<usize>>()?,
+        _ => {
+            let tables = h.exec(&["nft", "list", "tables"])?;
+            if !tables.lines().any(|l| l.trim() == "table inet netloom") {
+                return Ok(0);
+            }
+            let table = h.exec(&["nft", "list", "table", "inet", "netloom"])?;
+            table.lines().filter(|l| l.contains("chain vxlan-in") || l.contains("chain vxlan-fwd")).count()
+        }
+    })
+}
+
+/// A member host's loom-overlay restarted on the other firewall backend (`--firewall` changed,
+/// or `auto` picking another one after an upgrade): the old backend's guard goes, the new one
+/// holds against the same injection from a LAN host, and the members still talk.
+fn vxlan_guard_switch_scenario(c: &Cluster, from: &str, to: &str) -> Result<()> {
+    let store = UnderlayEtcd::start(c, 1)?.url(c);
+    let hosts =
+        c.add_hosts(vec![HostConfig::new("h1", DockerVersion::V26), HostConfig::new("h2", DockerVersion::V26)])?;
+    let (h1, h2) = (&hosts[0], &hosts[1]);
+    let lan = c.add_neighbour("lan")?;
+    for h in &hosts {
+        join_overlay(h, &store, &h.underlay_ip().to_string(), from)?;
+    }
+    run(h1, "x1", &["--network", "ov"], &["sleep", "600"])?;
+    run(h2, "y1", &["--network", "ov"], &["sleep", "600"])?;
+    let (x1, y1) = (h1.container_ip("x1", "ov")?, h2.container_ip("y1", "ov")?);
+    let member_traffic = |when: &str| -> Result<()> {
+        let (a, b) = (pings(h1, "x1", &y1)?, pings(h2, "y1", &x1)?);
+        ensure!(a > 0 && b > 0, "{when}: members' traffic does not flow (x1 -> y1: {a}/3 replies, y1 -> x1: {b}/3)");
+        Ok(())
+    };
+    member_traffic("before the switch")?;
+    let (old_before, new_before) = (guard_rules(h1, from)?, guard_rules(h1, to)?);
+    ensure!(old_before > 0, "h1 has no VXLAN guard in {from} before the switch: there is nothing to switch from");
+    step(c, &format!("h1's guard on {from}: {old_before} rules; on {to}: {new_before}"));
+
+    let overlay = h1.plugins().into_iter().find(|p| p.name() == "loom-overlay").context("no loom-overlay on h1")?;
+    let mut args = overlay.args().to_vec();
+    let at = args.iter().position(|a| a == "--firewall").context("loom-overlay was started without --firewall")?;
+    args[at + 1] = to.to_string();
+    h1.restart_plugin_with("loom-overlay", &args)?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), &format!("h1's {from} guard to go"), || {
+        Ok(guard_rules(h1, from)? == 0)
+    })?;
+    let new_after = guard_rules(h1, to)?;
+    ensure!(new_after > 0, "after the switch h1 has no VXLAN guard in {to}");
+    step(c, &format!("after the switch: {from} guard gone, {new_after} rules on {to}"));
+
+    let frame = crafted_vxlan(VNI, &h1.container_network_field("x1", "ov", "MacAddress")?)?;
+    let target = format!("{}:4789", h1.underlay_ip());
+    let arriving = format!(
+        "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n udp dport 4789 udp length {CRAFTED_UDP_LEN} counter name crafted\n }}"
+    );
+    let at_target = NftCounters::in_host(h1, "inet", "nlt_vxlan", &["crafted"], &arriving)?;
+    let delivered = NftCounters::in_container(
+        h1,
+        "x1",
+        "netdev",
+        "nlt_vxlan",
+        &["crafted"],
+        &format!("chain ingress {{\n type filter hook ingress device \"eth0\" priority -500; policy accept;\n ether type {PROBE_ETHERTYPE} counter name crafted\n }}"),
+    )?;
+    lan.exec(&unprivileged_send(&target, &frame)).context("sending from the LAN neighbour")?;
+    let seen = wait_count(&at_target, FRAMES)?;
+    ensure!(
+        seen >= FRAMES,
+        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let got = delivered.get("crafted")?;
+    step(c, &format!("LAN neighbour after the switch: {seen} datagrams reached h1, {got} frames reached x1"));
+    ensure!(
+        got == 0,
+        "{got} of {FRAMES} crafted frames from a LAN host that is no member reached x1 after the switch to {to}"
+    );
+    member_traffic("after the switch")
+}
+
+scenario_tests! {
+    vxlan_guard_switch_iptables_to_nftables: "hbvxsw1" => |c| vxlan_guard_switch_scenario(c, "iptables", "nftables"),
+    vxlan_guard_switch_nftables_to_iptables: "hbvxsw2" => |c| vxlan_guard_switch_scenario(c, "nftables", "iptables"),
 }
 
 scenario_tests! {

@@ -166,12 +166,11 @@ impl BridgeDriver {
         self.attach_endpoint(net, &host).await
     }
 
-    /// Creates (or re-creates) the endpoint's veth pair on its bridge.
+    /// Creates (or re-creates) the endpoint's veth pair on its bridge. Its fast path is the
+    /// caller's to start once the endpoint is kept (`spawn_fast_path`).
     pub(crate) async fn ensure_endpoint(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<()> {
         let host = self.ensure_pair(net, ep).await?;
-        self.attach_endpoint(net, &host).await?;
-        self.spawn_fast_path(net, ep);
-        Ok(())
+        self.attach_endpoint(net, &host).await
     }
 
     /// The endpoint's veth pair, both ends in this namespace; returns the host end.

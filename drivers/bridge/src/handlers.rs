@@ -116,6 +116,7 @@ impl NetworkDriver for BridgeDriver {
         };
         let rollback = async { self.netlink.delete_link(&record.host_veth).await.map(drop) };
         self.registry.create_endpoint(&record, self.ensure_endpoint(&net, &record), rollback).await?;
+        self.spawn_fast_path(&net, &record);
         Ok(endpoint::created(&req.interface.mac_address, &record.mac))
     }
 
@@ -133,6 +134,7 @@ impl NetworkDriver for BridgeDriver {
             // A retried Join after the container side went away: make the pair again.
             let _ = self.netlink.delete_link(&ep.host_veth).await;
             self.ensure_endpoint(&net, &ep).await?;
+            self.spawn_fast_path(&net, &ep);
         }
         Ok(JoinResponse {
             interface_name: Some(InterfaceName {

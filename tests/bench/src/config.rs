@@ -1,5 +1,7 @@
 //! The run-wide settings every section shares, and the facts printed above the table.
 
+use crate::sections::Section;
+
 /// Sizes of the run; `quick` is a smoke run of every section.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -82,7 +84,7 @@ impl Config {
 }
 
 /// Facts about the run printed above the table.
-pub fn machine_facts(config: &Config) -> Vec<String> {
+pub fn machine_facts(config: &Config, sections: &[Section]) -> Vec<String> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
     let kernel = read("/proc/sys/kernel/osrelease");
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -102,8 +104,28 @@ pub fn machine_facts(config: &Config) -> Vec<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     vec![
-        format!("netloom {commit}, {} run", if config.quick { "quick" } else { "full" }),
+        format!("netloom {commit}, {} run of {}", if config.quick { "quick" } else { "full-size" }, sections_run(sections)),
         format!("kernel {kernel}, {cpus} CPU(s) {cpu_model}"),
         "anchors: Docker's built-in drivers on the same dockerd (Docker 20.10 from Debian; 26 from Debian trixie where a row says so), a bare veth pair or the bare underlay, or a fixed budget".into(),
     ]
+}
+
+/// "every section", or the ones chosen with `--only`.
+fn sections_run(sections: &[Section]) -> String {
+    if Section::ALL.iter().all(|s| sections.contains(s)) {
+        return "every section".into();
+    }
+    let names: Vec<String> = sections.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
+    format!("sections {}", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_names_the_sections_run() {
+        assert_eq!(sections_run(&Section::ALL), "every section");
+        assert_eq!(sections_run(&[Section::Driver, Section::Throughput]), "sections driver, throughput");
+    }
 }

@@ -58,10 +58,10 @@ fn run(args: &Args) -> Result<bool> {
     chart::load_font()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let config = Config { quick: args.quick };
-    let preamble = machine_facts(&config);
+    let chosen: Vec<Section> = if args.only.is_empty() { Section::ALL.to_vec() } else { args.only.clone() };
+    let preamble = machine_facts(&config, &chosen);
     let mut report = Report::default();
     let mut all_ran = true;
-    let chosen: Vec<Section> = if args.only.is_empty() { Section::ALL.to_vec() } else { args.only.clone() };
     for section in chosen {
         eprintln!("[bench] === {section:?} ===");
         let started = std::time::Instant::now();
