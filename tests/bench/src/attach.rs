@@ -20,10 +20,12 @@ struct Contender {
     network: &'static str,
 }
 
+/// The overlay comes last: Docker 20.10's own overlay fails now and then under load (a dockerd
+/// thread left in its sandbox namespace, moby/moby#39372), and that ends the section.
 pub fn run(config: &Config, report: &mut Report) -> Result<()> {
     bridge_on(DockerVersion::V20, "bnatt", config, report)?;
-    overlay(config, report)?;
-    bridge_on(DockerVersion::V26, "bnatt26", config, report)
+    bridge_on(DockerVersion::V26, "bnatt26", config, report)?;
+    overlay(config, report)
 }
 
 /// loom-bridge (iptables and nftables backends) next to the built-in bridge on one host.
@@ -71,7 +73,7 @@ fn overlay(config: &Config, report: &mut Report) -> Result<()> {
     ];
     let samples = interleaved(&hosts[0], &contenders, config.attach_rounds(), "Docker 20.10 overlay");
     if samples.is_err() {
-        // Its logs are printed and kept: Docker 20.10's own overlay has failed here in full runs.
+        // Its logs are printed and kept (dockerd's log says why).
         c.mark_failed();
     }
     let samples = samples?;
