@@ -106,7 +106,7 @@ pub fn machine_facts(config: &Config, sections: &[Section]) -> Vec<String> {
     vec![
         format!("netloom {commit}, {} run of {}", if config.quick { "quick" } else { "full-size" }, sections_run(sections)),
         format!("kernel {kernel}, {cpus} CPU(s) {cpu_model}"),
-        "anchors: Docker's built-in drivers on the same dockerd (Docker 20.10 from Debian; 26 from Debian trixie where a row says so), a bare veth pair or the bare underlay, or a fixed budget".into(),
+        "anchors: Docker's built-in drivers on the same dockerd (Docker 20.10 from Debian; 26 from Debian trixie where a row says so), a bare veth pair, the bare underlay or a bare VXLAN tunnel, or a fixed budget".into(),
     ]
 }
 
