@@ -435,9 +435,10 @@ fn wait_count(counters: &NftCounters, want: u64) -> Result<u64> {
     Ok(last)
 }
 
-/// The VXLAN guard's rules on `h` in `backend`: iptables' `LOOM-VXLAN` chain and its jump (both
-/// families), or nftables' `vxlan-in` and `vxlan-fwd` chains; 0 when there is no guard there.
-fn guard_rules(h: &Host, backend: &str) -> Result<usize> {
+/// How much of the VXLAN guard `h` has in `backend`: lines of `iptables-save -t raw` naming the
+/// `LOOM-VXLAN` chain (the chain, its rules and its jump; both families), or nftables' `vxlan-in`
+/// and `vxlan-fwd` chains; 0 when there is no guard there.
+fn guard_entries(h: &Host, backend: &str) -> Result<usize> {
     Ok(match backend {
         "iptables" => ["iptables-save", "ip6tables-save"]
             .iter()
@@ -475,9 +476,9 @@ fn vxlan_guard_switch_scenario(c: &Cluster, from: &str, to: &str) -> Result<()> 
         Ok(())
     };
     member_traffic("before the switch")?;
-    let (old_before, new_before) = (guard_rules(h1, from)?, guard_rules(h1, to)?);
+    let (old_before, new_before) = (guard_entries(h1, from)?, guard_entries(h1, to)?);
     ensure!(old_before > 0, "h1 has no VXLAN guard in {from} before the switch: there is nothing to switch from");
-    step(c, &format!("h1's guard on {from}: {old_before} rules; on {to}: {new_before}"));
+    step(c, &format!("h1's guard on {from}: {old_before} entries; on {to}: {new_before}"));
 
     let overlay = h1.plugins().into_iter().find(|p| p.name() == "loom-overlay").context("no loom-overlay on h1")?;
     let mut args = overlay.args().to_vec();
@@ -485,11 +486,11 @@ fn vxlan_guard_switch_scenario(c: &Cluster, from: &str, to: &str) -> Result<()> 
     args[at + 1] = to.to_string();
     h1.restart_plugin_with("loom-overlay", &args)?;
     wait_until(Duration::from_secs(10), Duration::from_millis(100), &format!("h1's {from} guard to go"), || {
-        Ok(guard_rules(h1, from)? == 0)
+        Ok(guard_entries(h1, from)? == 0)
     })?;
-    let new_after = guard_rules(h1, to)?;
+    let new_after = guard_entries(h1, to)?;
     ensure!(new_after > 0, "after the switch h1 has no VXLAN guard in {to}");
-    step(c, &format!("after the switch: {from} guard gone, {new_after} rules on {to}"));
+    step(c, &format!("after the switch: {from} guard gone, {new_after} entries on {to}"));
 
     let frame = crafted_vxlan(VNI, &h1.container_network_field("x1", "ov", "MacAddress")?)?;
     let target = format!("{}:4789", h1.underlay_ip());
@@ -517,6 +518,17 @@ fn vxlan_guard_switch_scenario(c: &Cluster, from: &str, to: &str) -> Result<()> 
     ensure!(
         got == 0,
         "{got} of {FRAMES} crafted frames from a LAN host that is no member reached x1 after the switch to {to}"
+    );
+    // The control: the same frames from member h2 get through (the frame is right, the count works).
+    h2.exec(&unprivileged_send(&target, &frame)).context("sending from h2")?;
+    let _ = wait_until(Duration::from_secs(5), Duration::from_millis(100), "h2's frames", || {
+        Ok(delivered.get("crafted")? >= got + FRAMES)
+    });
+    let from_member = delivered.get("crafted")? - got;
+    step(c, &format!("member h2 after the switch: {from_member} of {FRAMES} frames reached x1"));
+    ensure!(
+        from_member >= FRAMES,
+        "only {from_member} of {FRAMES} frames from member h2 reached x1: the probe does not work"
     );
     member_traffic("after the switch")
 }
