@@ -2,8 +2,8 @@
 //! image has no iperf3): container to container on one host (loom-bridge, the built-in bridge and
 //! a bare veth pair), a published port reached at the host's 127.0.0.1 (loom-bridge's kernel DNAT
 //! against the built-in bridge's docker-proxy), and cross-host (loom-overlay encrypted and plain,
-//! the built-in overlay and the bare underlay). Paths are interleaved per round; the median is
-//! reported.
+//! the built-in overlay, a bare VXLAN tunnel between the same hosts and the bare underlay). Paths
+//! are interleaved per round; the median is reported.
 
 use std::net::Ipv4Addr;
 
