@@ -238,6 +238,47 @@ fn crafted_vxlan(vni: u32, dst_mac: &str) -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Counts crafted datagrams arriving at `h` (before any guard), of those that match `only`
+/// (an nft match, e.g. on the interface), under the name "crafted".
+fn crafted_arriving<'a>(h: &'a Host, only: &str) -> Result<NftCounters<'a>> {
+    let chain = format!(
+        "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n {only}udp dport 4789 udp length {CRAFTED_UDP_LEN} counter name crafted\n }}"
+    );
+    NftCounters::in_host(h, "inet", "nlt_vxlan", &["crafted"], &chain)
+}
+
+/// Counts the crafted inner frames reaching `container`'s eth0, under the name "crafted".
+fn crafted_delivered<'a>(h: &'a Host, container: &str) -> Result<NftCounters<'a>> {
+    NftCounters::in_container(
+        h,
+        container,
+        "netdev",
+        "nlt_vxlan",
+        &["crafted"],
+        &format!("chain ingress {{\n type filter hook ingress device \"eth0\" priority -500; policy accept;\n ether type {PROBE_ETHERTYPE} counter name crafted\n }}"),
+    )
+}
+
+/// The LAN neighbour sends `FRAMES` crafted datagrams to `target`; an error unless they all
+/// reached the target host (the attack ran). Returns how many arrived there and how many crafted
+/// frames the container has received.
+fn lan_attack(
+    lan: &Host,
+    target: &str,
+    frame: &str,
+    at_target: &NftCounters,
+    delivered: &NftCounters,
+) -> Result<(u64, u64)> {
+    lan.exec(&unprivileged_send(target, frame)).context("sending from the LAN neighbour")?;
+    let seen = wait_count(at_target, FRAMES)?;
+    ensure!(
+        seen >= FRAMES,
+        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((seen, delivered.get("crafted")?))
+}
+
 fn rx_packets(h: &Host, container: &str) -> Result<u64> {
     let out = h.container_exec(container, &["cat", "/sys/class/net/eth0/statistics/rx_packets"])?;
     out.trim().parse().with_context(|| format!("rx_packets of {container}: {out:?}"))
@@ -299,34 +340,14 @@ fn vxlan_scenario(c: &Cluster, firewall: &str, ipv6_underlay: bool) -> Result<()
 
     let frame = crafted_vxlan(VNI, &h1.container_network_field("x1", "ov", "MacAddress")?)?;
     let target = if ipv6_underlay { format!("[{}]:4789", vtep_of(h1)) } else { format!("{}:4789", vtep_of(h1)) };
-    let arriving = format!(
-        "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n udp dport 4789 udp length {CRAFTED_UDP_LEN} counter name crafted\n }}"
-    );
-    let at_target = NftCounters::in_host(h1, "inet", "nlt_vxlan", &["crafted"], &arriving)?;
+    let at_target = crafted_arriving(h1, "")?;
     // On h2, what its containers send (anything not coming in on the underlay).
-    let from_containers = format!(
-        "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n iifname != \"eth0\" udp dport 4789 udp length {CRAFTED_UDP_LEN} counter name crafted\n }}"
-    );
-    let at_member = NftCounters::in_host(h2, "inet", "nlt_vxlan", &["crafted"], &from_containers)?;
-    let delivered = NftCounters::in_container(
-        h1,
-        "x1",
-        "netdev",
-        "nlt_vxlan",
-        &["crafted"],
-        &format!("chain ingress {{\n type filter hook ingress device \"eth0\" priority -500; policy accept;\n ether type {PROBE_ETHERTYPE} counter name crafted\n }}"),
-    )?;
+    let at_member = crafted_arriving(h2, "iifname != \"eth0\" ")?;
+    let delivered = crafted_delivered(h1, "x1")?;
     let rx_before = rx_packets(h1, "x1")?;
 
     // (a) a LAN host that is no member of the overlay.
-    lan.exec(&unprivileged_send(&target, &frame)).context("sending from the LAN neighbour")?;
-    let seen = wait_count(&at_target, FRAMES)?;
-    ensure!(
-        seen >= FRAMES,
-        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let from_lan = delivered.get("crafted")?;
+    let (seen, from_lan) = lan_attack(&lan, &target, &frame, &at_target, &delivered)?;
     step(c, &format!("LAN neighbour: {seen} datagrams reached h1, {from_lan} frames reached x1"));
 
     // (b) capability-less containers on the member host h2.
@@ -494,26 +515,9 @@ fn vxlan_guard_switch_scenario(c: &Cluster, from: &str, to: &str) -> Result<()> 
 
     let frame = crafted_vxlan(VNI, &h1.container_network_field("x1", "ov", "MacAddress")?)?;
     let target = format!("{}:4789", h1.underlay_ip());
-    let arriving = format!(
-        "chain arriving {{\n type filter hook prerouting priority -500; policy accept;\n udp dport 4789 udp length {CRAFTED_UDP_LEN} counter name crafted\n }}"
-    );
-    let at_target = NftCounters::in_host(h1, "inet", "nlt_vxlan", &["crafted"], &arriving)?;
-    let delivered = NftCounters::in_container(
-        h1,
-        "x1",
-        "netdev",
-        "nlt_vxlan",
-        &["crafted"],
-        &format!("chain ingress {{\n type filter hook ingress device \"eth0\" priority -500; policy accept;\n ether type {PROBE_ETHERTYPE} counter name crafted\n }}"),
-    )?;
-    lan.exec(&unprivileged_send(&target, &frame)).context("sending from the LAN neighbour")?;
-    let seen = wait_count(&at_target, FRAMES)?;
-    ensure!(
-        seen >= FRAMES,
-        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let got = delivered.get("crafted")?;
+    let at_target = crafted_arriving(h1, "")?;
+    let delivered = crafted_delivered(h1, "x1")?;
+    let (seen, got) = lan_attack(&lan, &target, &frame, &at_target, &delivered)?;
     step(c, &format!("LAN neighbour after the switch: {seen} datagrams reached h1, {got} frames reached x1"));
     ensure!(
         got == 0,
