@@ -266,7 +266,8 @@ impl<N: Network, E: Endpoint> Registry<N, E> {
     /// Records a new (or retried) endpoint while `ensure` makes it; when either fails, undoes it
     /// with `rollback` and forgets the record. The two run side by side (the store's commit waits
     /// on the disk, `ensure` on the kernel); a crash between them leaves a record whose objects
-    /// the restore makes, or owned objects without a record, which the start-up sweep removes.
+    /// the restore makes, or objects tagged as the driver's without a record, which the start-up
+    /// sweep removes (a veth pair made but not yet tagged stays, as it did with the record first).
     pub async fn create_endpoint(
         &self,
         record: &E,
