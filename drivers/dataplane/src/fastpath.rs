@@ -1,7 +1,9 @@
 //! A bridge bypass for unicast between the endpoints of one network: every host-side port of the
 //! network gets a `clsact` qdisc bound to one ingress filter block shared by the network, and the
 //! block holds one `u32` filter per endpoint, "destination MAC is the endpoint's → redirect to
-//! its port". A frame from one endpoint to another then goes from port to port without the
+//! its port", in a hash table of 256 buckets keyed by the MAC's last byte (a link node in the
+//! root table picks the bucket): a frame walks the few filters of its bucket, not one per
+//! endpoint of the network. A frame from one endpoint to another then goes from port to port without the
 //! bridge and the netfilter hooks br_netfilter hangs on it (the cost of a bridged frame when
 //! dockerd keeps `bridge-nf-call-iptables` on). Everything else (broadcast, multicast, unknown
 //! addresses, the gateway's address: the host, published ports, hairpin, egress) matches no
@@ -40,6 +42,18 @@ const ETH_P_ALL: u16 = 0x0003;
 /// Offsets of the destination MAC's two words from the network header, where u32 counts from.
 const DST_MAC_HEAD: i32 = -16;
 const DST_MAC_TAIL: i32 = -12;
+/// The u32 hash table (`1:`) holding the redirects, and its number of buckets: with a single
+/// list, a network of 1000 endpoints cut container-to-container TCP by a third and small
+/// packets by 60 % (every frame walked every filter, egress to the host included).
+const TABLE: u32 = 0x0010_0000;
+const BUCKETS: u32 = 256;
+/// The node in the root table `800:` that sends every frame to its bucket.
+const LINK_NODE: u32 = 0x8000_0001;
+
+/// The bucket of the table a redirect to `mac` lives in (`1:<last byte>:`).
+fn bucket_of(mac: &[u8; 6]) -> u32 {
+    TABLE | (u32::from(mac[5]) << 12)
+}
 
 /// The shared filter block of the network whose bridge is `bridge`: unique per bridge (the
 /// kernel's ifindex), and away from the small numbers people pick by hand.
@@ -56,6 +70,14 @@ pub struct FastPathEntry {
     pub mac: [u8; 6],
     /// The port frames to `mac` are redirected to.
     pub port: u32,
+}
+
+impl FastPathEntry {
+    /// Whether the redirect sits in its MAC's bucket (one of an older layout, in the root
+    /// table, is never reached now that the link node comes first).
+    pub fn in_its_bucket(&self) -> bool {
+        self.handle & 0xffff_f000 == bucket_of(&self.mac)
+    }
 }
 
 /// The u32 keys matching a destination MAC.
@@ -81,7 +103,38 @@ fn filter_header(block: u32, handle: u32, pref: u16) -> TcHeader {
     msg.header
 }
 
-/// The filter "destination `mac` → redirect to `port`" in `block`, handle left to the kernel.
+/// The hash table of `block`'s redirects.
+fn table_filter(block: u32) -> TcMessage {
+    let mut msg = TcMessage::default();
+    msg.header = filter_header(block, TABLE, PREF);
+    msg.attributes = vec![
+        TcAttribute::Kind(TcFilterU32::KIND.to_string()),
+        TcAttribute::Options(vec![TcOption::U32(TcFilterU32Option::Divisor(BUCKETS))]),
+    ];
+    msg
+}
+
+/// The root table's node that matches every frame and continues in the bucket of its
+/// destination MAC's last byte. Not terminal: a frame its bucket has no redirect for goes on
+/// to the bridge.
+fn link_filter(block: u32) -> TcMessage {
+    let mut selector = TcU32Selector::default();
+    selector.hmask = 0x0000_00ff;
+    selector.hoff = DST_MAC_TAIL as i16;
+    let mut msg = TcMessage::default();
+    msg.header = filter_header(block, LINK_NODE, PREF);
+    msg.attributes = vec![
+        TcAttribute::Kind(TcFilterU32::KIND.to_string()),
+        TcAttribute::Options(vec![
+            TcOption::U32(TcFilterU32Option::Selector(selector)),
+            TcOption::U32(TcFilterU32Option::Link(TABLE)),
+        ]),
+    ];
+    msg
+}
+
+/// The filter "destination `mac` → redirect to `port`" in `block`, in the MAC's bucket, node
+/// number left to the kernel.
 pub fn redirect_filter(block: u32, mac: &[u8; 6], port: u32) -> TcMessage {
     let keys = mac_keys(mac);
     let mut selector = TcU32Selector::default();
@@ -103,6 +156,7 @@ pub fn redirect_filter(block: u32, mac: &[u8; 6], port: u32) -> TcMessage {
     msg.attributes = vec![
         TcAttribute::Kind(TcFilterU32::KIND.to_string()),
         TcAttribute::Options(vec![
+            TcOption::U32(TcFilterU32Option::Hash(bucket_of(mac))),
             TcOption::U32(TcFilterU32Option::Selector(selector)),
             TcOption::U32(TcFilterU32Option::Action(vec![action])),
         ]),
@@ -232,7 +286,7 @@ impl FastPath {
         for _ in 0..2 {
             let Some(old) = self.load(&mut known, block).await?.get(mac).copied() else { break };
             match self.fetch(block, &old).await? {
-                Some(now) if now == FastPathEntry { port: port.index, ..old } => return Ok(()),
+                Some(now) if now == FastPathEntry { port: port.index, ..old } && now.in_its_bucket() => return Ok(()),
                 Some(now) if now.mac == *mac => {
                     self.delete(block, &old).await?;
                     break;
@@ -251,15 +305,23 @@ impl FastPath {
         mac: &[u8; 6],
         port: &Link,
     ) -> Result<()> {
-        let made = self
-            .send(
+        let request = || {
+            self.send(
                 RouteNetlinkMessage::NewTrafficFilter(redirect_filter(block, mac, port.index)),
                 NLM_F_CREATE | NLM_F_ECHO,
             )
-            .await
-            .with_context(|| {
-                format!("adding the redirect of {} to {} in block {block}", mac::format(mac), port.name)
-            })?;
+        };
+        let made = match request().await {
+            // No hash table yet: the block is new (or was made again with its first port).
+            Err(e) if is_errno(&e, Errno::EINVAL) => {
+                self.ensure_table(block).await?;
+                request().await
+            }
+            made => made,
+        };
+        let made = made.with_context(|| {
+            format!("adding the redirect of {} to {} in block {block}", mac::format(mac), port.name)
+        })?;
         match made.iter().find_map(entry_of) {
             Some(entry) => {
                 entries.insert(*mac, entry);
@@ -269,6 +331,20 @@ impl FastPath {
             }
         }
         debug!(block, mac = %mac::format(mac), port = %port.name, "fast path added");
+        Ok(())
+    }
+
+    /// The block's hash table and the root's link node to it, made where missing.
+    async fn ensure_table(&self, block: u32) -> Result<()> {
+        for (what, msg) in [("hash table", table_filter(block)), ("link to the hash table", link_filter(block))] {
+            match self.send(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_CREATE | NLM_F_EXCL).await {
+                Err(e) if !is_errno(&e, Errno::EEXIST) => {
+                    return Err(e).with_context(|| format!("adding the redirects' {what} to block {block}"))
+                }
+                _ => {}
+            }
+        }
+        debug!(block, "fast path hash table made");
         Ok(())
     }
 
@@ -292,15 +368,15 @@ impl FastPath {
         Ok(())
     }
 
-    /// Makes `block` hold exactly `wanted` (MAC → port index): stale and duplicate redirects
-    /// removed, missing ones added. Returns how many were removed and added.
+    /// Makes `block` hold exactly `wanted` (MAC → port index): stale and duplicate redirects,
+    /// and those outside their bucket, removed, missing ones added. Returns how many were removed and added.
     pub async fn sync(&self, block: u32, wanted: &HashMap<[u8; 6], Link>) -> Result<(usize, usize)> {
         let mut known = self.known.lock().await;
         known.remove(&block);
         let mut kept: HashMap<[u8; 6], FastPathEntry> = HashMap::new();
         let mut removed = 0;
         for entry in self.list(block).await? {
-            let right = wanted.get(&entry.mac).is_some_and(|port| port.index == entry.port);
+            let right = entry.in_its_bucket() && wanted.get(&entry.mac).is_some_and(|port| port.index == entry.port);
             if right && !kept.contains_key(&entry.mac) {
                 kept.insert(entry.mac, entry);
             } else {
@@ -415,6 +491,39 @@ mod tests {
         assert_eq!(msg.header.index, -1, "addressed to a block, not a device");
         assert_eq!(u32::from(msg.header.parent), 0x6e6c_0012);
         assert_eq!(msg.header.info, (0x4e4c << 16) | u32::from(0x0003u16.to_be()));
+    }
+
+    #[test]
+    fn redirects_go_to_the_bucket_of_their_mac_last_byte() {
+        let mac = [0x02, 0x42, 0x0a, 0x01, 0x00, 0xa7];
+        let msg = redirect_filter(7, &mac, 41);
+        let options = msg.attributes.iter().find_map(|a| match a {
+            TcAttribute::Options(o) => Some(o.clone()),
+            _ => None,
+        });
+        assert!(options.unwrap().contains(&TcOption::U32(TcFilterU32Option::Hash(0x001a_7000))));
+        let entry = |handle| FastPathEntry { handle, pref: PREF, mac, port: 41 };
+        assert!(entry(0x001a_7800).in_its_bucket());
+        assert!(!entry(0x8000_0800).in_its_bucket(), "a redirect of the single-list layout");
+        assert!(!entry(0x0010_0800).in_its_bucket(), "another bucket");
+    }
+
+    #[test]
+    fn the_table_and_its_link_are_not_redirects() {
+        assert_eq!(entry_of(&table_filter(7)), None);
+        let link = link_filter(7);
+        assert_eq!(entry_of(&link), None);
+        assert_eq!(u32::from(link.header.handle), 0x8000_0001, "first in the root table");
+        let selector = link.attributes.iter().find_map(|a| match a {
+            TcAttribute::Options(o) => o.iter().find_map(|o| match o {
+                TcOption::U32(TcFilterU32Option::Selector(s)) => Some(s.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let selector = selector.unwrap();
+        assert!(selector.keys.is_empty() && !selector.flags.contains(TcU32SelectorFlags::Terminal));
+        assert_eq!((selector.hmask, selector.hoff), (0xff, -12), "the destination MAC's last byte");
     }
 
     #[test]

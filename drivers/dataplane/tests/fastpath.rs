@@ -35,6 +35,7 @@ fn redirects_follow_the_endpoints_and_leave_nothing() {
         let mut held: Vec<_> = fast.list(block).await.unwrap().into_iter().map(|e| (e.mac, e.port)).collect();
         held.sort();
         assert_eq!(held, vec![(mac_a, a.index), (mac_b, b.index)], "one redirect per MAC, repeats change nothing");
+        assert!(fast.list(block).await.unwrap().iter().all(|e| e.in_its_bucket()), "each in its MAC's bucket");
 
         // A port bound to another block is bound again to the wanted one.
         fast.attach_port(block + 1, &a).await.unwrap();
@@ -53,6 +54,23 @@ fn redirects_follow_the_endpoints_and_leave_nothing() {
         let wanted = HashMap::from([(mac_a, a.clone())]);
         assert_eq!(restarted.sync(block, &wanted).await.unwrap(), (2, 1), "two stale removed, one added");
         assert_eq!(restarted.sync(block, &wanted).await.unwrap(), (0, 0));
+
+        // A redirect of the single-list layout (in the root table, before the hash table) is
+        // replaced by one in its bucket.
+        let mac_c = [2, 0x42, 10, 0, 0, 9];
+        let block_arg = block.to_string();
+        let old_layout = [
+            "filter", "add", "block", &block_arg, "ingress", "pref", "20044", "protocol", "all", "u32", "match", "u16",
+            "0x0242", "0xffff", "at", "-14", "match", "u32", "0x0a000009", "0xffffffff", "at", "-12", "action",
+            "mirred", "egress", "redirect", "dev", "vfa",
+        ];
+        assert!(std::process::Command::new("tc").args(old_layout).status().unwrap().success());
+        let old = restarted.list(block).await.unwrap().into_iter().find(|e| e.mac == mac_c).expect("read back");
+        assert!(!old.in_its_bucket());
+        let wanted = HashMap::from([(mac_a, a.clone()), (mac_c, a.clone())]);
+        assert_eq!(restarted.sync(block, &wanted).await.unwrap(), (1, 1), "moved into its bucket");
+        assert!(restarted.list(block).await.unwrap().iter().all(|e| e.in_its_bucket()));
+        restarted.remove(block, &mac_c).await.unwrap();
         restarted.remove(block, &mac_b).await.unwrap();
         restarted.remove(block, &mac_a).await.unwrap();
         assert!(restarted.list(block).await.unwrap().is_empty());
