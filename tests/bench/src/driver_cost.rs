@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::chart::{Chart, Series};
 use crate::config::Config;
+use crate::endpoint_probe;
 use crate::report::{Report, Row, Target};
 use crate::socket_ops::{self as ops, hex_id, Endpoint, Subnet16};
 use crate::stats::fmt_num;
@@ -57,6 +58,8 @@ struct BackendResult {
     port_levels: Vec<(usize, CycleSamples)>,
     /// (existing endpoints, the kernel's own mean ms to make a veth pair and put it on the bridge)
     kernel_levels: Vec<(usize, f64)>,
+    /// (existing endpoints, Gbit/s of TCP between two endpoints made last), smallest and largest
+    tcp_levels: Vec<(usize, f64)>,
 }
 
 /// Veth pairs made per level for the kernel-only figure: rounds of a batch small enough to fit
@@ -105,7 +108,9 @@ async fn measure_backend(config: &Config, backend: &'static str, socket: &Path, 
     let base = timed.cycles(&mut client, &endpoints.net, endpoints.subnet, samples).await.context("empty network")?;
     let mut endpoint_levels = Vec::new();
     let mut kernel_levels = Vec::new();
-    for level in config.scale_levels() {
+    let mut tcp_levels = Vec::new();
+    let levels = config.scale_levels();
+    for &level in &levels {
         endpoints
             .grow_endpoints(&mut client, level)
             .await
@@ -114,6 +119,19 @@ async fn measure_backend(config: &Config, backend: &'static str, socket: &Path, 
         endpoint_levels.push((level, cycles.with_context(|| format!("{level} endpoints"))?));
         kernel_levels
             .push((level, kernel_attach_ms(host).with_context(|| format!("kernel alone at {level} endpoints"))?));
+        if Some(&level) == levels.first() || Some(&level) == levels.last() {
+            let tcp = endpoint_probe::tcp_between_new_endpoints(
+                config,
+                &mut client,
+                host,
+                &endpoints.net,
+                endpoints.subnet,
+                level as u32,
+            )
+            .await
+            .with_context(|| format!("TCP between two endpoints at {level} endpoints"))?;
+            tcp_levels.push((level, tcp));
+        }
         eprintln!("[bench] driver: {backend}, {level} endpoints measured");
     }
     endpoints.remove(&mut client).await?;
@@ -126,7 +144,7 @@ async fn measure_backend(config: &Config, backend: &'static str, socket: &Path, 
         eprintln!("[bench] driver: {backend}, {level} published ports measured");
     }
     ports.remove(&mut client).await?;
-    Ok(BackendResult { backend, create_network, base, endpoint_levels, port_levels, kernel_levels })
+    Ok(BackendResult { backend, create_network, base, endpoint_levels, port_levels, kernel_levels, tcp_levels })
 }
 
 /// The kernel's own part of CreateEndpoint+Join at the bridge's current size, without the
@@ -344,6 +362,10 @@ fn push_rows(report: &mut Report, r: &BackendResult, label: &str) {
             r.backend
         );
         report.push(Row::vs("scaling", what, *at_high, "ms", format!("at {low}"), *at_low, Target::None));
+    }
+    if let (Some((low, at_low)), Some((high, at_high))) = (r.tcp_levels.first(), r.tcp_levels.last()) {
+        let what = format!("TCP between two endpoints of the network ({b}) at {high} endpoints");
+        report.push(Row::vs("scaling", what, *at_high, "Gbit/s", format!("at {low}"), *at_low, Target::AtLeast(0.9)));
     }
 }
 

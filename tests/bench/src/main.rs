@@ -9,6 +9,7 @@ mod config;
 mod dns;
 mod docker_util;
 mod driver_cost;
+mod endpoint_probe;
 mod footprint;
 mod report;
 mod sections;
