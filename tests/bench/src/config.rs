@@ -95,16 +95,21 @@ pub fn machine_facts(config: &Config, sections: &[Section]) -> Vec<String> {
         .unwrap_or("")
         .trim()
         .to_string();
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(netloom_tests::bin_dir())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(netloom_tests::bin_dir())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // A run of edited sources must not pass for a run of the commit.
+    let edited = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|changes| !changes.is_empty());
+    let version = if edited { format!("{commit} with uncommitted changes") } else { commit };
     vec![
-        format!("netloom {commit}, {} run of {}", if config.quick { "quick" } else { "full-size" }, sections_run(sections)),
+        format!("netloom {version}, {} run of {}", if config.quick { "quick" } else { "full-size" }, sections_run(sections)),
         format!("kernel {kernel}, {cpus} CPU(s) {cpu_model}"),
         "anchors: Docker's built-in drivers on the same dockerd (Docker 20.10 from Debian; 26 from Debian trixie where a row says so), a bare veth pair, the bare underlay or a bare VXLAN tunnel, or a fixed budget".into(),
     ]
