@@ -3,8 +3,8 @@
 //! block holds one `u32` filter per endpoint, "destination MAC is the endpoint's → redirect to
 //! its port", in a hash table of 256 buckets keyed by the MAC's last byte (a link node in the
 //! root table picks the bucket): a frame walks the few filters of its bucket, not one per
-//! endpoint of the network. A frame from one endpoint to another then goes from port to port without the
-//! bridge and the netfilter hooks br_netfilter hangs on it (the cost of a bridged frame when
+//! endpoint of the network. A frame from one endpoint to another then goes from port to port
+//! without the bridge and the netfilter hooks br_netfilter hangs on it (the cost of a bridged frame when
 //! dockerd keeps `bridge-nf-call-iptables` on). Everything else (broadcast, multicast, unknown
 //! addresses, the gateway's address: the host, published ports, hairpin, egress) matches no
 //! filter and goes through the bridge as before.
@@ -369,7 +369,8 @@ impl FastPath {
     }
 
     /// Makes `block` hold exactly `wanted` (MAC → port index): stale and duplicate redirects,
-    /// and those outside their bucket, removed, missing ones added. Returns how many were removed and added.
+    /// and those outside their bucket, removed, missing ones added. Returns how many were
+    /// removed and added.
     pub async fn sync(&self, block: u32, wanted: &HashMap<[u8; 6], Link>) -> Result<(usize, usize)> {
         let mut known = self.known.lock().await;
         known.remove(&block);

@@ -58,38 +58,11 @@ fn redirects_follow_the_endpoints_and_leave_nothing() {
         // A redirect of the single-list layout (in the root table, before the hash table) is
         // replaced by one in its bucket.
         let mac_c = [2, 0x42, 10, 0, 0, 9];
-        let block_arg = block.to_string();
-        let old_layout = [
-            "filter",
-            "add",
-            "block",
-            &block_arg,
-            "ingress",
-            "pref",
-            "20044",
-            "protocol",
-            "all",
-            "u32",
-            "match",
-            "u16",
-            "0x0242",
-            "0xffff",
-            "at",
-            "-14",
-            "match",
-            "u32",
-            "0x0a000009",
-            "0xffffffff",
-            "at",
-            "-12",
-            "action",
-            "mirred",
-            "egress",
-            "redirect",
-            "dev",
-            "vfa",
-        ];
-        assert!(std::process::Command::new("tc").args(old_layout).status().unwrap().success());
+        let old_layout = format!(
+            "filter add block {block} ingress pref 20044 protocol all u32 match u16 0x0242 0xffff at -14 \
+             match u32 0x0a000009 0xffffffff at -12 action mirred egress redirect dev vfa"
+        );
+        assert!(std::process::Command::new("tc").args(old_layout.split_whitespace()).status().unwrap().success());
         let old = restarted.list(block).await.unwrap().into_iter().find(|e| e.mac == mac_c).expect("read back");
         assert!(!old.in_its_bucket());
         let wanted = HashMap::from([(mac_a, a.clone()), (mac_c, a.clone())]);
