@@ -4,10 +4,10 @@
 //! its port", in a hash table of 256 buckets keyed by the MAC's last byte (a link node in the
 //! root table picks the bucket): a frame walks the few filters of its bucket, not one per
 //! endpoint of the network. A frame from one endpoint to another then goes from port to port
-//! without the bridge and the netfilter hooks br_netfilter hangs on it (the cost of a bridged frame when
-//! dockerd keeps `bridge-nf-call-iptables` on). Everything else (broadcast, multicast, unknown
-//! addresses, the gateway's address: the host, published ports, hairpin, egress) matches no
-//! filter and goes through the bridge as before.
+//! without the bridge and the netfilter hooks br_netfilter hangs on it (the cost of a bridged
+//! frame when dockerd keeps `bridge-nf-call-iptables` on). Everything else (broadcast,
+//! multicast, unknown addresses, the gateway's address: the host, published ports, hairpin,
+//! egress) matches no filter and goes through the bridge as before.
 //!
 //! The kernel is the truth; a per-block cache of "MAC → filter handle" saves a listing per
 //! change and is checked against the kernel before anything is deleted through it.
