@@ -273,7 +273,7 @@ fn lan_attack(
     let seen = wait_count(at_target, FRAMES)?;
     ensure!(
         seen >= FRAMES,
-        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached h1: the attack did not run"
+        "only {seen} of the neighbour's {FRAMES} crafted datagrams reached {target}: the attack did not run"
     );
     std::thread::sleep(Duration::from_millis(300));
     Ok((seen, delivered.get("crafted")?))

@@ -369,11 +369,15 @@ impl FastPath {
     }
 
     /// Makes `block` hold exactly `wanted` (MAC → port index): stale and duplicate redirects,
-    /// and those outside their bucket, removed, missing ones added. Returns how many were
-    /// removed and added.
+    /// and those outside their bucket, removed, missing ones added; the hash table and its link
+    /// node made where missing (without the link, redirects in their buckets are never reached).
+    /// Returns how many redirects were removed and added.
     pub async fn sync(&self, block: u32, wanted: &HashMap<[u8; 6], Link>) -> Result<(usize, usize)> {
         let mut known = self.known.lock().await;
         known.remove(&block);
+        if !wanted.is_empty() {
+            self.ensure_table(block).await?;
+        }
         let mut kept: HashMap<[u8; 6], FastPathEntry> = HashMap::new();
         let mut removed = 0;
         for entry in self.list(block).await? {

@@ -68,6 +68,18 @@ fn redirects_follow_the_endpoints_and_leave_nothing() {
         let wanted = HashMap::from([(mac_a, a.clone()), (mac_c, a.clone())]);
         assert_eq!(restarted.sync(block, &wanted).await.unwrap(), (1, 1), "moved into its bucket");
         assert!(restarted.list(block).await.unwrap().iter().all(|e| e.in_its_bucket()));
+
+        // The root's link to the buckets lost: the redirects are unreachable until sync makes it.
+        let show = || {
+            let out = std::process::Command::new("tc").args(["filter", "show", "block", &block.to_string()]).output();
+            String::from_utf8(out.unwrap().stdout).unwrap()
+        };
+        assert!(show().contains("link 1:"), "the link node is there:\n{}", show());
+        let unlink = format!("filter del block {block} ingress pref 20044 handle 800::1 u32");
+        assert!(std::process::Command::new("tc").args(unlink.split_whitespace()).status().unwrap().success());
+        assert!(!show().contains("link 1:"), "the link node was removed:\n{}", show());
+        assert_eq!(restarted.sync(block, &wanted).await.unwrap(), (0, 0), "the redirects themselves are right");
+        assert!(show().contains("link 1:"), "sync made the link node again:\n{}", show());
         restarted.remove(block, &mac_c).await.unwrap();
         restarted.remove(block, &mac_b).await.unwrap();
         restarted.remove(block, &mac_a).await.unwrap();
